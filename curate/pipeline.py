@@ -1,0 +1,495 @@
+"""`curate run`: read, normalize, run the stages, keep the ledger, export, report.
+
+Every input unit ends as exactly one of: kept, rejected (stage, reason, detail, duplicate_of) or
+quarantined (file, line, error). The run checks ``inputs = kept + rejected + quarantined`` and writes it,
+with the per-stage counts, to ``summary.json`` in the run's output folder.
+
+Records stream through the per-record stages batch by batch and land in the workspace; a global stage
+(dedup) sees only the small columns its ``prepare`` kept. Stages after a global stage run in a further
+pass over the kept records, read back from the workspace in batches.
+
+A run's id is a hash of its config, its input files (path, size, mtime) and the code version. Re-running
+a finished run is a no-op (``force`` re-runs it); re-running a run that was killed midway clears what it
+left in the workspace and starts over. Output files are written to a temporary folder and swapped in at
+the end, so a killed run never leaves half-written output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from curate import __version__
+from curate.config import CurateConfig, InputSpec
+from curate.frames import with_derived
+from curate.readers import Bad, expand_paths, read_file
+from curate.shapes import Converter, ShapeError, build_frame
+from curate.stages import GlobalStage, RecordStage, Stage, StageContext
+from curate.workspace import Workspace
+
+STORED_COLUMNS = ["uid", "id", "source_file", "source_line", "shape", "messages", "meta", "fixes", "n_chars", "n_tokens", "split", "scores"]
+
+
+class StrictModeError(RuntimeError):
+    """Raised in strict mode at the first malformed record."""
+
+
+class RunError(RuntimeError):
+    pass
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    summary: dict[str, Any]
+    output_dir: Path
+    workspace: Path
+    skipped: bool = False  # True when an identical finished run was found and nothing was recomputed
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.summary.get("invariant_ok"))
+
+
+@dataclass
+class _Pass:
+    """The stages of one streaming pass: per-record stages, then at most one global stage."""
+
+    record_stages: list[tuple[int, RecordStage]] = field(default_factory=list)
+    global_stage: tuple[int, GlobalStage] | None = None
+
+
+def _plan(stages: list[Stage]) -> list[_Pass]:
+    passes, cur = [], _Pass()
+    for pos, stage in enumerate(stages):
+        if isinstance(stage, GlobalStage):
+            cur.global_stage = (pos, stage)
+            passes.append(cur)
+            cur = _Pass()
+        else:
+            cur.record_stages.append((pos, stage))  # type: ignore[arg-type]
+    if cur.record_stages or not passes:
+        passes.append(cur)
+    return passes
+
+
+def _file_fingerprint(path: Path) -> list[Any]:
+    st = path.stat()
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+
+
+def config_dict(cfg: CurateConfig) -> dict[str, Any]:
+    data = cfg.model_dump(mode="json", exclude={"base_dir"})
+    data["stages"] = [{s.name: s.params.model_dump(mode="json")} for s in cfg.stages]
+    return data
+
+
+def _split_expr(cfg: CurateConfig) -> pl.Expr:
+    # The id is a BLAKE2b hex digest, so its first 8 hex digits are a uniform 32-bit number: the split is
+    # a function of content alone (same record, same split, on every machine and every re-run).
+    s = cfg.splits
+    u = ((pl.col("id").str.slice(0, 8).str.to_integer(base=16) + s.seed * 2654435761) % (1 << 32)) / float(1 << 32)
+    return (
+        pl.when(u < s.train).then(pl.lit("train"))
+        .when(u < s.train + s.validation).then(pl.lit("validation"))
+        .otherwise(pl.lit("test"))
+    )
+
+
+class Pipeline:
+    """One configured curate run. ``run()`` does the work; tests may also call the steps."""
+
+    def __init__(self, cfg: CurateConfig, *, progress: bool | None = None, strict: bool | None = None):
+        self.cfg = cfg
+        self.strict = cfg.strict if strict is None else strict
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        # Everything that can fail on a bad config fails here, before any work.
+        self.files: list[tuple[InputSpec, list[Path]]] = [(spec, expand_paths(spec.path, cfg.base_dir)) for spec in cfg.inputs]
+        self.tokenizer = None
+        if cfg.tokenizer:
+            from curate.tokens import TokenCounter
+
+            self.tokenizer = TokenCounter.from_spec(cfg.tokenizer, cfg.base_dir)
+        self.context = StageContext(config_dir=cfg.base_dir, tokenizer=self.tokenizer)
+        self.stages: list[Stage] = [spec.build(self.context) for spec in cfg.stages]
+        self.passes = _plan(self.stages)
+        self.converters = [
+            Converter(
+                spec.shape,
+                spec.mapping,
+                spec.role_aliases,
+                cfg.normalize.placeholders,
+                cfg.normalize.output_placeholders,
+                cfg.normalize.eos_markers,
+                cfg.normalize.unwrap_templates,
+            )
+            for spec in cfg.inputs
+        ]
+        fp = {
+            "config": config_dict(cfg),
+            "files": [_file_fingerprint(p) for _, paths in self.files for p in paths],
+            "version": __version__,
+        }
+        self.fingerprint = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()
+        self.run_id = f"{cfg.name}-{self.fingerprint[:12]}"
+
+    # -- ingest: files -> canonical batches + quarantine -----------------------------------------------------
+    def ingest(self, limit_per_input: int | None = None):
+        """Yield (canonical frame with derived columns, quarantine frame, file stats) batch by batch."""
+        uid = 0
+        for (spec, paths), conv in zip(self.files, self.converters):
+            budget = min(x for x in (spec.limit, limit_per_input, 1 << 62) if x is not None)
+            for path in paths:
+                if budget <= 0:
+                    break
+                shown = _display_path(path, self.cfg.base_dir)
+                for raw in read_file(path, batch_size=self.cfg.batch_size, max_record_bytes=self.cfg.max_record_bytes, csv_header=spec.csv_header):
+                    bad: list[tuple[int, Bad]] = []
+                    # Bad lines and good records interleave in file order; uids follow that order.
+                    uids, lines, shapes, roles, contents, metas, fixes = [], [], [], [], [], [], []
+                    events = sorted(
+                        [(b.line, 0, b) for b in raw.bad] + [(ln, 1, rec) for ln, rec in zip(raw.lines, raw.records)],
+                        key=lambda e: (e[0], e[1]),
+                    ) if raw.bad else [(ln, 1, rec) for ln, rec in zip(raw.lines, raw.records)]
+                    convert = conv.convert
+                    for line, kind, item in events:
+                        if budget <= 0:
+                            break
+                        budget -= 1
+                        if kind == 0:
+                            bad.append((uid, item))
+                        else:
+                            try:
+                                shape, r, c, m, f = convert(item)
+                            except ShapeError as exc:
+                                bad.append((uid, Bad(line, exc.message, _raw_excerpt(item), exc.field)))
+                            else:
+                                uids.append(uid)
+                                lines.append(line)
+                                shapes.append(shape)
+                                roles.append(r)
+                                contents.append(c)
+                                metas.append(m)
+                                fixes.append(f)
+                        uid += 1
+                    if bad and self.strict:
+                        u, b = bad[0]
+                        where = f" field {b.field!r}:" if b.field else ""
+                        raise StrictModeError(f"{shown}:{b.line}:{where} {b.error} (strict mode stops at the first malformed record)")
+                    frame = build_frame(uids, shown, lines, shapes, roles, contents, metas, fixes)
+                    frame = with_derived(frame, self.tokenizer)
+                    quarantine = pl.DataFrame(
+                        {
+                            "uid": [u for u, _ in bad],
+                            "source_file": [shown] * len(bad),
+                            "source_line": [b.line for _, b in bad],
+                            "field": [b.field for _, b in bad],
+                            "error": [b.error for _, b in bad],
+                            "raw": [b.raw for _, b in bad],
+                        },
+                        schema={"uid": pl.Int64, "source_file": pl.Utf8, "source_line": pl.Int64, "field": pl.Utf8, "error": pl.Utf8, "raw": pl.Utf8},
+                    )
+                    yield frame, quarantine, shown
+
+    # -- the per-record part of a pass, on one batch ---------------------------------------------------------
+    @staticmethod
+    def apply_record_stages(batch: pl.DataFrame, stages: list[tuple[int, RecordStage]]):
+        """Run per-record stages in order on a batch.
+
+        Returns (all rows with rewrites applied, survivors, rejects, scores by uid)."""
+        rejects, scores = [], []
+        alive = batch
+        rows = batch
+        for _, stage in stages:
+            if alive.height == 0:
+                break
+            out = stage.evaluate(alive)
+            missing = {"reason", "detail"} - set(out.columns)
+            if missing or out.height != alive.height:
+                raise RunError(f"stage {stage.name!r} broke the stage contract (missing {missing} or row count changed)")
+            is_rej = out["reason"].is_not_null()
+            if is_rej.any():
+                rejects.append(
+                    out.filter(is_rej).select(
+                        "uid", stage=pl.lit(stage.name), reason="reason", detail="detail",
+                        duplicate_of=pl.lit(None, dtype=pl.Utf8),
+                    )
+                )
+            if stage.score_columns:
+                scores.append(out.select("uid", *stage.score_columns))
+            if stage.rewrites_messages:
+                new = out.select("uid", "messages", "fixes", "prompt_text", "response_text")
+                rows = rows.update(new, on="uid")
+            alive = out.filter(~is_rej).select(batch.columns)
+            if stage.rewrites_messages:
+                alive = alive.update(out.filter(~is_rej).select("uid", "messages", "fixes", "prompt_text", "response_text"), on="uid")
+        score_frame = None
+        if scores:
+            score_frame = scores[0]
+            for s in scores[1:]:
+                score_frame = score_frame.join(s, on="uid", how="full", coalesce=True)
+        rej = pl.concat(rejects) if rejects else None
+        return rows, alive, rej, score_frame
+
+    # -- the run ---------------------------------------------------------------------------------------------
+    def run(self, force: bool = False, limit_per_input: int | None = None, write_outputs: bool = True, workspace: Workspace | None = None) -> RunResult:
+        cfg = self.cfg
+        out_dir = cfg.output_path
+        own_ws = workspace is None
+        ws = workspace or Workspace(cfg.workspace_path)
+        try:
+            prev = ws.run(self.run_id)
+            if (
+                not force and prev and prev["status"] == "done" and prev.get("summary")
+                and (out_dir / "summary.json").is_file()
+                and json.loads((out_dir / "summary.json").read_text()).get("run_id") == self.run_id
+            ):
+                return RunResult(self.run_id, prev["summary"], out_dir, Path(ws.path), skipped=True)
+            return self._run(ws, out_dir, limit_per_input, write_outputs)
+        finally:
+            if own_ws:
+                ws.close()
+
+    def _run(self, ws: Workspace, out_dir: Path, limit_per_input: int | None, write_outputs: bool) -> RunResult:
+        cfg, run_id = self.cfg, self.run_id
+        t0 = time.perf_counter()
+        started = datetime.now(timezone.utc)
+        ws.start_run(run_id, "curate", cfg.name, config_dict(cfg), self.fingerprint, str(out_dir))
+        try:
+            summary = self._execute(ws, limit_per_input, t0, started)
+            if write_outputs:
+                summary["outputs"] = self._write_outputs(ws, out_dir, summary)
+            ws.finish_run(run_id, "done" if summary["invariant_ok"] else "failed", summary)
+        except BaseException:
+            ws.finish_run(run_id, "failed")
+            raise
+        return RunResult(run_id, summary, out_dir, Path(ws.path))
+
+    def _execute(self, ws: Workspace, limit_per_input: int | None, t0: float, started: datetime) -> dict[str, Any]:
+        cfg, run_id = self.cfg, self.run_id
+        split = _split_expr(cfg)
+        file_stats: dict[str, dict[str, int]] = {}
+        first = self.passes[0]
+        prepared: list[pl.DataFrame] = []
+        bar = _progress(self.progress, "ingest + per-record stages")
+        for frame, quarantine, shown in self.ingest(limit_per_input):
+            stats = file_stats.setdefault(shown, {"records": 0, "quarantined": 0})
+            stats["records"] += frame.height
+            stats["quarantined"] += quarantine.height
+            ws.append("quarantine", run_id, quarantine)
+            rows, alive, rej, scores = self.apply_record_stages(frame, first.record_stages)
+            if first.global_stage is not None and alive.height:
+                prepared.append(first.global_stage[1].prepare(alive))
+            self._store(ws, rows, rej, scores, split)
+            bar.update(frame.height + quarantine.height)
+        bar.close()
+
+        for i, p in enumerate(self.passes):
+            if i > 0 and p.record_stages:
+                prepared = self._record_pass(ws, p, split)
+            if p.global_stage is not None:
+                _, gstage = p.global_stage
+                table = pl.concat(prepared) if prepared else None
+                if table is not None and table.height:
+                    rej = gstage.decide(table)
+                    if rej.height:
+                        ws.append("rejects", run_id, rej.select("uid", stage=pl.lit(gstage.name), reason="reason", detail="detail", duplicate_of="duplicate_of"))
+                prepared = []
+        return self._summarize(ws, file_stats, t0, started)
+
+    def _record_pass(self, ws: Workspace, p: _Pass, split: pl.Expr) -> list[pl.DataFrame]:
+        """A later pass: per-record stages over the kept records, read back from the workspace."""
+        prepared, all_rej, rewrites = [], [], []
+        cols = ["uid", "id", "source_file", "source_line", "shape", "messages", "meta", "fixes", "n_chars", "n_tokens"]
+        for batch in ws.kept_batches(self.run_id, cols, self.cfg.batch_size):
+            tokens = batch["n_tokens"]
+            batch = with_derived(batch.drop("n_tokens"), None).with_columns(n_tokens=tokens)
+            rows, alive, rej, _ = self.apply_record_stages(batch, p.record_stages)
+            if rej is not None:
+                all_rej.append(rej)
+            if any(s.rewrites_messages for _, s in p.record_stages):
+                rewrites.append(rows.select("uid", "messages", "fixes"))
+            if p.global_stage is not None and alive.height:
+                prepared.append(p.global_stage[1].prepare(alive))
+        for rej in all_rej:
+            ws.append("rejects", self.run_id, rej)
+        for new in rewrites:
+            arrow = new.to_arrow()  # noqa: F841 - read by DuckDB below
+            ws.con.execute(
+                "UPDATE records SET messages = a.messages, fixes = a.fixes FROM arrow a WHERE records.run_id = ? AND records.uid = a.uid",
+                [self.run_id],
+            )
+        return prepared
+
+    def _store(self, ws: Workspace, rows: pl.DataFrame, rej: pl.DataFrame | None, scores: pl.DataFrame | None, split: pl.Expr) -> None:
+        if scores is not None:
+            score_cols = [c for c in scores.columns if c != "uid"]
+            scores = scores.select("uid", scores=pl.struct(score_cols).struct.json_encode())
+            rows = rows.join(scores, on="uid", how="left")
+        else:
+            rows = rows.with_columns(scores=pl.lit(None, dtype=pl.Utf8))
+        rows = rows.with_columns(split=split).select(STORED_COLUMNS)
+        ws.append("records", self.run_id, rows)
+        if rej is not None and rej.height:
+            ws.append("rejects", self.run_id, rej)
+
+    # -- summary, ledger check -------------------------------------------------------------------------------
+    def _summarize(self, ws: Workspace, file_stats: dict, t0: float, started: datetime) -> dict[str, Any]:
+        run_id = self.run_id
+        c = ws.counts(run_id)
+        inputs = c["records"] + c["quarantined"]
+        invariant_ok = (
+            c["reject_rows"] == c["rejected"]  # nobody rejected twice
+            and c["overlap"] == 0  # nobody both a record and quarantined
+            and inputs == c["kept"] + c["rejected"] + c["quarantined"]
+        )
+        by_stage = ws.sql(
+            "SELECT stage, reason, count(*) AS n FROM rejects WHERE run_id = ? GROUP BY ALL ORDER BY stage, n DESC, reason",
+            [run_id],
+        )
+        stages, n_in = [], c["records"]
+        for pos, stage in enumerate(self.stages):
+            sub = by_stage.filter(pl.col("stage") == stage.name)
+            reasons = dict(zip(sub["reason"].to_list(), sub["n"].to_list()))
+            rejected = int(sum(reasons.values()))
+            stages.append({"position": pos, "name": stage.name, "in": n_in, "rejected": rejected, "out": n_in - rejected, "reasons": reasons})
+            n_in -= rejected
+        ws.write_stage_counts(run_id, stages)
+        shapes = ws.sql("SELECT shape, count(*) AS n FROM records WHERE run_id = ? GROUP BY shape ORDER BY n DESC", [run_id])
+        qreasons = ws.sql(
+            "SELECT regexp_replace(error, ' \\(element.*$', '') AS e, count(*) AS n FROM quarantine WHERE run_id = ? GROUP BY e ORDER BY n DESC",
+            [run_id],
+        )
+        fixes = ws.sql("SELECT f, count(*) AS n FROM (SELECT unnest(fixes) AS f FROM records WHERE run_id = ?) GROUP BY f ORDER BY n DESC", [run_id])
+        splits = ws.sql(
+            """SELECT split, count(*) AS n FROM records r ANTI JOIN rejects j ON r.run_id = j.run_id AND r.uid = j.uid
+               WHERE r.run_id = ? GROUP BY split""",
+            [run_id],
+        )
+        seconds = time.perf_counter() - t0
+        return {
+            "run_id": run_id,
+            "name": self.cfg.name,
+            "started": started.isoformat(timespec="seconds"),
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(seconds, 3),
+            "records_per_second": round(inputs / seconds, 1) if seconds > 0 else None,
+            "inputs": inputs,
+            "kept": c["kept"],
+            "rejected": c["rejected"],
+            "quarantined": c["quarantined"],
+            "invariant_ok": bool(invariant_ok),
+            "tokenizer": self.tokenizer.name if self.tokenizer else None,
+            "unit": "tokens" if self.tokenizer else "characters",
+            "files": [{"path": k, **v} for k, v in file_stats.items()],
+            "shapes": dict(zip(shapes["shape"].to_list(), shapes["n"].to_list())),
+            "stages": stages,
+            "quarantine_reasons": dict(zip(qreasons["e"].to_list(), qreasons["n"].to_list())),
+            "fixes": dict(zip(fixes["f"].to_list(), fixes["n"].to_list())),
+            "splits": {k: int(dict(zip(splits["split"].to_list(), splits["n"].to_list())).get(k, 0)) for k in ("train", "validation", "test")},
+            "workspace": str(ws.path),
+            "version": __version__,
+        }
+
+    # -- outputs ---------------------------------------------------------------------------------------------
+    def _write_outputs(self, ws: Workspace, out_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+        from curate.export import export_run
+        from curate.report import write_report
+
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            # paths in the summary are relative to the run folder, so the folder can be moved
+            summary["outputs"] = export_run(ws, self.run_id, tmp)
+            examples, lengths = _report_inputs(ws, self.run_id, self.cfg.report.examples_per_reason)
+            report_files = write_report(summary, examples, lengths, tmp)
+            summary["outputs"]["report"] = {k: str(Path(v).relative_to(tmp)) for k, v in report_files.items()}
+            (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+            _swap_dir(tmp, out_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return summary["outputs"]
+
+
+def _report_inputs(ws: Workspace, run_id: str, n: int):
+    import numpy as np
+
+    ex = ws.sql(
+        """SELECT * FROM (
+             SELECT j.reason, j.stage, j.detail, j.duplicate_of, r.uid, r.id, r.source_file, r.source_line, r.messages,
+                    row_number() OVER (PARTITION BY j.stage, j.reason ORDER BY r.uid) AS k
+             FROM rejects j JOIN records r ON r.run_id = j.run_id AND r.uid = j.uid WHERE j.run_id = ?)
+           WHERE k <= ? ORDER BY stage, reason, uid""",
+        [run_id, n],
+    )
+    examples: dict[str, list[dict]] = {}
+    for row in ex.drop("k").to_dicts():
+        examples.setdefault(row["reason"], []).append(row)
+    q = ws.sql("SELECT source_file, source_line, field, error, raw FROM quarantine WHERE run_id = ? ORDER BY uid LIMIT ?", [run_id, max(n, 10)])
+    examples["quarantine"] = q.to_dicts()
+    measure = "coalesce(n_tokens, n_chars)"
+    before = ws.sql(f"SELECT {measure} AS n FROM records WHERE run_id = ?", [run_id])["n"].to_numpy()
+    after = ws.sql(
+        f"SELECT {measure} AS n FROM records r ANTI JOIN rejects j ON r.run_id = j.run_id AND r.uid = j.uid WHERE r.run_id = ?",
+        [run_id],
+    )["n"].to_numpy()
+    return examples, {"before": np.asarray(before), "after": np.asarray(after)}
+
+
+def _swap_dir(new: Path, target: Path) -> None:
+    """Replace ``target`` with ``new`` so that readers see the old or the new folder, never a mix."""
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _display_path(path: Path, base: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(base.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _raw_excerpt(item: Any) -> str:
+    import orjson
+
+    try:
+        text = orjson.dumps(item, default=str).decode()
+    except TypeError:
+        text = repr(item)
+    return text[:300] + ("…" if len(text) > 300 else "")
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(enabled: bool, desc: str):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(desc=desc, unit=" rec", unit_scale=True, file=sys.stderr)
+
+
+def run_pipeline(cfg: CurateConfig, *, force: bool = False, strict: bool | None = None, progress: bool | None = None) -> RunResult:
+    """Library entry point of `curate run`."""
+    return Pipeline(cfg, progress=progress, strict=strict).run(force=force)

@@ -1,0 +1,389 @@
+"""Shape detection and conversion of parsed records to the canonical chat schema, plus normalization.
+
+Shapes, recognized per record so one file may mix them:
+
+- ``openai``: ``messages`` = [{role, content}] (content may be a list of parts; text parts are joined)
+- ``sharegpt``: ``conversations`` = [{from, value}] with human/gpt/system aliases
+- ``alpaca``: ``instruction``, ``input`` (optional), ``output`` (optional ``system``, ``history``)
+- ``dolly``: ``instruction``, ``context`` (optional), ``response``, ``category`` (kept in meta)
+- ``prompt_completion``: ``prompt`` and ``completion`` (or ``response``); an Alpaca-templated prompt
+  ("### Instruction: ... ### Response:") is unwrapped into a plain user turn
+- ``mapped``: any other columns, through an explicit ``mapping`` in the input's config
+
+A record that cannot be converted raises :class:`ShapeError` naming the field; the pipeline quarantines it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+import polars as pl
+
+from curate.schema import MESSAGES, RECORD_SCHEMA
+
+DEFAULT_ROLE_ALIASES: dict[str, str] = {
+    "system": "system",
+    "user": "user",
+    "human": "user",
+    "prompter": "user",
+    "person": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+    "ai": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+}
+
+# Values people put in an optional input field to mean "nothing" (Alpaca has thousands of them).
+DEFAULT_PLACEHOLDERS = (
+    "<noinput>", "<no input>", "noinput", "no input", "<none>", "none", "n/a", "na", "null", "nan", "-",
+    "<input>", "input:", "(no input)", "no input required", "no input needed", "not applicable", "<blank>",
+)
+DEFAULT_OUTPUT_PLACEHOLDERS = ("<nooutput>", "<no output>", "nooutput", "no output", "<noanswer>")
+DEFAULT_EOS_MARKERS = ("<|endoftext|>", "</s>", "<|im_end|>", "<|eot_id|>", "<|end|>", "<eos>")
+
+ALPACA_TEMPLATE = re.compile(
+    r"^\s*(?:Below is an instruction.*?\n\s*\n)?### Instruction:\s*\n(?P<instruction>.*?)"
+    r"(?:\n\s*\n### Input:\s*\n(?P<input>.*?))?\n\s*\n### Response:\s*$",
+    re.DOTALL,
+)
+
+
+class ShapeError(ValueError):
+    """A record that cannot become a canonical record; ``field`` names the offending field."""
+
+    def __init__(self, field: str | None, message: str):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+class Converter:
+    """Turns parsed records into (shape, roles, contents, meta, fixes); one per input spec."""
+
+    def __init__(
+        self,
+        shape: str = "auto",
+        mapping: Mapping[str, Any] | None = None,
+        role_aliases: Mapping[str, str] | None = None,
+        placeholders: Sequence[str] = DEFAULT_PLACEHOLDERS,
+        output_placeholders: Sequence[str] = DEFAULT_OUTPUT_PLACEHOLDERS,
+        eos_markers: Sequence[str] = DEFAULT_EOS_MARKERS,
+        unwrap_templates: bool = True,
+    ):
+        self.shape = shape
+        self.mapping = dict(mapping or {})
+        self.roles = {**DEFAULT_ROLE_ALIASES, **{k.lower(): v for k, v in (role_aliases or {}).items()}}
+        self.placeholders = {_placeholder_key(p) for p in placeholders}
+        self.output_placeholders = {_placeholder_key(p) for p in output_placeholders}
+        self.eos_markers = tuple(eos_markers)
+        self.unwrap_templates = unwrap_templates
+
+    # -- detection -------------------------------------------------------------------------------------
+    def detect(self, rec: Mapping[str, Any]) -> str:
+        if self.shape != "auto":
+            return self.shape
+        if "messages" in rec:
+            return "openai"
+        if "conversations" in rec:
+            return "sharegpt"
+        if "instruction" in rec and "output" in rec:
+            return "alpaca"
+        if "instruction" in rec and "response" in rec:
+            return "dolly"
+        if "prompt" in rec and ("completion" in rec or "response" in rec):
+            return "prompt_completion"
+        keys = ", ".join(sorted(map(str, rec))[:12])
+        raise ShapeError(None, f"unrecognized shape (fields: {keys}); set `shape` and `mapping` for this input")
+
+    def convert(self, rec: Mapping[str, Any]) -> tuple[str, list[str], list[str], str, list[str]]:
+        shape = self.detect(rec)
+        fixes: list[str] = []
+        used: set[str]
+        if shape == "openai":
+            roles, contents, used = self._openai(rec, fixes)
+        elif shape == "sharegpt":
+            roles, contents, used = self._sharegpt(rec)
+        elif shape == "alpaca":
+            roles, contents, used = self._alpaca(rec, fixes)
+        elif shape == "dolly":
+            roles, contents, used = self._dolly(rec, fixes)
+        elif shape == "prompt_completion":
+            roles, contents, used = self._prompt_completion(rec, fixes)
+        elif shape == "mapped":
+            roles, contents, used = self._mapped(rec, fixes)
+        else:  # validated by the config; kept for library callers
+            raise ShapeError(None, f"unknown shape {shape!r}")
+        for i, role in enumerate(roles):
+            if role == "assistant":
+                contents[i] = self._strip_eos(contents[i], fixes)
+        contents = [c if c.isascii() else unicodedata.normalize("NFC", c) for c in contents]
+        rest = {k: v for k, v in rec.items() if k not in used}
+        meta = orjson.dumps(rest, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str).decode() if rest else "{}"
+        return shape, roles, contents, meta, fixes
+
+    # -- shapes ------------------------------------------------------------------------------------------
+    def _openai(self, rec, fixes):
+        msgs = rec.get("messages")
+        if not isinstance(msgs, list):
+            raise ShapeError("messages", f"`messages` must be a list, got {type(msgs).__name__}")
+        roles, contents = [], []
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict):
+                raise ShapeError(f"messages[{i}]", f"message must be an object, got {type(m).__name__}")
+            role = self._role(m.get("role"), f"messages[{i}].role")
+            content = m.get("content")
+            if isinstance(content, list):
+                content = self._join_parts(content, f"messages[{i}].content", fixes)
+            if content is None and m.get("tool_calls"):
+                raise ShapeError(f"messages[{i}].tool_calls", "tool calls are not representable in the system/user/assistant schema")
+            roles.append(role)
+            contents.append(_text(content, f"messages[{i}].content"))
+        return roles, contents, {"messages"}
+
+    def _join_parts(self, parts: list, where: str, fixes: list[str]) -> str:
+        out = []
+        for j, part in enumerate(parts):
+            if isinstance(part, str):
+                out.append(part)
+            elif isinstance(part, dict) and part.get("type") == "text":
+                out.append(_text(part.get("text"), f"{where}[{j}].text"))
+            elif isinstance(part, dict) and part.get("type") in ("image_url", "image", "input_image", "input_audio", "file"):
+                # keep a visible marker: the unseeable_context stage rejects turns that depend on media
+                out.append(f"<{part['type'].replace('input_', '').replace('_url', '')}>")
+                fixes.append("media_placeholder")
+            else:
+                raise ShapeError(f"{where}[{j}]", f"unsupported content part {str(part)[:60]!r}")
+        return "\n".join(out)
+
+    def _sharegpt(self, rec):
+        conv = rec.get("conversations")
+        if not isinstance(conv, list):
+            raise ShapeError("conversations", f"`conversations` must be a list, got {type(conv).__name__}")
+        roles, contents = [], []
+        for i, turn in enumerate(conv):
+            if not isinstance(turn, dict):
+                raise ShapeError(f"conversations[{i}]", f"turn must be an object, got {type(turn).__name__}")
+            who = turn.get("from", turn.get("role"))
+            roles.append(self._role(who, f"conversations[{i}].from"))
+            contents.append(_text(turn.get("value", turn.get("content")), f"conversations[{i}].value"))
+        used = {"conversations"}
+        system = rec.get("system")
+        if isinstance(system, str) and system.strip():
+            roles.insert(0, "system")
+            contents.insert(0, system)
+            used.add("system")
+        return roles, contents, used
+
+    def _alpaca(self, rec, fixes):
+        instruction = _text(rec.get("instruction"), "instruction", required=True)
+        inp = self._optional_input(rec, "input", fixes)
+        output = self._output(rec, "output", fixes)
+        roles, contents, used = [], [], {"instruction", "input", "output"}
+        system = rec.get("system")
+        if isinstance(system, str) and system.strip():
+            roles.append("system")
+            contents.append(system)
+            used.add("system")
+        history = rec.get("history")
+        if isinstance(history, list) and history:
+            for i, pair in enumerate(history):
+                if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+                    raise ShapeError(f"history[{i}]", "history items must be [prompt, response] pairs")
+                roles += ["user", "assistant"]
+                contents += [_text(pair[0], f"history[{i}][0]"), _text(pair[1], f"history[{i}][1]")]
+            used.add("history")
+        roles += ["user", "assistant"]
+        contents += [f"{instruction}\n\n{inp}" if inp else instruction, output]
+        return roles, contents, used
+
+    def _dolly(self, rec, fixes):
+        instruction = _text(rec.get("instruction"), "instruction", required=True)
+        context = self._optional_input(rec, "context", fixes)
+        response = self._output(rec, "response", fixes)
+        return ["user", "assistant"], [f"{instruction}\n\n{context}" if context else instruction, response], {
+            "instruction", "context", "response"}
+
+    def _prompt_completion(self, rec, fixes):
+        prompt = _text(rec.get("prompt"), "prompt", required=True)
+        key = "completion" if "completion" in rec else "response"
+        completion = self._output(rec, key, fixes)
+        if self.unwrap_templates and "### Instruction" in prompt:
+            m = ALPACA_TEMPLATE.match(prompt)
+            if m:
+                inp = (m.group("input") or "").strip()
+                if _placeholder_key(inp) in self.placeholders:
+                    inp = ""
+                prompt = m.group("instruction").strip() + (f"\n\n{inp}" if inp else "")
+                fixes.append("template_unwrapped")
+        return ["user", "assistant"], [prompt, completion], {"prompt", key}
+
+    def _mapped(self, rec, fixes):
+        roles, contents, used = [], [], set()
+        for role in ("system", "user", "assistant"):
+            cols = self.mapping.get(role)
+            if not cols:
+                continue
+            cols = [cols] if isinstance(cols, str) else list(cols)
+            parts = []
+            for col in cols:
+                if col not in rec:
+                    raise ShapeError(col, f"missing field {col!r} (mapped to {role})")
+                value = rec[col]
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    value = str(value)  # an explicit mapping says this column is text
+                value = _text(value, col)
+                used.add(col)
+                if role == "user" and parts and _placeholder_key(value) in self.placeholders:
+                    fixes.append("placeholder_input")
+                    continue
+                if value.strip():
+                    parts.append(value)
+            if parts or role != "system":
+                roles.append(role)
+                contents.append("\n\n".join(parts))
+        return roles, contents, used
+
+    # -- helpers -----------------------------------------------------------------------------------------
+    def _role(self, value: Any, where: str) -> str:
+        if not isinstance(value, str):
+            raise ShapeError(where, f"role must be a string, got {type(value).__name__}")
+        role = self.roles.get(value.strip().lower())
+        if role is None:
+            raise ShapeError(where, f"role {value!r} is not system/user/assistant; map it with `role_aliases`")
+        return role
+
+    def _optional_input(self, rec, key: str, fixes: list[str]) -> str:
+        value = rec.get(key)
+        if value is None:
+            return ""
+        value = _text(value, key)
+        if value.strip() and _placeholder_key(value) in self.placeholders:
+            fixes.append("placeholder_input")
+            return ""
+        return value
+
+    def _output(self, rec, key: str, fixes: list[str]) -> str:
+        if key not in rec:
+            raise ShapeError(key, f"missing field {key!r}")
+        value = _text(rec.get(key), key, required=True)
+        if _placeholder_key(value) in self.output_placeholders:
+            fixes.append("placeholder_output")
+            return ""
+        return value
+
+    def _strip_eos(self, text: str, fixes: list[str]) -> str:
+        stripped = text.rstrip()
+        changed = False
+        for marker in self.eos_markers:
+            while stripped.endswith(marker):
+                stripped = stripped[: -len(marker)].rstrip()
+                changed = True
+        if changed:
+            fixes.append("eos_marker")
+            return stripped
+        return text
+
+
+def _text(value: Any, where: str, required: bool = False) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        if required:
+            raise ShapeError(where, f"missing value for {where!r}")
+        return ""
+    raise ShapeError(where, f"{where!r} must be a string, got {type(value).__name__}")
+
+
+def _placeholder_key(value: str) -> str:
+    return value.strip().lower().rstrip(".")
+
+
+# -- normalization, vectorized -------------------------------------------------------------------------------
+_CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b\u200c\u200d\u2060\ufeff]"
+
+
+def normalize_content(expr: pl.Expr) -> pl.Expr:
+    """Whitespace normalization that keeps code intact: CRLF to LF, control and zero-width characters
+    removed, no-break spaces to spaces, trailing spaces on lines removed, 3+ newlines to 2, ends stripped.
+    Runs of spaces inside lines are left alone (indentation matters in code answers)."""
+    return (
+        expr.str.replace_all(r"\r\n?", "\n")
+        .str.replace_all(_CONTROL, "")
+        .str.replace_all("\u00a0", " ", literal=True)
+        .str.replace_all(r"[ \t]+\n", "\n")
+        .str.replace_all(r"\n{3,}", "\n\n")
+        .str.strip_chars()
+    )
+
+
+def normalize_messages(batch: pl.DataFrame) -> pl.DataFrame:
+    return batch.with_columns(
+        messages=pl.col("messages").list.eval(
+            pl.struct(
+                role=pl.element().struct.field("role"),
+                content=normalize_content(pl.element().struct.field("content")),
+            )
+        )
+    )
+
+
+def content_ids(messages: pl.Series) -> list[str]:
+    """Stable content hashes (16 hex chars of BLAKE2b) of normalized conversations."""
+    joined = (
+        messages.to_frame("m")
+        .select(
+            pl.col("m")
+            .list.eval(pl.concat_str([pl.element().struct.field("role"), pl.element().struct.field("content")], separator="\x1f"))
+            .list.join("\x1e")
+        )
+        .to_series()
+    )
+    return [hashlib.blake2b(s.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest() for s in joined]
+
+
+def build_frame(
+    uids: Sequence[int],
+    source_file: str,
+    lines: Sequence[int],
+    shapes: Sequence[str],
+    roles: Sequence[list[str]],
+    contents: Sequence[list[str]],
+    metas: Sequence[str],
+    fixes: Sequence[list[str]],
+) -> pl.DataFrame:
+    """A normalized canonical batch (without derived columns) from column lists."""
+    lengths = [len(r) for r in roles]
+    flat_roles = [r for rs in roles for r in rs]
+    flat_contents = [c for cs in contents for c in cs]
+    offsets = [0]
+    for n in lengths:
+        offsets.append(offsets[-1] + n)
+    import pyarrow as pa
+
+    structs = pa.StructArray.from_arrays(
+        [pa.array(flat_roles, pa.large_string()), pa.array(flat_contents, pa.large_string())], names=["role", "content"]
+    )
+    msg_arr = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), structs)
+    frame = pl.DataFrame(
+        {
+            "uid": pl.Series(uids, dtype=pl.Int64),
+            "id": pl.Series([""] * len(uids), dtype=pl.Utf8),
+            "source_file": pl.Series([source_file] * len(uids), dtype=pl.Utf8),
+            "source_line": pl.Series(lines, dtype=pl.Int64),
+            "shape": pl.Series(shapes, dtype=pl.Utf8),
+            "messages": pl.Series(msg_arr).cast(MESSAGES),
+            "meta": pl.Series(metas, dtype=pl.Utf8),
+            "fixes": pl.Series(fixes, dtype=pl.List(pl.Utf8)),
+        }
+    )
+    frame = normalize_messages(frame)
+    return frame.with_columns(id=pl.Series(content_ids(frame["messages"]), dtype=pl.Utf8)).select(list(RECORD_SCHEMA))

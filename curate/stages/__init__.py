@@ -1,0 +1,131 @@
+"""Pipeline stages: the contract, the base classes and the registry.
+
+A stage is a small class with one contract and a name a YAML config can list:
+
+- a :class:`RecordStage` decides record by record and works batch by batch (streaming). Its
+  ``evaluate(batch)`` returns the batch (columns possibly rewritten, e.g. redacted ``messages``) plus
+  ``reason`` (Utf8, null means keep), ``detail`` (Utf8) and the score columns it names in
+  ``score_columns``. Scores are kept in the workspace for every record that reached the stage, so a
+  threshold can be retuned, and borderline cases reviewed, without recomputing ("score, then keep").
+- a :class:`GlobalStage` needs one column over the whole run (dedup, decontamination). Its
+  ``prepare(batch)`` runs while records stream and returns only the small columns it needs
+  (``uid`` plus keys, signatures...); ``decide(prepared)`` then returns the rejects
+  (``uid``, ``reason``, ``detail``, ``duplicate_of``).
+
+The runner (``curate.pipeline``) fills ``stage`` and counts rejects per stage and reason.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict
+
+
+class StageParams(BaseModel):
+    """Base for stage parameters: unknown keys are errors, so typos fail before any work starts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class StageContext:
+    """What a stage may need from the run beyond its own parameters."""
+
+    config_dir: Path = field(default_factory=Path.cwd)
+    tokenizer: Any = None  # a curate.tokens.TokenCounter, or None when no tokenizer is configured
+    cache_dir: Path | None = None
+
+    def resolve(self, path: str | Path) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.config_dir / p)
+
+
+class Stage:
+    name: ClassVar[str]
+    Params: ClassVar[type[StageParams]] = StageParams
+    is_global: ClassVar[bool] = False
+    # reason codes this stage can emit, for documentation and `curate stages`
+    reasons: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, params: StageParams | None = None, context: StageContext | None = None):
+        self.params = params if params is not None else self.Params()
+        self.context = context or StageContext()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.params!r})"
+
+
+class RecordStage(Stage):
+    score_columns: ClassVar[tuple[str, ...]] = ()
+    # True when evaluate() may rewrite `messages` (PII redaction): the runner then stores the new text
+    rewrites_messages: ClassVar[bool] = False
+
+    def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class GlobalStage(Stage):
+    is_global = True
+
+    def prepare(self, batch: pl.DataFrame) -> pl.DataFrame:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def decide(self, prepared: pl.DataFrame) -> pl.DataFrame:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, type[Stage]] = {}
+
+
+def register(cls: type[Stage]) -> type[Stage]:
+    """Class decorator: make a stage listable by its ``name`` in a config."""
+    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
+        raise ValueError(f"stage name {cls.name!r} registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+class UnknownStageError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0])
+
+
+def get_stage(name: str) -> type[Stage]:
+    """The stage class registered as ``name``; an unknown name gets a did-you-mean hint."""
+    _load_builtin_stages()
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, REGISTRY, n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownStageError(
+            f"unknown stage {name!r}.{hint} Known stages: {', '.join(sorted(REGISTRY))}"
+        ) from None
+
+
+def all_stages() -> dict[str, type[Stage]]:
+    _load_builtin_stages()
+    return dict(sorted(REGISTRY.items()))
+
+
+def _load_builtin_stages() -> None:
+    # Importing the modules registers their stages; heavy backends are imported lazily inside them.
+    import importlib
+
+    for module in BUILTIN_MODULES:
+        importlib.import_module(f"curate.stages.{module}")
+
+
+BUILTIN_MODULES = ("conversation", "quality", "pii", "langid", "exact")
+
+
+def empty_rejects() -> pl.DataFrame:
+    from curate.schema import REJECT_SCHEMA
+
+    return pl.DataFrame(schema=REJECT_SCHEMA)

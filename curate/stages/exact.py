@@ -1,0 +1,75 @@
+"""Exact deduplication on normalized text."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import polars as pl
+
+from curate.stages import GlobalStage, StageParams, register
+
+
+def normalized_text_expr(fields: str, normalization: str) -> pl.Expr:
+    """The text two records must share to be exact duplicates."""
+    if fields == "prompt":
+        text = pl.col("prompt_text")
+    elif fields == "response":
+        text = pl.col("response_text")
+    else:  # the whole conversation, roles included: the same answer to another question is no duplicate
+        text = pl.col("messages").list.eval(
+            pl.concat_str([pl.element().struct.field("role"), pl.element().struct.field("content")], separator=": ")
+        ).list.join("\n\n")
+    if normalization in ("case_whitespace", "punctuation"):
+        text = text.str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars()
+    if normalization == "punctuation":
+        text = text.str.replace_all(r"[\p{P}\p{S}]+", "").str.replace_all(r"\s+", " ").str.strip_chars()
+    return text
+
+
+@register
+class ExactDedup(GlobalStage):
+    """Rejects records whose normalized text equals that of an earlier-kept record.
+
+    The key is a 64-bit hash of the normalized text (a collision among a million distinct records has a
+    probability near 3e-8). ``keep`` picks the cluster's representative: ``first`` (input order),
+    ``last``, or ``longest`` (most characters, ties to the first). Rejects name the representative's
+    id in ``duplicate_of`` and its file:line in ``detail``.
+    """
+
+    name = "exact_dedup"
+    reasons = ("exact_duplicate",)
+
+    class Params(StageParams):
+        fields: Literal["all", "prompt", "response"] = "all"
+        normalization: Literal["none", "case_whitespace", "punctuation"] = "case_whitespace"
+        keep: Literal["first", "last", "longest"] = "first"
+
+    def prepare(self, batch: pl.DataFrame) -> pl.DataFrame:
+        p = self.params
+        return batch.select(
+            "uid",
+            "id",
+            "source_file",
+            "source_line",
+            "n_chars",
+            key=normalized_text_expr(p.fields, p.normalization).hash(seed=0),
+        )
+
+    def decide(self, prepared: pl.DataFrame) -> pl.DataFrame:
+        keep = self.params.keep
+        if keep == "first":
+            ordered = prepared.sort("uid")
+        elif keep == "last":
+            ordered = prepared.sort("uid", descending=True)
+        else:
+            ordered = prepared.sort(["n_chars", "uid"], descending=[True, False])
+        reps = ordered.unique("key", keep="first", maintain_order=False).select(
+            "key", rep_uid="uid", rep_id="id", rep_src=pl.format("{}:{}", "source_file", "source_line")
+        )
+        dupes = prepared.join(reps, on="key").filter(pl.col("uid") != pl.col("rep_uid"))
+        return dupes.select(
+            "uid",
+            reason=pl.lit("exact_duplicate"),
+            detail=pl.format("same normalized text as {}", "rep_src"),
+            duplicate_of=pl.col("rep_id"),
+        ).sort("uid")

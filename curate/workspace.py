@@ -1,0 +1,169 @@
+"""The DuckDB workspace: one file per project holding runs, records, rejects, quarantine and stage counts.
+
+Every write goes through this small API (the app and the CLIs read through it too). Tables:
+
+- ``runs``          run_id, kind, name, config, fingerprint, status (running/done/failed), times, summary
+- ``records``       every normalized input record of a curate run (kept and rejected), with scores and split
+- ``rejects``       one row per rejected record: stage, reason, detail, duplicate_of
+- ``quarantine``    one row per malformed input unit: file, line, field, error, raw excerpt
+- ``stage_counts``  per stage: records in, rejected, out, and counts by reason
+- ``ledger``        a view: each record with its outcome (kept, or rejected with stage and reason)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY, kind VARCHAR, name VARCHAR, config JSON, fingerprint VARCHAR,
+    status VARCHAR, started TIMESTAMP, finished TIMESTAMP, output_dir VARCHAR, summary JSON);
+CREATE TABLE IF NOT EXISTS records (
+    run_id VARCHAR, uid BIGINT, id VARCHAR, source_file VARCHAR, source_line BIGINT, shape VARCHAR,
+    messages STRUCT(role VARCHAR, content VARCHAR)[], meta JSON, fixes VARCHAR[],
+    n_chars BIGINT, n_tokens BIGINT, split VARCHAR, scores JSON);
+CREATE TABLE IF NOT EXISTS rejects (
+    run_id VARCHAR, uid BIGINT, stage VARCHAR, reason VARCHAR, detail VARCHAR, duplicate_of VARCHAR);
+CREATE TABLE IF NOT EXISTS quarantine (
+    run_id VARCHAR, uid BIGINT, source_file VARCHAR, source_line BIGINT, field VARCHAR, error VARCHAR, raw VARCHAR);
+CREATE TABLE IF NOT EXISTS stage_counts (
+    run_id VARCHAR, position INTEGER, stage VARCHAR, n_in BIGINT, n_rejected BIGINT, n_out BIGINT, reasons JSON);
+CREATE OR REPLACE VIEW ledger AS
+    SELECT r.run_id, r.uid, r.id, r.source_file, r.source_line, r.shape, r.split,
+           CASE WHEN j.uid IS NULL THEN 'kept' ELSE 'rejected' END AS status,
+           j.stage, j.reason, j.detail, j.duplicate_of
+    FROM records r LEFT JOIN rejects j ON r.run_id = j.run_id AND r.uid = j.uid;
+"""
+
+RUN_TABLES = ("records", "rejects", "quarantine", "stage_counts")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)  # stored as naive UTC
+
+
+class Workspace:
+    """A DuckDB workspace file (or ``:memory:``)."""
+
+    def __init__(self, path: str | Path = ":memory:", read_only: bool = False):
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.con = duckdb.connect(self.path, read_only=read_only)
+        if not read_only:
+            self.con.execute(SCHEMA_SQL)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> "Workspace":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- runs ------------------------------------------------------------------------------------------------
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        row = self.con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id]).fetchone()
+        if row is None:
+            return None
+        cols = [d[0] for d in self.con.description]
+        out = dict(zip(cols, row))
+        for key in ("config", "summary"):
+            if isinstance(out.get(key), str):
+                out[key] = json.loads(out[key])
+        return out
+
+    def runs(self, kind: str | None = None) -> pl.DataFrame:
+        sql = "SELECT run_id, kind, name, status, started, finished, output_dir FROM runs"
+        args: list[Any] = []
+        if kind:
+            sql += " WHERE kind = ?"
+            args.append(kind)
+        return self.con.execute(sql + " ORDER BY started", args).pl()
+
+    def start_run(self, run_id: str, kind: str, name: str, config: dict, fingerprint: str, output_dir: str) -> None:
+        """Register a run, first clearing whatever an earlier attempt with the same id left behind."""
+        self.con.execute("BEGIN")
+        try:
+            self.delete_run(run_id, commit=False)
+            self.con.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, 'running', ?, NULL, ?, NULL)",
+                [run_id, kind, name, json.dumps(config, default=str), fingerprint, _now(), output_dir],
+            )
+            self.con.execute("COMMIT")
+        except Exception:
+            self.con.execute("ROLLBACK")
+            raise
+
+    def finish_run(self, run_id: str, status: str, summary: dict | None = None) -> None:
+        self.con.execute(
+            "UPDATE runs SET status = ?, finished = ?, summary = ? WHERE run_id = ?",
+            [status, _now(), json.dumps(summary, default=str) if summary is not None else None, run_id],
+        )
+
+    def delete_run(self, run_id: str, commit: bool = True) -> None:
+        for table in RUN_TABLES:
+            self.con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+        self.con.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
+
+    # -- writes ----------------------------------------------------------------------------------------------
+    def append(self, table: str, run_id: str, frame: pl.DataFrame) -> None:
+        """Append a frame whose columns match the table's (after run_id), in one transaction."""
+        if frame.height == 0:
+            return
+        arrow = frame.to_arrow()  # noqa: F841 - read by DuckDB's replacement scan below
+        cols = ", ".join(f'"{c}"' for c in frame.columns)
+        self.con.execute(f"INSERT INTO {table} (run_id, {cols}) SELECT ?, {cols} FROM arrow", [run_id])
+
+    def write_stage_counts(self, run_id: str, rows: list[dict[str, Any]]) -> None:
+        self.con.execute("DELETE FROM stage_counts WHERE run_id = ?", [run_id])
+        for r in rows:
+            self.con.execute(
+                "INSERT INTO stage_counts VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [run_id, r["position"], r["name"], r["in"], r["rejected"], r["out"], json.dumps(r["reasons"])],
+            )
+
+    # -- reads -----------------------------------------------------------------------------------------------
+    def kept_batches(self, run_id: str, columns: list[str], batch_size: int = 50_000) -> Iterator[pl.DataFrame]:
+        """Kept records of a run in input order, batch by batch (streamed, never all at once)."""
+        cur = self.con.cursor()
+        cols = ", ".join(f"r.{c}" for c in columns)
+        reader = cur.execute(
+            f"""SELECT {cols} FROM records r ANTI JOIN rejects j ON r.run_id = j.run_id AND r.uid = j.uid
+                WHERE r.run_id = ? ORDER BY r.uid""",
+            [run_id],
+        ).to_arrow_reader(batch_size)
+        for rb in reader:
+            yield pl.from_arrow(rb)  # type: ignore[misc]
+        cur.close()
+
+    def counts(self, run_id: str) -> dict[str, int]:
+        q = self.con.execute(
+            """SELECT (SELECT count(*) FROM records WHERE run_id = $1),
+                      (SELECT count(*) FROM rejects WHERE run_id = $1),
+                      (SELECT count(DISTINCT uid) FROM rejects WHERE run_id = $1),
+                      (SELECT count(*) FROM quarantine WHERE run_id = $1),
+                      (SELECT count(*) FROM records r SEMI JOIN quarantine q ON r.run_id = q.run_id AND r.uid = q.uid
+                        WHERE r.run_id = $1)""",
+            [run_id],
+        ).fetchone()
+        records, reject_rows, rejected, quarantined, overlap = q
+        return {
+            "records": records,
+            "rejected": rejected,
+            "reject_rows": reject_rows,
+            "quarantined": quarantined,
+            "kept": records - rejected,
+            "overlap": overlap,
+        }
+
+    def sql(self, query: str, params: list[Any] | None = None) -> pl.DataFrame:
+        return pl.from_arrow(self.con.sql(query, params=params or None).to_arrow_table())  # type: ignore[return-value]
