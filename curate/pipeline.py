@@ -407,8 +407,9 @@ class Pipeline:
         from curate.report import write_report
 
         out_dir.parent.mkdir(parents=True, exist_ok=True)
+        for stale in [*out_dir.parent.glob(f".{out_dir.name}.tmp-*"), *out_dir.parent.glob(f".{out_dir.name}.old-*")]:
+            shutil.rmtree(stale, ignore_errors=True)  # left by a run that was killed while writing
         tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
             # paths in the summary are relative to the run folder, so the folder can be moved

@@ -71,10 +71,12 @@ class Workspace:
 
     # -- runs ------------------------------------------------------------------------------------------------
     def run(self, run_id: str) -> dict[str, Any] | None:
-        row = self.con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id]).fetchone()
-        if row is None:
+        cur = self.con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id])
+        cols = [d[0] for d in cur.description]
+        rows = cur.fetchall()  # drain: DuckDB blocks the connection while a result is unfinished
+        if not rows:
             return None
-        cols = [d[0] for d in self.con.description]
+        row = rows[0]
         out = dict(zip(cols, row))
         for key in ("config", "summary"):
             if isinstance(out.get(key), str):
@@ -154,7 +156,7 @@ class Workspace:
                       (SELECT count(*) FROM records r SEMI JOIN quarantine q ON r.run_id = q.run_id AND r.uid = q.uid
                         WHERE r.run_id = $1)""",
             [run_id],
-        ).fetchone()
+        ).fetchall()[0]
         records, reject_rows, rejected, quarantined, overlap = q
         return {
             "records": records,

@@ -1,0 +1,146 @@
+"""`curate`: a thin command-line shell over curate's library API.
+
+Exit codes: 0 success; 1 the ledger invariant failed (inputs != kept + rejected + quarantined);
+2 bad config, bad input path or, with --strict, a malformed record.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Curate fine-tuning data: ingest, normalize, filter, dedup, audit.")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _funnel_lines(summary: dict) -> list[str]:
+    lines = [f"  {'stage':<26}{'in':>10}{'rejected':>10}{'out':>10}"]
+    for s in summary["stages"]:
+        lines.append(f"  {s['name']:<26}{s['in']:>10,}{s['rejected']:>10,}{s['out']:>10,}")
+    return lines
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="YAML config"),
+    force: bool = typer.Option(False, "--force", help="re-run even if an identical finished run exists"),
+    strict: bool = typer.Option(False, "--strict", help="stop at the first malformed record instead of quarantining it"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate, then run on a small sample without writing anything"),
+    sample: int = typer.Option(200, help="records per input for --dry-run"),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="progress bars (default: when a terminal)"),
+) -> None:
+    """Run a curate pipeline: every input record ends kept, rejected (with a reason) or quarantined."""
+    from curate.config import ConfigError, load_config
+    from curate.pipeline import Pipeline, StrictModeError
+    from curate.readers import InputError
+
+    try:
+        cfg = load_config(config)
+        pipeline = Pipeline(cfg, progress=progress, strict=strict or None)
+    except (ConfigError, InputError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+        return
+    try:
+        if dry_run:
+            from curate.workspace import Workspace
+
+            with Workspace(":memory:") as ws:
+                result = pipeline.run(force=True, limit_per_input=sample, write_outputs=False, workspace=ws)
+                _print_dry_run(result.summary, ws, result.run_id)
+        else:
+            result = pipeline.run(force=force)
+    except StrictModeError as exc:
+        _fail(str(exc))
+        return
+    s = result.summary
+    if result.skipped:
+        typer.echo(f"run {result.run_id} is up to date (same config and inputs); --force to re-run")
+    mark = "OK" if s["invariant_ok"] else "MISMATCH"
+    typer.echo(f"inputs = kept + rejected + quarantined: {s['inputs']:,} = {s['kept']:,} + {s['rejected']:,} + {s['quarantined']:,}  [{mark}]")
+    for line in _funnel_lines(s):
+        typer.echo(line)
+    if not dry_run:
+        typer.echo(f"run {result.run_id}: {s['seconds']:.1f} s; output {result.output_dir}; workspace {result.workspace}")
+        typer.echo(f"report: {result.output_dir / 'report.html'}")
+    if not s["invariant_ok"]:
+        raise typer.Exit(1)
+
+
+def _print_dry_run(summary: dict, ws, run_id: str) -> None:
+    typer.echo(f"config is valid; dry run on a sample: shapes {summary['shapes']}")
+    if summary["quarantine_reasons"]:
+        typer.echo(f"quarantined in the sample: {summary['quarantine_reasons']}")
+    rows = ws.sql("SELECT source_file, source_line, shape, messages FROM records WHERE run_id = ? ORDER BY uid LIMIT 3", [run_id])
+    for row in rows.to_dicts():
+        typer.echo(f"--- {row['source_file']}:{row['source_line']} ({row['shape']})")
+        for m in row["messages"]:
+            typer.echo(f"[{m['role']}] {m['content'][:300]}")
+
+
+@app.command()
+def inspect(
+    path: str = typer.Argument(..., help="a file, directory or glob"),
+    n: int = typer.Option(3, "-n", help="normalized records to show"),
+    shape: str = typer.Option("auto", help="force a shape"),
+    mapping: Optional[str] = typer.Option(None, help="column mapping for shape 'mapped', e.g. user=question,assistant=answer"),
+    limit: int = typer.Option(10_000, help="records to read for the shape counts"),
+) -> None:
+    """Show the shapes detected in a file and a few records as curate normalizes them."""
+    from curate.config import ConfigError, parse_config
+    from curate.pipeline import Pipeline
+    from curate.readers import InputError
+
+    spec: dict = {"path": path, "shape": shape}
+    if mapping:
+        spec["mapping"] = dict(kv.split("=", 1) for kv in mapping.split(","))
+    try:
+        cfg = parse_config({"name": "inspect", "inputs": [spec], "tokenizer": None}, Path.cwd(), "inspect")
+        pipeline = Pipeline(cfg, progress=False)
+    except (ConfigError, InputError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    shapes: dict[str, int] = {}
+    shown, bad = [], []
+    total = 0
+    for frame, quarantine, _ in pipeline.ingest(limit_per_input=limit):
+        total += frame.height + quarantine.height
+        for s, c in frame["shape"].value_counts().iter_rows():
+            shapes[s] = shapes.get(s, 0) + c
+        shown += frame.head(n - len(shown)).to_dicts() if len(shown) < n else []
+        bad += quarantine.head(5 - len(bad)).to_dicts() if len(bad) < 5 else []
+    typer.echo(f"{path}: {total:,} records read (limit {limit:,}); shapes: {json.dumps(shapes)}")
+    for rec in shown:
+        typer.echo(f"--- {rec['source_file']}:{rec['source_line']}  shape={rec['shape']} id={rec['id']} fixes={rec['fixes']}")
+        for m in rec["messages"]:
+            content = m["content"]
+            typer.echo(f"[{m['role']}] {content[:400]}{'…' if len(content) > 400 else ''}")
+        if rec["meta"] != "{}":
+            typer.echo(f"meta: {rec['meta'][:200]}")
+    for q in bad:
+        where = f" field {q['field']!r}" if q["field"] else ""
+        typer.echo(f"quarantined {q['source_file']}:{q['source_line']}{where}: {q['error']}")
+
+
+@app.command()
+def stages() -> None:
+    """List the registered stages, their parameters and reason codes."""
+    from curate.stages import all_stages
+
+    for name, cls in all_stages().items():
+        kind = "global" if cls.is_global else "per-record"
+        typer.echo(f"{name} ({kind}): {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}")
+        for field, info in cls.Params.model_fields.items():
+            typer.echo(f"    {field} = {info.default!r}")
+        if cls.reasons:
+            typer.echo(f"    reasons: {', '.join(cls.reasons)}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""evalsuite: evaluation, compare and CI gates (issue #5; not implemented yet)."""
