@@ -94,6 +94,22 @@ class StageSpec(_Strict):
         return get_stage(self.name)(self.params, context)
 
 
+# The stage list of a config that names none: every quality filter at its defaults, PII flagged (not
+# removed), then exact dedup. The blocklist needs a user file, so it is not a default.
+DEFAULT_STAGES = (
+    "conversation_structure",
+    "response_length",
+    "length",
+    "unseeable_context",
+    "language",
+    "refusal",
+    "unique_words",
+    "gopher_repetition",
+    {"pii": {"action": "flag"}},
+    "exact_dedup",
+)
+
+
 class CurateConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     inputs: list[InputSpec] = Field(min_length=1)
@@ -101,7 +117,7 @@ class CurateConfig(_Strict):
     workspace: str = "workspace.duckdb"
     tokenizer: str | None = "embedded"
     normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
-    stages: list[StageSpec] = Field(default_factory=list)
+    stages: list[StageSpec] = Field(default_factory=lambda: CurateConfig._parse_stages(list(DEFAULT_STAGES)))
     splits: SplitConfig = Field(default_factory=SplitConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     batch_size: int = Field(50_000, ge=1)

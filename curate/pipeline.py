@@ -16,12 +16,16 @@ the end, so a killed run never leaves half-written output.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
+import queue
 import shutil
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -106,10 +110,63 @@ def _split_expr(cfg: CurateConfig) -> pl.Expr:
     )
 
 
+class _Timer:
+    """Seconds spent per phase and per stage, reported in the summary (where does the time go?)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, key: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t
+
+
+class _BackgroundWriter:
+    """Appends frames to the workspace on a thread of its own, so DuckDB's inserts (which release the
+    GIL) overlap with parsing the next batch. The queue is short: memory stays bounded. Only this thread
+    touches the connection until ``close()``; an insert error is re-raised there."""
+
+    def __init__(self, ws: Workspace, run_id: str, timer: _Timer):
+        self.ws, self.run_id, self.timer = ws, run_id, timer
+        self.queue: queue.Queue = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name="workspace-writer", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self.error is None:
+                try:
+                    with self.timer("workspace write (background)"):
+                        for table, frame in item:
+                            self.ws.append(table, self.run_id, frame)
+                except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                    self.error = exc
+
+    def put(self, *items: tuple[str, pl.DataFrame | None]) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put([(t, f) for t, f in items if f is not None and f.height])
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 class Pipeline:
     """One configured curate run. ``run()`` does the work; tests may also call the steps."""
 
     def __init__(self, cfg: CurateConfig, *, progress: bool | None = None, strict: bool | None = None):
+        self.timer = _Timer()
         self.cfg = cfg
         self.strict = cfg.strict if strict is None else strict
         self.progress = sys.stderr.isatty() if progress is None else progress
@@ -186,8 +243,10 @@ class Pipeline:
                         u, b = bad[0]
                         where = f" field {b.field!r}:" if b.field else ""
                         raise StrictModeError(f"{shown}:{b.line}:{where} {b.error} (strict mode stops at the first malformed record)")
-                    frame = build_frame(uids, shown, lines, shapes, roles, contents, metas, fixes)
-                    frame = with_derived(frame, self.tokenizer)
+                    with self.timer("build+normalize"):
+                        frame = build_frame(uids, shown, lines, shapes, roles, contents, metas, fixes)
+                    with self.timer("tokenize" if self.tokenizer else "derive"):
+                        frame = with_derived(frame, self.tokenizer)
                     quarantine = pl.DataFrame(
                         {
                             "uid": [u for u, _ in bad],
@@ -202,8 +261,7 @@ class Pipeline:
                     yield frame, quarantine, shown
 
     # -- the per-record part of a pass, on one batch ---------------------------------------------------------
-    @staticmethod
-    def apply_record_stages(batch: pl.DataFrame, stages: list[tuple[int, RecordStage]]):
+    def apply_record_stages(self, batch: pl.DataFrame, stages: list[tuple[int, RecordStage]]):
         """Run per-record stages in order on a batch.
 
         Returns (all rows with rewrites applied, survivors, rejects, scores by uid)."""
@@ -213,7 +271,8 @@ class Pipeline:
         for _, stage in stages:
             if alive.height == 0:
                 break
-            out = stage.evaluate(alive)
+            with self.timer(f"stage:{stage.name}"):
+                out = stage.evaluate(alive)
             missing = {"reason", "detail"} - set(out.columns)
             if missing or out.height != alive.height:
                 raise RunError(f"stage {stage.name!r} broke the stage contract (missing {missing} or row count changed)")
@@ -247,6 +306,10 @@ class Pipeline:
         out_dir = cfg.output_path
         own_ws = workspace is None
         ws = workspace or Workspace(cfg.workspace_path)
+        # Millions of short-lived containers make CPython's cyclic GC rescan every live record over and
+        # over (it doubled ingest time); records hold no reference cycles, so refcounting frees them.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
         try:
             prev = ws.run(self.run_id)
             if (
@@ -257,6 +320,8 @@ class Pipeline:
                 return RunResult(self.run_id, prev["summary"], out_dir, Path(ws.path), skipped=True)
             return self._run(ws, out_dir, limit_per_input, write_outputs)
         finally:
+            if gc_was_enabled:
+                gc.enable()
             if own_ws:
                 ws.close()
 
@@ -282,17 +347,12 @@ class Pipeline:
         first = self.passes[0]
         prepared: list[pl.DataFrame] = []
         bar = _progress(self.progress, "ingest + per-record stages")
-        for frame, quarantine, shown in self.ingest(limit_per_input):
-            stats = file_stats.setdefault(shown, {"records": 0, "quarantined": 0})
-            stats["records"] += frame.height
-            stats["quarantined"] += quarantine.height
-            ws.append("quarantine", run_id, quarantine)
-            rows, alive, rej, scores = self.apply_record_stages(frame, first.record_stages)
-            if first.global_stage is not None and alive.height:
-                prepared.append(first.global_stage[1].prepare(alive))
-            self._store(ws, rows, rej, scores, split)
-            bar.update(frame.height + quarantine.height)
-        bar.close()
+        writer = _BackgroundWriter(ws, run_id, self.timer)
+        try:
+            self._stream_first_pass(writer, first, prepared, file_stats, limit_per_input, split, bar)
+        finally:
+            writer.close()
+            bar.close()
 
         for i, p in enumerate(self.passes):
             if i > 0 and p.record_stages:
@@ -301,11 +361,31 @@ class Pipeline:
                 _, gstage = p.global_stage
                 table = pl.concat(prepared) if prepared else None
                 if table is not None and table.height:
-                    rej = gstage.decide(table)
+                    with self.timer(f"stage:{gstage.name}"):
+                        rej = gstage.decide(table)
                     if rej.height:
                         ws.append("rejects", run_id, rej.select("uid", stage=pl.lit(gstage.name), reason="reason", detail="detail", duplicate_of="duplicate_of"))
                 prepared = []
         return self._summarize(ws, file_stats, t0, started)
+
+    def _stream_first_pass(self, writer, first, prepared, file_stats, limit_per_input, split, bar) -> None:
+        batches = self.ingest(limit_per_input)
+        while True:
+            with self.timer("read+convert (incl. build, derive)"):
+                item = next(batches, None)
+            if item is None:
+                break
+            frame, quarantine, shown = item
+            stats = file_stats.setdefault(shown, {"records": 0, "quarantined": 0})
+            stats["records"] += frame.height
+            stats["quarantined"] += quarantine.height
+            rows, alive, rej, scores = self.apply_record_stages(frame, first.record_stages)
+            if first.global_stage is not None and alive.height:
+                with self.timer(f"stage:{first.global_stage[1].name}"):
+                    prepared.append(first.global_stage[1].prepare(alive))
+            with self.timer("store (prepare rows)"):
+                writer.put(("quarantine", quarantine), ("records", self._stored_rows(rows, scores, split)), ("rejects", rej))
+            bar.update(frame.height + quarantine.height)
 
     def _record_pass(self, ws: Workspace, p: _Pass, split: pl.Expr) -> list[pl.DataFrame]:
         """A later pass: per-record stages over the kept records, read back from the workspace."""
@@ -331,17 +411,15 @@ class Pipeline:
             )
         return prepared
 
-    def _store(self, ws: Workspace, rows: pl.DataFrame, rej: pl.DataFrame | None, scores: pl.DataFrame | None, split: pl.Expr) -> None:
+    @staticmethod
+    def _stored_rows(rows: pl.DataFrame, scores: pl.DataFrame | None, split: pl.Expr) -> pl.DataFrame:
         if scores is not None:
             score_cols = [c for c in scores.columns if c != "uid"]
             scores = scores.select("uid", scores=pl.struct(score_cols).struct.json_encode())
             rows = rows.join(scores, on="uid", how="left")
         else:
             rows = rows.with_columns(scores=pl.lit(None, dtype=pl.Utf8))
-        rows = rows.with_columns(split=split).select(STORED_COLUMNS)
-        ws.append("records", self.run_id, rows)
-        if rej is not None and rej.height:
-            ws.append("rejects", self.run_id, rej)
+        return rows.with_columns(split=split).select(STORED_COLUMNS)
 
     # -- summary, ledger check -------------------------------------------------------------------------------
     def _summarize(self, ws: Workspace, file_stats: dict, t0: float, started: datetime) -> dict[str, Any]:
@@ -397,6 +475,7 @@ class Pipeline:
             "quarantine_reasons": dict(zip(qreasons["e"].to_list(), qreasons["n"].to_list())),
             "fixes": dict(zip(fixes["f"].to_list(), fixes["n"].to_list())),
             "splits": {k: int(dict(zip(splits["split"].to_list(), splits["n"].to_list())).get(k, 0)) for k in ("train", "validation", "test")},
+            "timings": {k: round(v, 3) for k, v in sorted(self.timer.seconds.items(), key=lambda kv: -kv[1])},
             "workspace": str(ws.path),
             "version": __version__,
         }

@@ -118,13 +118,16 @@ def _pct(part: float, whole: float) -> str:
     p = 100.0 * part / whole
     if 0 < p < 0.1:
         return "<0.1%"
+    if 99.9 < p < 100:
+        return ">99.9%"
     return f"{p:.1f}%"
 
 
 def _fmt_num(x: float | None) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "–"
-    if float(x).is_integer():
+    x = round(float(x), 1)
+    if x.is_integer():
         return f"{int(x):,}"
     return f"{x:,.1f}"
 
@@ -249,7 +252,7 @@ def _context(summary: dict, examples: dict[str, list[dict]], token_lengths: dict
     after = _lengths(token_lengths.get("after"))
     base = before if before.size else after
     clip = float(np.percentile(base, HIST_CLIP_PERCENTILE)) if base.size else 1.0
-    clip = max(clip, 1.0)
+    clip = max(math.ceil(clip), 1.0)
     unit = _str(summary.get("unit")) or "tokens"
     lengths = {"before": _quantiles(before), "after": _quantiles(after)}
 
@@ -274,7 +277,7 @@ def _context(summary: dict, examples: dict[str, list[dict]], token_lengths: dict
             "source": f"{_oneline(q.get('source_file'), 200)}:{_fmt_int(q.get('source_line'))}",
             "field": _oneline(q.get("field"), 200),
             "error": _oneline(q.get("error")),
-            "raw": _truncate(_visible(q.get("raw")), RAW_CHARS),
+            "raw": _truncate(_visible(q.get("raw")).rstrip(), RAW_CHARS),
         }
         for q in (examples.get("quarantine") or [])
         if isinstance(q, dict)
@@ -326,7 +329,7 @@ def _context(summary: dict, examples: dict[str, list[dict]], token_lengths: dict
 
 def _example(r: dict) -> dict[str, Any]:
     return {
-        "uid": _fmt_int(r.get("uid")) if r.get("uid") is not None else "–",
+        "uid": _str(int(r["uid"])) if isinstance(r.get("uid"), (int, np.integer)) else (_oneline(r.get("uid"), 40) or "–"),
         "id": _oneline(r.get("id"), 80),
         "source": f"{_oneline(r.get('source_file'), 200)}:{_fmt_int(r.get('source_line'))}",
         "detail": _oneline(r.get("detail")),
@@ -405,6 +408,8 @@ def _lengths_png(before: np.ndarray, after: np.ndarray, unit: str, clip: float, 
                 bbox={"boxstyle": "round", "fc": "white", "ec": "#bbbbbb"})
         ax.set_title(f"{label}: {v.size:,} records", fontsize=10, loc="left")
         ax.set_ylabel("records (log)")
+        if v is after and before.size:
+            ax.legend(loc="upper center", fontsize=8, frameon=False)
     axes[-1].set_xlabel(f"length ({unit}); clipped at p{HIST_CLIP_PERCENTILE:g} of 'before' = {_fmt_num(clip)}")
     axes[-1].set_xlim(0, clip)
     _save(fig, path)
@@ -545,7 +550,7 @@ def _markdown(c: dict) -> str:
         L.append("No examples.")
         L.append("")
     for g in c["example_groups"]:
-        count = f" ({g['count']:,} records)" if g["count"] is not None else ""
+        count = f" ({g['count']:,} record{'' if g['count'] == 1 else 's'})" if g["count"] is not None else ""
         L.append(f"### {_code(g['stage'])} / {_code(g['reason'])}{count}")
         L.append("")
         for e in g["items"]:
@@ -688,7 +693,7 @@ quarantined <b>{{ fi(c.quarantined) }}</b> ({{ pct(c.quarantined, c.inputs) }}).
 {% if not c.example_groups %}<p>No examples.</p>{% endif %}
 {% for g in c.example_groups %}
 <details{% if loop.index <= 3 %} open{% endif %}>
-<summary><span class="mono">{{ g.stage }}</span> / <span class="mono">{{ g.reason }}</span>{% if g.count is not none %} ({{ fi(g.count) }} records){% endif %}</summary>
+<summary><span class="mono">{{ g.stage }}</span> / <span class="mono">{{ g.reason }}</span>{% if g.count is not none %} ({{ fi(g.count) }} record{{ '' if g.count == 1 else 's' }}){% endif %}</summary>
 {% for e in g["items"] %}
 <div class="example">
 <div class="head">uid {{ e.uid }} · <span class="mono">{{ e.source }}</span>{% if e.id %} · id <span class="mono">{{ e.id }}</span>{% endif %}{% if e.duplicate_of %} · duplicate of <span class="mono">{{ e.duplicate_of }}</span>{% endif %}{% if e.detail %}<br>detail: <span class="mono">{{ e.detail }}</span>{% endif %}</div>

@@ -1,0 +1,911 @@
+"""Per-record quality filters: length, repetition, blocklists, refusals, instructions the model cannot see.
+
+Every stage here is a :class:`~curate.stages.RecordStage`: ``evaluate(batch)`` returns the batch with
+``reason`` (null = keep), ``detail`` and the stage's score columns (``<stage>_<metric>``). The work is
+vectorized: Polars string kernels (regex, Aho-Corasick) over whole columns, and for the word-level
+statistics, NumPy over hashed tokens of the whole batch (one sort per statistic, no Python loop per
+record). When a record fails several checks of one stage it gets the first failing reason in the order
+the stage's ``reasons`` tuple lists them.
+
+Words. Word-level statistics split text into tokens at whitespace and ASCII/typographic punctuation
+(``_SEPARATORS``), so "don't" is two tokens and "banana!Eat" is two; it is close to ``\\w+`` without the
+cost of a Unicode regex over every character. Lengths of word n-grams are counted in UTF-8 bytes and
+divided by the text's length in bytes (the same ratio as characters for ASCII text).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+from pydantic import Field, field_validator
+
+from curate.schema import turns_text_expr
+from curate.stages import RecordStage, StageContext, StageParams, register
+
+__all__ = [
+    "ResponseLength",
+    "Length",
+    "UniqueWords",
+    "GopherRepetition",
+    "Blocklist",
+    "Refusal",
+    "UnseeableContext",
+    "DEFAULT_REFUSAL_PHRASES",
+]
+
+# -- shared helpers ---------------------------------------------------------------------------------------
+
+_SEPARATORS = list("\n\t\r!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~") + list("\u201c\u201d\u2018\u2019\u2014\u2013\u2026\u00ab\u00bb\u2022\u00b7")
+_SEPARATOR_MAP = dict.fromkeys(_SEPARATORS, " ")
+_APOSTROPHES = {"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u2032": "'"}
+
+
+def _first_failing(checks: Sequence[tuple[pl.Expr, str, pl.Expr]]) -> tuple[pl.Expr, pl.Expr]:
+    """``reason`` and ``detail`` expressions from ordered (condition, reason, detail) checks.
+
+    The first condition that is true wins; a null condition counts as false (the check does not apply).
+    """
+    if not checks:
+        return pl.lit(None, dtype=pl.Utf8).alias("reason"), pl.lit(None, dtype=pl.Utf8).alias("detail")
+    reason = pl.when(checks[0][0].fill_null(False)).then(pl.lit(checks[0][1]))
+    detail = pl.when(checks[0][0].fill_null(False)).then(checks[0][2])
+    for cond, code, text in checks[1:]:
+        reason = reason.when(cond.fill_null(False)).then(pl.lit(code))
+        detail = detail.when(cond.fill_null(False)).then(text)
+    return (
+        reason.otherwise(pl.lit(None, dtype=pl.Utf8)).cast(pl.Utf8).alias("reason"),
+        detail.otherwise(pl.lit(None, dtype=pl.Utf8)).cast(pl.Utf8).alias("detail"),
+    )
+
+
+def _pct(expr: pl.Expr) -> pl.Expr:
+    """A fraction as a whole percentage, for details."""
+    return (expr * 100).round(0).cast(pl.Int64)
+
+
+def _tokens(text: pl.Series, lowercase: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tokens of every text in the batch, flattened: (row index, 64-bit hash, length in bytes), in order."""
+    text = text.fill_null("")
+    if lowercase:
+        text = text.str.to_lowercase()
+    parts = text.str.replace_many(_SEPARATOR_MAP).str.split(" ")
+    counts = parts.list.len().to_numpy()
+    flat = parts.explode()
+    lengths = flat.str.len_bytes().fill_null(0).to_numpy().astype(np.int64)
+    hashes = flat.hash(seed=0x5EED).to_numpy()
+    rows = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    keep = lengths > 0  # empty strings between adjacent separators
+    return rows[keep], hashes[keep], lengths[keep]
+
+
+_U = np.uint64
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finalizer, vectorized (uint64 arithmetic wraps)."""
+    x = x ^ (x >> _U(30))
+    x = x * _U(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> _U(27))
+    x = x * _U(0x94D049BB133111EB)
+    return x ^ (x >> _U(31))
+
+
+def _run_starts(sorted_keys: np.ndarray) -> np.ndarray:
+    """Start index of every run of equal values in a sorted array."""
+    if len(sorted_keys) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate(([0], np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1))
+
+
+_ROW_BITS = 20  # rows per block in packed keys: row (20 bits) | hash (32 bits) | length (12 bits)
+_LEN_BITS = 12
+_LEN_MAX = (1 << _LEN_BITS) - 1
+
+
+def _top_ngram_fracs(text: pl.Series, ns: Sequence[int], min_words: int) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """Per record and n: characters covered by the most frequent word n-gram / characters of the text.
+
+    As in Gopher / datatrove's ``find_top_duplicate``: the count of the most frequent n-gram times its
+    length (words joined by single spaces). Ties on the count go to the longest n-gram. An n-gram seen
+    only once is not a repetition: its fraction is 0. Records with fewer than ``min_words`` words get 0.
+
+    Implementation: every n-gram of the batch becomes one uint64 key, (row | 32-bit n-gram hash | length),
+    and one sort of all keys finds the run lengths; the per-row maximum comes from ``maximum.reduceat``.
+    32 bits of hash per record make a collision between two distinct n-grams of one record unlikely
+    (about m^2 / 2^33 for m n-grams) and harmless (it can only merge two counts).
+    """
+    n_rows = len(text)
+    out = {n: np.zeros(n_rows, dtype=np.float64) for n in ns}
+    rows, hashes, lengths = _tokens(text)
+    n_words = np.bincount(rows, minlength=n_rows).astype(np.int64)
+    gated = n_words >= max(min_words, 2)
+    if not ns or not gated.any():
+        return out, n_words
+    keep = gated[rows]
+    rows, hashes, lengths = rows[keep], hashes[keep], lengths[keep]
+    text_bytes = text.fill_null("").str.len_bytes().to_numpy().astype(np.float64)
+    # blocks of at most 2**20 rows, so a row number fits its bits of the packed key
+    gated_rows = np.flatnonzero(gated)
+    for b0 in range(0, len(gated_rows), 1 << _ROW_BITS):
+        block = gated_rows[b0 : b0 + (1 << _ROW_BITS)]
+        lo, hi = np.searchsorted(rows, [block[0], block[-1] + 1])
+        local = np.searchsorted(block, rows[lo:hi]).astype(np.uint64)
+        h, ln = hashes[lo:hi], lengths[lo:hi]
+        gram_h, gram_len = h, ln
+        for n in range(2, max(ns) + 1):
+            gram_h = _mix(gram_h[:-1] * _U(0x9E3779B97F4A7C15) + h[n - 1 :])
+            gram_len = gram_len[:-1] + ln[n - 1 :] + 1
+            if n not in ns:
+                continue
+            valid = local[: len(local) - n + 1] == local[n - 1 :]
+            key = (
+                (local[: len(local) - n + 1][valid] << _U(64 - _ROW_BITS))
+                | ((gram_h[valid] >> _U(32)) << _U(_LEN_BITS))
+                | np.minimum(gram_len[valid], _LEN_MAX).astype(np.uint64)
+            )
+            if len(key) == 0:
+                continue
+            key.sort()
+            starts = _run_starts(key)
+            counts = np.diff(np.append(starts, len(key))).astype(np.uint64)
+            firsts = key[starts]
+            run_row = (firsts >> _U(64 - _ROW_BITS)).astype(np.int64)
+            score = (counts << _U(_LEN_BITS)) | (firsts & _U(_LEN_MAX))
+            row_starts = _run_starts(run_row)
+            best = np.maximum.reduceat(score, row_starts)
+            best_count = (best >> _U(_LEN_BITS)).astype(np.float64)
+            best_len = (best & _U(_LEN_MAX)).astype(np.float64)
+            target = block[run_row[row_starts]]
+            frac = np.where(best_count >= 2, best_count * best_len / np.maximum(text_bytes[target], 1.0), 0.0)
+            out[n][target] = np.minimum(frac, 1.0)
+    return out, n_words
+
+
+def _duplicate_parts(text: pl.Series, kind: Literal["line", "paragraph"]) -> pl.DataFrame:
+    """Per record: number of lines (paragraphs), duplicates among them, characters in the duplicates.
+
+    As datatrove's ``find_duplicates``: an element equal to an earlier one of the same record is a
+    duplicate; its characters count toward the duplicate characters. Lines are split at runs of newlines,
+    paragraphs at runs of two or more. Only records that contain a separator are split (the rest have one
+    element and no duplicate).
+    """
+    n_rows = len(text)
+    text = text.fill_null("")
+    sep = "\n" if kind == "line" else "\n\n"
+    base = pl.DataFrame(
+        {
+            "parts": pl.Series(np.ones(n_rows, dtype=np.int64)),
+            "dups": pl.Series(np.zeros(n_rows, dtype=np.int64)),
+            "dup_chars": pl.Series(np.zeros(n_rows, dtype=np.int64)),
+        }
+    )
+    frame = pl.DataFrame({"t": text}).with_row_index("row")
+    multi = frame.filter(pl.col("t").str.strip_chars("\n").str.contains(sep, literal=True))
+    if multi.height == 0:
+        return base
+    parts = (
+        multi.select("row", part=pl.col("t").str.strip_chars("\n").str.split(sep))
+        .explode("part")
+        .with_columns(pl.col("part").str.strip_chars("\n"))
+        .filter(pl.col("part") != "")
+        .with_columns(dup=~pl.struct("row", h=pl.col("part").hash()).is_first_distinct())
+        .group_by("row")
+        .agg(
+            parts=pl.len().cast(pl.Int64),
+            dups=pl.col("dup").sum().cast(pl.Int64),
+            dup_chars=pl.col("part").str.len_chars().filter(pl.col("dup")).sum().cast(pl.Int64),
+        )
+    )
+    idx = parts["row"].to_numpy().astype(np.int64)
+    for col in ("parts", "dups", "dup_chars"):
+        values = base[col].to_numpy().copy()
+        values[idx] = parts[col].to_numpy()
+        base = base.with_columns(pl.Series(col, values))
+    return base
+
+
+def _read_terms(path: Path) -> list[str]:
+    """Terms from a list file: one per line, ``#`` starts a comment line, blank lines are ignored."""
+    if not path.is_file():
+        raise FileNotFoundError(f"blocklist file not found: {path}")
+    terms = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            terms.append(line)
+    return terms
+
+
+def _normalize_phrase(s: str) -> str:
+    for k, v in _APOSTROPHES.items():
+        s = s.replace(k, v)
+    return " ".join(s.lower().split())
+
+
+class _TermMatcher:
+    """First whole-word, case-insensitive occurrence of any of many terms, vectorized.
+
+    Aho-Corasick (``str.contains_any``) over the lower-cased text finds candidate records; only those get
+    the word-boundary regex, ``(?:^|\\W)(term1|term2|...)(?:\\W|$)``, built in chunks of terms so the
+    compiled regex stays small. A term that starts or ends with punctuation ("c++") works: the boundary
+    is "not a word character", not ``\\b``. The returned match is the lower-cased term.
+    """
+
+    CHUNK = 400
+
+    def __init__(self, terms: Sequence[str]):
+        norm = sorted({_normalize_phrase(t) for t in terms if t.strip()}, key=lambda t: (-len(t), t))
+        self.terms = norm
+        self.patterns = [
+            r"(?:^|[^\w])(" + "|".join(pl.escape_regex(t) for t in norm[i : i + self.CHUNK]) + r")(?:[^\w]|$)"
+            for i in range(0, len(norm), self.CHUNK)
+        ]
+
+    @staticmethod
+    def prepare(text: pl.Expr) -> pl.Expr:
+        """Lower-case, straight apostrophes, single spaces (the form terms are compared in)."""
+        return (
+            text.fill_null("")
+            .str.to_lowercase()
+            .str.replace_many(_APOSTROPHES)
+            .str.replace_all(r"[ \t\u00a0]+", " ")
+        )
+
+    def first_match(self, prepared: pl.Series) -> pl.Series:
+        n = len(prepared)
+        result = pl.Series("match", [None] * n, dtype=pl.Utf8)
+        if not self.terms or n == 0:
+            return result
+        candidates = prepared.str.contains_any(self.terms)
+        idx = candidates.arg_true()
+        if len(idx) == 0:
+            return result
+        sub = prepared.gather(idx)
+        found = pl.Series([None] * len(sub), dtype=pl.Utf8)
+        for pattern in self.patterns:
+            found = found.fill_null(sub.str.extract(pattern, 1))
+        return result.scatter(idx, found)
+
+
+# -- response_length -----------------------------------------------------------------------------------------
+
+
+@register
+class ResponseLength(RecordStage):
+    """Empty or too-short responses (all assistant turns together, surrounding whitespace ignored).
+
+    Params:
+        min_chars: fewest characters a response needs (default 1: only empty responses fail). Short
+            answers ("Yes.", "4", "Paris") are correct answers to many instructions, so a higher floor
+            is a per-dataset decision.
+        min_words: fewest words a response needs (default 0: off).
+
+    Reasons, in order: ``empty_response``, ``response_too_short``.
+    Scores: ``response_length_chars``, ``response_length_words``.
+    """
+
+    name = "response_length"
+    reasons = ("empty_response", "response_too_short")
+    score_columns = ("response_length_chars", "response_length_words")
+
+    class Params(StageParams):
+        min_chars: int = Field(1, ge=0)
+        min_words: int = Field(0, ge=0)
+
+    def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
+        p = self.params
+        stripped = pl.col("response_text").fill_null("").str.strip_chars()
+        batch = batch.with_columns(response_length_chars=stripped.str.len_chars().cast(pl.Int64))
+        if p.min_words > 0:
+            rows, _, _ = _tokens(batch["response_text"])
+            words = pl.Series(np.bincount(rows, minlength=batch.height).astype(np.int64))
+            batch = batch.with_columns(response_length_words=words)
+        else:  # counting words costs a pass over the text; skip it when no word floor is set
+            batch = batch.with_columns(response_length_words=pl.lit(None, dtype=pl.Int64))
+        chars, words = pl.col("response_length_chars"), pl.col("response_length_words")
+        reason, detail = _first_failing(
+            [
+                (chars == 0, "empty_response", pl.lit("response is empty")),
+                (chars < p.min_chars, "response_too_short", pl.format("response has {} chars (min {})", chars, pl.lit(p.min_chars))),
+                (words < p.min_words, "response_too_short", pl.format("response has {} words (min {})", words, pl.lit(p.min_words))),
+            ]
+        )
+        return batch.with_columns(reason, detail)
+
+
+# -- length --------------------------------------------------------------------------------------------------
+
+
+@register
+class Length(RecordStage):
+    """Records too long to train on (or with a too-short prompt).
+
+    Params:
+        max_chars: most characters over all turns (default 20,000, about 5k tokens of English: longer
+            records are usually pasted documents or degenerate generations, and would be truncated at the
+            usual 2k-8k token training lengths anyway). null disables.
+        max_tokens: most tokens over all turns with the configured tokenizer (default null: off). Set it
+            to the training ``max_seq_length`` so nothing is silently truncated; needs ``tokenizer:`` in
+            the config.
+        min_prompt_chars: fewest characters of the prompt (system and user turns, default null: off;
+            empty user turns are ``conversation_structure``'s ``empty_turn``).
+
+    Reasons, in order: ``too_long_tokens`` (the limit that maps to the training context), ``too_long_chars``,
+    ``prompt_too_short``. Scores: ``length_chars``, ``length_tokens``, ``length_prompt_chars``.
+    """
+
+    name = "length"
+    reasons = ("too_long_tokens", "too_long_chars", "prompt_too_short")
+    score_columns = ("length_chars", "length_tokens", "length_prompt_chars")
+
+    class Params(StageParams):
+        max_chars: int | None = Field(20_000, ge=1)
+        max_tokens: int | None = Field(None, ge=1)
+        min_prompt_chars: int | None = Field(None, ge=0)
+
+    def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
+        p = self.params
+        if p.max_tokens is not None and batch.height and batch["n_tokens"].null_count() > 0:
+            raise ValueError("length.max_tokens needs a tokenizer: set `tokenizer:` in the config")
+        batch = batch.with_columns(
+            length_chars=pl.col("n_chars").cast(pl.Int64),
+            length_tokens=pl.col("n_tokens").cast(pl.Int64),
+            length_prompt_chars=pl.col("prompt_text").fill_null("").str.strip_chars().str.len_chars().cast(pl.Int64),
+        )
+        checks = []
+        if p.max_tokens is not None:
+            t = pl.col("length_tokens")
+            checks.append((t > p.max_tokens, "too_long_tokens", pl.format("{} tokens (max {})", t, pl.lit(p.max_tokens))))
+        if p.max_chars is not None:
+            c = pl.col("length_chars")
+            checks.append((c > p.max_chars, "too_long_chars", pl.format("{} chars over all turns (max {})", c, pl.lit(p.max_chars))))
+        if p.min_prompt_chars is not None:
+            c = pl.col("length_prompt_chars")
+            checks.append((c < p.min_prompt_chars, "prompt_too_short", pl.format("prompt has {} chars (min {})", c, pl.lit(p.min_prompt_chars))))
+        return batch.with_columns(*_first_failing(checks))
+
+
+# -- unique_words --------------------------------------------------------------------------------------------
+
+
+@register
+class UniqueWords(RecordStage):
+    """Responses that keep repeating the same few words: distinct lower-cased words / words.
+
+    Params:
+        min_ratio: the lowest acceptable ratio (default 0.3). On the Alpaca and GPT-4 answers in
+            shared/data the 1st percentile of responses with 20+ words is about 0.4 and the ratio of
+            ordinary prose falls slowly with length (about 0.45 at 500 words), while looping generations
+            ("Eat a banana!" x 2000) sit far below 0.1.
+        min_words: only responses with at least this many words are judged (default 20): short answers
+            repeat words naturally ("No, no, no." is a fine answer) and a ratio over a handful of words
+            is noise.
+
+    Reason: ``low_unique_word_ratio``. Scores: ``unique_words_ratio``, ``unique_words_words``.
+    """
+
+    name = "unique_words"
+    reasons = ("low_unique_word_ratio",)
+    score_columns = ("unique_words_ratio", "unique_words_words")
+
+    class Params(StageParams):
+        min_ratio: float = Field(0.3, ge=0.0, le=1.0)
+        min_words: int = Field(20, ge=1)
+
+    def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
+        p = self.params
+        rows, hashes, _ = _tokens(batch["response_text"], lowercase=True)
+        n = batch.height
+        words = np.bincount(rows, minlength=n)
+        key = (rows.astype(np.uint64) << _U(40)) | (hashes >> _U(24))  # row | 40-bit hash; fine below 2^24 rows
+        if n >= (1 << 24):  # pragma: no cover - batches are far smaller
+            raise ValueError("unique_words: batch too large (split it)")
+        key.sort()
+        starts = _run_starts(key)
+        distinct = np.bincount((key[starts] >> _U(40)).astype(np.int64), minlength=n)
+        ratio = np.where(words > 0, distinct / np.maximum(words, 1), np.nan)
+        batch = batch.with_columns(
+            unique_words_ratio=pl.Series(ratio, dtype=pl.Float64).fill_nan(None),
+            unique_words_words=pl.Series(words.astype(np.int64)),
+        )
+        r, w = pl.col("unique_words_ratio"), pl.col("unique_words_words")
+        reason, detail = _first_failing(
+            [
+                (
+                    (w >= p.min_words) & (r < p.min_ratio),
+                    "low_unique_word_ratio",
+                    pl.format("{}% of the response's {} words are distinct (min {}%)", _pct(r), w, pl.lit(round(p.min_ratio * 100))),
+                )
+            ]
+        )
+        return batch.with_columns(reason, detail)
+
+
+# -- gopher_repetition ---------------------------------------------------------------------------------------
+
+
+@register
+class GopherRepetition(RecordStage):
+    """Repetition rules of Gopher (Rae et al. 2021, table A1), as datatrove's GopherRepetitionFilter, on the response.
+
+    Checks, in order (datatrove's order):
+
+    1. ``dup_para_frac``: duplicate paragraphs / paragraphs (split at two or more newlines)
+    2. ``dup_para_char_frac``: characters in duplicate paragraphs / characters of the response
+    3. ``dup_line_frac``: duplicate lines / lines (split at newlines)
+    4. ``dup_line_char_frac``: characters in duplicate lines / characters of the response
+    5. ``top_2gram_frac``, ``top_3gram_frac``, ``top_4gram_frac``: characters covered by the most frequent
+       word n-gram (count x length) / characters of the response
+
+    A duplicate is an element equal to an earlier one (the first occurrence is not counted).
+
+    Params:
+        dup_para_frac, dup_line_frac (default 0.30), dup_para_char_frac, dup_line_char_frac (default 0.20),
+        top_ngram_fracs (default {2: 0.20, 3: 0.18, 4: 0.16}): Gopher's thresholds; null disables a rule.
+        min_words: the rules judge only responses with at least this many words (default 50, Gopher's own
+            minimum document length). Below it every ratio is dominated by a couple of elements: two
+            bullet points "- Yes" in a three-line answer are 33% duplicate lines, and a 10-word answer's
+            single most frequent bigram covers 20% of it. Short degenerate answers are still caught by
+            ``unique_words`` (from 20 words) and ``response_length``.
+
+    Differences from datatrove: words are split at whitespace and punctuation instead of NLTK's word
+    tokenizer (punctuation is not a token), a top n-gram must occur at least twice, and the 5-10-gram
+    "duplicate n-gram character fraction" rules are not implemented (the top n-gram rules and
+    ``unique_words`` catch the looping generations they target in instruction data).
+    """
+
+    name = "gopher_repetition"
+    reasons = (
+        "dup_para_frac",
+        "dup_para_char_frac",
+        "dup_line_frac",
+        "dup_line_char_frac",
+        "top_2gram_frac",
+        "top_3gram_frac",
+        "top_4gram_frac",
+    )
+    score_columns = (
+        "gopher_repetition_dup_para_frac",
+        "gopher_repetition_dup_para_char_frac",
+        "gopher_repetition_dup_line_frac",
+        "gopher_repetition_dup_line_char_frac",
+        "gopher_repetition_top_2gram_frac",
+        "gopher_repetition_top_3gram_frac",
+        "gopher_repetition_top_4gram_frac",
+        "gopher_repetition_words",
+    )
+
+    class Params(StageParams):
+        dup_para_frac: float | None = Field(0.30, ge=0.0, le=1.0)
+        dup_para_char_frac: float | None = Field(0.20, ge=0.0, le=1.0)
+        dup_line_frac: float | None = Field(0.30, ge=0.0, le=1.0)
+        dup_line_char_frac: float | None = Field(0.20, ge=0.0, le=1.0)
+        top_ngram_fracs: dict[int, float | None] = Field(default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
+        min_words: int = Field(50, ge=0)
+
+        @field_validator("top_ngram_fracs")
+        @classmethod
+        def _known_ns(cls, v: dict[int, float | None]) -> dict[int, float | None]:
+            bad = sorted(set(v) - {2, 3, 4})
+            if bad:
+                raise ValueError(f"top_ngram_fracs: n must be 2, 3 or 4, got {bad}")
+            for n, t in v.items():
+                if t is not None and not 0.0 <= t <= 1.0:
+                    raise ValueError(f"top_ngram_fracs[{n}] must be between 0 and 1, got {t}")
+            return v
+
+    def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
+        p = self.params
+        text = batch["response_text"].fill_null("")
+        ns = sorted(n for n, t in p.top_ngram_fracs.items() if t is not None)
+        tops, n_words = _top_ngram_fracs(text, ns, p.min_words)
+        chars = text.str.len_chars().cast(pl.Float64).clip(lower_bound=1.0)
+        cols: dict[str, pl.Series] = {}
+        for kind, short in (("paragraph", "para"), ("line", "line")):
+            d = _duplicate_parts(text, kind)  # type: ignore[arg-type]
+            cols[f"gopher_repetition_dup_{short}_frac"] = d["dups"] / d["parts"]
+            cols[f"gopher_repetition_dup_{short}_char_frac"] = (d["dup_chars"] / chars).clip(upper_bound=1.0)
+            cols[f"_{short}_parts"] = d["parts"]
+            cols[f"_{short}_dups"] = d["dups"]
+        for n in (2, 3, 4):
+            cols[f"gopher_repetition_top_{n}gram_frac"] = pl.Series(tops[n]) if n in tops else pl.Series([None] * batch.height, dtype=pl.Float64)
+        cols["gopher_repetition_words"] = pl.Series(n_words)
+        batch = batch.with_columns(**{k: v.cast(pl.Int64 if k.startswith("_") or k.endswith("_words") else pl.Float64) for k, v in cols.items()})
+
+        gate = pl.col("gopher_repetition_words") >= p.min_words
+        checks = []
+        for short, label in (("para", "paragraphs"), ("line", "lines")):
+            frac_t = getattr(p, f"dup_{short}_frac")
+            char_t = getattr(p, f"dup_{short}_char_frac")
+            frac = pl.col(f"gopher_repetition_dup_{short}_frac")
+            charf = pl.col(f"gopher_repetition_dup_{short}_char_frac")
+            if frac_t is not None:
+                checks.append(
+                    (
+                        gate & (frac > frac_t),
+                        f"dup_{short}_frac",
+                        pl.format(
+                            "{} of {} {} repeat an earlier one ({}%, max {}%)",
+                            pl.col(f"_{short}_dups"), pl.col(f"_{short}_parts"), pl.lit(label), _pct(frac), pl.lit(round(frac_t * 100)),
+                        ),
+                    )
+                )
+            if char_t is not None:
+                checks.append(
+                    (
+                        gate & (charf > char_t),
+                        f"dup_{short}_char_frac",
+                        pl.format("repeated {} hold {}% of the characters (max {}%)", pl.lit(label), _pct(charf), pl.lit(round(char_t * 100))),
+                    )
+                )
+        for n in ns:
+            t = p.top_ngram_fracs[n]
+            frac = pl.col(f"gopher_repetition_top_{n}gram_frac")
+            checks.append(
+                (
+                    gate & (frac > t),
+                    f"top_{n}gram_frac",
+                    pl.format("the most frequent {}-gram covers {}% of the characters (max {}%)", pl.lit(n), _pct(frac), pl.lit(round(t * 100))),
+                )
+            )
+        reason, detail = _first_failing(checks)
+        return batch.with_columns(reason, detail).drop("_para_parts", "_para_dups", "_line_parts", "_line_dups")
+
+
+# -- blocklist -----------------------------------------------------------------------------------------------
+
+
+@register
+class Blocklist(RecordStage):
+    """Records containing a blocklisted term: whole-word, case-insensitive.
+
+    Params:
+        file: a list file, one term per line (``#`` comment lines and blank lines ignored), relative to
+            the config's folder. A missing file is an error before any work starts.
+        terms: more terms, inline.
+        fields: where to look: ``response``, ``prompt`` (system and user turns) or ``all`` (default).
+
+    A term matches as a whole word or phrase: "ass" does not match "class", "c++" matches "c++," and
+    runs of spaces in the text count as one. The detail names the term and where it was found (the
+    response is checked first). Reason: ``blocklisted_term``.
+    """
+
+    name = "blocklist"
+    reasons = ("blocklisted_term",)
+    score_columns = ()
+
+    class Params(StageParams):
+        file: str | None = None
+        terms: list[str] = Field(default_factory=list)
+        fields: Literal["response", "prompt", "all"] = "all"
+
+    def __init__(self, params: StageParams | None = None, context: StageContext | None = None):
+        super().__init__(params, context)
+        terms = list(self.params.terms)
+        if self.params.file:
+            terms += _read_terms(self.context.resolve(self.params.file))
+        self.matcher = _TermMatcher(terms)
+        if not self.matcher.terms:
+            raise ValueError("blocklist has no terms: set `file:` (a list file) or `terms:`")
+
+    def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
+        fields = {"response": ["response"], "prompt": ["prompt"], "all": ["response", "prompt"]}[self.params.fields]
+        matches = []
+        for f in fields:
+            prepared = batch.select(_TermMatcher.prepare(pl.col(f"{f}_text"))).to_series()
+            matches.append((f, self.matcher.first_match(prepared)))
+        batch = batch.with_columns(*[m.alias(f"_bl_{f}") for f, m in matches])
+        checks = [
+            (pl.col(f"_bl_{f}").is_not_null(), "blocklisted_term", pl.format("blocklisted term '{}' in the {}", pl.col(f"_bl_{f}"), pl.lit(f)))
+            for f in fields
+        ]
+        return batch.with_columns(*_first_failing(checks)).drop([f"_bl_{f}" for f in fields])
+
+
+# -- refusal -------------------------------------------------------------------------------------------------
+
+DEFAULT_REFUSAL_PHRASES: tuple[str, ...] = (
+    # AI self-reference (ShareGPT/WizardLM "unfiltered" cleaners' core list)
+    "as an ai language model",
+    "as a language model",
+    "as a large language model",
+    "as an ai model",
+    "as an ai assistant",
+    "as an ai,",
+    "as an artificial intelligence",
+    "i am an ai language model",
+    "i'm an ai language model",
+    "i am a language model",
+    "i'm a language model",
+    "i am just an ai",
+    "i'm just an ai",
+    "i am only an ai",
+    "i'm only an ai",
+    "i am an artificial intelligence",
+    "i am not capable of",
+    "trained by openai",
+    "developed by openai",
+    "created by openai",
+    "i am chatgpt",
+    "i'm chatgpt",
+    "as chatgpt",
+    "openai's content policy",
+    "openai's use case policy",
+    "content policy",
+    # knowledge cutoff / browsing
+    "my knowledge cutoff",
+    "my knowledge cut-off",
+    "my knowledge cut off",
+    "my training data only goes",
+    "my last training update",
+    "as of my last update",
+    "as of my last knowledge update",
+    "i don't have access to real-time",
+    "i do not have access to real-time",
+    "i don't have real-time",
+    "i do not have real-time",
+    "i don't have the ability to browse",
+    "i do not have the ability to browse",
+    "i cannot browse the internet",
+    "i can't browse the internet",
+    "i am unable to browse",
+    "i'm unable to browse",
+    # no opinions / feelings / body
+    "i don't have personal opinions",
+    "i do not have personal opinions",
+    "i don't have personal beliefs",
+    "i do not have personal beliefs",
+    "i don't have personal experiences",
+    "i do not have personal experiences",
+    "i don't have personal preferences",
+    "i do not have personal preferences",
+    "i don't have feelings",
+    "i do not have feelings",
+    "i don't have emotions",
+    "i do not have emotions",
+    "i don't have a physical body",
+    "i do not have a physical body",
+    "i don't have a personal",
+    "i do not have a personal",
+    # refusals
+    "i'm sorry, but i cannot",
+    "i'm sorry, but i can't",
+    "i am sorry, but i cannot",
+    "i'm sorry, i cannot",
+    "i'm sorry, i can't",
+    "i am sorry, i cannot",
+    "sorry, but i cannot",
+    "sorry, but i can't",
+    "i apologize, but i cannot",
+    "i apologize, but i can't",
+    "i apologize, but as an",
+    "i cannot fulfill",
+    "i can't fulfill",
+    "i'm unable to fulfill",
+    "i am unable to fulfill",
+    "i cannot comply",
+    "i can't comply",
+    "i cannot assist with",
+    "i can't assist with",
+    "i cannot help with that",
+    "i can't help with that",
+    "i'm not able to help with",
+    "i am not able to help with",
+    "i must decline",
+    "against my programming",
+    "i am not programmed to",
+    "i'm not programmed to",
+    "it is not appropriate for me to",
+    "it's not appropriate for me to",
+    "i cannot provide a response",
+    "i can't provide a response",
+    "i'm unable to provide a response",
+    # Alpaca (text-davinci-003) non-answers to image/design tasks
+    "cannot be fulfilled by a gpt model",
+    "cannot be completed by a gpt model",
+    "cannot be performed by a gpt model",
+    "not possible for a gpt model",
+    "as a gpt model",
+    "requires a visual output",
+    "requires visual output",
+    "requires visual creative output",
+    "involves creating visual output",
+    "which the model cannot generate",
+)
+
+
+@register
+class Refusal(RecordStage):
+    """Refusals and AI boilerplate in the response ("As an AI language model", "I'm sorry, but I cannot").
+
+    Matching is case-insensitive, on whole words, with curly apostrophes read as straight ones and runs of
+    spaces as one. The default list (``DEFAULT_REFUSAL_PHRASES``) takes the unambiguous core of the
+    ShareGPT_Vicuna_unfiltered / WizardLM "unfiltered" cleaners' lists plus the non-answers Alpaca's
+    text-davinci-003 gave to image tasks, and leaves out their broad entries ("I'm sorry", "Please note",
+    "It is important to", "OpenAI", "GPT"), which hit ordinary answers (apology letters, dialogues,
+    answers about GPT models). Add those back with ``extra_phrases`` for chat data from ChatGPT.
+
+    Params:
+        phrases: the phrase list (default: ``DEFAULT_REFUSAL_PHRASES``); setting it replaces the default.
+        extra_phrases: phrases appended to ``phrases``.
+
+    Reason: ``refusal_or_boilerplate``; the detail names the phrase.
+    """
+
+    name = "refusal"
+    reasons = ("refusal_or_boilerplate",)
+    score_columns = ()
+
+    class Params(StageParams):
+        phrases: list[str] = Field(default_factory=lambda: list(DEFAULT_REFUSAL_PHRASES))
+        extra_phrases: list[str] = Field(default_factory=list)
+
+    def __init__(self, params: StageParams | None = None, context: StageContext | None = None):
+        super().__init__(params, context)
+        self.matcher = _TermMatcher([*self.params.phrases, *self.params.extra_phrases])
+
+    def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
+        prepared = batch.select(_TermMatcher.prepare(pl.col("response_text"))).to_series()
+        hit = self.matcher.first_match(prepared)
+        batch = batch.with_columns(hit.alias("_refusal"))
+        reason, detail = _first_failing(
+            [(pl.col("_refusal").is_not_null(), "refusal_or_boilerplate", pl.format("response contains '{}'", pl.col("_refusal")))]
+        )
+        return batch.with_columns(reason, detail).drop("_refusal")
+
+
+# -- unseeable_context ---------------------------------------------------------------------------------------
+
+_MEDIA_NOUNS = (
+    r"images?|photos?|photographs?|pictures?|pics?|paintings?|artworks?|drawings?|sketch(?:es)?|illustrations?"
+    r"|videos?|clips?|footage|audio|recordings?|sound ?clips?|voice ?(?:note|message|memo)s?|podcasts?|songs?"
+    r"|screenshots?|screen ?shots?|memes?|gifs?|x-rays?|scans?|charts?|graphs?|diagrams?"
+    r"|histograms?|infographics?|logos?|maps?"
+)
+_FILE_NOUNS = (
+    r"files?|attachments?|documents?|docs?|pdfs?|spreadsheets?|excel (?:file|sheet|workbook)s?|worksheets?"
+    r"|csv(?: file)?s?|word (?:file|document)s?|presentations?|slides?|slide ?decks?|zip(?: file)?s?|folders?"
+)
+_LINK_NOUNS = r"links?|urls?|web ?pages?|web ?sites?|sites?|web ?links?|hyperlinks?"
+_DEICTIC = r"this|these|the following|following|the given|given|the provided|the above|the below|the attached|the linked|the uploaded|the accompanying|the enclosed|the shown|the displayed"
+_ATTACHED = r"attached|uploaded|enclosed|accompanying|linked|embedded"
+
+_URL = r"(?:https?://|\bwww\.)[^\s)\]>\"']+"
+_MEDIA_EXT = r"\.(?:jpe?g|png|gif|svg|webp|bmp|tiff?|heic|mp4|mov|avi|mkv|webm|mp3|wav|ogg|flac|m4a)\b"
+_MEDIA_HOSTS = r"youtube\.com|youtu\.be|vimeo\.com|imgur\.com|flickr\.com|pinimg\.com|pinterest\.|unsplash\.com|shutterstock\.com|pexels\.com|instagram\.com|soundcloud\.com|spotify\.com|tiktok\.com|upload\.wikimedia\.org|ibb\.co"
+_FILE_EXT = r"\.(?:pdf|docx?|xlsx?|pptx?|csv|tsv|zip|rar|txt|json|xml|odt|ods)\b"
+_FILE_HOSTS = r"docs\.google\.com|drive\.google\.com|dropbox\.com|onedrive\.live\.com|sharepoint\.com"
+# A URL in a task about URLs or code (build a link, parse a domain, call an endpoint) is data, not a dependency.
+_URL_AS_DATA = (
+    r"\b(?:regex|regular expressions?|html|href|css|javascript|python|java|sql|code|function|script|program"
+    r"|api|endpoint|http request|curl|parse|domain names?|domains?|shorten(?:ed|er)?|encode|decode|valid(?:ate)? (?:url|link)"
+    r"|url (?:format|structure|encoding)|hyperlink|markdown|anchor|button|qr code|slug|query string|redirect)\b"
+)
+# Placeholders a generator left where media, a file or a link should be: <image>, [Image provided], ![alt](...)
+_PLACEHOLDER_MEDIA = (
+    r"<\s*/?\s*(?:image|img|photo|picture|video|audio|figure|chart|graph|diagram|drawing|painting|screenshot)\b[^>]*>"
+    r"|\[\s*(?:input:\s*)?(?:an? |the )?(?:" + _MEDIA_NOUNS + r")\b[^\]\n]{0,80}\]"
+    r"|!\[[^\]\n]*\]\s*[(\[]"
+    r"|(?:^|\n)\s*(?:" + _ATTACHED + r"|provided|sample|input) (?:" + _MEDIA_NOUNS + r")\.?\s*(?:$|\n)"
+)
+_PLACEHOLDER_FILE = (
+    r"<\s*(?:file|attachment|document|pdf|spreadsheet)\b[^>]*>"
+    r"|\[\s*(?:input:\s*)?(?:an? |the )?(?:file|attachment|document|pdf|spreadsheet)\b[^\]\n]{0,80}\]"
+)
+_PLACEHOLDER_LINK = r"<\s*(?:link|url)\b[^>]*>|\[\s*(?:input:\s*)?(?:an? |the )?(?:link|url|hyperlink)\b[^\]\n]{0,80}\]"
+
+
+def _deictic(nouns: str, gap: int = 2) -> str:
+    """"this photo", "the following stock chart", "the given (two words) video": (the tail after it is group 1).
+
+    The words in between must be on the same line, separated by single spaces.
+    """
+    return r"(?s)\b(?:" + _DEICTIC + r") (?:[a-z0-9'-]+ ){0," + str(gap) + r"}?(?:" + nouns + r")\b(.*)$"
+
+
+@register
+class UnseeableContext(RecordStage):
+    """Instructions that depend on something the model cannot see: a web page, an image, a file.
+
+    Only user turns are read (a system prompt may well mention the product's web site). Checks, in order:
+
+    1. ``media_dependent``: an image/audio/video the text points at but does not contain: a placeholder
+       (``<image>``, ``[Image provided]``, a Markdown image ``![..](..)``, an input that is just
+       "Attached photo"), a link to an image/video file or host (``.jpg``, YouTube, Imgur...), "the
+       attached/uploaded photo", "in the picture", "transcribe the recording", or a pointer ("this
+       painting", "the given chart", "the video below") followed by at most ``max_tail_words`` words,
+       i.e. not followed by a description of it.
+    2. ``file_dependent``: an attachment or file: "the attached document", "the PDF below", ``<file>``,
+       a link to a ``.pdf``/``.xlsx``/Google Docs file, or "this spreadsheet" with nothing after it.
+    3. ``url_dependent``: any other http(s)/www link, unless the task is about the URL itself or code
+       (HTML, regex, an API endpoint, a domain: ``_URL_AS_DATA``); a ``[Link to an article]``
+       placeholder; "the link below" or "this website" with nothing after it.
+
+    Tuned on shared/data/alpaca_cleaning_dev (the AlpacaDataCleaned project's removals) and the Alpaca
+    rows around it; see tests/test_stages_quality.py for the recall and false-positive numbers.
+
+    Params:
+        max_tail_words: how many words may follow a pointer ("this photo ...") for it to still count as
+            a reference to something missing (default 6: "Describe this photo in one sentence." is one,
+            "Write a caption for this photo: a dog runs on a beach at sunset" describes it).
+        check_media, check_files, check_urls: turn a family of checks off (all default true).
+    """
+
+    name = "unseeable_context"
+    reasons = ("media_dependent", "file_dependent", "url_dependent")
+    score_columns = ()
+
+    class Params(StageParams):
+        max_tail_words: int = Field(6, ge=0)
+        check_media: bool = True
+        check_files: bool = True
+        check_urls: bool = True
+
+    def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
+        p = self.params
+        user = _TermMatcher.prepare(turns_text_expr(("user",)))
+        batch = batch.with_columns(_u=user)
+        u = pl.col("_u")
+        has_url = u.str.contains(_URL)
+        url_as_data = u.str.replace_all(_URL, " ").str.contains(_URL_AS_DATA)  # ".html" in a link is not HTML
+        tail_max = p.max_tail_words
+
+        def pointer(nouns: str) -> pl.Expr:
+            tail = u.str.extract(_deictic(nouns), 1)
+            # a short tail without a quoted title: nothing after the pointer describes or names the thing
+            return tail.is_not_null() & (tail.str.count_matches(r"[\w']+") <= tail_max) & ~tail.str.contains("[\"\u201c\u201d\u00ab]")
+
+        def label(expr: pl.Expr) -> pl.Expr:
+            return expr.str.slice(0, 60)
+
+        checks: list[tuple[pl.Expr, str, pl.Expr]] = []
+        if p.check_media:
+            media_url = u.str.extract(r"(" + _URL + r")", 1)
+            media_link = has_url & ~url_as_data & (
+                u.str.contains(r"(?:https?://|www\.)[^\s)\]>\"']*" + _MEDIA_EXT) | u.str.contains(r"(?:https?://|www\.)(?:[a-z0-9-]+\.)*(?:" + _MEDIA_HOSTS + r")")
+            )
+            placeholder = u.str.extract(r"(" + _PLACEHOLDER_MEDIA + r")", 1)
+            attached = u.str.extract(
+                r"\b((?:" + _ATTACHED + r"|provided|shown) (?:[a-z0-9'-]+ ){0,1}?(?:" + _MEDIA_NOUNS + r")"
+                r"|(?:" + _MEDIA_NOUNS + r") (?:attached|uploaded|provided|shown|above|below|here)"
+                r"|\b(?:in|from|on) (?:this|the|these) (?:image|photo|photograph|picture|pic|video|clip|recording|audio|screenshot|figure)s?"
+                r"|\bof (?:this|these) (?:image|photo|photograph|picture|pic|video|clip|recording|audio|screenshot|painting)s?"
+                r"|\b(?:transcribe|listen to|watch) (?:the|this|these|the following|the given)(?: [a-z0-9'-]+){0,2}? (?:audio|recording|video|clip|podcast|song|speech|interview|lecture|voicemail|tape)s?)\b",
+                1,
+            )
+            checks += [
+                (placeholder.is_not_null(), "media_dependent", pl.format("refers to media it does not contain: '{}'", label(placeholder.str.strip_chars()))),
+                (media_link, "media_dependent", pl.format("needs the image/audio/video at {}", label(media_url))),
+                (attached.is_not_null(), "media_dependent", pl.format("refers to media it does not contain: '{}'", attached)),
+                (pointer(_MEDIA_NOUNS), "media_dependent", pl.lit("refers to an image/audio/video that is not in the prompt")),
+            ]
+        if p.check_files:
+            file_url = has_url & ~url_as_data & (
+                u.str.contains(r"(?:https?://|www\.)[^\s)\]>\"']*" + _FILE_EXT) | u.str.contains(r"(?:https?://|www\.)(?:[a-z0-9-]+\.)*(?:" + _FILE_HOSTS + r")")
+            )
+            file_ref = u.str.extract(
+                r"(" + _PLACEHOLDER_FILE
+                + r"|\b(?:" + _ATTACHED + r")\s+(?:[a-z0-9'-]+\s+){0,1}?(?:" + _FILE_NOUNS + r")\b"
+                + r"|\b(?:" + _FILE_NOUNS + r")\s+(?:attached|uploaded|enclosed)\b"
+                + r"|\b(?:the|this) (?:pdf|spreadsheet|excel file|csv file|zip file|attachment)s? (?:below|above|provided|given)\b"
+                + r"|\bsee (?:the )?attach(?:ed|ment)\b)",
+                1,
+            )
+            checks += [
+                (file_ref.is_not_null(), "file_dependent", pl.format("refers to a file it does not contain: '{}'", label(file_ref.str.strip_chars()))),
+                (file_url, "file_dependent", pl.format("needs the file at {}", label(u.str.extract(r"(" + _URL + r")", 1)))),
+                (pointer(r"pdfs?|spreadsheets?|attachments?|excel (?:file|sheet)s?|csv files?"), "file_dependent", pl.lit("refers to a file that is not in the prompt")),
+            ]
+        if p.check_urls:
+            link_placeholder = u.str.extract(r"(" + _PLACEHOLDER_LINK + r")", 1)
+            checks += [
+                (has_url & ~url_as_data, "url_dependent", pl.format("needs the content at {}", label(u.str.extract(r"(" + _URL + r")", 1)))),
+                (link_placeholder.is_not_null(), "url_dependent", pl.format("refers to a link it does not contain: '{}'", label(link_placeholder))),
+                (pointer(_LINK_NOUNS) & ~url_as_data, "url_dependent", pl.lit("refers to a link or web page that is not in the prompt")),
+            ]
+        reason, detail = _first_failing(checks)
+        return batch.with_columns(reason, detail).drop("_u")
