@@ -101,7 +101,7 @@ def inspect(
     if mapping:
         spec["mapping"] = dict(kv.split("=", 1) for kv in mapping.split(","))
     try:
-        cfg = parse_config({"name": "inspect", "inputs": [spec], "tokenizer": None}, Path.cwd(), "inspect")
+        cfg = parse_config({"name": "inspect", "inputs": [spec], "tokenizer": None, "stages": []}, Path.cwd(), "inspect")
         pipeline = Pipeline(cfg, progress=False)
     except (ConfigError, InputError, ValueError) as exc:
         _fail(str(exc))

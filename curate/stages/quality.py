@@ -766,6 +766,9 @@ _MEDIA_NOUNS = (
     r"|screenshots?|screen ?shots?|memes?|gifs?|x-rays?|scans?|charts?|graphs?|diagrams?"
     r"|histograms?|infographics?|logos?|maps?"
 )
+# after "this"/"the given": not "graph" (graph theory), "figure" (historical figure), "plot" (a story's),
+# and not "song" (the lyrics or the title usually follow)
+_POINTER_MEDIA_NOUNS = _MEDIA_NOUNS.replace("|charts?|graphs?|diagrams?", "|charts?|diagrams?").replace("|podcasts?|songs?", "|podcasts?")
 _FILE_NOUNS = (
     r"files?|attachments?|documents?|docs?|pdfs?|spreadsheets?|excel (?:file|sheet|workbook)s?|worksheets?"
     r"|csv(?: file)?s?|word (?:file|document)s?|presentations?|slides?|slide ?decks?|zip(?: file)?s?|folders?"
@@ -781,9 +784,10 @@ _FILE_EXT = r"\.(?:pdf|docx?|xlsx?|pptx?|csv|tsv|zip|rar|txt|json|xml|odt|ods)\b
 _FILE_HOSTS = r"docs\.google\.com|drive\.google\.com|dropbox\.com|onedrive\.live\.com|sharepoint\.com"
 # A URL in a task about URLs or code (build a link, parse a domain, call an endpoint) is data, not a dependency.
 _URL_AS_DATA = (
-    r"\b(?:regex|regular expressions?|html|href|css|javascript|python|java|sql|code|function|script|program"
+    r"(?:^|[^\w./-])(?:regex|regular expressions?|html|href|css|javascript|python|java|sql|code|function|script|program"
     r"|api|endpoint|http request|curl|parse|domain names?|domains?|shorten(?:ed|er)?|encode|decode|valid(?:ate)? (?:url|link)"
-    r"|url (?:format|structure|encoding)|hyperlink|markdown|anchor|button|qr code|slug|query string|redirect)\b"
+    r"|url (?:format|structure|encoding)|hyperlink|markdown|anchor|button|qr code|slug|query string|redirect"
+    r"|toolformer|tools? access|available tools|function calls?|[a-z_]+\(url\))(?:\b|$)"
 )
 # Placeholders a generator left where media, a file or a link should be: <image>, [Image provided], ![alt](...)
 _PLACEHOLDER_MEDIA = (
@@ -799,12 +803,14 @@ _PLACEHOLDER_FILE = (
 _PLACEHOLDER_LINK = r"<\s*(?:link|url)\b[^>]*>|\[\s*(?:input:\s*)?(?:an? |the )?(?:link|url|hyperlink)\b[^\]\n]{0,80}\]"
 
 
-def _deictic(nouns: str, gap: int = 2) -> str:
-    """"this photo", "the following stock chart", "the given (two words) video": (the tail after it is group 1).
-
-    The words in between must be on the same line, separated by single spaces.
+def _deictic(nouns: str, gap: int = 2, in_the: bool = True) -> str:
+    """"this photo", "the following stock chart", "the given (two words) video", "in the picture": the tail
+    after it is group 1. The words in between must be on the same line, separated by single spaces.
     """
-    return r"(?s)\b(?:" + _DEICTIC + r") (?:[a-z0-9'-]+ ){0," + str(gap) + r"}?(?:" + nouns + r")\b(.*)$"
+    lead = r"\b(?:" + _DEICTIC + r") (?:[a-z0-9'-]+ ){0," + str(gap) + r"}?"
+    if in_the:
+        lead = r"(?:" + lead + r"|\b(?:in|from|on) the )"
+    return r"(?s)" + lead + r"(?:" + nouns + r")\b(.*)$"
 
 
 @register
@@ -854,8 +860,8 @@ class UnseeableContext(RecordStage):
         url_as_data = u.str.replace_all(_URL, " ").str.contains(_URL_AS_DATA)  # ".html" in a link is not HTML
         tail_max = p.max_tail_words
 
-        def pointer(nouns: str) -> pl.Expr:
-            tail = u.str.extract(_deictic(nouns), 1)
+        def pointer(nouns: str, in_the: bool = True) -> pl.Expr:
+            tail = u.str.extract(_deictic(nouns, in_the=in_the), 1).str.replace_all(_URL, " ")  # a link describes nothing
             # a short tail without a quoted title: nothing after the pointer describes or names the thing
             return tail.is_not_null() & (tail.str.count_matches(r"[\w']+") <= tail_max) & ~tail.str.contains("[\"\u201c\u201d\u00ab]")
 
@@ -872,8 +878,7 @@ class UnseeableContext(RecordStage):
             attached = u.str.extract(
                 r"\b((?:" + _ATTACHED + r"|provided|shown) (?:[a-z0-9'-]+ ){0,1}?(?:" + _MEDIA_NOUNS + r")"
                 r"|(?:" + _MEDIA_NOUNS + r") (?:attached|uploaded|provided|shown|above|below|here)"
-                r"|\b(?:in|from|on) (?:this|the|these) (?:image|photo|photograph|picture|pic|video|clip|recording|audio|screenshot|figure)s?"
-                r"|\bof (?:this|these) (?:image|photo|photograph|picture|pic|video|clip|recording|audio|screenshot|painting)s?"
+                r"|\b(?:in|from|on|of) (?:this|these) (?:image|photo|photograph|picture|pic|video|clip|recording|audio|screenshot|painting|drawing|artwork|figure)s?"
                 r"|\b(?:transcribe|listen to|watch) (?:the|this|these|the following|the given)(?: [a-z0-9'-]+){0,2}? (?:audio|recording|video|clip|podcast|song|speech|interview|lecture|voicemail|tape)s?)\b",
                 1,
             )
@@ -881,7 +886,7 @@ class UnseeableContext(RecordStage):
                 (placeholder.is_not_null(), "media_dependent", pl.format("refers to media it does not contain: '{}'", label(placeholder.str.strip_chars()))),
                 (media_link, "media_dependent", pl.format("needs the image/audio/video at {}", label(media_url))),
                 (attached.is_not_null(), "media_dependent", pl.format("refers to media it does not contain: '{}'", attached)),
-                (pointer(_MEDIA_NOUNS), "media_dependent", pl.lit("refers to an image/audio/video that is not in the prompt")),
+                (pointer(_POINTER_MEDIA_NOUNS), "media_dependent", pl.lit("refers to an image/audio/video that is not in the prompt")),
             ]
         if p.check_files:
             file_url = has_url & ~url_as_data & (
@@ -905,7 +910,7 @@ class UnseeableContext(RecordStage):
             checks += [
                 (has_url & ~url_as_data, "url_dependent", pl.format("needs the content at {}", label(u.str.extract(r"(" + _URL + r")", 1)))),
                 (link_placeholder.is_not_null(), "url_dependent", pl.format("refers to a link it does not contain: '{}'", label(link_placeholder))),
-                (pointer(_LINK_NOUNS) & ~url_as_data, "url_dependent", pl.lit("refers to a link or web page that is not in the prompt")),
+                (pointer(_LINK_NOUNS, in_the=False) & ~url_as_data, "url_dependent", pl.lit("refers to a link or web page that is not in the prompt")),
             ]
         reason, detail = _first_failing(checks)
         return batch.with_columns(reason, detail).drop("_u")
