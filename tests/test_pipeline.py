@@ -24,6 +24,8 @@ MESSAGES_WRITTEN = [
     {"messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."}]},
     {"messages": [{"role": "user", "content": "Tell me a joke."}, {"role": "assistant", "content": "Why did the chicken cross the road? To get to the other side."}, {"role": "user", "content": "Another?"}]},
     {"messages": [{"role": "user", "content": "Say <script>alert(1)</script> and <img src=x onerror=alert(1)>"}, {"role": "assistant", "content": "<script>alert(1)</script><img src=x onerror=alert(1)>"}]},
+    # the same hostile record again: exact_dedup rejects it, so the report shows it as an example
+    {"messages": [{"role": "user", "content": "Say <script>alert(1)</script> and <img src=x onerror=alert(1)>"}, {"role": "assistant", "content": "<script>alert(1)</script><img src=x onerror=alert(1)>"}]},
 ]
 
 
@@ -40,6 +42,7 @@ def _mixed_config(shared: Path, tmp: Path) -> dict:
             {"path": "chat.jsonl"},
         ],
         "stages": ["exact_dedup"],
+        "report": {"examples_per_reason": 100},
     }
 
 
@@ -47,8 +50,8 @@ def test_mixed_shapes_ledger_invariant_and_exports(shared_data, tmp_path, run_co
     res = run_config(_mixed_config(shared_data, tmp_path))
     s = res.summary
     assert s["invariant_ok"] and s["inputs"] == s["kept"] + s["rejected"] + s["quarantined"]
-    assert s["inputs"] == 4000 + 500 + 2000 + 1319 + 3 + 3
-    assert s["shapes"] == {"alpaca": 4000, "sharegpt": 500, "prompt_completion": 2000, "mapped": 1319, "dolly": 3, "openai": 3}
+    assert s["inputs"] == 4000 + 500 + 2000 + 1319 + 3 + 4
+    assert s["shapes"] == {"alpaca": 4000, "sharegpt": 500, "prompt_completion": 2000, "mapped": 1319, "dolly": 3, "openai": 4}
     assert s["fixes"]["placeholder_input"] > 40  # Alpaca's <noinput> and friends, plus the Dolly one
     # the summary on disk is the same object the API returned
     on_disk = json.loads((res.output_dir / "summary.json").read_text())
@@ -69,6 +72,11 @@ def test_mixed_shapes_ledger_invariant_and_exports(shared_data, tmp_path, run_co
     assert total == s["kept"]
     ledger = pl.read_parquet(res.output_dir / "ledger.parquet")
     assert ledger.height == s["inputs"] and ledger["uid"].n_unique() == s["inputs"]
+    # the report lists the funnel, and record text is inert in HTML
+    html = (res.output_dir / "report.html").read_text()
+    assert "exact_dedup" in html and f"{s['inputs']:,}" in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script" not in html.lower()
+    assert "onerror=alert" not in html.replace("onerror=alert(1)&gt;", "")
 
 
 def test_exact_dedup_names_the_kept_record(tmp_path, shared_data, run_config):
