@@ -195,10 +195,23 @@ class Pipeline:
         fp = {
             "config": config_dict(cfg),
             "files": [_file_fingerprint(p) for _, paths in self.files for p in paths],
+            # files a stage reads (a blocklist, an eval set): editing one must re-run, not report "up to date"
+            "stage_files": [_file_fingerprint(p) for p in self._stage_files()],
             "version": __version__,
         }
         self.fingerprint = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()
         self.run_id = f"{cfg.name}-{self.fingerprint[:12]}"
+
+    def _stage_files(self) -> list[Path]:
+        found = []
+        for spec in self.cfg.stages:
+            for value in spec.params.model_dump().values():
+                for v in value if isinstance(value, list) else [value]:
+                    if isinstance(v, str) and v and len(v) < 4096:
+                        path = self.context.resolve(v)
+                        if path.is_file():
+                            found.append(path)
+        return found
 
     # -- ingest: files -> canonical batches + quarantine -----------------------------------------------------
     def ingest(self, limit_per_input: int | None = None):

@@ -62,9 +62,34 @@ def _first_failing(checks: Sequence[tuple[pl.Expr, str, pl.Expr]]) -> tuple[pl.E
     )
 
 
+def _with_verdict(batch: pl.DataFrame, checks: Sequence[tuple[pl.Expr, str, pl.Expr]]) -> pl.DataFrame:
+    """``batch`` plus ``reason`` and ``detail`` from ordered checks (see :func:`_first_failing`).
+
+    The detail strings are formatted for the rejected rows only (formatting every row costs more than
+    the checks themselves).
+    """
+    reason, detail = _first_failing(checks)
+    batch = batch.with_columns(reason)
+    idx = batch["reason"].is_not_null().arg_true()
+    details = pl.Series("detail", [None] * batch.height, dtype=pl.Utf8)
+    if len(idx):
+        details = details.scatter(idx, batch[idx].select(detail).to_series())
+    return batch.with_columns(details)
+
+
 def _pct(expr: pl.Expr) -> pl.Expr:
     """A fraction as a whole percentage, for details."""
     return (expr * 100).round(0).cast(pl.Int64)
+
+
+def _split_words(text: pl.Expr) -> pl.Expr:
+    """Text to a list of tokens split at whitespace and punctuation (with "" between adjacent separators)."""
+    return text.str.replace_many(_SEPARATOR_MAP).str.split(" ")
+
+
+def _word_count(text: pl.Expr) -> pl.Expr:
+    words = _split_words(text)
+    return (words.list.len() - words.list.count_matches("")).cast(pl.Int64)
 
 
 def _tokens(text: pl.Series, lowercase: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -72,7 +97,7 @@ def _tokens(text: pl.Series, lowercase: bool = False) -> tuple[np.ndarray, np.nd
     text = text.fill_null("")
     if lowercase:
         text = text.str.to_lowercase()
-    parts = text.str.replace_many(_SEPARATOR_MAP).str.split(" ")
+    parts = text.to_frame("t").select(_split_words(pl.col("t"))).to_series()
     counts = parts.list.len().to_numpy()
     flat = parts.explode()
     lengths = flat.str.len_bytes().fill_null(0).to_numpy().astype(np.int64)
@@ -111,56 +136,71 @@ def _top_ngram_fracs(text: pl.Series, ns: Sequence[int], min_words: int) -> tupl
 
     As in Gopher / datatrove's ``find_top_duplicate``: the count of the most frequent n-gram times its
     length (words joined by single spaces). Ties on the count go to the longest n-gram. An n-gram seen
-    only once is not a repetition: its fraction is 0. Records with fewer than ``min_words`` words get 0.
+    only once is not a repetition: its fraction is 0. Records with fewer than ``min_words`` words get NaN.
+    Also returns the word counts, -1 where the text is too short (in bytes) to hold ``min_words`` words.
 
     Implementation: every n-gram of the batch becomes one uint64 key, (row | 32-bit n-gram hash | length),
-    and one sort of all keys finds the run lengths; the per-row maximum comes from ``maximum.reduceat``.
+    and one sort of all keys puts repeats next to each other; run lengths are counted on the repeated
+    positions only, and the per-row maximum comes from ``maximum.reduceat``.
     32 bits of hash per record make a collision between two distinct n-grams of one record unlikely
     (about m^2 / 2^33 for m n-grams) and harmless (it can only merge two counts).
     """
     n_rows = len(text)
-    out = {n: np.zeros(n_rows, dtype=np.float64) for n in ns}
-    rows, hashes, lengths = _tokens(text)
-    n_words = np.bincount(rows, minlength=n_rows).astype(np.int64)
+    out = {n: np.full(n_rows, np.nan) for n in ns}
+    text_bytes = text.fill_null("").str.len_bytes().to_numpy().astype(np.float64)
+    # k words need at least 2k - 1 bytes: shorter texts are not even split into words
+    n_words = np.full(n_rows, -1, dtype=np.int64)
+    long_enough = np.flatnonzero(text_bytes >= 2 * min_words - 1)
+    if len(long_enough) == 0:
+        return out, n_words
+    rows, hashes, lengths = _tokens(text.gather(long_enough))
+    rows = long_enough[rows]
+    n_words[long_enough] = np.bincount(rows, minlength=n_rows)[long_enough]
     gated = n_words >= max(min_words, 2)
     if not ns or not gated.any():
         return out, n_words
-    keep = gated[rows]
-    rows, hashes, lengths = rows[keep], hashes[keep], lengths[keep]
-    text_bytes = text.fill_null("").str.len_bytes().to_numpy().astype(np.float64)
-    # blocks of at most 2**20 rows, so a row number fits its bits of the packed key
-    gated_rows = np.flatnonzero(gated)
-    for b0 in range(0, len(gated_rows), 1 << _ROW_BITS):
-        block = gated_rows[b0 : b0 + (1 << _ROW_BITS)]
-        lo, hi = np.searchsorted(rows, [block[0], block[-1] + 1])
-        local = np.searchsorted(block, rows[lo:hi]).astype(np.uint64)
-        h, ln = hashes[lo:hi], lengths[lo:hi]
+    for n in ns:
+        out[n][gated] = 0.0
+    if not gated.all():
+        keep = gated[rows]
+        rows, hashes, lengths = rows[keep], hashes[keep], lengths[keep]
+    # a row number must fit its 20 bits of the packed key: big batches go in blocks of 2**20 rows
+    row_shift, hash_shift = _U(64 - _ROW_BITS), _U(64 - 32 - _LEN_BITS)
+    len_mask = _U(_LEN_MAX)
+    hash_mask = ~(_U(_LEN_MAX) | (_U((1 << _ROW_BITS) - 1) << row_shift))
+    for b0 in range(0, n_rows, 1 << _ROW_BITS):
+        lo, hi = np.searchsorted(rows, [b0, b0 + (1 << _ROW_BITS)])
+        if hi - lo < 2:
+            continue
+        row_bits = (rows[lo:hi] - b0).astype(np.uint64) << row_shift
+        h = hashes[lo:hi]
+        ln = np.minimum(lengths[lo:hi], 1000).astype(np.uint64)  # 4 x 1000 + 3 fits the 12 length bits
         gram_h, gram_len = h, ln
         for n in range(2, max(ns) + 1):
+            # n-gram i = (n-1)-gram i + word i+n-1. An n-gram that runs across two records is keyed to the
+            # first record and can occur only once, so it never is a top (repeated) n-gram.
             gram_h = _mix(gram_h[:-1] * _U(0x9E3779B97F4A7C15) + h[n - 1 :])
-            gram_len = gram_len[:-1] + ln[n - 1 :] + 1
+            gram_len = gram_len[:-1] + ln[n - 1 :] + _U(1)
             if n not in ns:
                 continue
-            valid = local[: len(local) - n + 1] == local[n - 1 :]
-            key = (
-                (local[: len(local) - n + 1][valid] << _U(64 - _ROW_BITS))
-                | ((gram_h[valid] >> _U(32)) << _U(_LEN_BITS))
-                | np.minimum(gram_len[valid], _LEN_MAX).astype(np.uint64)
-            )
-            if len(key) == 0:
-                continue
+            key = row_bits[: len(gram_h)] | ((gram_h >> hash_shift) & hash_mask) | gram_len
             key.sort()
-            starts = _run_starts(key)
-            counts = np.diff(np.append(starts, len(key))).astype(np.uint64)
-            firsts = key[starts]
-            run_row = (firsts >> _U(64 - _ROW_BITS)).astype(np.int64)
-            score = (counts << _U(_LEN_BITS)) | (firsts & _U(_LEN_MAX))
+            # Most n-grams occur once: work only on the (few) positions equal to their predecessor.
+            repeat = np.flatnonzero(key[1:] == key[:-1])
+            if len(repeat) == 0:
+                continue
+            rep_keys = key[repeat]  # sorted; a key occurring c times appears c - 1 times here
+            starts = _run_starts(rep_keys)
+            counts = np.diff(np.append(starts, len(rep_keys))).astype(np.uint64) + _U(1)
+            firsts = rep_keys[starts]
+            run_row = (firsts >> row_shift).astype(np.int64)
+            score = (counts << _U(_LEN_BITS)) | (firsts & len_mask)
             row_starts = _run_starts(run_row)
             best = np.maximum.reduceat(score, row_starts)
             best_count = (best >> _U(_LEN_BITS)).astype(np.float64)
-            best_len = (best & _U(_LEN_MAX)).astype(np.float64)
-            target = block[run_row[row_starts]]
-            frac = np.where(best_count >= 2, best_count * best_len / np.maximum(text_bytes[target], 1.0), 0.0)
+            best_len = (best & len_mask).astype(np.float64)
+            target = run_row[row_starts] + b0
+            frac = best_count * best_len / np.maximum(text_bytes[target], 1.0)
             out[n][target] = np.minimum(frac, 1.0)
     return out, n_words
 
@@ -229,10 +269,14 @@ def _normalize_phrase(s: str) -> str:
 class _TermMatcher:
     """First whole-word, case-insensitive occurrence of any of many terms, vectorized.
 
-    Aho-Corasick (``str.contains_any``) over the lower-cased text finds candidate records; only those get
-    the word-boundary regex, ``(?:^|\\W)(term1|term2|...)(?:\\W|$)``, built in chunks of terms so the
-    compiled regex stays small. A term that starts or ends with punctuation ("c++") works: the boundary
-    is "not a word character", not ``\\b``. The returned match is the lower-cased term.
+    The text is lower-cased once; a regex alternation of the bare terms (which Rust's regex engine runs
+    as a multi-literal Aho-Corasick/Teddy search) finds candidate records, and only those get the
+    word-boundary regex ``(?:^|\W)(term1|term2|...)(?:\W|$)``. Terms are compiled in chunks so each regex
+    stays small. A term that starts or ends with punctuation ("c++") works: the boundary is "not a word
+    character", not ``\b``. An apostrophe in a term also matches a curly one. A space in a term matches
+    one space: the text is not rewritten (collapsing whitespace would cost a regex pass over every
+    record and defeat the literal search). The returned match is the term in its normalized form (lower
+    case, straight apostrophes, single spaces).
     """
 
     CHUNK = 400
@@ -240,34 +284,32 @@ class _TermMatcher:
     def __init__(self, terms: Sequence[str]):
         norm = sorted({_normalize_phrase(t) for t in terms if t.strip()}, key=lambda t: (-len(t), t))
         self.terms = norm
-        self.patterns = [
-            r"(?:^|[^\w])(" + "|".join(pl.escape_regex(t) for t in norm[i : i + self.CHUNK]) + r")(?:[^\w]|$)"
-            for i in range(0, len(norm), self.CHUNK)
-        ]
+        chunks = [norm[i : i + self.CHUNK] for i in range(0, len(norm), self.CHUNK)]
+        self.any_patterns = ["(?:" + "|".join(map(self._term_regex, c)) + ")" for c in chunks]
+        self.patterns = [r"(?:^|[^\w])(" + "|".join(map(self._term_regex, c)) + r")(?:[^\w]|$)" for c in chunks]
 
     @staticmethod
-    def prepare(text: pl.Expr) -> pl.Expr:
-        """Lower-case, straight apostrophes, single spaces (the form terms are compared in)."""
-        return (
-            text.fill_null("")
-            .str.to_lowercase()
-            .str.replace_many(_APOSTROPHES)
-            .str.replace_all(r"[ \t\u00a0]+", " ")
-        )
+    def _term_regex(term: str) -> str:
+        return pl.escape_regex(term).replace("'", "['\u2019\u2018\u02bc\u2032]")
 
-    def first_match(self, prepared: pl.Series) -> pl.Series:
-        n = len(prepared)
+    def first_match(self, text: pl.Series) -> pl.Series:
+        """The first matched term per record (null where none), from the raw (not lower-cased) text."""
+        n = len(text)
         result = pl.Series("match", [None] * n, dtype=pl.Utf8)
         if not self.terms or n == 0:
             return result
-        candidates = prepared.str.contains_any(self.terms)
+        lowered = text.fill_null("").str.to_lowercase()
+        candidates = lowered.str.contains(self.any_patterns[0])
+        for pattern in self.any_patterns[1:]:
+            candidates = candidates | lowered.str.contains(pattern)
         idx = candidates.arg_true()
         if len(idx) == 0:
             return result
-        sub = prepared.gather(idx)
+        sub = lowered.gather(idx)
         found = pl.Series([None] * len(sub), dtype=pl.Utf8)
         for pattern in self.patterns:
             found = found.fill_null(sub.str.extract(pattern, 1))
+        found = found.str.replace_many(_APOSTROPHES)
         return result.scatter(idx, found)
 
 
@@ -301,20 +343,18 @@ class ResponseLength(RecordStage):
         stripped = pl.col("response_text").fill_null("").str.strip_chars()
         batch = batch.with_columns(response_length_chars=stripped.str.len_chars().cast(pl.Int64))
         if p.min_words > 0:
-            rows, _, _ = _tokens(batch["response_text"])
-            words = pl.Series(np.bincount(rows, minlength=batch.height).astype(np.int64))
-            batch = batch.with_columns(response_length_words=words)
+            batch = batch.with_columns(response_length_words=_word_count(pl.col("response_text").fill_null("")))
         else:  # counting words costs a pass over the text; skip it when no word floor is set
             batch = batch.with_columns(response_length_words=pl.lit(None, dtype=pl.Int64))
         chars, words = pl.col("response_length_chars"), pl.col("response_length_words")
-        reason, detail = _first_failing(
+        return _with_verdict(
+            batch,
             [
                 (chars == 0, "empty_response", pl.lit("response is empty")),
                 (chars < p.min_chars, "response_too_short", pl.format("response has {} chars (min {})", chars, pl.lit(p.min_chars))),
                 (words < p.min_words, "response_too_short", pl.format("response has {} words (min {})", words, pl.lit(p.min_words))),
-            ]
+            ],
         )
-        return batch.with_columns(reason, detail)
 
 
 # -- length --------------------------------------------------------------------------------------------------
@@ -366,7 +406,7 @@ class Length(RecordStage):
         if p.min_prompt_chars is not None:
             c = pl.col("length_prompt_chars")
             checks.append((c < p.min_prompt_chars, "prompt_too_short", pl.format("prompt has {} chars (min {})", c, pl.lit(p.min_prompt_chars))))
-        return batch.with_columns(*_first_failing(checks))
+        return _with_verdict(batch, checks)
 
 
 # -- unique_words --------------------------------------------------------------------------------------------
@@ -374,55 +414,61 @@ class Length(RecordStage):
 
 @register
 class UniqueWords(RecordStage):
-    """Responses that keep repeating the same few words: distinct lower-cased words / words.
+    """Responses that keep repeating the same few words (lower-cased words, distinct / all).
+
+    The plain ratio falls with length for any text (Heaps' law: a 900-word GPT-4 answer has ~25% distinct
+    words, a 30-word one ~75%), so a fixed floor on it either misses short loops or rejects long answers.
+    The default rule is on the length-normalized ratio, Herdan's C = log(distinct) / log(words), which
+    stays near 0.8-0.9 for prose of any length and drops for loops ("Eat a banana!" x 2000: 0.13).
+    C >= 0.6 is the same as a plain ratio floor of words^-0.4: 30% at 20 words, 16% at 100, 6% at 1000.
+
+    On shared/data, C < 0.6 flags none of the 805 AlpacaEval GPT-4 or Llama-2-chat answers, 1 of 999
+    Alpaca-GPT-4 answers (a placeholder table), 6 of 9,807 Alpaca answers (chord charts, an HTML table, a
+    sudoku grid), 2 of 6,400 human Dolly answers, and the looping generations: 209 of 252 vanilla-davinci
+    self-instruct outputs, 8 flan-t5 loops in the Dolly generations, KTO's "Ooh ooh ah ah", the
+    cookbook's "Eat a banana!" answer. A plain floor of 0.3 would instead reject 6 and 9 of the 805
+    AlpacaEval GPT-4 and Llama-2-chat answers, all fine long answers.
 
     Params:
-        min_ratio: the lowest acceptable ratio (default 0.3). On the Alpaca and GPT-4 answers in
-            shared/data the 1st percentile of responses with 20+ words is about 0.4 and the ratio of
-            ordinary prose falls slowly with length (about 0.45 at 500 words), while looping generations
-            ("Eat a banana!" x 2000) sit far below 0.1.
+        min_log_ratio: the lowest acceptable Herdan's C (default 0.6; null disables).
+        min_ratio: the lowest acceptable plain distinct/words ratio (default null: off).
         min_words: only responses with at least this many words are judged (default 20): short answers
-            repeat words naturally ("No, no, no." is a fine answer) and a ratio over a handful of words
-            is noise.
+            repeat words naturally ("No, no, no.") and any ratio over a handful of words is noise.
 
-    Reason: ``low_unique_word_ratio``. Scores: ``unique_words_ratio``, ``unique_words_words``.
+    Checks, in order: the log ratio, the plain ratio; both report ``low_unique_word_ratio``.
+    Scores: ``unique_words_ratio``, ``unique_words_log_ratio`` (null under 2 words), ``unique_words_words``.
     """
 
     name = "unique_words"
     reasons = ("low_unique_word_ratio",)
-    score_columns = ("unique_words_ratio", "unique_words_words")
+    score_columns = ("unique_words_ratio", "unique_words_log_ratio", "unique_words_words")
 
     class Params(StageParams):
-        min_ratio: float = Field(0.3, ge=0.0, le=1.0)
-        min_words: int = Field(20, ge=1)
+        min_log_ratio: float | None = Field(0.6, ge=0.0, le=1.0)
+        min_ratio: float | None = Field(None, ge=0.0, le=1.0)
+        min_words: int = Field(20, ge=2)
 
     def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
         p = self.params
-        rows, hashes, _ = _tokens(batch["response_text"], lowercase=True)
-        n = batch.height
-        words = np.bincount(rows, minlength=n)
-        key = (rows.astype(np.uint64) << _U(40)) | (hashes >> _U(24))  # row | 40-bit hash; fine below 2^24 rows
-        if n >= (1 << 24):  # pragma: no cover - batches are far smaller
-            raise ValueError("unique_words: batch too large (split it)")
-        key.sort()
-        starts = _run_starts(key)
-        distinct = np.bincount((key[starts] >> _U(40)).astype(np.int64), minlength=n)
-        ratio = np.where(words > 0, distinct / np.maximum(words, 1), np.nan)
-        batch = batch.with_columns(
-            unique_words_ratio=pl.Series(ratio, dtype=pl.Float64).fill_nan(None),
-            unique_words_words=pl.Series(words.astype(np.int64)),
+        words = batch.select(_split_words(pl.col("response_text").fill_null("").str.to_lowercase())).to_series()
+        empty = words.list.count_matches("")  # "" between adjacent separators is not a word
+        n_words = (words.list.len() - empty).cast(pl.Int64)
+        n_distinct = (words.list.n_unique() - (empty > 0).cast(pl.UInt32)).cast(pl.Int64)
+        frame = pl.DataFrame({"d": n_distinct, "w": n_words}).select(
+            unique_words_ratio=(pl.col("d") / pl.col("w").replace(0, None)).cast(pl.Float64),
+            unique_words_log_ratio=pl.when(pl.col("w") >= 2).then(pl.col("d").log() / pl.col("w").log()).cast(pl.Float64),
+            unique_words_words=pl.col("w"),
         )
-        r, w = pl.col("unique_words_ratio"), pl.col("unique_words_words")
-        reason, detail = _first_failing(
-            [
-                (
-                    (w >= p.min_words) & (r < p.min_ratio),
-                    "low_unique_word_ratio",
-                    pl.format("{}% of the response's {} words are distinct (min {}%)", _pct(r), w, pl.lit(round(p.min_ratio * 100))),
-                )
-            ]
-        )
-        return batch.with_columns(reason, detail)
+        batch = batch.with_columns(frame)
+        r, c, w = pl.col("unique_words_ratio"), pl.col("unique_words_log_ratio"), pl.col("unique_words_words")
+        judged = w >= p.min_words
+        detail = pl.format("{} distinct in {} words ({}%, log ratio {})", (r * w).round(0).cast(pl.Int64), w, _pct(r), c.round(2))
+        checks = []
+        if p.min_log_ratio is not None:
+            checks.append((judged & (c < p.min_log_ratio), "low_unique_word_ratio", pl.format("{}; min log ratio {}", detail, pl.lit(p.min_log_ratio))))
+        if p.min_ratio is not None:
+            checks.append((judged & (r < p.min_ratio), "low_unique_word_ratio", pl.format("{}; min {}%", detail, pl.lit(round(p.min_ratio * 100)))))
+        return _with_verdict(batch, checks)
 
 
 # -- gopher_repetition ---------------------------------------------------------------------------------------
@@ -446,11 +492,18 @@ class GopherRepetition(RecordStage):
     Params:
         dup_para_frac, dup_line_frac (default 0.30), dup_para_char_frac, dup_line_char_frac (default 0.20),
         top_ngram_fracs (default {2: 0.20, 3: 0.18, 4: 0.16}): Gopher's thresholds; null disables a rule.
-        min_words: the rules judge only responses with at least this many words (default 50, Gopher's own
-            minimum document length). Below it every ratio is dominated by a couple of elements: two
-            bullet points "- Yes" in a three-line answer are 33% duplicate lines, and a 10-word answer's
-            single most frequent bigram covers 20% of it. Short degenerate answers are still caught by
-            ``unique_words`` (from 20 words) and ``response_length``.
+        min_words: the rules judge only responses with at least this many words (default 100). Gopher
+            used 50 (its minimum document length), but web pages are long and instruction answers are
+            not: under ~100 words every ratio hangs on a couple of elements (a 3-line answer with two
+            "- Yes" bullets is 33% duplicate lines; a 4-gram said three times in 60 words covers 20%).
+            On shared/data, 50 flags 38 of 6,400 human-written Dolly answers and 0.7% of Alpaca, nearly
+            all fine (lists repeating a product name, "Artificial Intelligence" in every bullet); 100
+            flags none of the Dolly answers and 0.2% of Alpaca. Short loops are ``unique_words``'s job
+            (it judges from 20 words).
+
+    Scores: the seven fractions (the top n-gram ones null below ``min_words``; the line and paragraph
+    ones for every record, so the gate can be retuned) and ``gopher_repetition_words`` (null when the
+    response is too short, in bytes, to hold ``min_words`` words, so it was not split into words).
 
     Differences from datatrove: words are split at whitespace and punctuation instead of NLTK's word
     tokenizer (punctuation is not a token), a top n-gram must occur at least twice, and the 5-10-gram
@@ -485,7 +538,7 @@ class GopherRepetition(RecordStage):
         dup_line_frac: float | None = Field(0.30, ge=0.0, le=1.0)
         dup_line_char_frac: float | None = Field(0.20, ge=0.0, le=1.0)
         top_ngram_fracs: dict[int, float | None] = Field(default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
-        min_words: int = Field(50, ge=0)
+        min_words: int = Field(100, ge=0)
 
         @field_validator("top_ngram_fracs")
         @classmethod
@@ -512,8 +565,10 @@ class GopherRepetition(RecordStage):
             cols[f"_{short}_parts"] = d["parts"]
             cols[f"_{short}_dups"] = d["dups"]
         for n in (2, 3, 4):
-            cols[f"gopher_repetition_top_{n}gram_frac"] = pl.Series(tops[n]) if n in tops else pl.Series([None] * batch.height, dtype=pl.Float64)
-        cols["gopher_repetition_words"] = pl.Series(n_words)
+            cols[f"gopher_repetition_top_{n}gram_frac"] = (
+                pl.Series(tops[n]).fill_nan(None) if n in tops else pl.Series([None] * batch.height, dtype=pl.Float64)
+            )
+        cols["gopher_repetition_words"] = pl.Series(n_words).replace(-1, None)
         batch = batch.with_columns(**{k: v.cast(pl.Int64 if k.startswith("_") or k.endswith("_words") else pl.Float64) for k, v in cols.items()})
 
         gate = pl.col("gopher_repetition_words") >= p.min_words
@@ -552,8 +607,7 @@ class GopherRepetition(RecordStage):
                     pl.format("the most frequent {}-gram covers {}% of the characters (max {}%)", pl.lit(n), _pct(frac), pl.lit(round(t * 100))),
                 )
             )
-        reason, detail = _first_failing(checks)
-        return batch.with_columns(reason, detail).drop("_para_parts", "_para_dups", "_line_parts", "_line_dups")
+        return _with_verdict(batch, checks).drop("_para_parts", "_para_dups", "_line_parts", "_line_dups")
 
 
 # -- blocklist -----------------------------------------------------------------------------------------------
@@ -569,9 +623,9 @@ class Blocklist(RecordStage):
         terms: more terms, inline.
         fields: where to look: ``response``, ``prompt`` (system and user turns) or ``all`` (default).
 
-    A term matches as a whole word or phrase: "ass" does not match "class", "c++" matches "c++," and
-    runs of spaces in the text count as one. The detail names the term and where it was found (the
-    response is checked first). Reason: ``blocklisted_term``.
+    A term matches as a whole word or phrase: "ass" does not match "class", "c++" matches "c++,", a
+    curly apostrophe matches a straight one, and a space in a term matches one space. The detail names
+    the term and where it was found (the response is checked first). Reason: ``blocklisted_term``.
     """
 
     name = "blocklist"
@@ -596,14 +650,13 @@ class Blocklist(RecordStage):
         fields = {"response": ["response"], "prompt": ["prompt"], "all": ["response", "prompt"]}[self.params.fields]
         matches = []
         for f in fields:
-            prepared = batch.select(_TermMatcher.prepare(pl.col(f"{f}_text"))).to_series()
-            matches.append((f, self.matcher.first_match(prepared)))
+            matches.append((f, self.matcher.first_match(batch[f"{f}_text"])))
         batch = batch.with_columns(*[m.alias(f"_bl_{f}") for f, m in matches])
         checks = [
             (pl.col(f"_bl_{f}").is_not_null(), "blocklisted_term", pl.format("blocklisted term '{}' in the {}", pl.col(f"_bl_{f}"), pl.lit(f)))
             for f in fields
         ]
-        return batch.with_columns(*_first_failing(checks)).drop([f"_bl_{f}" for f in fields])
+        return _with_verdict(batch, checks).drop([f"_bl_{f}" for f in fields])
 
 
 # -- refusal -------------------------------------------------------------------------------------------------
@@ -715,6 +768,11 @@ DEFAULT_REFUSAL_PHRASES: tuple[str, ...] = (
     "requires visual creative output",
     "involves creating visual output",
     "which the model cannot generate",
+    # placeholders a generator left instead of an answer (readers blank the exact "<nooutput>" forms)
+    "<nooutput>",
+    "<noinput>",
+    "no output required",
+    "no output needed",
 )
 
 
@@ -722,8 +780,7 @@ DEFAULT_REFUSAL_PHRASES: tuple[str, ...] = (
 class Refusal(RecordStage):
     """Refusals and AI boilerplate in the response ("As an AI language model", "I'm sorry, but I cannot").
 
-    Matching is case-insensitive, on whole words, with curly apostrophes read as straight ones and runs of
-    spaces as one. The default list (``DEFAULT_REFUSAL_PHRASES``) takes the unambiguous core of the
+    Matching is case-insensitive, on whole words, with curly apostrophes read as straight ones. The default list (``DEFAULT_REFUSAL_PHRASES``) takes the unambiguous core of the
     ShareGPT_Vicuna_unfiltered / WizardLM "unfiltered" cleaners' lists plus the non-answers Alpaca's
     text-davinci-003 gave to image tasks, and leaves out their broad entries ("I'm sorry", "Please note",
     "It is important to", "OpenAI", "GPT"), which hit ordinary answers (apology letters, dialogues,
@@ -749,13 +806,10 @@ class Refusal(RecordStage):
         self.matcher = _TermMatcher([*self.params.phrases, *self.params.extra_phrases])
 
     def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
-        prepared = batch.select(_TermMatcher.prepare(pl.col("response_text"))).to_series()
-        hit = self.matcher.first_match(prepared)
+        hit = self.matcher.first_match(batch["response_text"])
         batch = batch.with_columns(hit.alias("_refusal"))
-        reason, detail = _first_failing(
-            [(pl.col("_refusal").is_not_null(), "refusal_or_boilerplate", pl.format("response contains '{}'", pl.col("_refusal")))]
-        )
-        return batch.with_columns(reason, detail).drop("_refusal")
+        checks = [(pl.col("_refusal").is_not_null(), "refusal_or_boilerplate", pl.format("response contains '{}'", pl.col("_refusal")))]
+        return _with_verdict(batch, checks).drop("_refusal")
 
 
 # -- unseeable_context ---------------------------------------------------------------------------------------
@@ -787,7 +841,9 @@ _URL_AS_DATA = (
     r"(?:^|[^\w./-])(?:regex|regular expressions?|html|href|css|javascript|python|java|sql|code|function|script|program"
     r"|api|endpoint|http request|curl|parse|domain names?|domains?|shorten(?:ed|er)?|encode|decode|valid(?:ate)? (?:url|link)"
     r"|url (?:format|structure|encoding)|hyperlink|markdown|anchor|button|qr code|slug|query string|redirect"
-    r"|toolformer|tools? access|available tools|function calls?|[a-z_]+\(url\))(?:\b|$)"
+    r"|toolformer|tools? access|available tools|function calls?|[a-z_]+\(url\)|web search results|search results"
+    r"|github actions?|workflow|yaml|json|xml|config(?:uration)?)(?:\b|$)"
+    r"|```|\$\{|\{\{"
 )
 # Placeholders a generator left where media, a file or a link should be: <image>, [Image provided], ![alt](...)
 _PLACEHOLDER_MEDIA = (
@@ -801,6 +857,16 @@ _PLACEHOLDER_FILE = (
     r"|\[\s*(?:input:\s*)?(?:an? |the )?(?:file|attachment|document|pdf|spreadsheet)\b[^\]\n]{0,80}\]"
 )
 _PLACEHOLDER_LINK = r"<\s*(?:link|url)\b[^>]*>|\[\s*(?:input:\s*)?(?:an? |the )?(?:link|url|hyperlink)\b[^\]\n]{0,80}\]"
+
+
+# Literal stems (no word boundaries, so the regex engine runs them as a multi-literal search) that every
+# check above needs at least one of.
+_TRIGGER = (
+    r"https?://|www\.|[<\[]|imag|photo|pic|paint|artwork|drawing|sketch|illustrat|video|clip|footage|audio"
+    r"|record|sound|voice|podcast|song|screen|meme|gif|x-ray|scan|chart|graph|diagram|histogram|infographic"
+    r"|logo|map|file|attach|doc|pdf|sheet|excel|csv|word file|word doc|presentation|slide|zip|folder|link|url"
+    r"|web|site|transcribe|listen|watch|upload|enclosed"
+)
 
 
 def _deictic(nouns: str, gap: int = 2, in_the: bool = True) -> str:
@@ -852,9 +918,19 @@ class UnseeableContext(RecordStage):
         check_urls: bool = True
 
     def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
+        # Every check needs one of a few literal stems; the regexes run only on records that have one.
+        user = batch.select(turns_text_expr(("user",)).fill_null("").str.to_lowercase()).to_series()
+        idx = user.str.contains(_TRIGGER).arg_true()
+        reason = pl.Series("reason", [None] * batch.height, dtype=pl.Utf8)
+        detail = pl.Series("detail", [None] * batch.height, dtype=pl.Utf8)
+        if len(idx):
+            sub = pl.DataFrame({"_u": user.gather(idx).str.replace_many(_APOSTROPHES)}).select(*self._checks())
+            reason, detail = reason.scatter(idx, sub["reason"]), detail.scatter(idx, sub["detail"])
+        return batch.with_columns(reason, detail)
+
+    def _checks(self) -> tuple[pl.Expr, pl.Expr]:
+        """``reason`` and ``detail`` over ``_u``, the lower-cased user turns."""
         p = self.params
-        user = _TermMatcher.prepare(turns_text_expr(("user",)))
-        batch = batch.with_columns(_u=user)
         u = pl.col("_u")
         has_url = u.str.contains(_URL)
         url_as_data = u.str.replace_all(_URL, " ").str.contains(_URL_AS_DATA)  # ".html" in a link is not HTML
@@ -912,5 +988,4 @@ class UnseeableContext(RecordStage):
                 (link_placeholder.is_not_null(), "url_dependent", pl.format("refers to a link it does not contain: '{}'", label(link_placeholder))),
                 (pointer(_LINK_NOUNS, in_the=False) & ~url_as_data, "url_dependent", pl.lit("refers to a link or web page that is not in the prompt")),
             ]
-        reason, detail = _first_failing(checks)
-        return batch.with_columns(reason, detail).drop("_u")
+        return _first_failing(checks)
