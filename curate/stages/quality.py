@@ -172,18 +172,24 @@ def _top_ngram_fracs(text: pl.Series, ns: Sequence[int], min_words: int) -> tupl
         lo, hi = np.searchsorted(rows, [b0, b0 + (1 << _ROW_BITS)])
         if hi - lo < 2:
             continue
-        row_bits = (rows[lo:hi] - b0).astype(np.uint64) << row_shift
+        local = rows[lo:hi] - b0
+        row_bits = local.astype(np.uint64) << row_shift
+        starts_of_rows = np.flatnonzero(local[1:] != local[:-1]) + 1  # first token of each record but the first
         h = hashes[lo:hi]
         ln = np.minimum(lengths[lo:hi], 1000).astype(np.uint64)  # 4 x 1000 + 3 fits the 12 length bits
         gram_h, gram_len = h, ln
         for n in range(2, max(ns) + 1):
-            # n-gram i = (n-1)-gram i + word i+n-1. An n-gram that runs across two records is keyed to the
-            # first record and can occur only once, so it never is a top (repeated) n-gram.
+            # n-gram i = (n-1)-gram i + word i+n-1
             gram_h = _mix(gram_h[:-1] * _U(0x9E3779B97F4A7C15) + h[n - 1 :])
             gram_len = gram_len[:-1] + ln[n - 1 :] + _U(1)
             if n not in ns:
                 continue
             key = row_bits[: len(gram_h)] | ((gram_h >> hash_shift) & hash_mask) | gram_len
+            # The n-grams that run from one record into the next get distinct keys of length 0, which no
+            # real n-gram has: they must neither count nor be counted.
+            cross = (starts_of_rows[:, None] - np.arange(1, n)[None, :]).ravel()
+            cross = cross[(cross >= 0) & (cross < len(key))]
+            key[cross] = row_bits[cross] | (np.arange(len(cross), dtype=np.uint64) << _U(_LEN_BITS))
             key.sort()
             # Most n-grams occur once: work only on the (few) positions equal to their predecessor.
             repeat = np.flatnonzero(key[1:] == key[:-1])
