@@ -40,10 +40,10 @@ def compare(shared: Path, work: Path, examples: int = 3) -> dict:
     )  # no `stages` key: the default stage list
     res = Pipeline(cfg, progress=False).run(force=True)
     ledger = pl.read_parquet(res.output_dir / "ledger.parquet")
-    fixes = pl.from_arrow(
-        __import__("duckdb").connect(str(res.workspace), read_only=True)
-        .execute("SELECT source_line, fixes FROM records WHERE run_id = ?", [res.run_id]).to_arrow_table()
-    )
+    from curate.workspace import Workspace
+
+    with Workspace(res.workspace, read_only=True) as ws:
+        fixes = ws.sql("SELECT source_line, fixes FROM records WHERE run_id = ?", [res.run_id])
     by_pos = {row["source_line"] - 1: row for row in ledger.to_dicts()}  # JSON array rows: source_line = element number
     fix_by_pos = {r["source_line"] - 1: set(r["fixes"]) for r in fixes.to_dicts()}
 
@@ -73,7 +73,8 @@ def compare(shared: Path, work: Path, examples: int = 3) -> dict:
     ]
     out["empty_outputs_replaced_by_cleaners"] = {
         "rows": len(empty_out),
-        "rejected_by_us_as_empty": sum(by_pos[a["raw_pos"]]["reason"] == "empty_response" for a in empty_out),
+        "rejected_by_us": sum(by_pos[a["raw_pos"]]["status"] == "rejected" for a in empty_out),
+        "by_reason": dict(Counter(by_pos[a["raw_pos"]]["reason"] for a in empty_out if by_pos[a["raw_pos"]]["status"] == "rejected")),
     }
     unchanged = [a for a in align if a["status"] == "unchanged"]
     un_rej = [a for a in unchanged if by_pos[a["raw_pos"]]["status"] == "rejected"]
@@ -108,7 +109,7 @@ def main() -> None:
     for ex in ph["missed_examples"]:
         print(f"  missed input: {ex!r}")
     eo = r["empty_outputs_replaced_by_cleaners"]
-    print(f"\nempty/placeholder outputs the cleaners REPLACED: {eo['rows']}; we reject {eo['rejected_by_us_as_empty']} as empty_response")
+    print(f"\nempty/placeholder outputs the cleaners REPLACED: {eo['rows']}; we reject {eo['rejected_by_us']}: {eo['by_reason']}")
     un = r["kept_unchanged_by_cleaners_but_rejected_by_us"]
     print(f"\nrows the cleaners kept UNCHANGED: {un['rows']}; we reject {un['rejected_by_us']} ({un['rejected_by_us'] / max(un['rows'], 1):.1%}): {un['by_reason']}")
     for ex in un["examples"]:

@@ -334,7 +334,8 @@ def _text(value: Any, where: str, required: bool = False) -> str:
 
 
 def _placeholder_key(value: str) -> str:
-    return value.strip().lower().rstrip(".")
+    # '"<noinput>"', 'No input.' and '<NoInput>' all mean nothing
+    return value.strip().strip("\"'`").strip().lower().rstrip(".")
 
 
 # -- normalization, vectorized -------------------------------------------------------------------------------

@@ -469,7 +469,8 @@ class LanguageID(RecordStage):
         lang = pl.Series("lang", engine.labels, dtype=pl.Utf8).gather(best) if len(best) else pl.Series("lang", [], pl.Utf8)
         frame = pl.DataFrame({"lang": lang, "conf": prob.astype(np.float64), "letters": letters.astype(np.int64)})
         has = pl.col("letters") > 0
-        return frame.with_columns(lang=pl.when(has).then("lang"), conf=pl.when(has).then("conf"))
+        # fastText's probability is a product of (p + 1e-5) terms and can exceed 1 by a hair: shown as 1.0
+        return frame.with_columns(lang=pl.when(has).then("lang"), conf=pl.when(has).then(pl.col("conf").clip(upper_bound=1.0)))
 
     def _judge(self, texts: pl.Series) -> dict[str, np.ndarray | pl.DataFrame]:
         p = self.params
