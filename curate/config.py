@@ -166,7 +166,7 @@ class CurateConfig(_Strict):
 
     def resolve(self, path: str | Path) -> Path:
         p = Path(path).expanduser()
-        return p if p.is_absolute() else (self.base_dir / p)
+        return (p if p.is_absolute() else (self.base_dir / p)).resolve()
 
     @property
     def output_path(self) -> Path:
