@@ -1,0 +1,81 @@
+"""The quickstart config over every sample file: every shape and reader, the embedded tokenizer, the full
+stage list, and the faults planted in sample_data (see sample_data/README.md) caught by the stage named there."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+import yaml
+
+from curate.config import parse_config
+from curate.pipeline import Pipeline
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quickstart")
+    data = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+    data.update(output_dir=str(out / "run"), workspace=str(out / "ws.duckdb"))
+    cfg = parse_config(data, REPO / "configs")
+    return Pipeline(cfg, progress=False).run(force=True)
+
+
+def _outcome(ledger: pl.DataFrame, file: str, line: int) -> tuple:
+    row = ledger.filter(pl.col("source_file").str.ends_with(file) & (pl.col("source_line") == line)).row(0, named=True)
+    return row["status"], row["stage"], row["reason"]
+
+
+def test_every_shape_and_reader_with_the_embedded_tokenizer(quickstart):
+    s = quickstart.summary
+    assert s["invariant_ok"] and s["quarantined"] == 0
+    assert set(s["shapes"]) == {"alpaca", "sharegpt", "openai", "prompt_completion", "mapped", "dolly"}
+    assert {f["path"].rsplit("/", 1)[-1] for f in s["files"]} >= {
+        "alpaca_gpteacher.json", "kto_messages.jsonl.gz", "kto_messages.parquet", "truthfulqa_truth.jsonl.zst", "gsm8k_excerpt.csv",
+    }
+    assert s["tokenizer"] == "SmolLM2-135M-Instruct" and s["unit"] == "tokens"
+    assert [st["name"] for st in s["stages"]][-1] == "exact_dedup"
+    assert sum(st["rejected"] for st in s["stages"]) == s["rejected"]
+
+
+@pytest.mark.parametrize(
+    ("file", "line", "stage", "reason"),
+    [
+        ("dolly_written.jsonl", 8, "conversation_structure", "empty_turn"),
+        ("dolly_written.jsonl", 9, "refusal", "refusal_or_boilerplate"),
+        ("dolly_written.jsonl", 10, "unseeable_context", "url_dependent"),
+        ("dolly_written.jsonl", 11, "unseeable_context", "media_dependent"),
+        ("dolly_written.jsonl", 12, "language", "wrong_language"),
+        ("dolly_written.jsonl", 16, "exact_dedup", "exact_duplicate"),
+        ("dolly_written.jsonl", 21, "exact_dedup", "exact_duplicate"),  # differs from line 20 only by NFC
+        ("dolly_written.jsonl", 22, "blocklist", "blocklisted_term"),
+        ("chat_written.jsonl", 5, "conversation_structure", "ends_on_user_turn"),
+        ("chat_written.jsonl", 6, "conversation_structure", "no_assistant_turn"),
+        ("chat_written.jsonl", 7, "conversation_structure", "roles_out_of_order"),
+        ("chat_written.jsonl", 17, "unique_words", "low_unique_word_ratio"),
+        ("chat_written.jsonl", 27, "language", "wrong_language"),
+        ("openai_toy_chat.jsonl", 5, "length", "too_long_tokens"),
+    ],
+)
+def test_planted_faults_are_caught(quickstart, file, line, stage, reason):
+    ledger = pl.read_parquet(quickstart.output_dir / "ledger.parquet")
+    assert _outcome(ledger, file, line) == ("rejected", stage, reason)
+
+
+def test_fixes_are_applied_and_clean_records_kept(quickstart):
+    ledger = pl.read_parquet(quickstart.output_dir / "ledger.parquet")
+    for line in (1, 2, 3, 18, 19, 20):
+        assert _outcome(ledger, "dolly_written.jsonl", line)[0] == "kept"
+    rows = []
+    for split in ("train", "validation", "test"):
+        rows += [json.loads(x) for x in (quickstart.output_dir / "data" / f"{split}.jsonl").read_text().splitlines()]
+    by_source = {r["source"].rsplit("/", 1)[-1]: r for r in rows}
+    pii = by_source["dolly_written.jsonl:14"]["messages"]
+    text = " ".join(m["content"] for m in pii)
+    assert "[EMAIL]" in text and "quillfeather-analytics.com" not in text
+    crlf = " ".join(m["content"] for m in by_source["dolly_written.jsonl:19"]["messages"])
+    assert "\r" not in crlf and " \n" not in crlf
+    assert "café" in " ".join(m["content"] for m in by_source["dolly_written.jsonl:20"]["messages"])
+    assert quickstart.summary["fixes"].get("placeholder_input", 0) >= 1 and quickstart.summary["fixes"].get("eos_marker", 0) >= 1
