@@ -15,14 +15,21 @@ What it does:
    them all. Their line numbers are the ground truth.
 2. Runs our pipeline (ingest, normalize, the filters, language ID, exact dedup, export) in a child process,
    and the plain-Python baseline (``bench/plain_baseline.py``) in another, measuring each child's wall
-   time and peak RSS (``os.wait4``'s rusage: the child's own high-water mark).
+   time, CPU time (``os.wait4``'s rusage) and peak RSS (the child's own VmHWM from /proc; ``ru_maxrss``
+   would include this parent's RSS, inherited across fork + exec).
 3. Prints a comparison table, the ledger invariant, the dedup check against the ground truth
    (hits / missed / false) and the target check (>= 50,000 records/s end to end, peak RSS < 3 GB).
 
 Stages are a flag (``--stages``): stage modules that are not importable yet are skipped with a warning
 and the baseline then runs only the checks of the stages that ran, so both sides do the same work.
-``--stage-timing`` (on by default) wraps each stage's evaluate/prepare/decide and the pipeline's
-phases in the child process (monkeypatching there, not in curate/) and prints seconds per phase.
+Stage timing (on unless ``--no-stage-timing``) wraps each stage's evaluate/prepare/decide and the
+pipeline's phases in the child process (monkeypatching there, not in curate/) and prints seconds per
+phase, next to the pipeline's own ``summary["timings"]`` where it has them. ``--profile`` runs our side
+under cProfile instead and prints the top functions (``bench/_work/profile_<N>.pstats``).
+``--tokenizer both`` runs each side twice: without a tokenizer, and with the embedded SmolLM2
+tokenizer (ours counts tokens for every record; the baseline's length check then counts tokens too).
+
+The machine may be shared: the table shows CPU seconds and the load average next to wall times.
 """
 
 from __future__ import annotations
@@ -371,7 +378,7 @@ def child_ours(spec: dict) -> None:
         "outputs": "run outputs (export + report)" if have_report and not spec["no_export"] else ("export_run only" if not spec["no_export"] else "none"),
         "dedup_lines": dedup_lines, "other_rejected_lines": other_rejected_lines,
         "stage_summary": [{k: v for k, v in x.items() if k != "position"} for x in s["stages"]],
-        "maxrss_self_kb": __import__("resource").getrusage(__import__("resource").RUSAGE_SELF).ru_maxrss,
+        "peak_rss_mb": _peak_rss_mb(),
     }
     Path(spec["result"]).write_text(json.dumps(out))
 
@@ -379,8 +386,40 @@ def child_ours(spec: dict) -> None:
 # ---------------------------------------------------------------------------------------------------------
 # 2b. running a child, measuring it
 # ---------------------------------------------------------------------------------------------------------
+def _peak_rss_mb() -> float:
+    """This process's peak resident set size (VmHWM: the high-water mark of its own address space).
+
+    Not ``ru_maxrss``: Linux carries the pre-exec address space's high-water mark into the exec'd
+    program's ``ru_maxrss``, so a child forked from this (large, input-building) process would report at
+    least the parent's RSS."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_script(rss_file: str, script: str, args: list[str]) -> None:
+    """Run a script as __main__ (the baseline, unchanged) and record its peak RSS when it ends."""
+    import runpy
+
+    sys.argv = [script, *args]
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise
+    finally:
+        Path(rss_file).write_text(str(_peak_rss_mb()))
+
+
 def run_child(cmd: list[str], log: Path) -> tuple[float, float, int, float, float]:
-    """(wall seconds, peak RSS in MB, exit code, CPU seconds, 1-min load average at the end) of one child."""
+    """(wall seconds, ru_maxrss in MB, exit code, CPU seconds, 1-min load average at the end) of one child."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with open(log, "w") as fh:
         t0 = time.perf_counter()
@@ -424,7 +463,8 @@ def run_ours(inp: Path, truth: dict, args, stages: list[str], tokenizer: str | N
         print(log.read_text()[-4000:], file=sys.stderr)
         raise SystemExit(f"our pipeline failed (exit {rc}); log: {log}")
     r = json.loads(res_path.read_text())
-    r.update(wall=wall, rss_mb=rss, cpu=cpu, load=load, dedup=dedup_check(r.pop("dedup_lines"), truth, r.pop("other_rejected_lines")))
+    r.update(wall=wall, rss_mb=r.pop("peak_rss_mb"), cpu=cpu, load=load,
+             dedup=dedup_check(r.pop("dedup_lines"), truth, r.pop("other_rejected_lines")))
     warn = log.read_text().strip()
     if warn:
         r["log"] = warn[-2000:]
@@ -434,7 +474,10 @@ def run_ours(inp: Path, truth: dict, args, stages: list[str], tokenizer: str | N
 def run_baseline(inp: Path, truth: dict, checks: list[str], tokenizer_file: str | None, tag: str) -> dict:
     stats = WORK / f"baseline_{tag}.json"
     out = WORK / f"baseline_{tag}.kept.jsonl"
-    cmd = [sys.executable, str(HERE / "plain_baseline.py"), str(inp), str(out), "--checks", ",".join(checks), "--stats", str(stats)]
+    rss_file = WORK / f"baseline_{tag}.rss"
+    rss_file.unlink(missing_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "_child_script", str(rss_file), str(HERE / "plain_baseline.py"),
+           str(inp), str(out), "--checks", ",".join(checks), "--stats", str(stats)]
     if tokenizer_file:
         cmd += ["--tokenizer", tokenizer_file]
     if "refusal" in checks:  # the same phrases our refusal stage looks for
@@ -451,7 +494,7 @@ def run_baseline(inp: Path, truth: dict, checks: list[str], tokenizer_file: str 
         print(log.read_text()[-4000:], file=sys.stderr)
         raise SystemExit(f"baseline failed (exit {rc}); log: {log}")
     r = json.loads(stats.read_text())
-    r.update(wall=wall, rss_mb=rss, cpu=cpu, load=load, dedup=dedup_check(r.pop("dup_lines"), truth, []))
+    r.update(wall=wall, rss_mb=float(rss_file.read_text()), cpu=cpu, load=load, dedup=dedup_check(r.pop("dup_lines"), truth, []))
     for k in ("injected_caught_by_filters", "missed", "copy_kept_original_filtered", "missed_lines"):
         r["dedup"].pop(k)
     return r
@@ -481,7 +524,7 @@ def print_table(n: int, truth: dict, results: dict[str, dict]) -> None:
          [round(res.get("pipeline_seconds", res.get("seconds")), 2) for res in results.values()]),
         ("CPU seconds (user + sys, all threads)", [round(res["cpu"], 2) for res in results.values()]),
         ("machine load average at the end (1 min)", [round(res["load"], 2) for res in results.values()]),
-        ("peak RSS (MB)", [int(res["rss_mb"]) for res in results.values()]),
+        ("peak RSS (MB, the child's own VmHWM)", [int(res["rss_mb"]) for res in results.values()]),
         ("kept", [res["kept"] for res in results.values()]),
         ("rejected", [res["rejected"] for res in results.values()]),
     ]
@@ -557,6 +600,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="also write all results to this JSON file")
     args = ap.parse_args(argv)
 
+    # built in a child process, so this one stays small while it runs (and forks) the measured children
+    subprocess.run([sys.executable, str(Path(__file__).resolve()), "_child_build", str(args.records), str(args.dup_frac), str(args.seed)],
+                   check=True)
     inp, truth = build_input(args.records, args.dup_frac, args.seed)
     requested = [s.strip() for s in args.stages.split(",") if s.strip()]
     sys.path.insert(0, str(REPO))
@@ -599,5 +645,9 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "_child_ours":
         child_ours(json.loads(sys.argv[2]))
+    elif len(sys.argv) > 4 and sys.argv[1] == "_child_build":
+        build_input(int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]))
+    elif len(sys.argv) > 3 and sys.argv[1] == "_child_script":
+        child_script(sys.argv[2], sys.argv[3], sys.argv[4:])
     else:
         sys.exit(main())

@@ -300,11 +300,11 @@ class Pipeline:
             if stage.score_columns:
                 scores.append(out.select("uid", *stage.score_columns))
             if stage.rewrites_messages:
-                new = out.select("uid", "messages", "fixes", "prompt_text", "response_text")
+                new = out.select("uid", "messages", "fixes", "prompt_text", "response_text", "n_chars")
                 rows = rows.update(new, on="uid")
             alive = out.filter(~is_rej).select(batch.columns)
             if stage.rewrites_messages:
-                alive = alive.update(out.filter(~is_rej).select("uid", "messages", "fixes", "prompt_text", "response_text"), on="uid")
+                alive = alive.update(out.filter(~is_rej).select("uid", "messages", "fixes", "prompt_text", "response_text", "n_chars"), on="uid")
         score_frame = None
         if scores:
             score_frame = scores[0]
@@ -411,7 +411,7 @@ class Pipeline:
             if rej is not None:
                 all_rej.append(rej)
             if any(s.rewrites_messages for _, s in p.record_stages):
-                rewrites.append(rows.select("uid", "messages", "fixes"))
+                rewrites.append(rows.select("uid", "messages", "fixes", "n_chars"))
             if p.global_stage is not None and alive.height:
                 prepared.append(p.global_stage[1].prepare(alive))
         for rej in all_rej:
@@ -419,7 +419,7 @@ class Pipeline:
         for new in rewrites:
             arrow = new.to_arrow()  # noqa: F841 - read by DuckDB below
             ws.con.execute(
-                "UPDATE records SET messages = a.messages, fixes = a.fixes FROM arrow a WHERE records.run_id = ? AND records.uid = a.uid",
+                "UPDATE records SET messages = a.messages, fixes = a.fixes, n_chars = a.n_chars FROM arrow a WHERE records.run_id = ? AND records.uid = a.uid",
                 [self.run_id],
             )
         return prepared

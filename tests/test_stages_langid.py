@@ -37,7 +37,7 @@ def german_lines() -> list[str]:
 
 
 def _cleaned(texts: list[str], max_chars: int = 256) -> pl.Series:
-    return pl.select(clean_text_expr(pl.lit(pl.Series(texts, dtype=pl.Utf8)), max_chars)).to_series()
+    return pl.LazyFrame({"t": pl.Series(texts, dtype=pl.Utf8)}).select(clean_text_expr(pl.col("t"), max_chars)).collect().to_series()
 
 
 # -- the engine -------------------------------------------------------------------------------------------------
@@ -64,10 +64,29 @@ def test_vectorized_engine_matches_fasttext_on_real_text(german_lines):
     assert {"en", "de", "fi", "ru", "ja", "ar", "el"} <= set(ref_labels)
 
 
-def test_cleaning_makes_one_lowercase_line_without_code_or_urls():
-    out = _cleaned(["Hello\n\nWORLD\tand  more https://x.org/a?b=1 done\n```py\nprint('x')\n```\nEnd", "x" * 500], 64)
-    assert out[0] == "hello world and more done end"
-    assert out[1] == "x" * 64
+def test_a_full_token_cache_starts_over_with_the_same_results():
+    first = _cleaned(["Guten Morgen, wie geht es dir?", "Good morning, how are you?"])  # 11 distinct tokens
+    second = _cleaned(["Bonjour, comment ça va ?", "Buenos días, ¿cómo estás?"])  # 9 more
+    small = FastTextLite(bundled_model_path(), max_cache_tokens=15)
+    full = FastTextLite(bundled_model_path())
+    for texts, cached in ((first, 11), (second, 9), (first, 11)):  # 11 + 9 > 15: the cache starts over
+        got, expected = small.predict(texts), full.predict(texts)
+        assert all((a == b).all() for a, b in zip(got, expected))
+        assert len(small._ids) == cached
+    assert len(full._ids) == 20
+
+
+def test_cleaning_makes_one_line_without_code_or_urls():
+    out = _cleaned(
+        [
+            "Hello\n\nWorld\tand  more https://x.org/a?b=1 done\n```py\nprint('x')\n```\nEnd",
+            "x" * 500,
+            "SHOUTED HEADLINE: BIG SALE!",
+            "Open fence ```python\ncode to the end",
+        ],
+        64,
+    )
+    assert out.to_list() == ["Hello World and more done End", "x" * 64, "shouted headline: big sale!", "Open fence"]
 
 
 # -- the stage on real data -------------------------------------------------------------------------------------
@@ -82,7 +101,8 @@ def test_german_records_are_rejected(german_lines):
     rejected = out.filter(pl.col("reason") == "wrong_language")
     assert rejected.height / batch.height > 0.95
     assert (rejected["language_lang"] == "de").mean() > 0.95
-    assert rejected["detail"][0].startswith(("prompt: de (", "response: de (")) and rejected["detail"][0].endswith(", expected en")
+    detail = rejected["detail"][0]
+    assert detail.startswith(("prompt: de (", "response: de (")) and detail.endswith(", expected en")
     assert (rejected["language_confidence"] >= 0.65).all()
     # the same records, keeping German: nearly all stay
     kept_de = LanguageID(LanguageID.Params(languages=["de"])).evaluate(batch)

@@ -15,7 +15,8 @@ Two engines read the file:
   one core; it holds the GIL, so threads do not help).
 
 Texts are cleaned first: fenced code blocks and URLs removed, whitespace runs made one space (fastText reads one
-line), lowercased (the lite model takes ALL-CAPS English for German), cut to ``max_chars``.
+line), cut to ``max_chars``, and lowercased when written in capitals only (the lite model takes ALL-CAPS
+English for German; lowercasing everything costs more than it gains: "Avril Lavigne" reads as French).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class FastTextLite:
     word n-grams of 1; anything else is refused at load.
     """
 
-    def __init__(self, path: str | Path, max_cache_tokens: int = 2_000_000):
+    def __init__(self, path: str | Path, max_cache_tokens: int = 1_000_000):
         self._load(Path(path).read_bytes())
         self.max_cache_tokens = max_cache_tokens
         self._lock = threading.Lock()
@@ -236,8 +237,8 @@ class FastTextLite:
         if not missing.any():
             return tid.to_numpy()
         new = pl.DataFrame({"h": h, "tok": toks}).filter(missing).unique("h", keep="any")
-        if len(self._ids) + len(new) > self.max_cache_tokens:
-            self._reset_cache()
+        if len(self._ids) + len(new) > self.max_cache_tokens and len(self._ids):
+            self._reset_cache()  # start over (a batch with more new tokens than the cap still gets them all)
             return self._token_ids(toks)
         sums, counts = self.token_rows(new["tok"].to_list())
         base = len(self._ids)
@@ -288,7 +289,10 @@ class FastTextLite:
             x /= total[:, None]
             f = 1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))
             logp = np.stack(
-                [sum(np.log((f[:, col[node]] if turn else 1.0 - f[:, col[node]]) + 1e-5) for node, turn in path) for path in paths],
+                [
+                    sum(np.log((f[:, col[node]] if turn else 1.0 - f[:, col[node]]) + 1e-5) for node, turn in path)
+                    for path in paths
+                ],
                 axis=1,
             )
             pick = logp.argmax(axis=1)
@@ -382,22 +386,24 @@ def load_engine(kind: str = "vectorized", path: str | Path | None = None):
 
 
 def clean_text_expr(text: pl.Expr, max_chars: int) -> pl.Expr:
-    """The text the model sees: no code blocks or URLs, single-spaced, lowercased, at most ``max_chars``.
+    """The text the model sees: no code blocks or URLs, single-spaced, at most ``max_chars``, ALL-CAPS folded.
 
     The text is first cut to a few times ``max_chars`` (so a long record costs no more than a short one); a
     code fence left open by that cut is removed to the end.
     """
-    return (
+    cleaned = (
         text.fill_null("")
         .str.slice(0, 4 * max_chars)
-        .str.replace_all(r"(?s)```.*?(?:```|$)", " ")
-        .str.replace_all(r"(?:https?://|www\.)\S+", " ")
+        .str.replace_all(r"(?s)```.*?(?:```|$)|(?:https?://|www\.)\S+", " ")
         # only whitespace that is not already a single space is touched (most texts: just the newlines)
         .str.replace_all(r"\s{2,}|[^\S ]|\x00", " ")
         .str.strip_chars(" ")
         .str.slice(0, max_chars)
-        .str.to_lowercase()
     )
+    # ALL-CAPS text is lowercased (the lite model reads shouted English as German); other text keeps its case
+    # (lowercased, "Avril Lavigne" reads as French)
+    # (evaluate it lazily: the eager engine would compute ``cleaned`` once per branch)
+    return pl.when(cleaned.str.contains(r"\p{Ll}")).then(cleaned).otherwise(cleaned.str.to_lowercase())
 
 
 @register
@@ -470,7 +476,9 @@ class LanguageID(RecordStage):
         frame = pl.DataFrame({"lang": lang, "conf": prob.astype(np.float64), "letters": letters.astype(np.int64)})
         has = pl.col("letters") > 0
         # fastText's probability is a product of (p + 1e-5) terms and can exceed 1 by a hair: shown as 1.0
-        return frame.with_columns(lang=pl.when(has).then("lang"), conf=pl.when(has).then(pl.col("conf").clip(upper_bound=1.0)))
+        return frame.with_columns(
+            lang=pl.when(has).then("lang"), conf=pl.when(has).then(pl.col("conf").clip(upper_bound=1.0))
+        )
 
     def _judge(self, texts: pl.Series) -> dict[str, np.ndarray | pl.DataFrame]:
         p = self.params
@@ -513,7 +521,7 @@ class LanguageID(RecordStage):
             }
             if len(rows):
                 part = batch[rows] if len(rows) < n else batch
-                sub = self._judge(part.select(clean_text_expr(expr, p.max_chars)).to_series())
+                sub = self._judge(part.lazy().select(clean_text_expr(expr, p.max_chars)).collect().to_series())
                 if len(rows) < n:
                     j["ident"] = j["ident"].with_row_index("_i").update(
                         sub["ident"].with_columns(_i=pl.Series(rows, dtype=pl.UInt32)), on="_i"

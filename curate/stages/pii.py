@@ -79,7 +79,10 @@ _NOT_IP_BEFORE = re.compile(
     r"|rule|step|item|figure|fig|table|appendix|no|number|oid)\.?|\bv|§)\s*$"
 )
 _IPV6 = re.compile(r"(?<![\w:.])(?=[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*:)[0-9A-Fa-f:.]{3,45}(?![\w:])")
-_CARD = re.compile(r"(?<![\w.,/-])\d(?:[ -]?\d){12,18}(?![\w]|[.,/-]\d)")
+# a run of digit groups; cards are looked for among its contiguous sub-runs, so a card next to other numbers
+# ("Tel 123 4111 1111 1111 1111") is still found
+_DIGIT_RUN = re.compile(r"(?<![\w.,/-])\d+(?:[ -]\d+)*(?![\w]|[.,/-]\d)")
+_DIGITS = re.compile(r"\d+")
 
 _RESERVED_DOMAINS = ("example.com", "example.org", "example.net")
 _RESERVED_TLDS = ("test", "example", "invalid", "localhost")
@@ -165,8 +168,12 @@ def _phone_not_personal(number: str) -> bool:
     return len(set(d)) == 1 or national in _RUNS or national in _RUNS[::-1]
 
 
-_PLACEHOLDER_LOCAL = re.compile(r"(?i)(?:example|your[._-]?(?:name|email|mail)|user[._-]?name|user|name|someone|somebody)\d*")
-_PLACEHOLDER_HOST = re.compile(r"(?i)(?:example.*|your.*|my[-_]?(?:domain|company|site|website)|domain|company|sample|acme)\d*")
+_PLACEHOLDER_LOCAL = re.compile(
+    r"(?i)(?:example|your[._-]?(?:name|email|mail)|user[._-]?name|user|name|someone|somebody)\d*"
+)
+_PLACEHOLDER_HOST = re.compile(
+    r"(?i)(?:example.*|your.*|my[-_]?(?:domain|company|site|website)|domain|company|sample|acme)\d*"
+)
 
 
 def _email_not_personal(address: str) -> bool:
@@ -177,6 +184,17 @@ def _email_not_personal(address: str) -> bool:
     if labels[-1] in _RESERVED_TLDS or ".".join(labels[-2:]) in _RESERVED_DOMAINS:
         return True
     return bool(_PLACEHOLDER_LOCAL.fullmatch(local) or _PLACEHOLDER_HOST.fullmatch(labels[-2]))
+
+
+def _is_card(text: str, skip_non_personal: bool) -> bool:
+    digits = re.sub(r"\D", "", text)
+    return (
+        _card_grouping_ok(text)
+        and _issuer_ok(digits)
+        and luhn_ok(digits)
+        and len(set(digits)) > 1
+        and not (skip_non_personal and digits in _TEST_CARDS)
+    )
 
 
 def _ip_public(addr: str) -> bool:
@@ -193,17 +211,18 @@ def find_pii(text: str, kinds: tuple[str, ...] = KINDS, skip_non_personal: bool 
                 continue
             found.append(Match("email", m.start(), m.end(), m.group()))
     if "card" in kinds:
-        for m in _CARD.finditer(text):
-            digits = re.sub(r"\D", "", m.group())
-            if (
-                13 <= len(digits) <= 19
-                and _card_grouping_ok(m.group())
-                and _issuer_ok(digits)
-                and luhn_ok(digits)
-                and len(set(digits)) > 2
-                and not (skip_non_personal and digits in _TEST_CARDS)
-            ):
-                found.append(Match("card", m.start(), m.end(), m.group()))
+        for run in _DIGIT_RUN.finditer(text):
+            groups = [(g.start(), g.end()) for g in _DIGITS.finditer(text, run.start(), run.end())]
+            for i in range(len(groups)):
+                size = 0
+                for j in range(i, len(groups)):
+                    size += groups[j][1] - groups[j][0]
+                    if size > 19:
+                        break
+                    if size >= 13:
+                        start, end = groups[i][0], groups[j][1]
+                        if _is_card(text[start:end], skip_non_personal):
+                            found.append(Match("card", start, end, text[start:end]))
     if "ip" in kinds:
         for m in _IPV4.finditer(text):
             if _NOT_IP_BEFORE.search(text[max(0, m.start() - 12) : m.start()]):
@@ -305,16 +324,25 @@ class PII(RecordStage):
     name = "pii"
     reasons = ("pii",)
     score_columns = ("pii_kinds", "pii_count")
-    rewrites_messages = True  # with action "redact"; the other actions return messages unchanged
+    rewrites_messages = True  # the stage may rewrite messages (action "redact")
 
     class Params(StageParams):
         action: Literal["flag", "redact", "drop"] = "redact"
-        """``redact`` by default: the data stays usable and nothing personal reaches a training run."""
+        """``redact`` by default: the record stays usable for training and no personal value reaches a model
+        (which learns to write ``[EMAIL]`` where an address would go); ``drop`` for zero tolerance,
+        ``flag`` to review first."""
         kinds: list[Kind] = Field(list(KINDS), min_length=1)
+        """Detectors to run: any of email, phone, ip, card."""
         fields: list[Literal["system", "user", "assistant"]] = Field(["system", "user", "assistant"], min_length=1)
         """Roles whose turns are scanned (and redacted)."""
         skip_non_personal: bool = True
-        """Ignore values reserved for examples and documentation (see the module notes)."""
+        """Leave alone values that identify no person: example domains, private and documentation IP ranges,
+        toll-free and 555 numbers, test cards (see the module notes)."""
+
+    def __init__(self, params=None, context=None):
+        super().__init__(params, context)
+        # only "redact" rewrites: with flag/drop the runner need not copy messages back
+        self.rewrites_messages = self.params.action == "redact"
 
     def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
         p = self.params

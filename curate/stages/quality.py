@@ -2,9 +2,9 @@
 
 Every stage here is a :class:`~curate.stages.RecordStage`: ``evaluate(batch)`` returns the batch with
 ``reason`` (null = keep), ``detail`` and the stage's score columns (``<stage>_<metric>``). The work is
-vectorized: Polars string kernels (regex, Aho-Corasick) over whole columns, and for the word-level
-statistics, NumPy over hashed tokens of the whole batch (one sort per statistic, no Python loop per
-record). When a record fails several checks of one stage it gets the first failing reason in the order
+vectorized: Polars string and list kernels (regex, Aho-Corasick, split, ``list.n_unique``) over whole
+columns, and for Gopher's n-gram statistics NumPy over the hashed words of the whole batch (one sort per
+n); no Python loop runs per record. When a record fails several checks of one stage it gets the first failing reason in the order
 the stage's ``reasons`` tuple lists them.
 
 Words. Word-level statistics split text into tokens at whitespace and ASCII/typographic punctuation
@@ -92,31 +92,22 @@ def _word_count(text: pl.Expr) -> pl.Expr:
     return (words.list.len() - words.list.count_matches("")).cast(pl.Int64)
 
 
-def _tokens(text: pl.Series, lowercase: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Tokens of every text in the batch, flattened: (row index, 64-bit hash, length in bytes), in order."""
+def _tokens(text: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tokens of every text in the batch, flattened and in order: row index (int64), 64-bit hash (uint64)
+    and length in bytes (uint64)."""
     text = text.fill_null("")
-    if lowercase:
-        text = text.str.to_lowercase()
-    parts = text.to_frame("t").select(_split_words(pl.col("t"))).to_series()
-    counts = parts.list.len().to_numpy()
-    flat = parts.explode()
-    lengths = flat.str.len_bytes().fill_null(0).to_numpy().astype(np.int64)
-    hashes = flat.hash(seed=0x5EED).to_numpy()
-    rows = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
-    keep = lengths > 0  # empty strings between adjacent separators
-    return rows[keep], hashes[keep], lengths[keep]
+    flat = (
+        text.to_frame("t")
+        .with_row_index("row")
+        .select("row", w=_split_words(pl.col("t")))
+        .explode("w")
+        .filter(pl.col("w") != "")  # the empty strings between adjacent separators
+        .select(pl.col("row").cast(pl.Int64), h=pl.col("w").hash(seed=0x5EED), n=pl.col("w").str.len_bytes().cast(pl.UInt64))
+    )
+    return flat["row"].to_numpy(), flat["h"].to_numpy(), flat["n"].to_numpy()
 
 
 _U = np.uint64
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finalizer, vectorized (uint64 arithmetic wraps)."""
-    x = x ^ (x >> _U(30))
-    x = x * _U(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> _U(27))
-    x = x * _U(0x94D049BB133111EB)
-    return x ^ (x >> _U(31))
 
 
 def _run_starts(sorted_keys: np.ndarray) -> np.ndarray:
@@ -173,18 +164,24 @@ def _top_ngram_fracs(text: pl.Series, ns: Sequence[int], min_words: int) -> tupl
         if hi - lo < 2:
             continue
         local = rows[lo:hi] - b0
-        row_bits = local.astype(np.uint64) << row_shift
+        row_bits = local.astype(np.uint64)
+        row_bits <<= row_shift
         starts_of_rows = np.flatnonzero(local[1:] != local[:-1]) + 1  # first token of each record but the first
         h = hashes[lo:hi]
-        ln = np.minimum(lengths[lo:hi], 1000).astype(np.uint64)  # 4 x 1000 + 3 fits the 12 length bits
+        ln = np.minimum(lengths[lo:hi], _U(1000))  # 4 x 1000 + 3 fits the 12 length bits
         gram_h, gram_len = h, ln
         for n in range(2, max(ns) + 1):
-            # n-gram i = (n-1)-gram i + word i+n-1
-            gram_h = _mix(gram_h[:-1] * _U(0x9E3779B97F4A7C15) + h[n - 1 :])
-            gram_len = gram_len[:-1] + ln[n - 1 :] + _U(1)
+            # n-gram i = (n-1)-gram i + word i+n-1: multiply-xor; the top 32 bits of the result are used
+            gram_h = gram_h[:-1] * _U(0x9E3779B97F4A7C15)
+            gram_h ^= h[n - 1 :]
+            gram_len = gram_len[:-1] + ln[n - 1 :]
+            gram_len += _U(1)
             if n not in ns:
                 continue
-            key = row_bits[: len(gram_h)] | ((gram_h >> hash_shift) & hash_mask) | gram_len
+            key = gram_h >> hash_shift
+            key &= hash_mask
+            key |= row_bits[: len(key)]
+            key |= gram_len
             # The n-grams that run from one record into the next get distinct keys of length 0, which no
             # real n-gram has: they must neither count nor be counted.
             cross = (starts_of_rows[:, None] - np.arange(1, n)[None, :]).ravel()
@@ -273,10 +270,11 @@ def _normalize_phrase(s: str) -> str:
 
 
 class _TermMatcher:
-    """First whole-word, case-insensitive occurrence of any of many terms, vectorized.
+    r"""First whole-word, case-insensitive occurrence of any of many terms, vectorized.
 
     The text is lower-cased once; a regex alternation of the bare terms (which Rust's regex engine runs
-    as a multi-literal Aho-Corasick/Teddy search) finds candidate records, and only those get the
+    as a multi-literal Teddy search; for lists longer than ``CHUNK``, one Aho-Corasick pass with
+    ``str.contains_any``) finds candidate records, and only those get the
     word-boundary regex ``(?:^|\W)(term1|term2|...)(?:\W|$)``. Terms are compiled in chunks so each regex
     stays small. A term that starts or ends with punctuation ("c++") works: the boundary is "not a word
     character", not ``\b``. An apostrophe in a term also matches a curly one. A space in a term matches
@@ -285,13 +283,15 @@ class _TermMatcher:
     case, straight apostrophes, single spaces).
     """
 
-    CHUNK = 400
+    CHUNK = 2000  # terms per regex: up to here one regex pass beats Aho-Corasick (measured)
 
     def __init__(self, terms: Sequence[str]):
         norm = sorted({_normalize_phrase(t) for t in terms if t.strip()}, key=lambda t: (-len(t), t))
         self.terms = norm
         chunks = [norm[i : i + self.CHUNK] for i in range(0, len(norm), self.CHUNK)]
         self.any_patterns = ["(?:" + "|".join(map(self._term_regex, c)) + ")" for c in chunks]
+        curly = [t.replace("'", q) for t in norm if "'" in t for q in _APOSTROPHES]
+        self.literals = norm + curly
         self.patterns = [r"(?:^|[^\w])(" + "|".join(map(self._term_regex, c)) + r")(?:[^\w]|$)" for c in chunks]
 
     @staticmethod
@@ -305,9 +305,10 @@ class _TermMatcher:
         if not self.terms or n == 0:
             return result
         lowered = text.fill_null("").str.to_lowercase()
-        candidates = lowered.str.contains(self.any_patterns[0])
-        for pattern in self.any_patterns[1:]:
-            candidates = candidates | lowered.str.contains(pattern)
+        if len(self.any_patterns) == 1:
+            candidates = lowered.str.contains(self.any_patterns[0])
+        else:  # one Aho-Corasick pass beats many regex passes for long lists
+            candidates = lowered.str.contains_any(self.literals)
         idx = candidates.arg_true()
         if len(idx) == 0:
             return result
@@ -411,7 +412,8 @@ class Length(RecordStage):
             checks.append((c > p.max_chars, "too_long_chars", pl.format("{} chars over all turns (max {})", c, pl.lit(p.max_chars))))
         if p.min_prompt_chars is not None:
             c = pl.col("length_prompt_chars")
-            checks.append((c < p.min_prompt_chars, "prompt_too_short", pl.format("prompt has {} chars (min {})", c, pl.lit(p.min_prompt_chars))))
+            detail = pl.format("prompt has {} chars (min {})", c, pl.lit(p.min_prompt_chars))
+            checks.append((c < p.min_prompt_chars, "prompt_too_short", detail))
         return _with_verdict(batch, checks)
 
 
@@ -422,8 +424,8 @@ class Length(RecordStage):
 class UniqueWords(RecordStage):
     """Responses that keep repeating the same few words (lower-cased words, distinct / all).
 
-    The plain ratio falls with length for any text (Heaps' law: a 900-word GPT-4 answer has ~25% distinct
-    words, a 30-word one ~75%), so a fixed floor on it either misses short loops or rejects long answers.
+    The plain ratio falls with length for any text (Heaps' law: a 30-word answer has ~75% distinct words,
+    a 500-word GPT-4 answer 25-50%), so a fixed floor on it either misses short loops or rejects long answers.
     The default rule is on the length-normalized ratio, Herdan's C = log(distinct) / log(words), which
     stays near 0.8-0.9 for prose of any length and drops for loops ("Eat a banana!" x 2000: 0.13).
     C >= 0.6 is the same as a plain ratio floor of words^-0.4: 30% at 20 words, 16% at 100, 6% at 1000.
@@ -471,9 +473,11 @@ class UniqueWords(RecordStage):
         detail = pl.format("{} distinct in {} words ({}%, log ratio {})", (r * w).round(0).cast(pl.Int64), w, _pct(r), c.round(2))
         checks = []
         if p.min_log_ratio is not None:
-            checks.append((judged & (c < p.min_log_ratio), "low_unique_word_ratio", pl.format("{}; min log ratio {}", detail, pl.lit(p.min_log_ratio))))
+            min_c = pl.lit(p.min_log_ratio)
+            checks.append((judged & (c < p.min_log_ratio), "low_unique_word_ratio", pl.format("{}; min log ratio {}", detail, min_c)))
         if p.min_ratio is not None:
-            checks.append((judged & (r < p.min_ratio), "low_unique_word_ratio", pl.format("{}; min {}%", detail, pl.lit(round(p.min_ratio * 100)))))
+            min_r = pl.lit(round(p.min_ratio * 100))
+            checks.append((judged & (r < p.min_ratio), "low_unique_word_ratio", pl.format("{}; min {}%", detail, min_r)))
         return _with_verdict(batch, checks)
 
 
@@ -575,7 +579,9 @@ class GopherRepetition(RecordStage):
                 pl.Series(tops[n]).fill_nan(None) if n in tops else pl.Series([None] * batch.height, dtype=pl.Float64)
             )
         cols["gopher_repetition_words"] = pl.Series(n_words).replace(-1, None)
-        batch = batch.with_columns(**{k: v.cast(pl.Int64 if k.startswith("_") or k.endswith("_words") else pl.Float64) for k, v in cols.items()})
+        batch = batch.with_columns(
+            **{k: v.cast(pl.Int64 if k.startswith("_") or k.endswith("_words") else pl.Float64) for k, v in cols.items()}
+        )
 
         gate = pl.col("gopher_repetition_words") >= p.min_words
         checks = []
@@ -600,7 +606,9 @@ class GopherRepetition(RecordStage):
                     (
                         gate & (charf > char_t),
                         f"dup_{short}_char_frac",
-                        pl.format("repeated {} hold {}% of the characters (max {}%)", pl.lit(label), _pct(charf), pl.lit(round(char_t * 100))),
+                        pl.format(
+                            "repeated {} hold {}% of the characters (max {}%)", pl.lit(label), _pct(charf), pl.lit(round(char_t * 100))
+                        ),
                     )
                 )
         for n in ns:
@@ -610,7 +618,9 @@ class GopherRepetition(RecordStage):
                 (
                     gate & (frac > t),
                     f"top_{n}gram_frac",
-                    pl.format("the most frequent {}-gram covers {}% of the characters (max {}%)", pl.lit(n), _pct(frac), pl.lit(round(t * 100))),
+                    pl.format(
+                        "the most frequent {}-gram covers {}% of the characters (max {}%)", pl.lit(n), _pct(frac), pl.lit(round(t * 100))
+                    ),
                 )
             )
         return _with_verdict(batch, checks).drop("_para_parts", "_para_dups", "_line_parts", "_line_dups")
@@ -659,7 +669,11 @@ class Blocklist(RecordStage):
             matches.append((f, self.matcher.first_match(batch[f"{f}_text"])))
         batch = batch.with_columns(*[m.alias(f"_bl_{f}") for f, m in matches])
         checks = [
-            (pl.col(f"_bl_{f}").is_not_null(), "blocklisted_term", pl.format("blocklisted term '{}' in the {}", pl.col(f"_bl_{f}"), pl.lit(f)))
+            (
+                pl.col(f"_bl_{f}").is_not_null(),
+                "blocklisted_term",
+                pl.format("blocklisted term '{}' in the {}", pl.col(f"_bl_{f}"), pl.lit(f)),
+            )
             for f in fields
         ]
         return _with_verdict(batch, checks).drop([f"_bl_{f}" for f in fields])
@@ -786,11 +800,17 @@ DEFAULT_REFUSAL_PHRASES: tuple[str, ...] = (
 class Refusal(RecordStage):
     """Refusals and AI boilerplate in the response ("As an AI language model", "I'm sorry, but I cannot").
 
-    Matching is case-insensitive, on whole words, with curly apostrophes read as straight ones. The default list (``DEFAULT_REFUSAL_PHRASES``) takes the unambiguous core of the
-    ShareGPT_Vicuna_unfiltered / WizardLM "unfiltered" cleaners' lists plus the non-answers Alpaca's
-    text-davinci-003 gave to image tasks, and leaves out their broad entries ("I'm sorry", "Please note",
-    "It is important to", "OpenAI", "GPT"), which hit ordinary answers (apology letters, dialogues,
-    answers about GPT models). Add those back with ``extra_phrases`` for chat data from ChatGPT.
+    Matching is case-insensitive, on whole words, with curly apostrophes read as straight ones. The
+    default list (``DEFAULT_REFUSAL_PHRASES``) takes the unambiguous core of the lists the
+    ShareGPT_Vicuna_unfiltered and WizardLM "unfiltered" cleaners used, adds the non-answers Alpaca's
+    text-davinci-003 gave to image tasks ("cannot be fulfilled by a GPT model", "<noinput>", "No output
+    required"), and leaves out their broad entries ("I'm sorry", "Please note", "It is important to",
+    "OpenAI", "GPT"), which hit ordinary answers (apology letters, dialogues, answers about GPT models).
+    AI self-descriptions ("I am a language model developed by ...") are flagged: they teach a fine-tuned
+    model someone else's identity. Add the broad entries back with ``extra_phrases`` for ChatGPT data.
+
+    On shared/data it flags 23 of 9,807 Alpaca answers (all junk), 49 of 805 Llama-2-chat AlpacaEval
+    answers, 20 of 805 GPT-4 ones, and 7 of 6,400 human Dolly answers (written to sound like an AI).
 
     Params:
         phrases: the phrase list (default: ``DEFAULT_REFUSAL_PHRASES``); setting it replaces the default.
@@ -834,21 +854,30 @@ _FILE_NOUNS = (
     r"|csv(?: file)?s?|word (?:file|document)s?|presentations?|slides?|slide ?decks?|zip(?: file)?s?|folders?"
 )
 _LINK_NOUNS = r"links?|urls?|web ?pages?|web ?sites?|sites?|web ?links?|hyperlinks?"
-_DEICTIC = r"this|these|the following|following|the given|given|the provided|the above|the below|the attached|the linked|the uploaded|the accompanying|the enclosed|the shown|the displayed"
+_DEICTIC = (
+    r"this|these|the following|following|the given|given|the provided|the above|the below|the attached|the linked"
+    r"|the uploaded|the accompanying|the enclosed|the shown|the displayed"
+)
 _ATTACHED = r"attached|uploaded|enclosed|accompanying|linked|embedded"
 
 _URL = r"(?:https?://|\bwww\.)[^\s)\]>\"']+"
 _MEDIA_EXT = r"\.(?:jpe?g|png|gif|svg|webp|bmp|tiff?|heic|mp4|mov|avi|mkv|webm|mp3|wav|ogg|flac|m4a)\b"
-_MEDIA_HOSTS = r"youtube\.com|youtu\.be|vimeo\.com|imgur\.com|flickr\.com|pinimg\.com|pinterest\.|unsplash\.com|shutterstock\.com|pexels\.com|instagram\.com|soundcloud\.com|spotify\.com|tiktok\.com|upload\.wikimedia\.org|ibb\.co"
+_MEDIA_HOSTS = (
+    r"youtube\.com|youtu\.be|vimeo\.com|imgur\.com|flickr\.com|pinimg\.com|pinterest\.|unsplash\.com|shutterstock\.com"
+    r"|pexels\.com|instagram\.com|soundcloud\.com|spotify\.com|tiktok\.com|upload\.wikimedia\.org|ibb\.co"
+)
 _FILE_EXT = r"\.(?:pdf|docx?|xlsx?|pptx?|csv|tsv|zip|rar|txt|json|xml|odt|ods)\b"
 _FILE_HOSTS = r"docs\.google\.com|drive\.google\.com|dropbox\.com|onedrive\.live\.com|sharepoint\.com"
-# A URL in a task about URLs or code (build a link, parse a domain, call an endpoint) is data, not a dependency.
+_MEDIA_URL = r"(?:https?://|www\.)(?:[^\s)\]>\"']*" + _MEDIA_EXT + r"|(?:[a-z0-9-]+\.)*(?:" + _MEDIA_HOSTS + r"))"
+_FILE_URL = r"(?:https?://|www\.)(?:[^\s)\]>\"']*" + _FILE_EXT + r"|(?:[a-z0-9-]+\.)*(?:" + _FILE_HOSTS + r"))"
+# A URL in a task about URLs or code (build a link, parse a domain, call an endpoint), or in tool-use data,
+# is data, not a dependency. Checked on the text with its URLs removed (".html" in a link is not HTML).
 _URL_AS_DATA = (
-    r"(?:^|[^\w./-])(?:regex|regular expressions?|html|href|css|javascript|python|java|sql|code|function|script|program"
-    r"|api|endpoint|http request|curl|parse|domain names?|domains?|shorten(?:ed|er)?|encode|decode|valid(?:ate)? (?:url|link)"
-    r"|url (?:format|structure|encoding)|hyperlink|markdown|anchor|button|qr code|slug|query string|redirect"
-    r"|toolformer|tools? access|available tools|function calls?|[a-z_]+\(url\)|web search results|search results"
-    r"|github actions?|workflow|yaml|json|xml|config(?:uration)?)(?:\b|$)"
+    r"(?:^|[^\w./-])(?:regex|regular expressions?|html|href|css|javascript|python|java|sql|code|function|script"
+    r"|program|api|endpoint|http request|curl|parse|domain names?|domains?|shorten(?:ed|er)?|encode|decode"
+    r"|valid(?:ate)? (?:url|link)|url (?:format|structure|encoding)|hyperlink|markdown|anchor|button|qr code|slug"
+    r"|query string|redirect|toolformer|tools? access|available tools|function calls?|[a-z_]+\(url\)"
+    r"|web search results|search results|github actions?|workflow|yaml|json|xml|config(?:uration)?)(?:\b|$)"
     r"|```|\$\{|\{\{"
 )
 # Placeholders a generator left where media, a file or a link should be: <image>, [Image provided], ![alt](...)
@@ -863,15 +892,34 @@ _PLACEHOLDER_FILE = (
     r"|\[\s*(?:input:\s*)?(?:an? |the )?(?:file|attachment|document|pdf|spreadsheet)\b[^\]\n]{0,80}\]"
 )
 _PLACEHOLDER_LINK = r"<\s*(?:link|url)\b[^>]*>|\[\s*(?:input:\s*)?(?:an? |the )?(?:link|url|hyperlink)\b[^\]\n]{0,80}\]"
+# Phrases that always point at something outside the text
+_MEDIA_MENTION = (
+    r"\b(?:(?:" + _ATTACHED + r"|provided|shown) (?:[a-z0-9'-]+ ){0,1}?(?:" + _MEDIA_NOUNS + r")"
+    r"|(?:" + _MEDIA_NOUNS + r") (?:attached|uploaded|provided|shown|above|below|here)"
+    r"|\b(?:in|from|on|of) (?:this|these) (?:image|photo|photograph|picture|pic|video|clip|recording|audio"
+    r"|screenshot|painting|drawing|artwork|figure)s?"
+    r"|\b(?:transcribe|listen to|watch) (?:the|this|these|the following|the given)(?: [a-z0-9'-]+){0,2}? "
+    r"(?:audio|recording|video|clip|podcast|song|speech|interview|lecture|voicemail|tape)s?)\b"
+)
+_FILE_MENTION = (
+    _PLACEHOLDER_FILE
+    + r"|\b(?:" + _ATTACHED + r")\s+(?:[a-z0-9'-]+\s+){0,1}?(?:" + _FILE_NOUNS + r")\b"
+    + r"|\b(?:" + _FILE_NOUNS + r")\s+(?:attached|uploaded|enclosed)\b"
+    + r"|\b(?:the|this) (?:pdf|spreadsheet|excel file|csv file|zip file|attachment)s? (?:below|above|provided|given)\b"
+    + r"|\bsee (?:the )?attach(?:ed|ment)\b"
+)
+_LINK_MENTION = _PLACEHOLDER_LINK + r"|\b(?:" + _LINK_NOUNS + r") (?:below|above|provided|attached|given)\b"
+_POINTER_FILE_NOUNS = r"pdfs?|spreadsheets?|attachments?|excel (?:file|sheet)s?|csv files?"
 
 
 # Literal stems (no word boundaries, so the regex engine runs them as a multi-literal search) that every
 # check above needs at least one of.
 _TRIGGER = (
-    r"https?://|www\.|[<\[]|imag|photo|pic|paint|artwork|drawing|sketch|illustrat|video|clip|footage|audio"
-    r"|record|sound|voice|podcast|song|screen|meme|gif|x-ray|scan|chart|graph|diagram|histogram|infographic"
-    r"|logo|map|file|attach|doc|pdf|sheet|excel|csv|word file|word doc|presentation|slide|zip|folder|link|url"
-    r"|web|site|transcribe|listen|watch|upload|enclosed"
+    r"https?://|www\.|!\[|imag|img|photo|pict|pics|pic |paint|artwork|drawing|sketch|illustrat|video|clip|footage|audio"
+    r"|record|sound clip|voice note|voice message|voice memo|voicemail|podcast|song|screen|meme|gif|x-ray|scan"
+    r"|chart| graph|\ngraph|\[graph|<graph|infograph|diagram|histogram|figure|logo|map|file|attach|doc|pdf|sheet"
+    r"|excel|csv|word file|word doc|presentation|slide|zip|folder|link|url|web|site|transcribe|listen|watch"
+    r"|upload|enclosed"
 )
 
 
@@ -938,60 +986,48 @@ class UnseeableContext(RecordStage):
         """``reason`` and ``detail`` over ``_u``, the lower-cased user turns."""
         p = self.params
         u = pl.col("_u")
-        has_url = u.str.contains(_URL)
-        url_as_data = u.str.replace_all(_URL, " ").str.contains(_URL_AS_DATA)  # ".html" in a link is not HTML
-        tail_max = p.max_tail_words
+        url = u.str.extract(r"(" + _URL + r")", 1)
+        url_as_data = u.str.replace_all(_URL, " ").str.contains(_URL_AS_DATA)
+        needs_url = url.is_not_null() & ~url_as_data
+        short_url = url.str.slice(0, 60)
 
         def pointer(nouns: str, in_the: bool = True) -> pl.Expr:
-            tail = u.str.extract(_deictic(nouns, in_the=in_the), 1).str.replace_all(_URL, " ")  # a link describes nothing
             # a short tail without a quoted title: nothing after the pointer describes or names the thing
-            return tail.is_not_null() & (tail.str.count_matches(r"[\w']+") <= tail_max) & ~tail.str.contains("[\"\u201c\u201d\u00ab]")
+            tail = u.str.extract(_deictic(nouns, in_the=in_the), 1).str.replace_all(_URL, " ")  # a link describes nothing
+            short = tail.str.count_matches(r"[\w']+") <= p.max_tail_words
+            return tail.is_not_null() & short & ~tail.str.contains("[\"\u201c\u201d\u00ab]")
 
-        def label(expr: pl.Expr) -> pl.Expr:
-            return expr.str.slice(0, 60)
+        def found(pattern: str) -> pl.Expr:
+            return u.str.extract(r"(" + pattern + r")", 1).str.strip_chars().str.slice(0, 60)
+
+        def quoted(text: pl.Expr, reason: str, what: str) -> tuple[pl.Expr, str, pl.Expr]:
+            return text.is_not_null(), reason, pl.format(what + ": '{}'", text)
 
         checks: list[tuple[pl.Expr, str, pl.Expr]] = []
         if p.check_media:
-            media_url = u.str.extract(r"(" + _URL + r")", 1)
-            media_link = has_url & ~url_as_data & (
-                u.str.contains(r"(?:https?://|www\.)[^\s)\]>\"']*" + _MEDIA_EXT) | u.str.contains(r"(?:https?://|www\.)(?:[a-z0-9-]+\.)*(?:" + _MEDIA_HOSTS + r")")
-            )
-            placeholder = u.str.extract(r"(" + _PLACEHOLDER_MEDIA + r")", 1)
-            attached = u.str.extract(
-                r"\b((?:" + _ATTACHED + r"|provided|shown) (?:[a-z0-9'-]+ ){0,1}?(?:" + _MEDIA_NOUNS + r")"
-                r"|(?:" + _MEDIA_NOUNS + r") (?:attached|uploaded|provided|shown|above|below|here)"
-                r"|\b(?:in|from|on|of) (?:this|these) (?:image|photo|photograph|picture|pic|video|clip|recording|audio|screenshot|painting|drawing|artwork|figure)s?"
-                r"|\b(?:transcribe|listen to|watch) (?:the|this|these|the following|the given)(?: [a-z0-9'-]+){0,2}? (?:audio|recording|video|clip|podcast|song|speech|interview|lecture|voicemail|tape)s?)\b",
-                1,
-            )
+            placeholder, mention = found(_PLACEHOLDER_MEDIA), found(_MEDIA_MENTION)
             checks += [
-                (placeholder.is_not_null(), "media_dependent", pl.format("refers to media it does not contain: '{}'", label(placeholder.str.strip_chars()))),
-                (media_link, "media_dependent", pl.format("needs the image/audio/video at {}", label(media_url))),
-                (attached.is_not_null(), "media_dependent", pl.format("refers to media it does not contain: '{}'", attached)),
+                quoted(placeholder, "media_dependent", "refers to media it does not contain"),
+                (needs_url & u.str.contains(_MEDIA_URL), "media_dependent", pl.format("needs the image/audio/video at {}", short_url)),
+                quoted(mention, "media_dependent", "refers to media it does not contain"),
                 (pointer(_POINTER_MEDIA_NOUNS), "media_dependent", pl.lit("refers to an image/audio/video that is not in the prompt")),
             ]
         if p.check_files:
-            file_url = has_url & ~url_as_data & (
-                u.str.contains(r"(?:https?://|www\.)[^\s)\]>\"']*" + _FILE_EXT) | u.str.contains(r"(?:https?://|www\.)(?:[a-z0-9-]+\.)*(?:" + _FILE_HOSTS + r")")
-            )
-            file_ref = u.str.extract(
-                r"(" + _PLACEHOLDER_FILE
-                + r"|\b(?:" + _ATTACHED + r")\s+(?:[a-z0-9'-]+\s+){0,1}?(?:" + _FILE_NOUNS + r")\b"
-                + r"|\b(?:" + _FILE_NOUNS + r")\s+(?:attached|uploaded|enclosed)\b"
-                + r"|\b(?:the|this) (?:pdf|spreadsheet|excel file|csv file|zip file|attachment)s? (?:below|above|provided|given)\b"
-                + r"|\bsee (?:the )?attach(?:ed|ment)\b)",
-                1,
-            )
+            mention = found(_FILE_MENTION)
             checks += [
-                (file_ref.is_not_null(), "file_dependent", pl.format("refers to a file it does not contain: '{}'", label(file_ref.str.strip_chars()))),
-                (file_url, "file_dependent", pl.format("needs the file at {}", label(u.str.extract(r"(" + _URL + r")", 1)))),
-                (pointer(r"pdfs?|spreadsheets?|attachments?|excel (?:file|sheet)s?|csv files?"), "file_dependent", pl.lit("refers to a file that is not in the prompt")),
+                quoted(mention, "file_dependent", "refers to a file it does not contain"),
+                (needs_url & u.str.contains(_FILE_URL), "file_dependent", pl.format("needs the file at {}", short_url)),
+                (pointer(_POINTER_FILE_NOUNS), "file_dependent", pl.lit("refers to a file that is not in the prompt")),
             ]
         if p.check_urls:
-            link_placeholder = u.str.extract(r"(" + _PLACEHOLDER_LINK + r")", 1)
+            mention = found(_LINK_MENTION)
             checks += [
-                (has_url & ~url_as_data, "url_dependent", pl.format("needs the content at {}", label(u.str.extract(r"(" + _URL + r")", 1)))),
-                (link_placeholder.is_not_null(), "url_dependent", pl.format("refers to a link it does not contain: '{}'", label(link_placeholder))),
-                (pointer(_LINK_NOUNS, in_the=False) & ~url_as_data, "url_dependent", pl.lit("refers to a link or web page that is not in the prompt")),
+                (needs_url, "url_dependent", pl.format("needs the content at {}", short_url)),
+                quoted(pl.when(~url_as_data).then(mention), "url_dependent", "refers to a link it does not contain"),
+                (
+                    pointer(_LINK_NOUNS, in_the=False) & ~url_as_data,
+                    "url_dependent",
+                    pl.lit("refers to a link or web page that is not in the prompt"),
+                ),
             ]
         return _first_failing(checks)
