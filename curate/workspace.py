@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS records (
     run_id VARCHAR, uid BIGINT, id VARCHAR, source_file VARCHAR, source_line BIGINT, shape VARCHAR,
     messages STRUCT(role VARCHAR, content VARCHAR)[], meta VARCHAR, fixes VARCHAR[],
-    n_chars BIGINT, n_tokens BIGINT, split VARCHAR, scores JSON);
+    n_chars BIGINT, n_tokens BIGINT, split VARCHAR, scores VARCHAR);
 CREATE TABLE IF NOT EXISTS rejects (
     run_id VARCHAR, uid BIGINT, stage VARCHAR, reason VARCHAR, detail VARCHAR, duplicate_of VARCHAR);
 CREATE TABLE IF NOT EXISTS quarantine (
