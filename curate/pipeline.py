@@ -387,9 +387,11 @@ class Pipeline:
         return self._summarize(ws, file_stats, t0, started)
 
     def _stream_first_pass(self, writer, first, prepared, file_stats, limit_per_input, split, bar) -> None:
-        batches = self.ingest(limit_per_input)
+        # Parsing (Python, holds the GIL) runs a batch ahead on its own thread while this thread runs the
+        # stages (Polars/NumPy, mostly without the GIL): on two cores the two overlap.
+        batches = _prefetch(self.ingest(limit_per_input))
         while True:
-            with self.timer("read+convert (incl. build, derive)"):
+            with self.timer("waiting for ingest"):
                 item = next(batches, None)
             if item is None:
                 break
@@ -570,6 +572,42 @@ def _raw_excerpt(item: Any) -> str:
     except TypeError:
         text = repr(item)
     return text[:300] + ("…" if len(text) > 300 else "")
+
+
+def _prefetch(iterator, depth: int = 2):
+    """Iterate ``iterator`` on a background thread, ``depth`` items ahead; its exceptions re-raise here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in iterator:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=produce, name="ingest", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 class _NoBar:

@@ -57,6 +57,7 @@ class Workspace:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self.con = duckdb.connect(self.path, read_only=read_only)
+        self.con.execute("SET enable_progress_bar = false")  # our own progress bars, not DuckDB's
         if not read_only:
             self.con.execute(SCHEMA_SQL)
 
