@@ -155,7 +155,7 @@ def test_same_config_same_output_and_up_to_date_skip(tmp_path, shared_data, run_
 
 
 KILLER = """
-import os, signal, sys
+import os, signal, sys, time
 sys.path.insert(0, {repo!r})
 import polars as pl
 from curate.stages import RecordStage, StageParams, register
@@ -169,6 +169,7 @@ class KillOnThirdBatch(RecordStage):
     def evaluate(self, batch):
         type(self).seen += 1
         if type(self).seen == 3 and os.environ.get("KILL") == "1":
+            time.sleep(1.0)  # let the background writer land the first two batches
             os.kill(os.getpid(), signal.SIGKILL)
         return batch.with_columns(reason=pl.lit(None, dtype=pl.Utf8), detail=pl.lit(None, dtype=pl.Utf8))
 
