@@ -267,6 +267,15 @@ def child_ours(spec: dict) -> None:
     from curate.workspace import Workspace
 
     stages, skipped = _available_stages(spec["stages"])
+    if spec.get("duckdb_set"):  # experiments: DuckDB settings on the workspace connection (bench-only patch)
+        orig_init = Workspace.__init__
+
+        def init(self, *a, **kw):
+            orig_init(self, *a, **kw)
+            for setting in spec["duckdb_set"]:
+                self.con.execute(f"SET {setting}")
+
+        Workspace.__init__ = init
     timer = _Timer() if spec["stage_timing"] else None
     if timer:
         import curate.stages as st
@@ -455,7 +464,7 @@ def run_ours(inp: Path, truth: dict, args, stages: list[str], tokenizer: str | N
     spec = {
         "input": str(inp), "stages": stages, "tokenizer": tokenizer, "tag": tag, "profile": profile,
         "stage_timing": args.stage_timing and not profile, "no_export": args.no_export, "result": str(res_path),
-        "batch_size": args.batch_size,
+        "batch_size": args.batch_size, "duckdb_set": args.duckdb_set,
     }
     log = WORK / f"log_{tag}.txt"
     wall, rss, rc, cpu, load = run_child([sys.executable, str(Path(__file__).resolve()), "_child_ours", json.dumps(spec)], log)
@@ -597,6 +606,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-stage-timing", dest="stage_timing", action="store_false")
     ap.add_argument("--no-export", action="store_true", help="skip writing outputs in our run")
     ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--duckdb-set", action="append", default=[], metavar="SETTING",
+                    help="experiment: a DuckDB setting for our workspace connection, e.g. \"memory_limit='1GB'\" (repeatable)")
     ap.add_argument("--json", default=None, help="also write all results to this JSON file")
     args = ap.parse_args(argv)
 

@@ -137,7 +137,8 @@ def stages() -> None:
         kind = "global" if cls.is_global else "per-record"
         typer.echo(f"{name} ({kind}): {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}")
         for field, info in cls.Params.model_fields.items():
-            typer.echo(f"    {field} = {info.default!r}")
+            default = repr(info.get_default(call_default_factory=True))
+            typer.echo(f"    {field} = {default[:100]}{'…' if len(default) > 100 else ''}")
         if cls.reasons:
             typer.echo(f"    reasons: {', '.join(cls.reasons)}")
 
