@@ -26,17 +26,25 @@ def export_run(ws: Workspace, run_id: str, out_dir: Path) -> dict:
     data = out_dir / "data"
     data.mkdir(parents=True, exist_ok=True)
     rid = _lit(run_id)
-    kept = f"""SELECT r.id, r.messages, r.shape, r.source_file || ':' || r.source_line AS source, r.meta::JSON AS meta
-               FROM records r ANTI JOIN rejects j ON r.run_id = j.run_id AND r.uid = j.uid
-               WHERE r.run_id = {rid} AND r.split = {{split}} ORDER BY r.uid"""
+    # The kept set is materialized once, in input order; each split file is then a plain filtered scan
+    # (DuckDB keeps insertion order), instead of six anti-joins and sorts over every record.
+    ws.con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _kept_export AS
+            SELECT r.split, r.id, r.messages, r.shape, r.source_file || ':' || r.source_line AS source, r.meta::JSON AS meta
+            FROM records r ANTI JOIN rejects j ON r.run_id = j.run_id AND r.uid = j.uid
+            WHERE r.run_id = {rid} ORDER BY r.uid"""
+    )
     out: dict = {"jsonl": {}, "parquet": {}}
-    for split in SPLITS:
-        query = kept.format(split=_lit(split))
-        jsonl, parquet = data / f"{split}.jsonl", data / f"{split}.parquet"
-        ws.con.execute(f"COPY ({query}) TO {_lit(str(jsonl))} (FORMAT JSON)")
-        ws.con.execute(f"COPY ({query}) TO {_lit(str(parquet))} (FORMAT PARQUET, COMPRESSION ZSTD)")
-        out["jsonl"][split] = str(jsonl.relative_to(out_dir))
-        out["parquet"][split] = str(parquet.relative_to(out_dir))
+    try:
+        for split in SPLITS:
+            query = f"SELECT id, messages, shape, source, meta FROM _kept_export WHERE split = {_lit(split)}"
+            jsonl, parquet = data / f"{split}.jsonl", data / f"{split}.parquet"
+            ws.con.execute(f"COPY ({query}) TO {_lit(str(jsonl))} (FORMAT JSON)")
+            ws.con.execute(f"COPY ({query}) TO {_lit(str(parquet))} (FORMAT PARQUET, COMPRESSION SNAPPY)")
+            out["jsonl"][split] = str(jsonl.relative_to(out_dir))
+            out["parquet"][split] = str(parquet.relative_to(out_dir))
+    finally:
+        ws.con.execute("DROP TABLE IF EXISTS _kept_export")
     # The ledger: one row per input unit with its outcome. Nothing is lost silently.
     ledger = out_dir / "ledger.parquet"
     ws.con.execute(
@@ -46,7 +54,7 @@ def export_run(ws: Workspace, run_id: str, out_dir: Path) -> dict:
               UNION ALL
               SELECT uid, NULL, source_file, source_line, 'quarantined', 'ingest', error, field, NULL, NULL
               FROM quarantine WHERE run_id = {rid}
-              ORDER BY uid) TO {_lit(str(ledger))} (FORMAT PARQUET, COMPRESSION ZSTD)"""
+              ORDER BY uid) TO {_lit(str(ledger))} (FORMAT PARQUET, COMPRESSION SNAPPY)"""
     )
     quarantine = out_dir / "quarantine.jsonl"
     ws.con.execute(

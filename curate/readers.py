@@ -143,6 +143,9 @@ def _check_object(obj: Any) -> str | None:
 
 def read_jsonl(path: Path, batch_size: int, max_record_bytes: int) -> Iterator[Batch]:
     batch = Batch(str(path))
+    loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError
+    lines, records = batch.lines, batch.records
+    n = 0
     with _open_binary(path) as fh:
         for lineno, line in enumerate(fh, start=1):
             if len(line) > max_record_bytes:
@@ -153,19 +156,21 @@ def read_jsonl(path: Path, batch_size: int, max_record_bytes: int) -> Iterator[B
                 continue  # blank lines are not records
             else:
                 try:
-                    obj = orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
+                    obj = loads(line)
+                except JSONDecodeError as exc:
                     batch.bad.append(Bad(lineno, _json_error(exc), _excerpt(line)))
                 else:
-                    problem = _check_object(obj)
-                    if problem:
-                        batch.bad.append(Bad(lineno, problem, _excerpt(line)))
+                    if type(obj) is dict:
+                        lines.append(lineno)
+                        records.append(obj)
                     else:
-                        batch.lines.append(lineno)
-                        batch.records.append(obj)
-            if len(batch) >= batch_size:
+                        batch.bad.append(Bad(lineno, _check_object(obj) or "not an object", _excerpt(line)))
+            n += 1
+            if n >= batch_size:
                 yield batch
                 batch = Batch(str(path))
+                lines, records = batch.lines, batch.records
+                n = 0
     if len(batch):
         yield batch
 

@@ -335,7 +335,7 @@ def _text(value: Any, where: str, required: bool = False) -> str:
 
 def _placeholder_key(value: str) -> str:
     # '"<noinput>"', 'No input.' and '<NoInput>' all mean nothing
-    return value.strip().strip("\"'`").strip().lower().rstrip(".")
+    return " ".join(value.strip("\"'` \t\r\n").split()).lower().rstrip(".")
 
 
 # -- normalization, vectorized -------------------------------------------------------------------------------
