@@ -7,7 +7,7 @@
 What it does:
 
 1. Builds the input once into ``bench/_work/`` (git-ignored): the real Alpaca rows
-   (``/work/shared/data/alpaca/alpaca_data_first10k_excl_holdout.json``, 9,807 rows) scaled to N distinct
+   (``../shared/data/alpaca/alpaca_data_first10k_excl_holdout.json``, 9,807 rows) scaled to N distinct
    records as JSONL. Copy k of a row gets a realistic request wrapper on its instruction ("Please help:
    ... Thank you!"; 144 combinations, then a "(variant k)" marker), so every copy is a different record.
    Then a known fraction of exact duplicates is injected, each after its original: half byte-identical,
@@ -49,7 +49,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 WORK = HERE / "_work"
-ALPACA = Path("/work/shared/data/alpaca/alpaca_data_first10k_excl_holdout.json")
+ALPACA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca" / "alpaca_data_first10k_excl_holdout.json"
 
 DEFAULT_STAGES = (
     "conversation_structure", "response_length", "length", "unseeable_context", "language", "refusal",
