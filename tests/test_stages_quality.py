@@ -483,13 +483,25 @@ def test_unseeable_context_prefilter_loses_nothing():
     # evaluate() runs the regexes only on user turns that contain a trigger stem; running them on every
     # record must give the same verdicts
     from curate.schema import turns_text_expr
-    from curate.stages.quality import _APOSTROPHES
+    from curate.stages.quality import _APOSTROPHES, _first_failing
 
     stage = UnseeableContext()
     for name in ("alpaca10k", "alpaca4k", "alpaca_gpt4"):
         frame = _frame(name)
         fast = stage.evaluate(frame)
         user = frame.select(_u=turns_text_expr(("user",)).fill_null("").str.to_lowercase().str.replace_many(_APOSTROPHES))
-        slow = user.select(*stage._checks())
+        parts, checks = stage._checks()
+        slow = user.with_columns(**parts).select(*_first_failing(checks))
         assert fast["reason"].to_list() == slow["reason"].to_list(), name
         assert fast["reason"].is_not_null().sum() >= 30 or name == "alpaca_gpt4"
+
+
+def test_word_run_count_matches_tokens():
+    # _top_ngram_fracs gates on a regex count of words; it must equal the number of tokens _tokens splits
+    import numpy as np
+
+    from curate.stages.quality import _WORD_RUN, _tokens
+
+    texts = pl.Series(["a,b  c!!d\n\te\u2019s x[y]z^w\\v-u", "", "  ", "h\u00e9llo w\u00f6rld\u00a0x", "Eat a banana! " * 50, "x\r\ny\u2014z\u2026"])
+    counts = texts.str.count_matches(_WORD_RUN).to_list()
+    assert counts == np.bincount(_tokens(texts)[0], minlength=len(texts)).tolist()

@@ -82,6 +82,10 @@ def _pct(expr: pl.Expr) -> pl.Expr:
     return (expr * 100).round(0).cast(pl.Int64)
 
 
+# A token: a run of characters that are neither a space nor a separator (what _split_words keeps)
+_WORD_RUN = "[^ " + "".join(pl.escape_regex(c) if c not in "\n\t\r" else {"\n": r"\n", "\t": r"\t", "\r": r"\r"}[c] for c in _SEPARATORS) + "]+"
+
+
 def _split_words(text: pl.Expr) -> pl.Expr:
     """Text to a list of tokens split at whitespace and punctuation (with "" between adjacent separators)."""
     return text.str.replace_many(_SEPARATOR_MAP).str.split(" ")
@@ -144,17 +148,17 @@ def _top_ngram_fracs(text: pl.Series, ns: Sequence[int], min_words: int) -> tupl
     long_enough = np.flatnonzero(text_bytes >= 2 * min_words - 1)
     if len(long_enough) == 0:
         return out, n_words
-    rows, hashes, lengths = _tokens(text.gather(long_enough))
-    rows = long_enough[rows]
-    n_words[long_enough] = np.bincount(rows, minlength=n_rows)[long_enough]
+    # the exact word count is one regex pass (runs of non-separators), much cheaper than splitting; only
+    # the records that reach the gate are split into words
+    n_words[long_enough] = text.gather(long_enough).str.count_matches(_WORD_RUN).to_numpy()
     gated = n_words >= max(min_words, 2)
     if not ns or not gated.any():
         return out, n_words
     for n in ns:
         out[n][gated] = 0.0
-    if not gated.all():
-        keep = gated[rows]
-        rows, hashes, lengths = rows[keep], hashes[keep], lengths[keep]
+    gated_rows = np.flatnonzero(gated)
+    rows, hashes, lengths = _tokens(text.gather(gated_rows))
+    rows = gated_rows[rows]
     # a row number must fit its 20 bits of the packed key: big batches go in blocks of 2**20 rows
     row_shift, hash_shift = _U(64 - _ROW_BITS), _U(64 - 32 - _LEN_BITS)
     len_mask = _U(_LEN_MAX)
@@ -984,16 +988,27 @@ class UnseeableContext(RecordStage):
         reason = pl.Series("reason", [None] * batch.height, dtype=pl.Utf8)
         detail = pl.Series("detail", [None] * batch.height, dtype=pl.Utf8)
         if len(idx):
-            sub = pl.DataFrame({"_u": user.gather(idx).str.replace_many(_APOSTROPHES)}).select(*self._checks())
+            sub = pl.DataFrame({"_u": user.gather(idx).str.replace_many(_APOSTROPHES)})
+            parts, checks = self._checks()
+            # The regex results are computed once, as columns (in parallel); the when/then chains of the
+            # verdict then only read them.
+            sub = sub.with_columns(**parts).select(*_first_failing(checks))
             reason, detail = reason.scatter(idx, sub["reason"]), detail.scatter(idx, sub["detail"])
         return batch.with_columns(reason, detail)
 
-    def _checks(self) -> tuple[pl.Expr, pl.Expr]:
-        """``reason`` and ``detail`` over ``_u``, the lower-cased user turns."""
+    def _checks(self) -> tuple[dict[str, pl.Expr], list[tuple[pl.Expr, str, pl.Expr]]]:
+        """The regex results over ``_u`` (the lower-cased user turns) as named expressions, and the ordered
+        (condition, reason, detail) checks over those columns."""
         p = self.params
         u = pl.col("_u")
-        url = u.str.extract(r"(" + _URL + r")", 1)
-        url_as_data = u.str.replace_all(_URL, " ").str.contains(_URL_AS_DATA)
+        parts: dict[str, pl.Expr] = {}
+
+        def col(name: str, expr: pl.Expr) -> pl.Expr:
+            parts[name] = expr
+            return pl.col(name)
+
+        url = col("_url", u.str.extract(r"(" + _URL + r")", 1))
+        url_as_data = col("_url_as_data", u.str.replace_all(_URL, " ").str.contains(_URL_AS_DATA))
         needs_url = url.is_not_null() & ~url_as_data
         short_url = url.str.slice(0, 60)
 
@@ -1001,10 +1016,13 @@ class UnseeableContext(RecordStage):
             # a short tail without a quoted title: nothing after the pointer describes or names the thing
             tail = u.str.extract(_deictic(nouns, in_the=in_the), 1).str.replace_all(_URL, " ")  # a link describes nothing
             short = tail.str.count_matches(r"[\w']+") <= p.max_tail_words
-            return tail.is_not_null() & short & ~tail.str.contains("[\"\u201c\u201d\u00ab]")
+            return col(f"_pointer{len(parts)}", tail.is_not_null() & short & ~tail.str.contains("[\"\u201c\u201d\u00ab]"))
 
         def found(pattern: str) -> pl.Expr:
-            return u.str.extract(r"(" + pattern + r")", 1).str.strip_chars().str.slice(0, 60)
+            return col(f"_found{len(parts)}", u.str.extract(r"(" + pattern + r")", 1).str.strip_chars().str.slice(0, 60))
+
+        def contains(pattern: str) -> pl.Expr:
+            return col(f"_contains{len(parts)}", u.str.contains(pattern))
 
         def quoted(text: pl.Expr, reason: str, what: str) -> tuple[pl.Expr, str, pl.Expr]:
             return text.is_not_null(), reason, pl.format(what + ": '{}'", text)
@@ -1014,7 +1032,7 @@ class UnseeableContext(RecordStage):
             placeholder, mention = found(_PLACEHOLDER_MEDIA), found(_MEDIA_MENTION)
             checks += [
                 quoted(placeholder, "media_dependent", "refers to media it does not contain"),
-                (needs_url & u.str.contains(_MEDIA_URL), "media_dependent", pl.format("needs the image/audio/video at {}", short_url)),
+                (needs_url & contains(_MEDIA_URL), "media_dependent", pl.format("needs the image/audio/video at {}", short_url)),
                 quoted(mention, "media_dependent", "refers to media it does not contain"),
                 (pointer(_POINTER_MEDIA_NOUNS), "media_dependent", pl.lit("refers to an image/audio/video that is not in the prompt")),
             ]
@@ -1022,7 +1040,7 @@ class UnseeableContext(RecordStage):
             mention = found(_FILE_MENTION)
             checks += [
                 quoted(mention, "file_dependent", "refers to a file it does not contain"),
-                (needs_url & u.str.contains(_FILE_URL), "file_dependent", pl.format("needs the file at {}", short_url)),
+                (needs_url & contains(_FILE_URL), "file_dependent", pl.format("needs the file at {}", short_url)),
                 (pointer(_POINTER_FILE_NOUNS), "file_dependent", pl.lit("refers to a file that is not in the prompt")),
             ]
         if p.check_urls:
@@ -1036,4 +1054,4 @@ class UnseeableContext(RecordStage):
                     pl.lit("refers to a link or web page that is not in the prompt"),
                 ),
             ]
-        return _first_failing(checks)
+        return parts, checks
