@@ -320,12 +320,13 @@ class FastTextLite:
     def _top1(self, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Most probable label (exactly fastText's top-1): every leaf's log-probability, summed down the tree
         from the root as fastText does (``score(child) = score(node) + log(p_turn + 1e-5)``), one tree node at
-        a time over all rows (a few hundred vector adds instead of a dense path-matrix product)."""
+        a time over all rows (a few hundred vector adds; cheaper than a greedy descent plus a dense
+        path-matrix product for the rows where the greedy leaf is not surely the top one)."""
         n = len(hidden)
         osz = len(self.labels)
         # logit of "go right" at each inner node, clipped so exp() stays finite (the sigmoid is unchanged);
         # node-major so that each node's row is contiguous
-        x = np.clip(self.inner_out @ hidden.T, -60.0, 60.0)
+        x = np.ascontiguousarray(np.clip(hidden @ self.inner_out.T, -60.0, 60.0).T)
         f = 1.0 / (1.0 + np.exp(-x))
         log_right = np.log(f + 1e-5)
         log_left = np.log(1.0 - f + 1e-5)
@@ -511,8 +512,11 @@ class LanguageID(RecordStage):
             rows = np.flatnonzero(undecided)
             j = {
                 "ident": pl.DataFrame(
-                    {"lang": [None] * n, "conf": [None] * n, "letters": [0] * n},
-                    schema={"lang": pl.Utf8, "conf": pl.Float64, "letters": pl.Int64},
+                    {
+                        "lang": pl.repeat(None, n, dtype=pl.Utf8, eager=True),
+                        "conf": pl.repeat(None, n, dtype=pl.Float64, eager=True),
+                        "letters": np.zeros(n, np.int64),
+                    }
                 ),
                 "in_lang": np.zeros(n, bool),
                 "foreign": np.zeros(n, bool),
