@@ -96,7 +96,7 @@ class Workspace:
         """Register a run, first clearing whatever an earlier attempt with the same id left behind."""
         self.con.execute("BEGIN")
         try:
-            self.delete_run(run_id, commit=False)
+            self.delete_run(run_id)
             self.con.execute(
                 "INSERT INTO runs VALUES (?, ?, ?, ?, ?, 'running', ?, NULL, ?, NULL)",
                 [run_id, kind, name, json.dumps(config, default=str), fingerprint, _now(), output_dir],
@@ -112,7 +112,7 @@ class Workspace:
             [status, _now(), json.dumps(summary, default=str) if summary is not None else None, run_id],
         )
 
-    def delete_run(self, run_id: str, commit: bool = True) -> None:
+    def delete_run(self, run_id: str) -> None:
         for table in RUN_TABLES:
             self.con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
         self.con.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
