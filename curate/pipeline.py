@@ -38,7 +38,7 @@ from curate.config import CurateConfig, InputSpec
 from curate.frames import with_derived
 from curate.readers import Bad, expand_paths, read_file
 from curate.shapes import Converter, ShapeError, build_frame
-from curate.stages import GlobalStage, RecordStage, Stage, StageContext
+from curate.stages import GlobalDecision, GlobalStage, RecordStage, Stage, StageContext
 from curate.workspace import Workspace
 
 STORED_COLUMNS = ["uid", "id", "source_file", "source_line", "shape", "messages", "meta", "fixes", "n_chars", "n_tokens", "split", "scores"]
@@ -372,6 +372,7 @@ class Pipeline:
             writer.close()
             bar.close()
 
+        self.context.workspace = ws  # the writer thread is done: decide() may use the connection
         for i, p in enumerate(self.passes):
             if i > 0 and p.record_stages:
                 prepared = self._record_pass(ws, p, split)
@@ -380,11 +381,52 @@ class Pipeline:
                 table = pl.concat(prepared) if prepared else None
                 if table is not None and table.height:
                     with self.timer(f"stage:{gstage.name}"):
-                        rej = gstage.decide(table)
-                    if rej.height:
-                        ws.append("rejects", run_id, rej.select("uid", stage=pl.lit(gstage.name), reason="reason", detail="detail", duplicate_of="duplicate_of"))
+                        decision = gstage.decide(table)
+                    self._store_decision(ws, gstage.name, decision)
                 prepared = []
+        with self.timer("cluster splits"):
+            self._assign_cluster_splits(ws)
         return self._summarize(ws, file_stats, t0, started)
+
+    def _store_decision(self, ws: Workspace, stage: str, decision: GlobalDecision | pl.DataFrame) -> None:
+        if isinstance(decision, pl.DataFrame):
+            decision = GlobalDecision(decision)
+        name = pl.lit(stage)
+        rej = decision.rejects
+        if rej.height:
+            ws.append("rejects", self.run_id, rej.select("uid", stage=name, reason="reason", detail="detail", duplicate_of="duplicate_of"))
+        if decision.clusters is not None and decision.clusters.height:
+            ws.append("clusters", self.run_id, decision.clusters.select(stage=name, uid="uid", rep_uid="rep_uid", similarity="similarity"))
+        if decision.pairs is not None and decision.pairs.height:
+            ws.append("similar_pairs", self.run_id, decision.pairs.select(stage=name, uid_a="uid_a", uid_b="uid_b", similarity="similarity"))
+
+    def _assign_cluster_splits(self, ws: Workspace) -> None:
+        """Give every member of a duplicate cluster the same split.
+
+        Clusters of all dedup stages are joined into connected components (a record an exact duplicate
+        of one member and a near-duplicate of another links the three); a component's split is the split
+        its smallest content id would get, so it does not depend on input order either.
+        """
+        from curate.stages.clusters import component_labels
+
+        edges = ws.sql("SELECT uid, rep_uid FROM clusters WHERE run_id = ?", [self.run_id])
+        if edges.height == 0:
+            return
+        members = ws.sql(
+            """SELECT uid, id, split FROM records WHERE run_id = ? AND uid IN (
+                 SELECT uid FROM clusters WHERE run_id = ? UNION SELECT rep_uid FROM clusters WHERE run_id = ?)""",
+            [self.run_id, self.run_id, self.run_id],
+        )
+        labels = component_labels(members["uid"].to_numpy(), edges["uid"].to_numpy(), edges["rep_uid"].to_numpy())
+        members = members.with_columns(component=pl.Series(labels, dtype=pl.Int64))
+        members = members.with_columns(id=pl.col("id").min().over("component"))
+        new = members.with_columns(new_split=_split_expr(self.cfg)).filter(pl.col("new_split") != pl.col("split"))
+        if new.height:
+            arrow = new.select("uid", split="new_split").to_arrow()  # noqa: F841 - read by DuckDB below
+            ws.con.execute(
+                "UPDATE records SET split = a.split FROM arrow a WHERE records.run_id = ? AND records.uid = a.uid",
+                [self.run_id],
+            )
 
     def _stream_first_pass(self, writer, first, prepared, file_stats, limit_per_input, split, bar) -> None:
         # Parsing (Python, holds the GIL) runs a batch ahead on its own thread while this thread runs the
@@ -474,6 +516,22 @@ class Pipeline:
                WHERE r.run_id = ? GROUP BY split""",
             [run_id],
         )
+        clusters = ws.sql(
+            """SELECT stage, count(*) AS clusters, max(n) AS largest, sum(n) AS members FROM (
+                 SELECT stage, rep_uid, count(*) AS n FROM clusters WHERE run_id = ? GROUP BY stage, rep_uid)
+               GROUP BY stage ORDER BY stage""",
+            [run_id],
+        )
+        # The largest similarity left between splits among the kept records, per near-dup stage: what a
+        # validation loss could still memorize from the training split.
+        leakage = ws.sql(
+            """WITH kept AS (SELECT r.uid, r.split FROM records r ANTI JOIN rejects j ON r.run_id = j.run_id AND r.uid = j.uid
+                            WHERE r.run_id = $1)
+               SELECT p.stage, max(p.similarity) AS max_similarity, count(*) AS pairs
+               FROM similar_pairs p JOIN kept a ON a.uid = p.uid_a JOIN kept b ON b.uid = p.uid_b
+               WHERE p.run_id = $1 AND a.split <> b.split GROUP BY p.stage ORDER BY p.stage""",
+            [run_id],
+        )
         seconds = time.perf_counter() - t0
         return {
             "run_id": run_id,
@@ -495,6 +553,8 @@ class Pipeline:
             "quarantine_reasons": dict(zip(qreasons["e"].to_list(), qreasons["n"].to_list())),
             "fixes": dict(zip(fixes["f"].to_list(), fixes["n"].to_list())),
             "splits": {k: int(dict(zip(splits["split"].to_list(), splits["n"].to_list())).get(k, 0)) for k in ("train", "validation", "test")},
+            "clusters": {r.pop("stage"): r for r in clusters.to_dicts()},
+            "leakage": {r.pop("stage"): r for r in leakage.to_dicts()},
             "timings": {k: round(v, 3) for k, v in sorted(self.timer.seconds.items(), key=lambda kv: -kv[1])},
             "workspace": str(ws.path),
             "version": __version__,

@@ -7,6 +7,11 @@ Every write goes through this small API (the app and the CLIs read through it to
 - ``rejects``       one row per rejected record: stage, reason, detail, duplicate_of
 - ``quarantine``    one row per malformed input unit: file, line, field, error, raw excerpt
 - ``stage_counts``  per stage: records in, rejected, out, and counts by reason
+- ``clusters``      duplicate clusters of a run per dedup stage: uid, its representative, similarity to it
+- ``similar_pairs`` scored candidate pairs of the near-dup stages (near the threshold and above), for the
+                    report's similarity histogram and the largest similarity left between splits
+- ``embedding_cache`` sentence embeddings by model and text hash, shared by all runs: a re-run with other
+                    thresholds does not re-encode
 - ``ledger``        a view: each record with its outcome (kept, or rejected with stage and reason)
 """
 
@@ -35,6 +40,12 @@ CREATE TABLE IF NOT EXISTS quarantine (
     run_id VARCHAR, uid BIGINT, source_file VARCHAR, source_line BIGINT, field VARCHAR, error VARCHAR, raw VARCHAR);
 CREATE TABLE IF NOT EXISTS stage_counts (
     run_id VARCHAR, position INTEGER, stage VARCHAR, n_in BIGINT, n_rejected BIGINT, n_out BIGINT, reasons JSON);
+CREATE TABLE IF NOT EXISTS clusters (
+    run_id VARCHAR, stage VARCHAR, uid BIGINT, rep_uid BIGINT, similarity DOUBLE);
+CREATE TABLE IF NOT EXISTS similar_pairs (
+    run_id VARCHAR, stage VARCHAR, uid_a BIGINT, uid_b BIGINT, similarity DOUBLE);
+CREATE TABLE IF NOT EXISTS embedding_cache (
+    model VARCHAR, text_hash UBIGINT, embedding FLOAT[], PRIMARY KEY (model, text_hash));
 CREATE OR REPLACE VIEW ledger AS
     SELECT r.run_id, r.uid, r.id, r.source_file, r.source_line, r.shape, r.split,
            CASE WHEN j.uid IS NULL THEN 'kept' ELSE 'rejected' END AS status,
@@ -42,7 +53,7 @@ CREATE OR REPLACE VIEW ledger AS
     FROM records r LEFT JOIN rejects j ON r.run_id = j.run_id AND r.uid = j.uid;
 """
 
-RUN_TABLES = ("records", "rejects", "quarantine", "stage_counts")
+RUN_TABLES = ("records", "rejects", "quarantine", "stage_counts", "clusters", "similar_pairs")
 
 
 def _now() -> datetime:

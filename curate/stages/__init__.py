@@ -10,7 +10,8 @@ A stage is a small class with one contract and a name a YAML config can list:
 - a :class:`GlobalStage` needs one column over the whole run (dedup, decontamination). Its
   ``prepare(batch)`` runs while records stream and returns only the small columns it needs
   (``uid`` plus keys, signatures...); ``decide(prepared)`` then returns the rejects
-  (``uid``, ``reason``, ``detail``, ``duplicate_of``).
+  (``uid``, ``reason``, ``detail``, ``duplicate_of``), or a :class:`GlobalDecision` that adds the
+  duplicate clusters (splits are assigned per cluster) and the scored pairs (for the report).
 
 The runner (``curate.pipeline``) fills ``stage`` and counts rejects per stage and reason.
 """
@@ -39,6 +40,9 @@ class StageContext:
     config_dir: Path = field(default_factory=Path.cwd)
     tokenizer: Any = None  # a curate.tokens.TokenCounter, or None when no tokenizer is configured
     cache_dir: Path | None = None
+    # The run's curate.workspace.Workspace, set before any decide() (an embedding cache lives there).
+    # Only decide() may use it: while records stream, a writer thread owns the connection.
+    workspace: Any = None
 
     def resolve(self, path: str | Path) -> Path:
         """A path from the config, relative to the config file's folder."""
@@ -68,6 +72,25 @@ class RecordStage(Stage):
 
     def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:  # pragma: no cover - interface
         raise NotImplementedError
+
+
+@dataclass
+class GlobalDecision:
+    """What a global stage decided.
+
+    - ``rejects``: ``uid``, ``reason``, ``detail``, ``duplicate_of`` (as a plain decide() returns them)
+    - ``clusters``: ``uid``, ``rep_uid``, ``similarity``: every member of each cluster of two or more,
+      its representative included (``rep_uid == uid``, similarity 1.0); similarity is to the representative.
+      The runner stores them and assigns train/validation/test per cluster, so a cluster never straddles
+      splits.
+    - ``pairs``: ``uid_a``, ``uid_b``, ``similarity``: scored candidate pairs, those below the threshold
+      included (down to a floor the stage picks), for the report's histogram near the threshold and the
+      largest similarity left between splits.
+    """
+
+    rejects: pl.DataFrame
+    clusters: pl.DataFrame | None = None
+    pairs: pl.DataFrame | None = None
 
 
 class GlobalStage(Stage):
@@ -119,10 +142,14 @@ def _load_builtin_stages() -> None:
     import importlib
 
     for module in BUILTIN_MODULES:
-        importlib.import_module(f"curate.stages.{module}")
+        try:
+            importlib.import_module(f"curate.stages.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"curate.stages.{module}":
+                raise
 
 
-BUILTIN_MODULES = ("conversation", "quality", "pii", "langid", "exact")
+BUILTIN_MODULES = ("conversation", "quality", "pii", "langid", "exact", "minhash", "semantic", "decontam")
 
 
 def empty_rejects() -> pl.DataFrame:

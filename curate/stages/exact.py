@@ -6,7 +6,7 @@ from typing import Literal
 
 import polars as pl
 
-from curate.stages import GlobalStage, StageParams, register
+from curate.stages import GlobalDecision, GlobalStage, StageParams, register
 
 
 def normalized_text_expr(fields: str, normalization: str) -> pl.Expr:
@@ -69,10 +69,15 @@ class ExactDedup(GlobalStage):
         reps = ordered.unique("key", keep="first", maintain_order=False).select(
             "key", rep_uid="uid", rep_id="id", rep_src=pl.format("{}:{}", "source_file", "source_line")
         )
-        dupes = prepared.join(reps, on="key").filter(pl.col("uid") != pl.col("rep_uid"))
-        return dupes.select(
+        members = prepared.join(reps, on="key")
+        dupes = members.filter(pl.col("uid") != pl.col("rep_uid"))
+        rejects = dupes.select(
             "uid",
             reason=pl.lit("exact_duplicate"),
             detail=pl.format("same normalized text as {}", "rep_src"),
             duplicate_of=pl.col("rep_id"),
         ).sort("uid")
+        # clusters (representative included) so the runner keeps each cluster in one split
+        in_cluster = members.filter(pl.col("key").is_in(dupes["key"].implode()))
+        clusters = in_cluster.select("uid", "rep_uid", similarity=pl.lit(1.0)).sort("uid")
+        return GlobalDecision(rejects, clusters)

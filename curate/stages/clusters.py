@@ -1,0 +1,117 @@
+"""Duplicate clusters shared by the dedup stages: pairs -> connected components -> a kept representative.
+
+A dedup stage finds similar pairs its own way (equal keys, MinHash buckets, FAISS neighbours); turning
+them into clusters and deciding who stays is the same for all of them and lives here:
+
+- clusters are the connected components of the pair graph (union-find, done by SciPy's
+  ``connected_components`` over a sparse graph, not a Python loop);
+- the ``keep`` policy picks each cluster's representative: ``first`` (input order), ``last``,
+  ``longest`` (most characters, ties to the first) or ``quality`` (highest ``quality`` column, ties to
+  the first);
+- every other member is rejected naming the representative (``duplicate_of`` its id, ``detail`` its
+  file:line and the member's similarity to it), unless ``action`` is ``group``: then nothing is rejected
+  and the clusters only keep their members in one split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import polars as pl
+
+from curate.stages import GlobalDecision, empty_rejects
+
+KEEP_POLICIES = ("first", "last", "longest", "quality")
+
+
+def component_labels(uids: np.ndarray, uid_a: np.ndarray, uid_b: np.ndarray) -> np.ndarray:
+    """For each of ``uids``, the smallest uid of its connected component in the graph of pairs (a, b).
+
+    Pairs may name uids outside ``uids``; those edges are ignored.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    uids = np.asarray(uids, dtype=np.int64)
+    n = uids.size
+    if n == 0:
+        return uids.copy()
+    order = np.argsort(uids, kind="stable")
+    sorted_uids = uids[order]
+    ia = np.searchsorted(sorted_uids, uid_a)
+    ib = np.searchsorted(sorted_uids, uid_b)
+    ia_c, ib_c = np.minimum(ia, n - 1), np.minimum(ib, n - 1)
+    ok = (ia < n) & (ib < n) & (sorted_uids[ia_c] == uid_a) & (sorted_uids[ib_c] == uid_b)
+    rows, cols = order[ia[ok]], order[ib[ok]]
+    graph = coo_matrix((np.ones(rows.size, dtype=np.int8), (rows, cols)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    # label each component by its smallest uid: stable across runs, whatever SciPy numbers them
+    smallest = np.full(labels.max() + 1, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(smallest, labels, uids)
+    return smallest[labels]
+
+
+def decide_clusters(
+    prepared: pl.DataFrame,
+    pairs: pl.DataFrame,
+    *,
+    keep: str,
+    reason: str,
+    measure: str,
+    similarity_to_rep: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    action: str = "reject",
+    report_pairs: pl.DataFrame | None = None,
+) -> GlobalDecision:
+    """Clusters from the accepted ``pairs`` (``uid_a``, ``uid_b``), a representative per cluster, rejects.
+
+    ``prepared`` holds ``uid``, ``id``, ``source_file``, ``source_line``, ``n_chars`` (and ``quality``
+    for ``keep="quality"``). ``similarity_to_rep(member_uids, rep_uids)`` scores each rejected member
+    against its representative (a union-find cluster can join two records through a third, so the pair
+    that merged them is not necessarily the member-representative pair). ``measure`` names the score in
+    ``detail`` ("estimated Jaccard", "cosine"). ``report_pairs`` (``uid_a``, ``uid_b``, ``similarity``)
+    is passed through to the decision for the report; by default ``pairs`` if it has ``similarity``.
+    """
+    if keep not in KEEP_POLICIES:
+        raise ValueError(f"keep must be one of {KEEP_POLICIES}, got {keep!r}")
+    if report_pairs is None and "similarity" in pairs.columns:
+        report_pairs = pairs.select("uid_a", "uid_b", "similarity")
+    if pairs.height == 0 or prepared.height == 0:
+        return GlobalDecision(empty_rejects().drop("stage"), None, report_pairs)
+    labels = component_labels(
+        prepared["uid"].to_numpy(), pairs["uid_a"].to_numpy().astype(np.int64), pairs["uid_b"].to_numpy().astype(np.int64)
+    )
+    frame = prepared.with_columns(cluster=pl.Series(labels, dtype=pl.Int64))
+    sizes = frame.group_by("cluster").len()
+    members = frame.join(sizes.filter(pl.col("len") > 1).select("cluster"), on="cluster")
+    if keep == "first":
+        ordered = members.sort("uid")
+    elif keep == "last":
+        ordered = members.sort("uid", descending=True)
+    elif keep == "longest":
+        ordered = members.sort(["n_chars", "uid"], descending=[True, False])
+    else:
+        ordered = members.sort(["quality", "uid"], descending=[True, False], nulls_last=True)
+    reps = ordered.unique("cluster", keep="first", maintain_order=False).select(
+        "cluster", rep_uid="uid", rep_id="id", rep_src=pl.format("{}:{}", "source_file", "source_line")
+    )
+    members = members.join(reps, on="cluster")
+    others = members.filter(pl.col("uid") != pl.col("rep_uid"))
+    sims = similarity_to_rep(others["uid"].to_numpy(), others["rep_uid"].to_numpy()) if others.height else np.empty(0)
+    others = others.with_columns(similarity=pl.Series(np.asarray(sims, dtype=np.float64)).round(4))
+    clusters = pl.concat(
+        [
+            members.filter(pl.col("uid") == pl.col("rep_uid")).select("uid", "rep_uid", similarity=pl.lit(1.0)),
+            others.select("uid", "rep_uid", "similarity"),
+        ]
+    ).sort("uid")
+    if action == "group":
+        rejects = empty_rejects().drop("stage")
+    else:
+        rejects = others.select(
+            "uid",
+            reason=pl.lit(reason),
+            detail=pl.format(f"near-duplicate of {{}} ({measure} {{}})", "rep_src", pl.col("similarity").round(3)),
+            duplicate_of=pl.col("rep_id"),
+        ).sort("uid")
+    return GlobalDecision(rejects, clusters, report_pairs)
