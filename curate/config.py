@@ -84,6 +84,9 @@ class SplitConfig(_Strict):
 
 class ReportConfig(_Strict):
     examples_per_reason: int = Field(3, ge=0, le=100)
+    clusters: int = Field(5, ge=0, le=100, description="largest duplicate clusters shown per dedup stage")
+    cluster_members: int = Field(4, ge=1, le=50, description="members shown next to each cluster's representative")
+    contamination_rows: int = Field(50, ge=0, le=10_000, description="contaminated records listed with their matched span")
 
 
 class StageSpec(_Strict):

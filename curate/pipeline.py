@@ -574,7 +574,8 @@ class Pipeline:
             # paths in the summary are relative to the run folder, so the folder can be moved
             summary["outputs"] = export_run(ws, self.run_id, tmp)
             examples, lengths = _report_inputs(ws, self.run_id, self.cfg.report.examples_per_reason)
-            report_files = write_report(summary, examples, lengths, tmp)
+            review = _review_inputs(ws, self.run_id, self.stages, self.cfg.report)
+            report_files = write_report(summary, examples, lengths, tmp, review=review)
             summary["outputs"]["report"] = {k: str(Path(v).relative_to(tmp)) for k, v in report_files.items()}
             (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
             _swap_dir(tmp, out_dir)
@@ -606,6 +607,48 @@ def _report_inputs(ws: Workspace, run_id: str, n: int):
         [run_id],
     )["n"].to_numpy()
     return examples, {"before": np.asarray(before), "after": np.asarray(after)}
+
+
+def _review_inputs(ws: Workspace, run_id: str, stages: list[Stage], report_cfg) -> dict[str, Any]:
+    """What the report's duplicate review and contamination sections show.
+
+    - ``clusters``: per dedup stage, its largest clusters (representative first, then members by
+      similarity, at most ``report.cluster_members`` each), ``report.clusters`` of them;
+    - ``similarities``: per near-dup stage, the scored pairs' similarities and the stage's threshold;
+    - ``contamination``: contaminated records with the eval item and matched span (from ``detail``).
+    """
+    import numpy as np
+
+    rows = ws.sql(
+        """WITH sizes AS (SELECT stage, rep_uid, count(*) AS size FROM clusters WHERE run_id = $1 GROUP BY ALL),
+                top AS (SELECT *, row_number() OVER (PARTITION BY stage ORDER BY size DESC, rep_uid) AS k FROM sizes
+                        QUALIFY k <= $2),
+                members AS (SELECT t.stage, t.k, t.size, m.uid, m.rep_uid, m.similarity,
+                                   row_number() OVER (PARTITION BY t.stage, t.k ORDER BY m.uid <> m.rep_uid, m.similarity DESC, m.uid) AS j
+                            FROM top t JOIN clusters m ON m.run_id = $1 AND m.stage = t.stage AND m.rep_uid = t.rep_uid)
+           SELECT m.stage, m.k, m.size, m.j, m.uid, m.rep_uid, m.similarity, r.id, r.source_file, r.source_line, r.messages
+           FROM members m JOIN records r ON r.run_id = $1 AND r.uid = m.uid
+           WHERE m.j <= $3 + 1 ORDER BY m.stage, m.k, m.j""",
+        [run_id, report_cfg.clusters, report_cfg.cluster_members],
+    )
+    clusters: dict[str, list[dict]] = {}
+    for row in rows.to_dicts():
+        group = clusters.setdefault(row["stage"], [])
+        if not group or group[-1]["k"] != row["k"]:
+            group.append({"k": row["k"], "size": row["size"], "members": []})
+        group[-1]["members"].append(row)
+    thresholds = {s.name: getattr(s.params, "threshold", None) for s in stages}
+    pairs = ws.sql("SELECT stage, similarity FROM similar_pairs WHERE run_id = ?", [run_id])
+    similarities = {
+        stage: {"values": np.asarray(pairs.filter(pl.col("stage") == stage)["similarity"].to_numpy()), "threshold": thresholds.get(stage)}
+        for stage in pairs["stage"].unique().sort().to_list()
+    }
+    contamination = ws.sql(
+        """SELECT j.uid, r.source_file, r.source_line, j.detail FROM rejects j JOIN records r ON r.run_id = j.run_id AND r.uid = j.uid
+           WHERE j.run_id = ? AND j.reason = 'contaminated' ORDER BY j.uid LIMIT ?""",
+        [run_id, report_cfg.contamination_rows],
+    ).to_dicts()
+    return {"clusters": clusters, "similarities": similarities, "contamination": contamination}
 
 
 def _swap_dir(new: Path, target: Path) -> None:

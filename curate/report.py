@@ -44,6 +44,8 @@ REPORT_FILES = {
     "histogram": "token_lengths.png",
     "funnel": "funnel.png",
 }
+SIMILARITY_PNG = "similarity.png"
+SIMILARITY_BINS = 0.05  # width of the near-threshold histogram's table rows
 
 
 def write_report(
@@ -51,21 +53,34 @@ def write_report(
     examples: dict[str, list[dict]],
     token_lengths: dict[str, "np.ndarray"],
     out_dir: Path,
+    review: dict | None = None,
 ) -> dict[str, Path]:
     """Write the run report into ``out_dir``.
 
-    Returns ``{"markdown", "html", "json", "histogram", "funnel"}`` mapped to the written paths.
+    ``review`` (optional, from the pipeline) holds the dedup and decontamination review: ``clusters``
+    (stage -> largest clusters, each ``{"k", "size", "members": [rows, representative first]}``),
+    ``similarities`` (stage -> ``{"values": array, "threshold": float}``) and ``contamination``
+    (rows with ``source_file``, ``source_line``, ``detail``).
+
+    Returns ``{"markdown", "html", "json", "histogram", "funnel"}`` (plus ``"similarity"`` when a
+    near-dup stage scored pairs) mapped to the written paths.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {k: out_dir / v for k, v in REPORT_FILES.items()}
 
     ctx = _context(summary, examples or {}, token_lengths or {})
+    ctx.update(_review_context(summary, review or {}))
     _funnel_png(ctx["funnel"], paths["funnel"])
     _lengths_png(ctx["_before"], ctx["_after"], ctx["unit"], ctx["clip"], paths["histogram"])
+    image_keys = ["funnel", "histogram"]
+    if ctx["_similarities"]:
+        paths["similarity"] = out_dir / SIMILARITY_PNG
+        _similarity_png(ctx["_similarities"], paths["similarity"])
+        image_keys.append("similarity")
 
     paths["markdown"].write_text(_markdown(ctx), encoding="utf-8")
-    images = {k: base64.b64encode(paths[k].read_bytes()).decode("ascii") for k in ("funnel", "histogram")}
+    images = {k: base64.b64encode(paths[k].read_bytes()).decode("ascii") for k in image_keys}
     paths["html"].write_text(_html(ctx, images), encoding="utf-8")
     paths["json"].write_text(json.dumps(_json_report(ctx, summary, examples or {}), indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
     return paths
@@ -415,6 +430,77 @@ def _lengths_png(before: np.ndarray, after: np.ndarray, unit: str, clip: float, 
     _save(fig, path)
 
 
+def _similarity_png(similarities: list[dict], path: Path) -> None:
+    n = len(similarities)
+    fig = _new_figure(9, 2.6 * n + 0.4)
+    axes = np.atleast_1d(fig.subplots(n, 1))
+    for ax, sim in zip(axes, similarities):
+        v, t = sim["_values"], sim["threshold"]
+        lo = float(min(v.min(), t if t is not None else 1.0)) if v.size else 0.0
+        ax.hist(v, bins=np.linspace(max(0.0, lo - 0.005), 1.0 + 1e-9, 61), color="#3b7dd8", log=True)
+        if t is not None:
+            ax.axvline(t, color="#c00000", lw=1.4, label=f"threshold {t:g}")
+            ax.legend(loc="upper left", fontsize=8, frameon=False)
+        ax.set_title(f"{sim['stage']}: {v.size:,} scored pairs", fontsize=10, loc="left")
+        ax.set_ylabel("pairs (log)")
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[-1].set_xlabel("similarity of a candidate pair (pairs at or above the threshold are merged)")
+    _save(fig, path)
+
+
+def _review_context(summary: dict, review: dict) -> dict[str, Any]:
+    """The report's duplicate-cluster, similarity and contamination sections."""
+    counts = summary.get("clusters") or {}
+    leakage = summary.get("leakage") or {}
+    clusters = review.get("clusters") or {}
+    sims = review.get("similarities") or {}
+    dedup = []
+    for stage in sorted(set(counts) | set(clusters) | set(sims)):
+        c = counts.get(stage) or {}
+        leak = leakage.get(stage)
+        top = []
+        for cl in clusters.get(stage) or []:
+            members = []
+            for m in cl.get("members") or []:
+                e = _example(m)
+                e["similarity"] = _fmt_num(m.get("similarity")) if m.get("similarity") is not None else "–"
+                e["is_rep"] = m.get("uid") == m.get("rep_uid")
+                members.append(e)
+            top.append({"k": _int(cl.get("k")), "size": _int(cl.get("size")), "members": members, "more": max(_int(cl.get("size")) - len(members), 0)})
+        dedup.append(
+            {
+                "stage": _str(stage),
+                "clusters": _int(c.get("clusters")),
+                "members": _int(c.get("members")),
+                "largest": _int(c.get("largest")),
+                "leak": None if not leak else {"max": _fmt_num(leak.get("max_similarity")), "pairs": _int(leak.get("pairs"))},
+                "scored": stage in sims,
+                "top": top,
+            }
+        )
+    similarities, bins = [], []
+    for stage, info in sims.items():
+        v = np.asarray(info.get("values") if info.get("values") is not None else [], dtype=float)
+        v = v[np.isfinite(v)]
+        t = info.get("threshold")
+        t = float(t) if isinstance(t, (int, float)) else None
+        similarities.append({"stage": _str(stage), "threshold": t, "_values": v})
+        if v.size:
+            start = math.floor((t if t is not None else float(v.min())) / SIMILARITY_BINS - 4) * SIMILARITY_BINS
+            edges = np.round(np.arange(max(start, 0.0), 1.0 + 1e-9, SIMILARITY_BINS), 4)
+            hist, _ = np.histogram(v, bins=np.append(edges, 1.0 + 1e-9) if edges[-1] < 1.0 else edges)
+            for lo, n in zip(edges, hist):
+                hi = min(lo + SIMILARITY_BINS, 1.0)
+                merged = "yes" if t is not None and lo >= t else ("partly" if t is not None and hi > t else "no")
+                bins.append({"stage": _str(stage), "range": f"{lo:.2f}–{hi:.2f}", "pairs": int(n), "merged": merged})
+    contamination = [
+        {"source": f"{_oneline(r.get('source_file'), 200)}:{_fmt_int(r.get('source_line'))}", "detail": _oneline(r.get("detail"), 600)}
+        for r in review.get("contamination") or []
+        if isinstance(r, dict)
+    ]
+    return {"dedup": dedup, "similarity_bins": bins, "contamination": contamination, "_similarities": [s for s in similarities if s["_values"].size]}
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Markdown
 # ------------------------------------------------------------------------------------------------------------
@@ -544,6 +630,49 @@ def _markdown(c: dict) -> str:
         L.append("No splits recorded.")
     L.append("")
 
+    if c["dedup"]:
+        L.append("## Duplicate clusters")
+        L.append("")
+        L += _md_table(
+            ["stage", "clusters", "records in clusters", "largest", "largest similarity left between splits"],
+            [
+                [_code(d["stage"], True), f"{d['clusters']:,}", f"{d['members']:,}", f"{d['largest']:,}",
+                 (f"{d['leak']['max']} ({d['leak']['pairs']:,} scored pairs across splits)" if d["leak"]
+                  else ("none: no scored pair crosses splits" if d["scored"] else "–"))]
+                for d in c["dedup"]
+            ],
+            "lrrrl",
+        )
+        L.append("")
+        L.append("Splits are assigned per cluster: members of one cluster never straddle train/validation/test.")
+        L.append("")
+        if c["_similarities"]:
+            L.append("### Similarity of candidate pairs near the threshold")
+            L.append("")
+            L += _md_table(["stage", "similarity", "pairs", "merged"], [[_code(b["stage"], True), b["range"], f"{b['pairs']:,}", b["merged"]] for b in c["similarity_bins"]], "llrl")
+            L.append("")
+            L.append(f"![Similarity of candidate pairs]({SIMILARITY_PNG})")
+            L.append("")
+        for d in c["dedup"]:
+            for cl in d["top"]:
+                L.append(f"### {_code(d['stage'])}: cluster {cl['k']} ({cl['size']:,} records)")
+                L.append("")
+                for e in cl["members"]:
+                    head = "**kept representative**" if e["is_rep"] else f"similarity to representative **{e['similarity']}**"
+                    L.append(f"{head} · uid {e['uid']} · {_code(e['source'])}")
+                    L.append("")
+                    L.append(_fenced(_chat_text(e["turns"])))
+                    L.append("")
+                if cl["more"]:
+                    L.append(f"… and {cl['more']:,} more member{'' if cl['more'] == 1 else 's'}.")
+                    L.append("")
+
+    if c["contamination"]:
+        L.append("## Contamination")
+        L.append("")
+        L += _md_table(["training record", "eval item and matched span"], [[_code(r["source"], True), _code(r["detail"], True)] for r in c["contamination"]], "ll")
+        L.append("")
+
     L.append("## Examples of rejections")
     L.append("")
     if not c["example_groups"]:
@@ -620,6 +749,8 @@ img.chart { max-width: 100%; border: 1px solid #eee; }
 .role { font-size: 11px; font-weight: bold; text-transform: uppercase; letter-spacing: .05em; color: #666; }
 pre { white-space: pre-wrap; overflow-wrap: anywhere; margin: .2em 0; }
 details > summary { cursor: pointer; font-weight: 600; margin: .6em 0; }
+.cluster { display: grid; grid-auto-flow: column; grid-auto-columns: minmax(260px, 1fr); gap: .6em; overflow-x: auto; }
+.cluster .example { margin: 0; } .example.rep { border: 2px solid #2e9d5b; background: #f3fbf5; }
 </style>
 </head>
 <body>
@@ -688,6 +819,42 @@ quarantined <b>{{ fi(c.quarantined) }}</b> ({{ pct(c.quarantined, c.inputs) }}).
 {% for s in c.splits %}<tr><td>{{ s.split }}</td><td class="n">{{ fi(s.records) }}</td><td class="n">{{ s.share }}</td></tr>
 {% endfor %}</table>
 {% else %}<p>No splits recorded.</p>{% endif %}
+
+{% if c.dedup %}
+<h2 id="duplicates">Duplicate clusters</h2>
+<table><tr><th>stage</th><th class="n">clusters</th><th class="n">records in clusters</th><th class="n">largest</th><th>largest similarity left between splits</th></tr>
+{% for d in c.dedup %}<tr><td class="mono">{{ d.stage }}</td><td class="n">{{ fi(d.clusters) }}</td><td class="n">{{ fi(d.members) }}</td><td class="n">{{ fi(d.largest) }}</td>
+<td>{% if d.leak %}{{ d.leak.max }} ({{ fi(d.leak.pairs) }} scored pairs across splits){% elif d.scored %}none: no scored pair crosses splits{% else %}–{% endif %}</td></tr>
+{% endfor %}</table>
+<p>Splits are assigned per cluster: members of one cluster never straddle train/validation/test.</p>
+{% if img.get('similarity') %}
+<h3>Similarity of candidate pairs near the threshold</h3>
+<table><tr><th>stage</th><th>similarity</th><th class="n">pairs</th><th>merged</th></tr>
+{% for b in c.similarity_bins %}<tr><td class="mono">{{ b.stage }}</td><td>{{ b.range }}</td><td class="n">{{ fi(b.pairs) }}</td><td>{{ b.merged }}</td></tr>
+{% endfor %}</table>
+<img class="chart" alt="Similarity of candidate pairs" src="data:image/png;base64,{{ img.similarity }}">
+{% endif %}
+{% for d in c.dedup %}{% for cl in d.top %}
+<details{% if loop.index <= 2 %} open{% endif %}>
+<summary><span class="mono">{{ d.stage }}</span>: cluster {{ cl.k }} ({{ fi(cl.size) }} records)</summary>
+<div class="cluster">
+{% for e in cl.members %}<div class="example {{ 'rep' if e.is_rep else '' }}">
+<div class="head">{% if e.is_rep %}<b>kept representative</b>{% else %}similarity <b>{{ e.similarity }}</b>{% endif %} · uid {{ e.uid }} · <span class="mono">{{ e.source }}</span></div>
+{% for t in e.turns %}<div class="turn {{ t.role if t.role in roles else 'other' }}"><div class="role">{{ t.role }}</div><pre>{{ t.content }}</pre></div>
+{% else %}<p>(no messages)</p>{% endfor %}
+</div>{% endfor %}
+</div>
+{% if cl.more %}<p>… and {{ fi(cl.more) }} more member{{ '' if cl.more == 1 else 's' }}.</p>{% endif %}
+</details>
+{% endfor %}{% endfor %}
+{% endif %}
+
+{% if c.contamination %}
+<h2 id="contamination">Contamination</h2>
+<table><tr><th>training record</th><th>eval item and matched span</th></tr>
+{% for r in c.contamination %}<tr><td class="mono">{{ r.source }}</td><td>{{ r.detail }}</td></tr>
+{% endfor %}</table>
+{% endif %}
 
 <h2 id="examples">Examples of rejections</h2>
 {% if not c.example_groups %}<p>No examples.</p>{% endif %}
@@ -785,5 +952,8 @@ def _json_report(c: dict, summary: dict, examples: dict) -> dict[str, Any]:
         },
         # the examples as the pipeline handed them over (reason -> rows; "quarantine" -> rows), strings capped
         "examples": _jsonable(examples, JSON_TURN_CHARS),
+        "duplicates": [{k: v for k, v in d.items()} for d in c["dedup"]],
+        "similarity_bins": c["similarity_bins"],
+        "contamination": c["contamination"],
         "files": {k: v for k, v in REPORT_FILES.items()},
     }
