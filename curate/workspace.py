@@ -181,3 +181,47 @@ class Workspace:
 
     def sql(self, query: str, params: list[Any] | None = None) -> pl.DataFrame:
         return pl.from_arrow(self.con.sql(query, params=params or None).to_arrow_table())  # type: ignore[return-value]
+
+    # -- embedding cache -------------------------------------------------------------------------------------
+    def cached_embeddings(self, model: str, hashes: Any) -> tuple[Any, Any]:
+        """The cached vectors of ``model`` for those of ``hashes`` (uint64 text hashes) that are cached.
+
+        Returns (found hashes as uint64, float32 matrix with one row per found hash), in no particular
+        order; (empty, empty 0 x 0) when none is cached.
+        """
+        import numpy as np
+        import pyarrow as pa
+
+        wanted = pa.table({"text_hash": pa.array(np.unique(np.asarray(hashes, dtype=np.uint64)))})  # noqa: F841 - read by DuckDB
+        table = self.con.sql(
+            "SELECT c.text_hash, c.embedding FROM embedding_cache c SEMI JOIN wanted w ON c.text_hash = w.text_hash WHERE c.model = ?",
+            params=[model],
+        ).to_arrow_table()
+        if table.num_rows == 0:
+            return np.empty(0, dtype=np.uint64), np.empty((0, 0), dtype=np.float32)
+        found = table.column("text_hash").to_numpy().astype(np.uint64, copy=False)
+        lists = table.column("embedding").combine_chunks()
+        flat = lists.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+        if flat.size % found.size:
+            raise ValueError(f"embedding cache for {model!r} holds vectors of different sizes")
+        return found, flat.reshape(found.size, -1)
+
+    def store_embeddings(self, model: str, hashes: Any, matrix: Any, chunk: int = 50_000) -> None:
+        """Add ``matrix`` rows (float32, one per hash) to the cache of ``model``.
+
+        Idempotent: hashes already cached for the model (or repeated in ``hashes``) keep their first vector.
+        Each chunk is its own insert, so an interrupted run keeps what it stored.
+        """
+        import numpy as np
+        import pyarrow as pa
+
+        hashes = np.asarray(hashes, dtype=np.uint64)
+        matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+        hashes, first = np.unique(hashes, return_index=True)
+        matrix = matrix[first]
+        dim = matrix.shape[1] if matrix.ndim == 2 else 0
+        for start in range(0, hashes.size, chunk):
+            h, m = hashes[start : start + chunk], matrix[start : start + chunk]
+            offsets = pa.array(np.arange(0, (h.size + 1) * dim, dim, dtype=np.int32))
+            arrow = pa.table({"text_hash": pa.array(h), "embedding": pa.ListArray.from_arrays(offsets, pa.array(m.reshape(-1)))})  # noqa: F841
+            self.con.execute("INSERT OR IGNORE INTO embedding_cache SELECT ?, text_hash, embedding FROM arrow", [model])
