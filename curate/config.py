@@ -180,7 +180,8 @@ class CurateConfig(_Strict):
         return self.resolve(self.workspace)
 
 
-def _format_validation(exc: ValidationError, source: str) -> str:
+def format_validation(exc: ValidationError, source: str) -> str:
+    """A pydantic error as 'source: invalid config' plus one 'key.path: message' line per problem."""
     lines = [f"{source}: invalid config"]
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -195,7 +196,7 @@ def parse_config(data: Any, base_dir: Path | None = None, source: str = "<config
     try:
         cfg = CurateConfig(**data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation(exc, source)) from None
+        raise ConfigError(format_validation(exc, source)) from None
     cfg.base_dir = (base_dir or Path.cwd()).resolve()
     return cfg
 

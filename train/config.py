@@ -1,0 +1,140 @@
+"""The typed `train run` config, validated before any work starts.
+
+```yaml
+name: smollm2-alpaca
+base_model: embedded                  # SmolLM2-135M-Instruct from the packaged GGUF; or a local path / hub id
+data:
+  - path: ../out/quickstart/data/train.jsonl     # curate's export, or any file curate reads
+  - path: ../general/instructions.jsonl          # mixed in against forgetting
+    weight: 0.15                                  # share of the training examples drawn from this source
+validation: ../out/quickstart/data/validation.jsonl
+method: {kind: qlora, r: 16, alpha: 32, dropout: 0.05, target_modules: all-linear}
+optim: {lr: 2.0e-4, scheduler: cosine, warmup_ratio: 0.03, grad_accum: 4, max_grad_norm: 1.0}
+max_seq_len: 1024
+epochs: 1
+```
+Relative paths are relative to the config file's folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from curate.config import format_validation
+
+
+class TrainConfigError(ValueError):
+    """An invalid train config; the message names every offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSource(_Strict):
+    path: str
+    # Share of the training examples drawn from this source. Sources without a weight share what the
+    # weighted ones leave, in proportion to their sizes; weights must not add up to more than 1.
+    weight: float | None = Field(default=None, gt=0, le=1)
+    shape: Literal["auto", "alpaca", "dolly", "sharegpt", "openai", "prompt_completion", "mapped"] = "auto"
+    mapping: dict[str, str | list[str]] | None = None
+    limit: int | None = Field(default=None, ge=1)
+
+
+class MethodConfig(_Strict):
+    kind: Literal["qlora", "lora", "dora"] = "qlora"  # qlora: 4-bit NF4 base with double quantization
+    rslora: bool = False  # rank-stabilized scaling alpha/sqrt(r)
+    r: int = Field(16, ge=1)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+
+
+class OptimConfig(_Strict):
+    # paged 8-bit AdamW where bitsandbytes has it (CUDA); plain AdamW otherwise, said in the pre-flight
+    optimizer: Literal["auto", "paged_adamw_8bit", "adamw_8bit", "adamw_torch"] = "auto"
+    lr: float = Field(2e-4, gt=0)
+    scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_tokens: int = Field(8192, ge=64, description="tokens per packed micro-batch (padding-free)")
+    grad_accum: int = Field(1, ge=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+
+
+class EvalConfig(_Strict):
+    every_steps: int = Field(50, ge=1)
+    early_stopping_patience: int | None = Field(3, ge=1, description="evaluations without improvement; null: off")
+    sample_prompts: int = Field(2, ge=0, description="validation prompts generated from, logged next to the loss")
+    sample_max_new_tokens: int = Field(64, ge=1)
+
+
+class ExportConfig(_Strict):
+    merged: bool = False  # merged safetensors (vLLM, TGI)
+    gguf: Literal["none", "f16", "q8_0"] = "none"  # llama.cpp / Ollama, with a Modelfile
+
+
+class TrainConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    base_model: str = "embedded"
+    data: list[DataSource] = Field(min_length=1)
+    validation: str | None = Field(default=None, description="a file of held-out records; default: none (no eval loss)")
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    max_seq_len: int = Field(1024, ge=16)
+    train_on_inputs: bool = False
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(default=None, ge=1, description="overrides epochs")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 where the device supports it
+    gradient_checkpointing: bool = True
+    seed: int = 0
+    output_dir: str | None = Field(default=None, description="default: runs/<name> next to the config")
+    workspace: str | None = Field(default=None, description="the DuckDB workspace to register the run in")
+    price_per_gpu_hour: float = Field(0.0, ge=0, description="for the projected cost after the first steps")
+
+    base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
+
+    @model_validator(mode="after")
+    def _weights(self) -> "TrainConfig":
+        total = sum(s.weight or 0.0 for s in self.data)
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"data weights add up to {total:g}; they are shares of the training examples and must not exceed 1")
+        if total and all(s.weight for s in self.data) and abs(total - 1.0) > 1e-6:
+            raise ValueError(f"every data source has a weight but they add up to {total:g}, not 1")
+        return self
+
+    def resolve(self, path: str | Path) -> Path:
+        p = Path(path).expanduser()
+        return (p if p.is_absolute() else (self.base_dir / p)).resolve()
+
+    @property
+    def output_path(self) -> Path:
+        return self.resolve(self.output_dir or f"runs/{self.name}")
+
+
+def parse_train_config(data: Any, base_dir: Path | None = None, source: str = "<config>") -> TrainConfig:
+    if not isinstance(data, dict):
+        raise TrainConfigError(f"{source}: the config must be a mapping of keys, got {type(data).__name__}")
+    try:
+        cfg = TrainConfig(**data)
+    except ValidationError as exc:
+        raise TrainConfigError(format_validation(exc, source)) from None
+    cfg.base_dir = (base_dir or Path.cwd()).resolve()
+    return cfg
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise TrainConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise TrainConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_train_config(data, path.parent, str(path))
