@@ -87,3 +87,33 @@ def ngram_hashes(hashes: np.ndarray, offsets: np.ndarray, n: int, short_docs: bo
             out[ngram_offsets[:-1][short]] = short_value[short]
         out = _mix(out.copy())
     return out, ngram_offsets, start
+
+
+def char_ngram_hashes(text: pl.Series, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hashes of every character n-gram, per document: ``(uint64 hashes, int64 offsets)``.
+
+    Text is normalized like the word shingles see it: lowercased, every run of non-word characters
+    (punctuation, whitespace) collapsed to one space, ends stripped; so "Hello,  World!" and
+    "hello world" have the same n-grams. Characters are Unicode code points (UTF-8 decoded here, not
+    bytes). A document of 1 to n-1 characters gets one n-gram of all of them; an empty one gets none.
+    """
+    norm = text.fill_null("").str.to_lowercase().str.replace_all(r"\W+", " ").str.strip_chars()
+    arr = norm.to_arrow(compat_level=pl.CompatLevel.oldest())  # large_string: int64 offsets + one data buffer
+    _, off_buf, data_buf = arr.buffers()
+    byte_off = np.frombuffer(off_buf, dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    data = np.frombuffer(data_buf, dtype=np.uint8)[byte_off[0] : byte_off[-1]] if data_buf is not None else np.zeros(0, np.uint8)
+    byte_off = byte_off - byte_off[0]
+    # a code point starts at every byte that is not a UTF-8 continuation byte (10xxxxxx)
+    is_start = (data & 0xC0) != 0x80
+    starts = np.flatnonzero(is_start)
+    char_len = np.diff(np.append(starts, data.size))
+    # a character's value: its (at most 4) UTF-8 bytes packed into one integer, then mixed
+    value = data[starts].astype(np.uint64)
+    for k in range(1, 4):
+        more = char_len > k
+        value[more] |= data[starts[more] + k].astype(np.uint64) << np.uint64(8 * k)
+    chars_before = np.zeros(data.size + 1, dtype=np.int64)
+    np.cumsum(is_start, out=chars_before[1:])
+    offsets = chars_before[byte_off]
+    hashes, ngram_offsets, _ = ngram_hashes(_mix(value), offsets, n)
+    return hashes, ngram_offsets
