@@ -1,0 +1,303 @@
+"""Embedding (semantic) deduplication: sentence embeddings, a FAISS range search, clusters.
+
+Two records are near-duplicates when the cosine of their sentence embeddings reaches ``threshold``.
+What gets embedded is ``fields``:
+
+- ``all`` (default): the prompt (system + user turns) and the response (assistant turns) are embedded
+  separately and a pair's similarity is the *smaller* of the two cosines, so the same answer to a
+  different question is not a duplicate, and neither is a different answer to the same question.
+  (Embedding one concatenation instead lets a long shared answer swamp a short differing question, and
+  truncates the answer of a long prompt at the model's ``max_seq_length``.)
+- ``response``: the assistant turns only, as the usual hand-written scripts do (they embed ``output``);
+- ``prompt``: the system + user turns only.
+
+How it runs:
+
+1. ``prepare`` keeps, per record, the text of each field (whitespace collapsed and stripped: a
+   model-independent normalization) and its 64-bit xxh3 hash, plus what the keep policy needs.
+2. ``decide`` looks the hashes up in the workspace's ``embedding_cache`` under a model key (the model
+   folder's name, a hash of its config files and weight files, and the max sequence length: another
+   model, or a fine-tuned one with the same config, never reuses vectors). Only misses are encoded, each
+   distinct text once, longest first in chunks (sentence-transformers then batches similar lengths
+   together), L2-normalized, and stored chunk by chunk, so re-running with another threshold or keep
+   policy encodes nothing. Without a workspace (the stage used on its own) nothing is cached.
+3. One vector per distinct combination of hashes goes into a FAISS inner-product index (for ``all``,
+   the two halves side by side scaled by 1/sqrt(2): its inner product is the *mean* of the two cosines,
+   never below their minimum, so a range search at the floor finds every pair whose minimum reaches it;
+   the exact minimum is then computed per candidate). Below ``exact_below`` vectors the index is exact
+   (``IndexFlatIP``); from there on it is ``IndexIVFFlat`` with nlist = min(4 * sqrt(n), n / 39) cells
+   (spherical k-means; at least 39 training points per cell) searched over ``nprobe`` cells. Near
+   duplicates at cosine >= 0.9 nearly always share a cell, so recall stays close to 1 (the benchmark
+   ``bench/embed_dedup.py`` measures it against the exact search).
+4. Pairs at or above ``threshold`` form clusters (union-find, :func:`curate.stages.clusters.decide_clusters`);
+   ``keep`` picks each cluster's representative and the others are rejected as ``semantic_duplicate``,
+   naming it (``action: group`` rejects nothing and only keeps each cluster in one split). Records with
+   identical text are joined to the first of them directly, at similarity 1.0, without search. Pairs
+   down to ``threshold - 0.1`` go to the report (at most 200,000, the most similar first).
+
+``keep: quality`` uses a simple heuristic of the response: ``ln(1 + words) * distinct words / words``
+(longer, less repetitive answers win; ties go to the first record).
+
+Speed: encoding dominates. On 2 CPU cores MiniLM-L6 encodes only tens to hundreds of records per second
+(about 40/s for Alpaca-sized prompt + response, both fields), so a CPU run suits thousands to a few tens
+of thousands of records, or a re-run over cached embeddings. For hundreds of thousands of records and
+more, encode on a GPU (``device: cuda`` or ``auto``, fp16, batch_size 512 or more): an H100 encodes
+tens of thousands of short records per second. The FAISS search itself takes seconds per 100k records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from curate.schema import turns_text_expr
+from curate.stages import GlobalDecision, GlobalStage, StageParams, register
+from curate.stages.clusters import decide_clusters
+
+log = logging.getLogger(__name__)
+
+ENCODE_CHUNK = 8192  # texts per encode() call: one cache insert each, so an interrupted run keeps its work
+SEARCH_CHUNK = 16384  # queries per range search: bounds the memory of the results
+REPORT_FLOOR = 0.1  # report pairs down to threshold - REPORT_FLOOR
+REPORT_CAP = 200_000
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".onnx")
+
+
+def _quality_expr() -> pl.Expr:
+    w = pl.col("response_text").str.to_lowercase().str.extract_all(r"\w+")
+    n = w.list.len().cast(pl.Float64)
+    return ((n + 1).log() * w.list.n_unique().cast(pl.Float64) / n.clip(lower_bound=1)).fill_null(0.0)
+
+
+def _hash_texts(texts: pl.Series) -> pl.Series:
+    import xxhash
+
+    # xxh3 rather than Polars' hash: the cache outlives runs, and Polars does not promise a stable hash
+    h = xxhash.xxh3_64_intdigest
+    return pl.Series([h(t.encode()) for t in texts.to_list()], dtype=pl.UInt64)
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """A hash of a model folder: every JSON file's content, and each weight file's size and first MiB."""
+    digest = hashlib.blake2b(digest_size=8)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if path.suffix == ".json" or path.name.endswith(WEIGHT_SUFFIXES):
+            digest.update(rel.encode() + b"\0")
+            with path.open("rb") as fh:
+                if path.suffix == ".json":
+                    digest.update(fh.read())
+                else:
+                    digest.update(str(path.stat().st_size).encode() + fh.read(1 << 20))
+    return digest.hexdigest()
+
+
+@register
+class EmbeddingDedup(GlobalStage):
+    """Rejects records whose sentence embedding is within cosine ``threshold`` of a kept record's.
+
+    See the module docstring for fields, caching, the index and speed (encoding on CPU is slow: tens to
+    hundreds of records/s on 2 cores; use a GPU for large sets). After ``decide``, ``stats`` holds what
+    it did: records, distinct texts, cached / encoded counts, index kind, pairs, seconds.
+    """
+
+    name = "embedding_dedup"
+    reasons = ("semantic_duplicate",)
+
+    class Params(StageParams):
+        model: str = "embedded"  # the packaged all-MiniLM-L6-v2; or a sentence-transformers folder; or a hub id
+        fields: Literal["all", "prompt", "response"] = "all"
+        threshold: float = Field(0.95, gt=0.0, le=1.0)
+        keep: Literal["first", "last", "longest", "quality"] = "first"
+        action: Literal["reject", "group"] = "reject"
+        batch_size: int | None = Field(None, ge=1)  # texts per forward pass; default 32 on CPU, 512 on GPU
+        device: Literal["auto", "cpu", "cuda"] = "auto"
+        exact_below: int = Field(20_000, ge=0)  # below this many vectors the search is exact (IndexFlatIP)
+        nprobe: int = Field(16, ge=1)  # IVF cells searched per query above exact_below
+        max_seq_length: int | None = Field(None, ge=8)  # tokens per text; default: the model's own
+
+    def __init__(self, params=None, context=None):
+        super().__init__(params, context)
+        self.stats: dict[str, object] = {}
+        self._key: str | None = None
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return ("prompt", "response") if self.params.fields == "all" else (self.params.fields,)
+
+    # -- streaming -------------------------------------------------------------------------------------------
+    def prepare(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """uid, id, source_file, source_line, n_chars, quality, and per field ``t_<field>`` + ``h_<field>``."""
+        if "prompt_text" not in batch.columns:  # a batch without the derived columns
+            batch = batch.with_columns(
+                prompt_text=turns_text_expr(("system", "user")), response_text=turns_text_expr(("assistant",))
+            )
+        out = batch.select(
+            "uid", "id", "source_file", "source_line", "n_chars",
+            quality=_quality_expr(),
+            **{f"t_{part}": pl.col(f"{part}_text").fill_null("").str.replace_all(r"\s+", " ").str.strip_chars() for part in self.parts},
+        )
+        return out.with_columns(_hash_texts(out[f"t_{part}"]).alias(f"h_{part}") for part in self.parts)
+
+    # -- the model and its cache key -------------------------------------------------------------------------
+    def _model_source(self) -> str:
+        spec = self.params.model
+        if spec == "embedded":
+            from curate.models import minilm_dir
+
+            return str(minilm_dir())
+        path = self.context.resolve(spec)
+        return str(path) if path.is_dir() else spec  # not a folder here: a hub id, passed through
+
+    def model_key(self) -> str:
+        """The cache key of the model: name, a hash of its folder, and the max sequence length in force."""
+        if self._key is None:
+            source = self._model_source()
+            folder = Path(source)
+            seq = self.params.max_seq_length
+            if folder.is_dir():
+                if seq is None:
+                    cfg = folder / "sentence_bert_config.json"
+                    seq = json.loads(cfg.read_text()).get("max_seq_length") if cfg.is_file() else None
+                self._key = f"{folder.name}@{folder_fingerprint(folder)}/seq={seq or 'default'}"
+            else:
+                self._key = f"hub:{source}/seq={seq or 'default'}"
+        return self._key
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """L2-normalized float32 embeddings of ``texts`` (no cache)."""
+        from curate.models import resolve_device, sentence_model
+
+        p = self.params
+        device = resolve_device(p.device)
+        model = sentence_model(self._model_source(), device, p.max_seq_length)
+        # small batches on CPU: less padding, and no throughput to gain from larger ones (measured)
+        batch_size = p.batch_size or (32 if device == "cpu" else 512)
+        vecs = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        return np.asarray(vecs, dtype=np.float32)
+
+    def embeddings(self, hashes: np.ndarray, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted distinct hashes, their vectors): cached ones read back, the others encoded and stored."""
+        ws, key = self.context.workspace, self.model_key()
+        hashes = np.asarray(hashes, dtype=np.uint64)
+        found, vecs = ws.cached_embeddings(key, hashes) if ws is not None else (np.empty(0, np.uint64), None)
+        miss = ~np.isin(hashes, found)
+        todo_h = hashes[miss]
+        todo_t = [t for t, m in zip(texts, miss) if m]
+        # longest first: a chunk holds similar lengths, so padding is small (and memory trouble shows at once)
+        order = sorted(range(len(todo_t)), key=lambda i: -len(todo_t[i]))
+        t0, encoded = time.perf_counter(), []
+        for start in range(0, len(order), ENCODE_CHUNK):
+            idx = order[start : start + ENCODE_CHUNK]
+            v = self.encode([todo_t[i] for i in idx])
+            if ws is not None:
+                ws.store_embeddings(key, todo_h[idx], v)
+            encoded.append((todo_h[idx], v))
+            log.info("embedding_dedup: encoded %d of %d texts", start + len(idx), len(order))
+        self.stats.update(texts=int(hashes.size), cached=int(found.size), encoded=len(todo_t), seconds_encode=round(time.perf_counter() - t0, 3))
+        parts = ([(found, vecs)] if found.size else []) + encoded
+        if not parts:
+            return np.empty(0, np.uint64), np.empty((0, 0), np.float32)
+        all_h = np.concatenate([h for h, _ in parts])
+        all_v = np.vstack([v for _, v in parts])
+        order_h = np.argsort(all_h)
+        return all_h[order_h], all_v[order_h]
+
+    # -- search ----------------------------------------------------------------------------------------------
+    def search(self, vectors: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pairs (i < j) of rows of ``vectors`` whose inner product is at least ``floor``: (i, j, ip)."""
+        import faiss
+
+        n, dim = vectors.shape
+        empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
+        if n < 2:
+            return empty
+        if n < self.params.exact_below:
+            index = faiss.IndexFlatIP(dim)
+            self.stats.update(index="flat")
+        else:
+            nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            index.cp.spherical = True  # centroids on the unit sphere, as the vectors are
+            index.train(vectors)
+            index.nprobe = min(self.params.nprobe, nlist)
+            self.stats.update(index="ivf", nlist=nlist, nprobe=index.nprobe)
+        index.add(vectors)
+        out_i, out_j, out_s = [], [], []
+        radius = floor - 1e-6  # FAISS keeps inner products strictly above the radius
+        for start in range(0, n, SEARCH_CHUNK):
+            lims, sims, ids = index.range_search(vectors[start : start + SEARCH_CHUNK], radius)
+            qi = np.repeat(np.arange(start, start + lims.size - 1, dtype=np.int64), np.diff(lims).astype(np.int64))
+            keep = qi < ids  # each pair once, no self-matches
+            out_i.append(qi[keep])
+            out_j.append(ids[keep].astype(np.int64))
+            out_s.append(sims[keep])
+        return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
+
+    # -- decision --------------------------------------------------------------------------------------------
+    def decide(self, prepared: pl.DataFrame) -> GlobalDecision:
+        p = self.params
+        hcols = [f"h_{part}" for part in self.parts]
+        self.stats = {"records": prepared.height}
+        # one vector per distinct combination of texts: identical records are never searched twice
+        groups = prepared.select(hcols).unique(maintain_order=True).with_row_index("g", offset=0)
+        rows = prepared.select("uid", *hcols).join(groups, on=hcols, how="left", maintain_order="left")
+        texts = pl.concat(
+            [prepared.select(h=pl.col(f"h_{part}"), t=pl.col(f"t_{part}")) for part in self.parts]
+        ).unique("h", keep="first")
+        hashes, vectors = self.embeddings(texts["h"].to_numpy(), texts["t"].to_list())
+        halves = [vectors[np.searchsorted(hashes, groups[c].to_numpy())] for c in hcols]
+        index_vectors = halves[0] if len(halves) == 1 else np.hstack(halves) * np.float32(1 / math.sqrt(2))
+
+        def similarity(ga: np.ndarray, gb: np.ndarray) -> np.ndarray:
+            # the smallest per-field cosine (one field: its cosine)
+            return np.min([np.einsum("ij,ij->i", h[ga], h[gb]) for h in halves], axis=0)
+
+        floor = max(p.threshold - REPORT_FLOOR, 0.0)
+        t0 = time.perf_counter()
+        gi, gj, sims = self.search(np.ascontiguousarray(index_vectors, dtype=np.float32), floor)
+        if len(halves) > 1 and gi.size:
+            sims = similarity(gi, gj)
+            ok = sims >= floor
+            gi, gj, sims = gi[ok], gj[ok], sims[ok]
+        self.stats.update(seconds_search=round(time.perf_counter() - t0, 3), vectors=groups.height)
+
+        first_uid = rows.group_by("g").agg(pl.col("uid").min()).sort("g")["uid"].to_numpy()
+        ua, ub = first_uid[gi], first_uid[gj]
+        searched = pl.DataFrame(
+            {"uid_a": np.minimum(ua, ub), "uid_b": np.maximum(ua, ub), "similarity": sims.astype(np.float64)},
+            schema={"uid_a": pl.Int64, "uid_b": pl.Int64, "similarity": pl.Float64},
+        )
+        identical = rows.with_columns(uid_a=pl.col("uid").min().over("g")).filter(pl.col("uid") != pl.col("uid_a"))
+        pairs = pl.concat([searched, identical.select("uid_a", uid_b="uid", similarity=pl.lit(1.0))])
+        accepted = pairs.filter(pl.col("similarity") >= p.threshold)
+        report = pairs.sort("similarity", descending=True).head(REPORT_CAP).with_columns(pl.col("similarity").round(4))
+        self.stats.update(pairs_scored=pairs.height, pairs_accepted=accepted.height)
+
+        by_uid = rows.sort("uid")
+        uid_sorted, g_sorted = by_uid["uid"].to_numpy(), by_uid["g"].to_numpy().astype(np.int64)
+
+        def to_rep(member_uids: np.ndarray, rep_uids: np.ndarray) -> np.ndarray:
+            ga = g_sorted[np.searchsorted(uid_sorted, member_uids)]
+            gb = g_sorted[np.searchsorted(uid_sorted, rep_uids)]
+            return similarity(ga, gb)
+
+        return decide_clusters(
+            prepared.select("uid", "id", "source_file", "source_line", "n_chars", "quality"),
+            accepted,
+            keep=p.keep,
+            reason="semantic_duplicate",
+            measure="cosine",
+            similarity_to_rep=to_rep,
+            action=p.action,
+            report_pairs=report,
+        )
