@@ -1,0 +1,255 @@
+"""minhash_dedup: signatures against exact Jaccard, planted near-duplicates, keep policies, grouping, a full run.
+
+Real Alpaca rows from ../shared/data and the real stage, pipeline and clustering; no mocks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import polars as pl
+import pytest
+
+from curate.frames import canonical_frame
+from curate.stages import get_stage
+from curate.stages.minhash import MinHashDedup, candidate_probability, choose_bands_rows, signatures
+from tests.conftest import write_jsonl
+
+ALPACA = "alpaca/alpaca_data_first10k_excl_holdout.json"
+SWAP_WORDS = "apple river stone window purple engine garden silver mountain paper lantern violin".split()
+
+
+@pytest.fixture(scope="module")
+def alpaca(shared_data) -> list[dict]:
+    return json.loads((shared_data / ALPACA).read_text())
+
+
+def _n_words(r: dict) -> int:
+    return len(f"{r['instruction']} {r['input']} {r['output']}".split())
+
+
+def _frame(rows: list[dict]) -> pl.DataFrame:
+    convs = [[("user", f"{r['instruction']}\n\n{r['input']}".strip()), ("assistant", r["output"])] for r in rows]
+    return canonical_frame(convs)
+
+
+def _stage(**params) -> MinHashDedup:
+    cls = get_stage("minhash_dedup")
+    return cls(cls.Params(**params))
+
+
+def _run(stage: MinHashDedup, frame: pl.DataFrame, batch: int = 700):
+    # prepare batch by batch, as the pipeline streams them
+    prepared = pl.concat([stage.prepare(frame.slice(i, batch)) for i in range(0, frame.height, batch)])
+    return stage.decide(prepared)
+
+
+def _swap(text: str, frac: float, rng: np.random.Generator) -> str:
+    w = text.split(" ")
+    for i in rng.choice(len(w), max(1, round(frac * len(w))), replace=False):
+        w[i] = SWAP_WORDS[rng.integers(len(SWAP_WORDS))]
+    return " ".join(w)
+
+
+def _format_edit(text: str) -> str:
+    """Case, punctuation and whitespace edits that keep the words (punctuation only where a word ends)."""
+    text = re.sub(r"[.,;:!?](?=\s|$)", lambda m: {".": " ;", ",": "", "!": ".", "?": " ?"}.get(m.group(), ""), text)
+    text = re.sub(r"[a-z]+", lambda m: m.group().upper(), text)  # ASCII only: "ß".upper() is another word
+    return re.sub(r" ", "  ", text, count=3) + " \n"
+
+
+def _exact_jaccard(stage: MinHashDedup, a: list[str], b: list[str]) -> np.ndarray:
+    ha, oa = stage.shingles(pl.Series(a))
+    hb, ob = stage.shingles(pl.Series(b))
+    out = []
+    for i in range(len(a)):
+        sa, sb = set(ha[oa[i] : oa[i + 1]].tolist()), set(hb[ob[i] : ob[i + 1]].tolist())
+        out.append(len(sa & sb) / len(sa | sb))
+    return np.array(out)
+
+
+def test_bands_rows_chosen_for_recall():
+    bands, rows = choose_bands_rows(128, 0.8)
+    assert (bands, rows) == (16, 6) and bands * rows <= 128
+    assert candidate_probability(0.8, bands, rows) >= 0.99
+    # datasketch's balanced 9 x 13 misses most pairs at the threshold: the reason for the recall rule
+    assert candidate_probability(0.8, 9, 13) < 0.45
+    for t in (0.5, 0.7, 0.9):
+        b, r = choose_bands_rows(128, t)
+        assert b * r <= 128 and candidate_probability(t, b, r) >= 0.99
+
+
+@pytest.mark.parametrize("shingle", ["word", "char"])
+def test_estimated_jaccard_agrees_with_exact(alpaca, shingle):
+    rng = np.random.default_rng(7)
+    docs = [f"{r['instruction']}\n{r['output']}" for r in alpaca if _n_words(r) >= 30][:600]
+    fracs = rng.choice([0.0, 0.01, 0.03, 0.06, 0.12, 0.25, 0.5], size=len(docs))
+    variants = [_swap(d, f, rng) if f else d for d, f in zip(docs, fracs)]
+    stage = _stage(shingle=shingle)
+    exact = _exact_jaccard(stage, docs, variants)
+    ha, oa = stage.shingles(pl.Series(docs))
+    hb, ob = stage.shingles(pl.Series(variants))
+    sa, sb = signatures(ha, oa, 128, seed=3), signatures(hb, ob, 128, seed=3)
+    est = (sa == sb).mean(axis=1)
+    assert np.all(est[exact == 1.0] == 1.0)
+    assert exact.min() < 0.3 and (exact > 0.8).sum() > 100  # the pairs span the whole range
+    err = est - exact
+    sd = np.sqrt(np.maximum(exact * (1 - exact), 1e-9) / 128)  # a binomial share of 128 slots
+    assert abs(err.mean()) < 0.01  # unbiased
+    assert np.abs(err).mean() < 0.03
+    assert np.mean(np.abs(err) <= 3 * sd + 1e-9) >= 0.98
+    # another seed is another set of permutations, with the same accuracy
+    assert not np.array_equal(sa, signatures(ha, oa, 128, seed=4))
+
+
+def test_planted_near_duplicates_caught_distinct_records_not(alpaca):
+    rng = np.random.default_rng(11)
+    base = [r for r in alpaca if _n_words(r) >= 40][:1500]
+    fmt_src = rng.choice(len(base), 150, replace=False)
+    swap_src = rng.choice(np.setdiff1d(np.arange(len(base)), fmt_src), 150, replace=False)
+    fmt = [{k: _format_edit(v) if k != "input" else v for k, v in base[i].items()} for i in fmt_src]
+    swapped = [{**base[i], "output": _swap(base[i]["output"], 0.05, rng)} for i in swap_src]
+    frame = _frame(base + fmt + swapped)
+    n = len(base)
+    origin = dict(zip(range(n, n + 300), [*fmt_src, *swap_src]))  # copy uid -> original uid
+    ids = frame["id"].to_list()
+
+    # defaults (5-word shingles, 0.8): case/punctuation/whitespace copies have the same shingles: all caught
+    dec = _run(_stage(), frame.slice(0, n + 150))
+    rej = dec.rejects
+    assert sorted(rej["uid"].to_list()) == list(range(n, n + 150))  # no original, no other record
+    assert all(ids[origin[u]] == d for u, d in zip(rej["uid"].to_list(), rej["duplicate_of"].to_list()))
+    assert rej["detail"].str.contains("estimated Jaccard 1.0").all()
+
+    # 5 % of the output's words replaced. With 5-word shingles that leaves an exact Jaccard near 0.65, below
+    # 0.8: LSH makes many of them candidates and verification must turn them down. At thresholds that fit the
+    # edit, exactly the pairs clearly above the threshold are found (3.5 standard deviations either side).
+    both = pl.concat([frame.slice(0, n), frame.slice(n + 150)])
+    texts = (frame["prompt_text"] + "\n" + frame["response_text"]).to_list()
+    for params in ({}, {"threshold": 0.5}, {"shingle": "char", "threshold": 0.7}):
+        stage = _stage(**params)
+        t = stage.params.threshold
+        exact = _exact_jaccard(stage, texts[n + 150 :], [texts[i] for i in swap_src])
+        dec = _run(stage, both)
+        found = set(dec.rejects["uid"].to_list())
+        assert found <= set(range(n + 150, n + 300)), params  # never an original
+        sure = {n + 150 + i for i in np.flatnonzero(exact >= t + 0.12)}
+        never = {n + 150 + i for i in np.flatnonzero(exact <= t - 0.12)}
+        assert sure <= found and not (never & found), params
+        if params:
+            assert len(sure) > 100, params
+        else:
+            assert len(never) > 60 and len(found) < 30
+            candidates = set(dec.pairs.filter(pl.col("similarity") < t)["uid_b"].to_list())
+            assert len(candidates & never) > 30  # scored (so LSH proposed them), then turned down
+
+
+def _keep_cluster(alpaca) -> list[dict]:
+    """Three near-duplicates of one long answer, then 200 other records."""
+    long = next(r for r in alpaca if len(r["output"].split()) >= 150 and not r["input"])
+    others = [r for r in alpaca if _n_words(r) >= 20 and r is not long][:200]
+    out = long["output"]
+    last = out.rstrip().split(". ")[-1]
+    doubled = out.split(" ")
+    doubled.insert(len(doubled) // 2, doubled[len(doubled) // 2])
+    return [
+        # uid 0: lowercased, one word doubled (a little lower quality: repetitive)
+        {"instruction": long["instruction"].lower(), "input": "", "output": " ".join(doubled).lower()},
+        # uid 1: the last sentence repeated (longest, lowest quality: repetitive)
+        {"instruction": long["instruction"], "input": "", "output": f"{out} {last} {last} {last}"},
+        # uid 2: the original (highest quality)
+        {"instruction": long["instruction"], "input": "", "output": out},
+        *others,
+    ]
+
+
+@pytest.mark.parametrize("keep,rep", [("first", 0), ("last", 2), ("longest", 1), ("quality", 2)])
+def test_keep_policies(alpaca, keep, rep):
+    rows = _keep_cluster(alpaca)
+    frame = _frame(rows)
+    dec = _run(_stage(keep=keep), frame)
+    assert sorted(dec.rejects["uid"].to_list()) == sorted({0, 1, 2} - {rep})
+    assert set(dec.rejects["duplicate_of"].to_list()) == {frame["id"][rep]}
+    assert dec.clusters["rep_uid"].unique().to_list() == [rep]
+    sims = dec.rejects["detail"].str.extract(r"estimated Jaccard ([0-9.]+)").cast(pl.Float64)
+    assert sims.min() >= 0.8
+
+
+def test_action_group_rejects_nothing_but_returns_clusters(alpaca):
+    rows = _keep_cluster(alpaca)
+    dec = _run(_stage(action="group"), _frame(rows))
+    assert dec.rejects.height == 0
+    assert sorted(dec.clusters["uid"].to_list()) == [0, 1, 2] and dec.clusters["rep_uid"].unique().to_list() == [0]
+    assert dec.pairs is not None and dec.pairs["similarity"].min() >= 0.6
+
+
+def test_records_without_words_never_duplicates():
+    frame = canonical_frame([[("user", "?!"), ("assistant", "...")], [("user", "?!"), ("assistant", "...")], [("user", "Hi there"), ("assistant", "Hello.")], [("user", "hi there!"), ("assistant", "hello")]])
+    stage = _stage()
+    prepared = stage.prepare(frame)
+    assert prepared["uid"].to_list() == [2, 3]  # no signature for the two without words
+    assert stage.decide(prepared).rejects["uid"].to_list() == [3]  # a short record is one shingle: still comparable
+
+
+def test_params_are_checked():
+    cls = get_stage("minhash_dedup")
+    with pytest.raises(ValueError):
+        cls.Params(bands=20, rows=7)  # 140 > 128 permutations
+    with pytest.raises(ValueError):
+        cls.Params(bands=16)
+    with pytest.raises(ValueError):
+        cls.Params(treshold=0.7)  # typo: unknown key
+
+
+def _planted_jsonl(alpaca, tmp_path) -> tuple[dict[int, int], dict[int, int]]:
+    """Alpaca rows with planted copies; returns {copy line: original line} for exact and near copies."""
+    rows = [{k: r[k] for k in ("instruction", "input", "output")} for r in alpaca if _n_words(r) >= 60][:700]
+    out, exact_of, near_of = [], {}, {}
+    for i, r in enumerate(rows):
+        out.append(r)
+        line = len(out)
+        if i % 25 == 3:  # an exact copy (whitespace only): exact_dedup's
+            out.append({**r, "output": r["output"] + "  "})
+            exact_of[len(out)] = line
+        if i % 20 == 7:  # a near copy: case, punctuation and a request wrapper
+            out.append({**r, "instruction": "Please help: " + _format_edit(r["instruction"]).lower(), "output": _format_edit(r["output"])})
+            near_of[len(out)] = line
+    write_jsonl(tmp_path / "planted.jsonl", out)
+    return exact_of, near_of
+
+
+@pytest.mark.parametrize("action", ["reject", "group"])
+def test_full_run_exact_then_minhash(alpaca, tmp_path, run_config, action):
+    exact_of, near_of = _planted_jsonl(alpaca, tmp_path)
+    # conversation_structure (rejects none of these) sits between the two global stages: see the next test
+    stages = ["exact_dedup", "conversation_structure", {"minhash_dedup": {"action": action}}]
+    res = run_config({"inputs": [{"path": "planted.jsonl"}], "stages": stages})
+    s = res.summary
+    assert s["invariant_ok"]
+    ledger = pl.read_parquet(res.output_dir / "ledger.parquet")
+    by_line = {r["source_line"]: r for r in ledger.to_dicts()}
+    rejected = ledger.filter(pl.col("status") == "rejected")
+    exact = rejected.filter(pl.col("stage") == "exact_dedup")
+    assert sorted(exact["source_line"].to_list()) == sorted(exact_of)
+    near = rejected.filter(pl.col("stage") == "minhash_dedup")
+    assert "minhash_dedup" in s["clusters"] and s["clusters"]["minhash_dedup"]["clusters"] == len(near_of)
+    if action == "reject":
+        assert sorted(near["source_line"].to_list()) == sorted(near_of)
+        for r in near.to_dicts():  # the ledger names the kept representative
+            assert r["reason"] == "near_duplicate" and r["duplicate_of"] == by_line[near_of[r["source_line"]]]["id"]
+            assert f"planted.jsonl:{near_of[r['source_line']]}" in r["detail"]
+    else:
+        assert near.height == 0
+        # each planted pair is kept in one split: the pipeline assigns splits per cluster
+        assert all(by_line[c]["split"] == by_line[o]["split"] for c, o in near_of.items())
+        assert len({by_line[o]["split"] for o in near_of.values()}) > 1  # ... not all in the same one
+
+
+@pytest.mark.xfail(strict=True, reason="pipeline: a global stage right after another one gets no prepared rows "
+                   "(Pipeline._execute runs _record_pass only for passes with record stages)")
+def test_minhash_right_after_exact_dedup(alpaca, tmp_path, run_config):
+    _, near_of = _planted_jsonl(alpaca, tmp_path)
+    res = run_config({"inputs": [{"path": "planted.jsonl"}], "stages": ["exact_dedup", "minhash_dedup"]})
+    assert res.summary["stages"][1]["rejected"] == len(near_of)
