@@ -1,0 +1,225 @@
+"""embedding_dedup on real Alpaca rows with the packaged MiniLM model and a real DuckDB workspace.
+
+Encoding runs at tens of records per second on a small CPU, so the records are few (~85) and one
+module-scoped workspace caches their embeddings for the tests after the first.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from pydantic import ValidationError
+
+from curate.frames import canonical_frame
+from curate.stages import StageContext, get_stage
+from curate.stages.semantic import EmbeddingDedup, folder_fingerprint
+from curate.workspace import Workspace
+
+ALPACA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca" / "alpaca_data_first10k_excl_holdout.json"
+pytestmark = pytest.mark.skipif(not ALPACA.is_file(), reason="shared/data not available")
+
+# Distinct records on the same topic (their min(prompt, response) cosines are 0.81-0.84 with MiniLM)
+SAME_TOPIC = [(235, 263), (223, 334), (45, 334), (46, 391)]
+# Different questions answered with the same "Negative." (response cosine 1.0)
+SAME_ANSWER = (181, 321)
+
+
+def _variant(row: dict, instruction=None, output=None) -> dict:
+    r = dict(row)
+    if instruction:
+        r["instruction"] = instruction(r["instruction"])
+    if output:
+        r["output"] = output(r["output"])
+    return r
+
+
+def _records() -> tuple[list[dict], dict[int, int]]:
+    """Rows 0-69 and the same-topic rows, then near-duplicates: {variant index: original index}."""
+    rows = json.loads(ALPACA.read_text(encoding="utf-8"))
+    picked = list(range(70)) + sorted(({i for pair in SAME_TOPIC for i in pair} | set(SAME_ANSWER)) - set(range(70)))
+    records = [rows[i] for i in picked]
+    variants = [
+        # case and punctuation
+        (2, _variant(rows[2], lambda s: s.lower().rstrip("."), lambda s: s.lower().replace(",", ""))),
+        # a sentence of the answer reworded
+        (13, _variant(rows[13], lambda s: s + ".", lambda s: s.replace("It was caused by several factors, including", "Several factors caused it, among them"))),
+        # a word of the question reworded ("three" -> "3")
+        (1, _variant(rows[1], lambda s: s.replace("three", "3"))),
+        # a word in each of question and answer
+        (6, _variant(rows[6], lambda s: s.replace("Explain why", "Explain how"), lambda s: s.replace("yields", "gives"))),
+        # whitespace only: identical after normalization, joined without search
+        (20, _variant(rows[20], lambda s: "  " + s.replace(" ", "   ") + "\n", lambda s: s.replace(" ", "\n "))),
+    ]
+    pairs = {}
+    for orig, v in variants:
+        pairs[len(records)] = picked.index(orig)
+        records.append(v)
+    # the same answer to a rephrased question: a duplicate for fields=response only (prompt cosine 0.86)
+    pairs_response_only = {len(records): picked.index(4)}
+    records.append(_variant(rows[4], lambda s: s.replace("Describe a time", "Tell me about a time")))
+    return records, pairs, pairs_response_only, picked
+
+
+RECORDS, NEAR_DUPS, RESPONSE_ONLY_DUPS, PICKED = _records() if ALPACA.is_file() else ([], {}, {}, [])
+
+
+def _conv(r: dict) -> list[tuple[str, str]]:
+    return [("user", r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")), ("assistant", r["output"])]
+
+
+@pytest.fixture(scope="module")
+def frame() -> pl.DataFrame:
+    return canonical_frame([_conv(r) for r in RECORDS])
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    w = Workspace(tmp_path_factory.mktemp("semantic") / "ws.duckdb")
+    yield w
+    w.close()
+
+
+def _run(frame: pl.DataFrame, ws: Workspace | None, **params):
+    stage = EmbeddingDedup(EmbeddingDedup.Params(device="cpu", **params), StageContext(workspace=ws))
+    return stage, stage.decide(stage.prepare(frame))
+
+
+def _uid(picked_index: int) -> int:
+    return PICKED.index(picked_index)
+
+
+def _cache_rows(ws: Workspace) -> int:
+    return ws.sql("SELECT count(*) AS n FROM embedding_cache")["n"].item()
+
+
+def test_near_duplicates_caught_and_same_topic_kept(frame, ws):
+    stage, d = _run(frame, ws)
+    rejected = dict(zip(d.rejects["uid"].to_list(), d.rejects["duplicate_of"].to_list()))
+    ids = frame["id"].to_list()
+    # every near-duplicate is rejected naming its original, and nothing else is rejected
+    assert rejected == {v: ids[o] for v, o in NEAR_DUPS.items()}
+    assert set(d.rejects["reason"]) == {"semantic_duplicate"}
+    assert all("cosine 0.9" in x or "cosine 1" in x for x in d.rejects["detail"])
+    # clusters: each original is the representative of its variant
+    reps = dict(zip(d.clusters["uid"].to_list(), d.clusters["rep_uid"].to_list()))
+    assert {v: reps[v] for v in NEAR_DUPS} == NEAR_DUPS
+    # same-topic records stay apart
+    for a, b in SAME_TOPIC:
+        assert _uid(a) not in rejected and _uid(b) not in rejected
+    # the report holds the pairs down to threshold - 0.1, the near-duplicates among them
+    assert d.pairs["similarity"].min() >= 0.85
+    assert {(o, v) for v, o in NEAR_DUPS.items()} <= set(zip(d.pairs["uid_a"], d.pairs["uid_b"]))
+    assert stage.stats["index"] == "flat" and stage.stats["records"] == frame.height
+
+
+def test_fields_all_needs_both_question_and_answer_alike(frame, ws):
+    _, d_all = _run(frame, ws)
+    _, d_resp = _run(frame, ws, fields="response")
+    a, b = (_uid(i) for i in SAME_ANSWER)
+    rej_all, rej_resp = set(d_all.rejects["uid"]), set(d_resp.rejects["uid"])
+    # same answer "Negative." to two different questions: a duplicate only when the prompt is ignored
+    assert b in rej_resp and b not in rej_all
+    for v in RESPONSE_ONLY_DUPS:
+        assert v in rej_resp and v not in rej_all
+    assert set(NEAR_DUPS) <= rej_resp
+
+
+def test_cache_second_run_encodes_nothing(frame, ws):
+    first, d1 = _run(frame, ws)  # encodes whatever earlier tests did not
+    n_texts = first.stats["texts"]
+    assert _cache_rows(ws) >= n_texts and first.stats["cached"] + first.stats["encoded"] == n_texts
+    rows_before = _cache_rows(ws)
+    second, d2 = _run(frame, ws, threshold=0.8)
+    assert second.stats["encoded"] == 0 and second.stats["cached"] == n_texts
+    assert _cache_rows(ws) == rows_before
+    # a lower threshold merges the same-topic records too
+    assert set(d1.rejects["uid"]) < set(d2.rejects["uid"])
+    # another max_seq_length is another model key: its vectors are not reused
+    third, _ = _run(frame.head(3), ws, max_seq_length=64)
+    assert third.model_key() != second.model_key() and third.stats["encoded"] == third.stats["texts"] == 6
+
+
+def test_exact_and_ivf_search_agree(frame, ws):
+    exact, d_exact = _run(frame, ws)
+    ivf, d_ivf = _run(frame, ws, exact_below=0, nprobe=1)
+    assert exact.stats["index"] == "flat" and ivf.stats["index"] == "ivf"
+    assert ivf.stats["nlist"] == 2 and ivf.stats["nprobe"] == 1  # one cell of two searched: a real IVF search
+    assert d_ivf.rejects.equals(d_exact.rejects)
+    assert d_ivf.clusters.equals(d_exact.clusters)
+
+
+def test_keep_policy_and_group_action(frame, ws):
+    _, d = _run(frame, ws, keep="longest")
+    n_chars = frame["n_chars"].to_list()
+    reps = dict(zip(d.clusters["uid"].to_list(), d.clusters["rep_uid"].to_list()))
+    expected = {o: (v if n_chars[v] > n_chars[o] else o) for v, o in NEAR_DUPS.items()}
+    assert {o: reps[o] for o in expected} == expected
+    assert any(rep != o for o, rep in expected.items())  # the whitespace variant is longer: it is kept
+    _, g = _run(frame, ws, action="group")
+    assert g.rejects.height == 0 and g.clusters.height == 2 * len(NEAR_DUPS)
+
+
+def test_standalone_without_workspace_and_identical_texts(frame):
+    small = pl.concat([frame.head(4), frame.head(4).with_columns(uid=pl.col("uid") + 100, id=pl.col("id") + "x")])
+    stage, d = _run(small, None, fields="prompt")
+    assert stage.stats["encoded"] == 4 and stage.stats["vectors"] == 4  # identical texts encoded once
+    assert sorted(d.rejects["uid"]) == [100, 101, 102, 103]
+    assert d.clusters.filter(pl.col("uid") >= 100)["similarity"].to_list() == [1.0] * 4
+
+
+def test_model_key_follows_the_folder(tmp_path):
+    from curate.models import minilm_dir
+
+    src = minilm_dir()
+    copy = tmp_path / "copy"
+    shutil.copytree(src, copy, ignore=shutil.ignore_patterns("*.safetensors"))
+    (copy / "model.safetensors").symlink_to(src / "model.safetensors")
+    assert folder_fingerprint(copy) == folder_fingerprint(src)
+    cfg = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**cfg, "layer_norm_eps": 1e-6}))
+    assert folder_fingerprint(copy) != folder_fingerprint(src)
+    stage = EmbeddingDedup(EmbeddingDedup.Params(model="copy"), StageContext(config_dir=tmp_path))
+    assert stage.model_key().startswith("copy@") and stage.model_key().endswith("/seq=256")
+
+
+def test_params_are_validated():
+    cls = get_stage("embedding_dedup")
+    assert cls is EmbeddingDedup and cls.Params().fields == "all" and cls.Params().threshold == 0.95
+    for bad in ({"threshold": 1.5}, {"fields": "both"}, {"keep": "best"}, {"treshold": 0.9}, {"device": "tpu"}):
+        with pytest.raises(ValidationError):
+            cls.Params(**bad)
+
+
+def test_curate_run_with_embedding_dedup(tmp_path, run_config):
+    variants = [v for v, o in NEAR_DUPS.items() if o < 20]
+    rows = RECORDS[:20] + [RECORDS[v] for v in variants]
+    expected = {20 + k: NEAR_DUPS[v] for k, v in enumerate(variants)}  # uid in this run -> its original's
+    (tmp_path / "alpaca.json").write_text(json.dumps(rows), encoding="utf-8")
+    res = run_config({"inputs": [{"path": "alpaca.json"}], "stages": [{"embedding_dedup": {"device": "cpu"}}]})
+    s = res.summary
+    assert s["invariant_ok"] and s["inputs"] == len(rows)
+    assert s["rejected"] == len(expected) >= 3
+    assert s["clusters"]["embedding_dedup"]["clusters"] == len(expected)
+    ws = Workspace(res.workspace, read_only=True)
+    try:
+        led = ws.sql("SELECT * FROM ledger WHERE run_id = ? ORDER BY uid", [res.run_id])
+        rej = led.filter(pl.col("status") == "rejected")
+        assert sorted(rej["uid"]) == sorted(expected)
+        assert set(rej["stage"]) == {"embedding_dedup"} and set(rej["reason"]) == {"semantic_duplicate"}
+        ids = dict(zip(led["uid"].to_list(), led["id"].to_list()))
+        lines = dict(zip(led["uid"].to_list(), led["source_line"].to_list()))
+        splits = dict(zip(led["uid"].to_list(), led["split"].to_list()))
+        for uid, dup_of, detail in rej.select("uid", "duplicate_of", "detail").iter_rows():
+            orig = expected[uid]
+            assert dup_of == ids[orig] and f"alpaca.json:{lines[orig]} (cosine" in detail
+            assert splits[uid] == splits[orig]  # a cluster stays in one split
+        # the embeddings were cached in the run's workspace, and the report's pairs stored
+        assert ws.sql("SELECT count(*) AS n FROM embedding_cache")["n"].item() >= len(rows)
+        assert ws.sql("SELECT count(*) AS n FROM similar_pairs WHERE run_id = ?", [res.run_id])["n"].item() >= len(expected)
+    finally:
+        ws.close()
