@@ -99,6 +99,9 @@ def test_planted_gsm8k_question_is_caught_with_its_item(shared_data):
     words = " ".join(re.findall(r"\w+", gsm[416]["question"].lower()))
     span = re.search(r'"(.*)"', by_uid[10_000]).group(1)
     assert span.removesuffix(" …") in words
+    # `fields` picks the training text: the second plant is in a response
+    prompts_only = _run(_stage(shared_data, ["gsm8k/test.jsonl"], fields="prompt"), planted)
+    assert prompts_only["uid"].to_list() == [10_000]
 
 
 def test_boilerplate_shared_by_many_training_records_is_not_evidence(tmp_path):
@@ -184,3 +187,18 @@ def test_curate_run_ledger_names_eval_file_and_item(shared_data, tmp_path, run_c
     assert _ref_line(hit["detail"][2], "evals/sociology_test.csv") == soc_batch.lines[10]
     html = (res.output_dir / "report.html").read_text()
     assert "evals/sociology_test.csv" in html
+
+
+def test_editing_an_eval_file_reruns(tmp_path, run_config):
+    write_jsonl(tmp_path / "train.jsonl", [
+        {"instruction": "What is the tallest mountain in the solar system?", "output": "Olympus Mons on Mars."},
+        {"instruction": "Name a primary colour.", "output": "Red."},
+    ])
+    write_jsonl(tmp_path / "eval.jsonl", [{"question": "Which planet has the largest volcano?", "answer": "Mars"}])
+    cfg = {"inputs": [{"path": "train.jsonl"}], "stages": [{"decontaminate": {"eval_sets": ["eval.jsonl"]}}]}
+    first = run_config(cfg)
+    assert first.summary["rejected"] == 0
+    assert run_config(cfg).skipped
+    write_jsonl(tmp_path / "eval.jsonl", [{"question": "What is the tallest mountain in the solar system?", "answer": "Olympus Mons"}])
+    again = run_config(cfg)
+    assert not again.skipped and again.summary["stages"][0]["reasons"] == {"contaminated": 1}

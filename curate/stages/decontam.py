@@ -4,27 +4,32 @@ The evidence is word n-gram overlap (13-grams by default), with the tokenization
 :mod:`curate.stages.ngrams` on both sides: lowercased ``\\w+`` runs, so case, punctuation and whitespace
 do not matter ("Question: What causes sound?" and "question what causes SOUND" are the same words).
 
-Units of evidence. Every text (a training turn, an eval item's field) gives two kinds of units:
+Units of evidence. Every text (a training turn, an eval item's field) gives its word ``ngram``-grams, each
+text separately (an n-gram never spans two turns or two fields). On the eval side a short item adds one
+more unit:
 
-- its word ``ngram``-grams (each text separately: an n-gram never spans two turns or two fields);
-- its short lines: every line of ``min_words`` to ``ngram - 1`` words, hashed whole (one unit of all its
-  words). This is the short-item rule: an eval question too short to hold one n-gram ("Question: What
-  causes sound?", 4 words; a quarter of ARC-Easy has fewer than 13) is still evidence, but only when a
-  training text holds it *as a whole line* (a turn of its own, or a line of a turn), not anywhere inside a
-  longer sentence. GPT-3 matched short items as a substring anywhere, which needs every n-gram size on the
-  training side and brings back the spurious collisions that made it use ``N >= 8``; requiring a whole line
-  keeps the unit specific enough at 4 words (clean Alpaca against ARC, GSM8K, MMLU and TruthfulQA: no hit)
-  and costs one extra hash per line.
+- Short-item rule. When an item's stem (its question, see below) has fewer than ``ngram`` words, each of
+  its lines of at least ``min_words`` words is hashed whole, as one unit, and it matches a training text
+  only where that text has the same words *as a whole line* (a turn of its own, or one line of a turn).
+  A quarter of ARC-Easy is shorter than a 13-gram ("Question: What causes sound?", 4 words counting the
+  label), so without this they could never be found. GPT-3 matched short items anywhere in the training
+  text, which needs every n-gram size on the training side and brings back the spurious collisions that
+  made it stop at N = 8; a whole line is specific enough at 4 words and costs one hash per training line.
+  Only the stem gets this unit: a short choice or answer ("A penny saved is a penny earned.", "1, 2, 3,
+  4.") inside a training text is not a copy of the item. (Labels are words: a stem stored as "Question:
+  ..." matches a training line that keeps the label; longer stems match through their n-grams anyway.)
 
 Eval side. ``eval_sets`` names files in any format curate reads (JSONL, JSON, CSV/TSV, Parquet; paths,
 directories or globs, relative to the config's folder). An eval item is one record of such a file, and its
 text is every string value in it, nested lists and objects flattened (question, choices, answer...; keys,
 numbers and booleans are not text): MMLU's headerless CSV, ARC's ``{query, choices, gold}``, GSM8K's
-``{question, answer}`` and TruthfulQA's CSV all work without a mapping. CSV files are read with the first
-row as data unless the eval set says ``csv_header: true`` (a header row read as data is one harmless extra
-item: column names are too short to be evidence). A unit found in more than ``max_eval_items`` eval items
-is a template of the eval set (MMLU's moral_scenarios repeats one 30-word question stem in all 895 items),
-not an item's content, and is left out of the index. Eval sets are read once, on the first batch.
+``{question, answer}`` and TruthfulQA's CSV all work without a mapping. The stem is the string under the
+best-ranked of :data:`STEM_KEYS` (question, query, stem, prompt, ...), failing that the first string of at
+least ``min_words`` words (the first column of MMLU). CSV files are read with the first row as data unless
+the eval set says ``csv_header: true`` (a header row read as data is one harmless extra item: column names
+are too short to be evidence). A unit found in more than ``max_eval_items`` eval items is a template of the
+eval set (MMLU's moral_scenarios repeats one 20-word question stem in all 895 items), not an item's
+content, and is left out of the index. Eval sets are read once, on the first batch.
 
 The index is three sorted NumPy arrays (unit hash, first eval item, unit length), looked up with a
 bitmap prefilter then ``np.searchsorted``: no Python object per n-gram.
@@ -258,8 +263,8 @@ class Decontaminate(GlobalStage):
             config's folder), each a path or ``{path, name, csv_header}``. A missing one is an error before
             any work starts. CSV files are read with the first row as data unless ``csv_header: true``.
         ngram: n-gram size in words (13).
-        min_words: a line of ``min_words`` to ``ngram - 1`` words is one unit of its own, matched only
-            against a whole training line (4).
+        min_words: short-item rule: an eval item's stem of fewer than ``ngram`` words is evidence on its
+            own when it has at least ``min_words`` words and a training text has it as a whole line (4).
         fields: the training text checked: ``all`` turns (default), ``prompt`` (system and user) or
             ``response`` (assistant).
         boilerplate_max_records, boilerplate_fraction: a unit in more than
@@ -337,8 +342,12 @@ class Decontaminate(GlobalStage):
         texts: list[str] = []
         text_item: list[int] = []
         text_stem: list[bool] = []
+        seen: set[Path] = set()
         for spec, paths in self._sets:
             for path in paths:
+                if path.resolve() in seen:  # named twice (a glob and a path): its items once
+                    continue
+                seen.add(path.resolve())
                 fi = len(files)
                 files.append(self._display(spec, path, len(paths) == 1))
                 header = spec.csv_header
@@ -434,15 +443,19 @@ class Decontaminate(GlobalStage):
         ).filter(pl.col("total") >= p.min_matches)
         if per_record.height == 0:
             return empty_rejects().select("uid", "reason", "detail", "duplicate_of")
-        best = hits.join(per_record.select("uid", item="best"), on=["uid", "item"]).sort("uid", "turn", "start")
-        details = {}
-        for (uid,), g in best.group_by(["uid"], maintain_order=True):
-            details[uid] = _detail(g, index, p.ngram)
         per_record = per_record.sort("uid")
-        detail = [
-            details[u] + (f"; {k - 1} more eval item{'s' if k > 2 else ''} matched" if k > 1 else "")
-            for u, k in zip(per_record["uid"].to_list(), per_record["n_items"].to_list())
-        ]
+        best = hits.join(per_record.select("uid", item="best"), on=["uid", "item"]).sort("uid", "turn", "start")
+        # one pass over plain lists: the rows of each record are contiguous after the sort
+        cols = [best[c].to_list() for c in ("uid", "turn", "start", "length", "span")]
+        bounds = np.flatnonzero(np.diff(best["uid"].to_numpy())) + 1
+        starts, ends = np.concatenate([[0], bounds]).tolist(), np.concatenate([bounds, [best.height]]).tolist()
+        detail = []
+        for a, b, item, units, k in zip(starts, ends, per_record["best"].to_list(), per_record["best_units"].to_list(), per_record["n_items"].to_list()):
+            text = _merged_span(cols[1][a:b], cols[2][a:b], cols[3][a:b], cols[4][a:b])
+            lengths = cols[3][a:b]
+            kind = f"{p.ngram}-gram overlap" if p.ngram in lengths else f"whole-line overlap ({lengths[0]} words)"
+            more = f"; {k - 1} more eval item{'s' if k > 2 else ''} matched" if k > 1 else ""
+            detail.append(f'{kind} with {index.ref(item)} ({units} n-gram{"s" if units != 1 else ""}): "{text}"{more}')
         return per_record.select(
             "uid",
             reason=pl.lit("contaminated"),
@@ -451,30 +464,26 @@ class Decontaminate(GlobalStage):
         )
 
 
-def _detail(g: pl.DataFrame, index: EvalIndex, n: int) -> str:
-    """``13-gram overlap with FILE:LINE (k n-grams): "span"`` for one record's matches with one item."""
-    item = g["item"][0]
-    first_turn = g["turn"][0]
-    in_turn = g.filter(pl.col("turn") == first_turn)
-    # merge the matched units of the first matching turn into one span (overlapping n-grams share words)
+def _merged_span(turns: list[int], starts: list[int], lengths: list[int], spans: list[str]) -> str:
+    """The matched words of a record's first matching turn, overlapping units merged, gaps shown as "…",
+    truncated to :data:`SPAN_CHARS`. Rows are sorted by turn then start."""
     out: list[str] = []
     end = -1
-    for start, length, span in zip(in_turn["start"].to_list(), in_turn["length"].to_list(), in_turn["span"].to_list()):
+    for turn, start, length, span in zip(turns, starts, lengths, spans):
+        if turn != turns[0]:
+            break
         w = span.split(" ")
         if start >= end:
             if out:
                 out.append("…")
             out.extend(w)
-        else:
+        elif start + length > end:
             out.extend(w[end - start :])
         end = max(end, start + length)
     text = " ".join(out)
     if len(text) > SPAN_CHARS:
         text = text[:SPAN_CHARS].rsplit(" ", 1)[0] + " …"
-    k = g["gram"].n_unique()
-    lengths = g["length"]
-    kind = f"{n}-gram overlap" if (lengths == n).any() else f"whole-line overlap ({lengths[0]} words)"
-    return f'{kind} with {index.ref(item)} ({k} n-gram{"s" if k != 1 else ""}): "{text}"'
+    return text
 
 
 def _column_names(path: Path, delimiter: str) -> list[str]:
