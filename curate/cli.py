@@ -137,7 +137,7 @@ def stages() -> None:
         kind = "global" if cls.is_global else "per-record"
         typer.echo(f"{name} ({kind}): {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}")
         for field, info in cls.Params.model_fields.items():
-            default = repr(info.get_default(call_default_factory=True))
+            default = "(required)" if info.is_required() else repr(info.get_default(call_default_factory=True))
             typer.echo(f"    {field} = {default[:100]}{'…' if len(default) > 100 else ''}")
         if cls.reasons:
             typer.echo(f"    reasons: {', '.join(cls.reasons)}")

@@ -67,22 +67,28 @@ class RunResult:
 
 @dataclass
 class _Pass:
-    """The stages of one streaming pass: per-record stages, then at most one global stage."""
+    """The stages of one streaming pass: per-record stages, then the global stages that follow them.
+
+    Consecutive global stages share a pass: each prepares on the same survivors while records stream,
+    and each decides in turn over its prepared rows minus those an earlier one rejected, which is what
+    a pass of its own would have seen, without reading the kept set back in between.
+    """
 
     record_stages: list[tuple[int, RecordStage]] = field(default_factory=list)
-    global_stage: tuple[int, GlobalStage] | None = None
+    global_stages: list[tuple[int, GlobalStage]] = field(default_factory=list)
 
 
 def _plan(stages: list[Stage]) -> list[_Pass]:
     passes, cur = [], _Pass()
     for pos, stage in enumerate(stages):
         if isinstance(stage, GlobalStage):
-            cur.global_stage = (pos, stage)
-            passes.append(cur)
-            cur = _Pass()
+            cur.global_stages.append((pos, stage))
         else:
+            if cur.global_stages:
+                passes.append(cur)
+                cur = _Pass()
             cur.record_stages.append((pos, stage))  # type: ignore[arg-type]
-    if cur.record_stages or not passes:
+    if cur.record_stages or cur.global_stages or not passes:
         passes.append(cur)
     return passes
 
@@ -203,8 +209,14 @@ class Pipeline:
         self.run_id = f"{cfg.name}-{self.fingerprint[:12]}"
 
     def _stage_files(self) -> list[Path]:
+        """Files the stages read: a stage lists them with ``input_files()``; otherwise any string
+        parameter naming an existing file counts (a blocklist path)."""
         found = []
-        for spec in self.cfg.stages:
+        for spec, stage in zip(self.cfg.stages, self.stages):
+            listed = getattr(stage, "input_files", None)
+            if listed is not None:
+                found.extend(Path(p) for p in listed())
+                continue
             for value in spec.params.model_dump().values():
                 for v in value if isinstance(value, list) else [value]:
                     if isinstance(v, str) and v and len(v) < 4096:
@@ -363,7 +375,7 @@ class Pipeline:
         split = _split_expr(cfg)
         file_stats: dict[str, dict[str, int]] = {}
         first = self.passes[0]
-        prepared: list[pl.DataFrame] = []
+        prepared: dict[int, list[pl.DataFrame]] = {pos: [] for pos, _ in first.global_stages}
         bar = _progress(self.progress, "ingest + per-record stages")
         writer = _BackgroundWriter(ws, run_id, self.timer)
         try:
@@ -376,21 +388,25 @@ class Pipeline:
         for i, p in enumerate(self.passes):
             if i > 0 and p.record_stages:
                 prepared = self._record_pass(ws, p, split)
-            if p.global_stage is not None:
-                _, gstage = p.global_stage
-                table = pl.concat(prepared) if prepared else None
+            rejected: list[pl.DataFrame] = []  # uids rejected by this pass's earlier global stages
+            for pos, gstage in p.global_stages:
+                table = pl.concat(prepared[pos]) if prepared.get(pos) else None
+                if table is not None and rejected:
+                    # an anti join keeps rows whose uid is null (a stage's own tally rows)
+                    table = table.join(pl.concat(rejected).unique(), on="uid", how="anti")
                 if table is not None and table.height:
                     with self.timer(f"stage:{gstage.name}"):
                         decision = gstage.decide(table)
+                    if isinstance(decision, pl.DataFrame):
+                        decision = GlobalDecision(decision)
                     self._store_decision(ws, gstage.name, decision)
-                prepared = []
+                    rejected.append(decision.rejects.select(pl.col("uid").cast(pl.Int64)))
+            prepared = {}
         with self.timer("cluster splits"):
             self._assign_cluster_splits(ws)
         return self._summarize(ws, file_stats, t0, started)
 
-    def _store_decision(self, ws: Workspace, stage: str, decision: GlobalDecision | pl.DataFrame) -> None:
-        if isinstance(decision, pl.DataFrame):
-            decision = GlobalDecision(decision)
+    def _store_decision(self, ws: Workspace, stage: str, decision: GlobalDecision) -> None:
         name = pl.lit(stage)
         rej = decision.rejects
         if rej.height:
@@ -442,16 +458,22 @@ class Pipeline:
             stats["records"] += frame.height
             stats["quarantined"] += quarantine.height
             rows, alive, rej, scores = self.apply_record_stages(frame, first.record_stages)
-            if first.global_stage is not None and alive.height:
-                with self.timer(f"stage:{first.global_stage[1].name}"):
-                    prepared.append(first.global_stage[1].prepare(alive))
+            self._prepare_globals(first, alive, prepared)
             with self.timer("store (prepare rows)"):
                 writer.put(("quarantine", quarantine), ("records", self._stored_rows(rows, scores, split)), ("rejects", rej))
             bar.update(frame.height + quarantine.height)
 
-    def _record_pass(self, ws: Workspace, p: _Pass, split: pl.Expr) -> list[pl.DataFrame]:
+    def _prepare_globals(self, p: _Pass, alive: pl.DataFrame, prepared: dict[int, list[pl.DataFrame]]) -> None:
+        if not alive.height:
+            return
+        for pos, gstage in p.global_stages:
+            with self.timer(f"stage:{gstage.name}"):
+                prepared[pos].append(gstage.prepare(alive))
+
+    def _record_pass(self, ws: Workspace, p: _Pass, split: pl.Expr) -> dict[int, list[pl.DataFrame]]:
         """A later pass: per-record stages over the kept records, read back from the workspace."""
-        prepared, all_rej, rewrites = [], [], []
+        prepared: dict[int, list[pl.DataFrame]] = {pos: [] for pos, _ in p.global_stages}
+        all_rej, rewrites = [], []
         cols = ["uid", "id", "source_file", "source_line", "shape", "messages", "meta", "fixes", "n_chars", "n_tokens"]
         for batch in ws.kept_batches(self.run_id, cols, self.cfg.batch_size):
             tokens = batch["n_tokens"]
@@ -461,8 +483,7 @@ class Pipeline:
                 all_rej.append(rej)
             if any(s.rewrites_messages for _, s in p.record_stages):
                 rewrites.append(rows.select("uid", "messages", "fixes", "n_chars"))
-            if p.global_stage is not None and alive.height:
-                prepared.append(p.global_stage[1].prepare(alive))
+            self._prepare_globals(p, alive, prepared)
         for rej in all_rej:
             ws.append("rejects", self.run_id, rej)
         for new in rewrites:
