@@ -1,0 +1,396 @@
+"""Embedding dedup benchmark: our `embedding_dedup` stage against the usual per-record cosine loop.
+
+    .venv/bin/python bench/embed_dedup.py                          # 20,000 records, CPU comparison
+    .venv/bin/python bench/embed_dedup.py --records 2000           # a quick run
+    .venv/bin/python bench/embed_dedup.py --reuse-embeddings       # keep/reuse bench/_work/embed_cache.duckdb
+    python bench/embed_dedup.py --device cuda --encode-only --model /path/to/all-MiniLM-L6-v2
+
+Records: real alpaca-shaped rows (``shared/data``: the Alpaca first-10k file, the Alpaca 4,000 rows it
+lacks, 999 Alpaca instructions with GPT-4 answers, GPTeacher Toolformer), shuffled (seed 0), distinct,
+plus 5% injected near-duplicates appended at the end, each naming its original (the ground truth), in
+four kinds: ``case_punct`` (question lowercased, final punctuation and the answer's commas dropped),
+``whitespace`` (spaces and newlines doubled), ``reword`` (one to three words swapped for synonyms),
+``wrapper`` (a polite "Please ..." / "Thanks!" around the question).
+
+Comparison mode (CPU; needs faiss, duckdb, polars, scikit-learn):
+
+1. encodes once, through the stage itself into a DuckDB embedding cache (prompts and responses: the
+   stage's default ``fields: all``), timing records/s; ``--reuse-embeddings`` keeps that cache in
+   ``bench/_work/embed_cache.duckdb`` (with the encode timing beside it), so a re-run encodes nothing;
+2. runs our dedup on the cached vectors (cache read + FAISS range search + clusters): ``fields:
+   response`` (what the hand-written scripts embed), the same with the IVF index forced, and ``fields:
+   all`` (our default);
+3. runs the seed recipe's loop on the very same response vectors: for each record, sklearn's
+   ``cosine_similarity`` against every kept record, keep it if the max is below the threshold;
+4. prints times, duplicates found, agreement between the two response-only methods (they differ only
+   where union-find chains A~B~C with A !~ C: the greedy loop keeps C, clusters reject it) and recall on
+   the injected near-duplicates per kind.
+
+Encode-only mode (``--encode-only``; for a GPU machine without faiss or duckdb): imports only the
+standard library, torch and sentence-transformers (through ``curate.models``, itself stdlib-only at
+import), loads ``--model`` (fp16 on CUDA), and times two encoders over all texts, after a warm-up:
+``st`` (SentenceTransformer.encode over one call; it sorts by length itself) and ``pretokenized``
+(all texts tokenized in one batch call up front, sorted by length, batches padded only to their
+longest, kept on the GPU until the end: no per-batch tokenization or host sync in the GPU loop). It
+checks both against each other and prints JSON (records/s, texts/s, tokens). Data: ``--data`` (a
+``shared/data`` folder); by default ``../shared/data``, ``./shared/data`` or ``bench/_work/data`` (copy
+``alpaca/``, ``alpaca_gpt4/`` and ``gpteacher_toolformer/`` there to carry them to another machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+WORK = HERE / "_work"
+sys.path.insert(0, str(REPO))
+
+SOURCES = (
+    "alpaca/alpaca_data_first10k_excl_holdout.json",
+    "alpaca/alpaca_4000.json",
+    "alpaca_gpt4/alpaca_en_demo.json",
+    "gpteacher_toolformer/toolformer-dedupe-only-dataset.json",
+)
+SYNONYMS = {
+    "important": "essential", "use": "utilize", "help": "assist", "big": "large", "small": "little",
+    "quickly": "rapidly", "often": "frequently", "example": "instance", "show": "demonstrate",
+    "many": "numerous", "good": "great", "also": "additionally", "make": "create", "people": "individuals",
+    "improve": "enhance", "different": "various", "can": "may", "should": "ought to", "get": "obtain",
+    "very": "really", "new": "novel", "way": "manner", "more": "additional", "each": "every",
+    "provide": "offer", "allows": "enables", "includes": "contains", "used": "employed", "need": "require",
+    "however": "nevertheless", "because": "since", "about": "regarding", "start": "begin", "end": "finish",
+    "like": "such as", "idea": "notion", "simple": "basic", "large": "big", "find": "locate", "give": "provide",
+}
+KINDS = ("case_punct", "whitespace", "reword", "wrapper")
+
+
+# -- data (standard library only: encode-only mode uses it too) --------------------------------------------
+
+
+def find_data(arg: str | None) -> Path:
+    cands = [Path(arg)] if arg else [REPO.parent / "shared" / "data", REPO / "shared" / "data", WORK / "data"]
+    for c in cands:
+        if (c / SOURCES[0]).is_file():
+            return c
+    sys.exit(f"no data: none of {[str(c) for c in cands]} holds {SOURCES[0]} (pass --data)")
+
+
+def _reword(text: str, rng: random.Random) -> str | None:
+    words = text.split(" ")
+    spots = [i for i, w in enumerate(words) if w.lower().rstrip(".,;:!?") in SYNONYMS]
+    if not spots:
+        return None
+    for i in rng.sample(spots, min(len(spots), rng.randint(1, 3))):
+        w = words[i]
+        core = w.rstrip(".,;:!?")
+        new = SYNONYMS[core.lower()]
+        words[i] = (new.capitalize() if core[:1].isupper() else new) + w[len(core):]
+    return " ".join(words)
+
+
+def near_duplicate(row: dict, kind: str, rng: random.Random) -> dict:
+    r = dict(row)
+    if kind == "reword":
+        out = _reword(r["output"], rng)
+        if out is None:
+            kind = "case_punct"
+        else:
+            r["output"] = out
+    if kind == "case_punct":
+        r["instruction"] = r["instruction"].lower().rstrip(".?! ")
+        r["output"] = r["output"].replace(",", "")
+    elif kind == "whitespace":
+        r["instruction"] = r["instruction"].replace(" ", "  ") + "\n"
+        r["output"] = "  " + r["output"].replace("\n", "\n\n").replace(". ", ".  ")
+    elif kind == "wrapper":
+        ins = r["instruction"]
+        r["instruction"] = rng.choice(["Please ", "Could you please "]) + ins[:1].lower() + ins[1:] + rng.choice(["", " Thanks!"])
+    r["_kind"] = kind
+    return r
+
+
+def build_records(data: Path, n: int, dup_fraction: float) -> tuple[list[dict], dict[int, int]]:
+    """n records: distinct real rows, then near-duplicates of earlier ones; ({variant: original})."""
+    seen, pool = set(), []
+    for rel in SOURCES:
+        for r in json.loads((data / rel).read_text(encoding="utf-8")):
+            key = (r["instruction"], r.get("input", ""), r["output"])
+            if key not in seen:
+                seen.add(key)
+                pool.append({"instruction": r["instruction"], "input": r.get("input", ""), "output": r["output"]})
+    rng = random.Random(0)
+    rng.shuffle(pool)
+    n_dup = round(n * dup_fraction)
+    if n - n_dup > len(pool):
+        sys.exit(f"only {len(pool)} distinct source rows: ask for at most {int(len(pool) / (1 - dup_fraction))} records")
+    records = pool[: n - n_dup]
+    truth = {}
+    for k, orig in enumerate(rng.sample(range(len(records)), n_dup)):
+        truth[len(records)] = orig
+        records.append(near_duplicate(records[orig], KINDS[k % len(KINDS)], rng))
+    return records, truth
+
+
+def prompt_of(r: dict) -> str:
+    return r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
+
+
+def texts_of(records: list[dict], fields: str) -> list[str]:
+    if fields == "prompt":
+        return [prompt_of(r) for r in records]
+    if fields == "response":
+        return [r["output"] for r in records]
+    return [prompt_of(r) for r in records] + [r["output"] for r in records]
+
+
+# -- encode-only (GPU) -------------------------------------------------------------------------------------
+
+
+def encode_pretokenized(model, texts: list[str], batch_size: int):
+    """L2-normalized embeddings (float32 numpy), tokenized up front and batched by sorted length."""
+    import numpy as np
+    import torch
+
+    tok = model.tokenizer
+    ids = tok(texts, truncation=True, max_length=model.max_seq_length, padding=False,
+              return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    order = np.argsort(-lengths, kind="stable")
+    device = model.device
+    dim = (getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)()
+    out = torch.empty(len(texts), dim, device=device, dtype=torch.float32)
+    pad = tok.pad_token_id or 0
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            idx = order[start : start + batch_size]
+            width = int(lengths[idx[0]])
+            batch = np.full((idx.size, width), pad, dtype=np.int64)
+            for k, i in enumerate(idx):
+                batch[k, : lengths[i]] = ids[i]
+            input_ids = torch.from_numpy(batch)
+            if device.type == "cuda":  # pinned host memory: the copy overlaps with the previous batch's compute
+                input_ids = input_ids.pin_memory().to(device, non_blocking=True)
+            mask = torch.arange(width, device=device)[None, :] < torch.from_numpy(lengths[idx]).to(device)[:, None]
+            emb = model({"input_ids": input_ids, "attention_mask": mask.long()})["sentence_embedding"]
+            out[torch.from_numpy(idx).to(device)] = torch.nn.functional.normalize(emb.float(), dim=-1)
+    return out.cpu().numpy(), int(lengths.sum())
+
+
+def encode_only(args) -> None:
+    import torch
+
+    from curate.models import resolve_device, sentence_model
+
+    data = find_data(args.data)
+    records, _ = build_records(data, args.records, args.dup_fraction)
+    texts = texts_of(records, args.fields)
+    device = resolve_device(args.device)
+    model = sentence_model(args.model, device, args.max_seq_length)
+    batch_size = args.batch_size or (512 if device == "cuda" else 32)
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    warm = texts[: 4 * batch_size]
+    model.encode(warm, batch_size=batch_size, show_progress_bar=False)
+    ref = model.encode(warm, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+    check, _ = encode_pretokenized(model, warm, batch_size)
+    results = {}
+    for name in ("st", "pretokenized"):
+        times, tokens = [], None
+        for _ in range(args.repeats):
+            sync()
+            t = time.perf_counter()
+            if name == "st":
+                model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+            else:
+                _, tokens = encode_pretokenized(model, texts, batch_size)
+            sync()
+            times.append(time.perf_counter() - t)
+        best = min(times)
+        results[name] = {
+            "seconds": [round(x, 3) for x in times],
+            "records_per_s": round(len(records) / best),
+            "texts_per_s": round(len(texts) / best),
+            **({"tokens_per_s": round(tokens / best)} if tokens else {}),
+        }
+    print(json.dumps({
+        "mode": "encode-only",
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else f"cpu x{torch.get_num_threads()}",
+        "model": str(args.model), "fp16": device == "cuda", "fields": args.fields,
+        "records": len(records), "texts": len(texts), "batch_size": batch_size,
+        "max_seq_length": model.max_seq_length,
+        "max_abs_diff_pretokenized_vs_st": float(abs(check - ref).max()),
+        "torch": torch.__version__, "sentence_transformers": __import__("sentence_transformers").__version__,
+        "encoders": results,
+        "best_records_per_s": max(r["records_per_s"] for r in results.values()),
+        "target_records_per_s": 20000,
+    }, indent=2))
+
+
+# -- comparison (CPU) --------------------------------------------------------------------------------------
+
+
+def seed_loop(emb, threshold: float) -> list[int]:
+    """The seed recipe, verbatim in spirit: keep i unless its max cosine to a kept record reaches threshold."""
+    from sklearn.metrics.pairwise import cosine_similarity
+
+    keep: list[int] = []
+    for i in range(len(emb)):
+        if not keep:
+            keep.append(i)
+            continue
+        sims = cosine_similarity([emb[i]], emb[keep])
+        if sims.max() < threshold:
+            keep.append(i)
+    return keep
+
+
+def compare(args) -> None:
+    import numpy as np
+
+    from curate.frames import canonical_frame
+    from curate.stages import StageContext
+    from curate.stages.semantic import EmbeddingDedup
+    from curate.workspace import Workspace
+
+    data = find_data(args.data)
+    records, truth = build_records(data, args.records, args.dup_fraction)
+    n = len(records)
+    kinds = [r.get("_kind") for r in records]
+    frame = canonical_frame([[("user", prompt_of(r)), ("assistant", r["output"])] for r in records])
+    WORK.mkdir(parents=True, exist_ok=True)
+    tmpdir = None
+    if args.reuse_embeddings:
+        cache = WORK / "embed_cache.duckdb"
+    else:
+        tmpdir = tempfile.mkdtemp(prefix="embed_cache_", dir=WORK)
+        cache = Path(tmpdir) / "cache.duckdb"
+    ws = Workspace(cache)
+    common = {"threshold": args.threshold, "device": "cpu", "max_seq_length": args.max_seq_length, "batch_size": args.batch_size}
+
+    def run(**params):
+        stage = EmbeddingDedup(EmbeddingDedup.Params(**{**common, **params}), StageContext(workspace=ws))
+        prepared = stage.prepare(frame)
+        t = time.perf_counter()
+        decision = stage.decide(prepared)
+        return stage, decision, time.perf_counter() - t
+
+    print(f"{n:,} records ({len(truth):,} injected near-duplicates), threshold {args.threshold}, cache {cache}", flush=True)
+    # 1. encode (prompts and responses), through the stage: the cache then holds every vector
+    enc_stage, _, _ = run(fields="all")
+    st = enc_stage.stats
+    timing_file = cache.with_suffix(".encode.json")
+    if st["encoded"]:
+        enc = {"records": n, "texts": st["encoded"], "seconds": st["seconds_encode"], "threads": os.cpu_count()}
+        if st["cached"] == 0:
+            timing_file.write_text(json.dumps(enc))
+    elif timing_file.is_file():
+        enc = {**json.loads(timing_file.read_text()), "reused": True}
+    else:
+        enc = {"records": n, "texts": 0, "seconds": 0.0, "reused": True}
+    print(f"encoded {st['encoded']:,} texts, {st['cached']:,} cached, in {st['seconds_encode']:.1f} s", flush=True)
+
+    # 2. ours on the cached vectors
+    ours_r, d_r, t_r = run(fields="response")
+    ivf_r, d_ivf, t_ivf = run(fields="response", exact_below=0)
+    ours_a, d_a, t_a = run(fields="all")
+    # 3. the seed loop on the same response vectors, in input order
+    key = ours_r.model_key()
+    prep = ours_r.prepare(frame)
+    hashes = prep["h_response"].to_numpy()
+    found, vecs = ws.cached_embeddings(key, hashes)
+    order = np.argsort(found)
+    emb = vecs[order][np.searchsorted(found[order], hashes)]
+    t = time.perf_counter()
+    kept = seed_loop(emb, args.threshold)
+    t_seed = time.perf_counter() - t
+    ws.close()
+
+    seed_rej = set(range(n)) - set(kept)
+    sets = {
+        "ours response (flat)": set(d_r.rejects["uid"].to_list()),
+        "ours response (IVF)": set(d_ivf.rejects["uid"].to_list()),
+        "ours all (default)": set(d_a.rejects["uid"].to_list()),
+        "seed loop (response)": seed_rej,
+    }
+    times = {"ours response (flat)": t_r, "ours response (IVF)": t_ivf, "ours all (default)": t_a, "seed loop (response)": t_seed}
+    search = {"ours response (flat)": ours_r.stats["seconds_search"], "ours response (IVF)": ivf_r.stats["seconds_search"], "ours all (default)": ours_a.stats["seconds_search"]}
+
+    rate = enc["records"] / enc["seconds"] if enc.get("seconds") else float("nan")
+    print()
+    print(f"Encoding (all-MiniLM-L6-v2, CPU, prompt + response = {enc.get('texts', 0):,} texts): "
+          f"{enc.get('seconds', 0):.1f} s = {rate:,.1f} records/s{'  (from the reused cache)' if enc.get('reused') else ''}")
+    print()
+    head = f"{'method':<24}{'time (s)':>10}{'search (s)':>12}{'rejected':>10}  " + "  ".join(f"{k:>10}" for k in KINDS) + f"  {'other':>7}"
+    print(head)
+    print("-" * len(head))
+    for name, rej in sets.items():
+        recall = []
+        for kind in KINDS:
+            members = [v for v in truth if kinds[v] == kind]
+            recall.append(f"{sum(v in rej for v in members):>5}/{len(members):<4}")
+        other = len(rej - set(truth))
+        s = search.get(name)
+        print(f"{name:<24}{times[name]:>10.2f}{(f'{s:.2f}' if s is not None else '-'):>12}{len(rej):>10}  " + "  ".join(f"{x:>10}" for x in recall) + f"  {other:>7}")
+    a, b = sets["ours response (flat)"], seed_rej
+    print()
+    print(f"agreement ours (response, flat) vs seed loop: both {len(a & b):,}, ours only {len(a - b):,}, seed only {len(b - a):,}, "
+          f"Jaccard {len(a & b) / max(1, len(a | b)):.4f}")
+    print(f"IVF vs flat (response): same rejects {len(sets['ours response (IVF)'] & a):,} of {len(a):,}, "
+          f"IVF only {len(sets['ours response (IVF)'] - a):,} (nlist {ivf_r.stats.get('nlist')}, nprobe {ivf_r.stats.get('nprobe')})")
+    print(f"speed-up of our dedup (response, flat, incl. cache read) over the seed loop: {t_seed / t_r:,.0f}x")
+    only = sorted(a - b)[:3]
+    if only:
+        print("ours-only examples (chains: similar to a rejected record that was similar to a kept one):")
+        rep = dict(zip(d_r.clusters["uid"].to_list(), d_r.clusters["rep_uid"].to_list()))
+        for u in only:
+            r = rep[u]
+            cos = float(emb[u] @ emb[r])
+            print(f"  record {u} -> representative {r}: cosine {cos:.3f}; max cosine to the seed's kept records "
+                  f"{float((emb[kept] @ emb[u]).max()):.3f}")
+    out = WORK / f"embed_dedup_{n}.json"
+    out.write_text(json.dumps({
+        "records": n, "injected": len(truth), "threshold": args.threshold, "encode": enc,
+        "methods": {k: {"seconds": round(times[k], 3), "rejected": len(v)} for k, v in sets.items()},
+        "stats": {"response_flat": ours_r.stats, "response_ivf": ivf_r.stats, "all": ours_a.stats},
+    }, indent=2, default=str))
+    print(f"\n(written to {out})")
+    if tmpdir:
+        import shutil
+
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--records", type=int, default=20_000)
+    ap.add_argument("--dup-fraction", type=float, default=0.05)
+    ap.add_argument("--threshold", type=float, default=0.95)
+    ap.add_argument("--model", default="embedded", help="a sentence-transformers folder (default: the packaged MiniLM)")
+    ap.add_argument("--max-seq-length", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=None, help="default 32 on CPU, 512 on GPU")
+    ap.add_argument("--reuse-embeddings", action="store_true", help="keep and reuse bench/_work/embed_cache.duckdb")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    ap.add_argument("--encode-only", action="store_true", help="only time encoding (no faiss/duckdb needed); prints JSON")
+    ap.add_argument("--fields", choices=("all", "prompt", "response"), default="all", help="encode-only: which texts")
+    ap.add_argument("--repeats", type=int, default=3, help="encode-only: timed passes per encoder (best counts)")
+    ap.add_argument("--data", default=None, help="the shared/data folder")
+    args = ap.parse_args()
+    if args.encode_only:
+        encode_only(args)
+    else:
+        compare(args)
+
+
+if __name__ == "__main__":
+    main()
