@@ -1,23 +1,33 @@
-"""Word n-gram hashes, vectorized: the shingles of MinHash dedup and the evidence of decontamination.
+"""Word and character n-gram hashes, compiled: the shingles of MinHash dedup and the evidence of decontamination.
 
-Text is lowercased and split into runs of word characters (``\\w+``, Unicode-aware), so case,
-punctuation and whitespace edits do not change the words. Each word is hashed once (64-bit, Polars'
-hash); an n-gram's hash combines its words' hashes with a different odd multiplier per position (so
-word order matters) and a final avalanche mix (so MinHash sees well-spread values). A document with
-fewer than ``n`` words (but at least one) gets a single shingle of all its words, as datasketch and
-datatrove users expect: a short record is still comparable.
+Text is lowercased (Polars, Unicode-aware) and split into runs of word characters: exactly the words of
+``\\w+`` (:func:`words`), so case, punctuation and whitespace edits do not change them. Each word is
+hashed once (FNV-1a over its UTF-8 bytes, then splitmix64's finalizer); an n-gram's hash combines its
+words' hashes with a different odd multiplier per position (so word order matters) and the same final
+mix (so MinHash sees well-spread values). A document with fewer than ``n`` words (but at least one) gets
+a single shingle of all its words, as datasketch and datatrove users expect: a short record is still
+comparable. Hashes depend on nothing but the text: the same on every run and machine.
 
 Everything works on flat arrays plus offsets: ``values[offsets[d]:offsets[d + 1]]`` belong to document
-``d``. No Python loop runs per word or per n-gram.
+``d``. Tokenizing and n-gram hashing run in numba kernels, parallel over documents (compiled on first
+use, cached on disk: :func:`compile_kernels`); the word-character test is a table of all code points
+that Polars' regex engine builds once, so the kernel's words are the regex's words. Tiny inputs (under
+4 kB, e.g. one word hashed at import time) take a pure-Python path with the same hash.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import polars as pl
 
 WORD_PATTERN = r"\w+"
 _SEED = 0x5EED
+_FNV_OFFSET = 0xCBF29CE484222325 ^ _SEED
+_FNV_PRIME = 0x100000001B3
+_M64 = (1 << 64) - 1
+_SMALL_BYTES = 4096  # below this, no compiled code is needed (or loaded)
 
 # one odd 64-bit multiplier per position in the n-gram (fixed: hashes are stable across runs and machines)
 _MULTIPLIERS = np.random.default_rng(20261123).integers(1 << 62, 1 << 63, size=64, dtype=np.uint64) | np.uint64(1)
@@ -28,18 +38,33 @@ def words(text: pl.Series | pl.Expr):
     return text.str.to_lowercase().str.extract_all(WORD_PATTERN)
 
 
-def word_hashes(text: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    """(uint64 hash per word, int64 offsets of length len(text) + 1) for a Series of strings."""
-    w = words(text.fill_null(""))
-    lengths = w.list.len().fill_null(0).to_numpy().astype(np.int64)
-    offsets = np.zeros(lengths.size + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    flat = w.explode().drop_nulls() if offsets[-1] else pl.Series([], dtype=pl.Utf8)
-    hashes = flat.hash(seed=_SEED).to_numpy().astype(np.uint64, copy=False)
-    return hashes, offsets
+# ---------------------------------------------------------------------------------------------------------
+# compiled kernels
+# ---------------------------------------------------------------------------------------------------------
+def compile_kernels(namespace: dict, *fns):
+    """numba-compile module-level kernels: parallel, no GIL, machine code cached on disk.
+
+    Kernels loop over documents with ``prange``, a name this sets to ``numba.prange`` in ``namespace``
+    (the kernels' module globals; it is plain ``range`` until then, so numba is imported only when a
+    kernel is first needed). The cache lives next to the module or, where that is read-only, in numba's
+    user cache dir (``NUMBA_CACHE_DIR``); with neither writable, kernels compile in every process.
+    """
+    import numba
+
+    namespace["prange"] = numba.prange
+    out = []
+    for fn in fns:
+        try:
+            out.append(numba.njit(parallel=True, nogil=True, cache=True)(fn))
+        except RuntimeError:  # numba found no writable cache location
+            out.append(numba.njit(parallel=True, nogil=True)(fn))
+    return out
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
+prange = range  # numba.prange once compiled
+
+
+def _mix64(x):
     # splitmix64's finalizer: every input bit affects every output bit
     x ^= x >> np.uint64(30)
     x *= np.uint64(0xBF58476D1CE4E5B9)
@@ -49,43 +74,187 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _char(data, pos):
+    # (code point, byte length) of the UTF-8 character at data[pos] (the text is valid UTF-8)
+    b = data[pos]
+    if b < 0x80:
+        return np.int64(b), 1
+    if b < 0xE0:
+        n, cp = 2, np.int64(b & 0x1F)
+    elif b < 0xF0:
+        n, cp = 3, np.int64(b & 0x0F)
+    else:
+        n, cp = 4, np.int64(b & 0x07)
+    for j in range(pos + 1, pos + n):
+        cp = (cp << 6) | (data[j] & 0x3F)
+    return cp, n
+
+
+def _count_kernel(data, byte_off, is_word, counts):
+    # counts[d] = number of words of document d (branch-free: a word ends where a non-word char follows)
+    for d in prange(byte_off.size - 1):
+        pos, end = byte_off[d], byte_off[d + 1]
+        k = 0
+        in_word = False
+        while pos < end:
+            b = data[pos]
+            if b < 0x80:
+                w = is_word[b]
+                pos += 1
+            else:
+                cp, n = _char_nb(data, pos)
+                w = is_word[cp]
+                pos += n
+            k += in_word and not w
+            in_word = w
+        counts[d] = k + in_word
+
+
+def _hash_kernel(data, byte_off, is_word, out_off, out):
+    # out[out_off[d]:out_off[d + 1]] = the hashes of document d's words (see _py_word_hash)
+    for d in prange(byte_off.size - 1):
+        pos, end = byte_off[d], byte_off[d + 1]
+        k = out_off[d]
+        in_word = False
+        h = np.uint64(0)
+        while pos < end:
+            b = data[pos]
+            if b < 0x80:
+                w = is_word[b]
+                n = 1
+            else:
+                cp, n = _char_nb(data, pos)
+                w = is_word[cp]
+            if w:
+                if not in_word:
+                    h = np.uint64(_FNV_OFFSET)
+                for j in range(pos, pos + n):
+                    h = (h ^ np.uint64(data[j])) * np.uint64(_FNV_PRIME)
+            elif in_word:
+                out[k] = _mix_nb(h)
+                k += 1
+            in_word = w
+            pos += n
+        if in_word:
+            out[k] = _mix_nb(h)
+
+
+def _ngram_kernel(hashes, offsets, n, short_docs, mult, ngram_offsets, out, start):
+    for d in prange(offsets.size - 1):
+        lo, length, o = offsets[d], offsets[d + 1] - offsets[d], ngram_offsets[d]
+        if length >= n:
+            for s in range(length - n + 1):
+                acc = np.uint64(0)
+                for k in range(n):
+                    acc += hashes[lo + s + k] * mult[k]
+                out[o + s] = _mix_nb(acc)
+                start[o + s] = s
+        elif short_docs and length > 0:
+            acc = np.uint64(0)
+            for k in range(length):
+                acc += hashes[lo + k] * mult[k]
+            out[o] = _mix_nb(acc)
+            start[o] = 0
+
+
+_mix_nb, _char_nb = _mix64, _char  # the kernels' helpers: compiled by _kernels() before the kernels
+
+
+@functools.cache
+def _kernels():
+    import numba
+
+    globals()["_mix_nb"] = numba.njit(cache=True, inline="always")(_mix64)
+    globals()["_char_nb"] = numba.njit(cache=True)(_char)
+    return compile_kernels(globals(), _count_kernel, _hash_kernel, _ngram_kernel)
+
+
+@functools.cache
+def word_char_table() -> np.ndarray:
+    """``table[code point]``: is it a word character (``\\w``) for Polars' regex engine?"""
+    cps = np.concatenate([np.arange(1, 0xD800), np.arange(0xE000, 0x110000)]).astype("<u4")  # no surrogates
+    marked = pl.Series([cps.tobytes().decode("utf-32-le")]).str.replace_all(r"\W", "\x00").item()
+    table = np.zeros(0x110000, dtype=np.bool_)
+    table[cps] = np.frombuffer(marked.encode("utf-32-le"), dtype="<u4") != 0
+    return table
+
+
+# ---------------------------------------------------------------------------------------------------------
+# words
+# ---------------------------------------------------------------------------------------------------------
+def _utf8(text: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(UTF-8 bytes of all texts, int64 byte offsets) of a Series without nulls."""
+    arr = text.to_arrow(compat_level=pl.CompatLevel.oldest())  # large_string: int64 offsets + one data buffer
+    _, off_buf, data_buf = arr.buffers()
+    off = np.frombuffer(off_buf, dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    data = np.frombuffer(data_buf, dtype=np.uint8)[off[0] : off[-1]] if data_buf is not None else np.zeros(0, np.uint8)
+    return data, off - off[0]
+
+
+def _py_word_hash(word: str) -> int:
+    """A word's hash: FNV-1a (64-bit, seeded) over its UTF-8 bytes, then splitmix64's finalizer."""
+    h = _FNV_OFFSET
+    for b in word.encode():
+        h = ((h ^ b) * _FNV_PRIME) & _M64
+    h ^= h >> 30
+    h = (h * 0xBF58476D1CE4E5B9) & _M64
+    h ^= h >> 27
+    h = (h * 0x94D049BB133111EB) & _M64
+    return h ^ (h >> 31)
+
+
+def word_hashes(text: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(uint64 hash per word, int64 offsets of length len(text) + 1) for a Series of strings."""
+    lower = text.fill_null("").str.to_lowercase()
+    data, byte_off = _utf8(lower)
+    n = byte_off.size - 1
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    if data.size < _SMALL_BYTES:
+        w = lower.str.extract_all(WORD_PATTERN)
+        np.cumsum(w.list.len().fill_null(0).to_numpy(), out=offsets[1:])
+        flat = w.explode().drop_nulls().to_list() if offsets[-1] else []
+        return np.array([_py_word_hash(x) for x in flat], dtype=np.uint64), offsets
+    count, hash_words, _ = _kernels()
+    table = word_char_table()
+    count(data, byte_off, table, offsets[1:])
+    np.cumsum(offsets, out=offsets)
+    hashes = np.empty(offsets[-1], dtype=np.uint64)
+    hash_words(data, byte_off, table, offsets, hashes)
+    return hashes, offsets
+
+
+# ---------------------------------------------------------------------------------------------------------
+# n-grams
+# ---------------------------------------------------------------------------------------------------------
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer on a uint64 array, in place."""
+    with np.errstate(over="ignore"):
+        return _mix64(x)
+
+
 def ngram_hashes(hashes: np.ndarray, offsets: np.ndarray, n: int, short_docs: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Hashes of every word n-gram, per document.
 
     Returns ``(ngram_hash uint64, ngram_offsets int64, start int64)``: document ``d``'s n-grams are
     ``ngram_hash[ngram_offsets[d]:ngram_offsets[d + 1]]`` and ``start`` is each n-gram's first word,
     counted within its document. With ``short_docs``, a document of 1 to n-1 words gets one n-gram of
-    all its words (``start`` 0); otherwise it gets none.
+    all its words (``start`` 0); otherwise it gets none. An n-gram's hash is
+    ``mix(sum_k hash[word k] * M_k mod 2**64)``.
     """
     if not 1 <= n <= _MULTIPLIERS.size:
         raise ValueError(f"n-gram size must be between 1 and {_MULTIPLIERS.size}, got {n}")
-    hashes = np.asarray(hashes, dtype=np.uint64)
-    total = hashes.size
+    hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
     lengths = np.diff(offsets)
-    n_docs = lengths.size
-    acc = np.zeros(total, dtype=np.uint64)
-    short = (lengths > 0) & (lengths < n) if short_docs else np.zeros(n_docs, dtype=bool)
-    short_value = np.zeros(n_docs, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for k in range(n):
-            if k >= total:
-                break
-            acc[: total - k] += hashes[k:] * _MULTIPLIERS[k]
-            done = short & (lengths == k + 1)
-            if done.any():
-                short_value[done] = acc[offsets[:-1][done]]
-        # n-grams starting at i are valid when i + n <= end of the document
-        counts = np.where(lengths >= n, lengths - n + 1, 0)
-        counts = np.where(short, 1, counts)
-        ngram_offsets = np.zeros(n_docs + 1, dtype=np.int64)
-        np.cumsum(counts, out=ngram_offsets[1:])
-        doc = np.repeat(np.arange(n_docs, dtype=np.int64), counts)
-        start = np.arange(ngram_offsets[-1], dtype=np.int64) - ngram_offsets[:-1][doc]
-        pos = offsets[:-1][doc] + start
-        out = acc[pos] if total else np.zeros(0, dtype=np.uint64)
-        if short.any():
-            out[ngram_offsets[:-1][short]] = short_value[short]
-        out = _mix(out.copy())
+    counts = np.where(lengths >= n, lengths - n + 1, 0)
+    if short_docs:
+        counts = np.where((lengths > 0) & (lengths < n), 1, counts)
+    ngram_offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+    np.cumsum(counts, out=ngram_offsets[1:])
+    out = np.empty(ngram_offsets[-1], dtype=np.uint64)
+    start = np.empty(ngram_offsets[-1], dtype=np.int64)
+    if out.size:
+        _kernels()[2](hashes, offsets, n, short_docs, _MULTIPLIERS, ngram_offsets, out, start)
     return out, ngram_offsets, start
 
 
@@ -98,11 +267,7 @@ def char_ngram_hashes(text: pl.Series, n: int) -> tuple[np.ndarray, np.ndarray]:
     bytes). A document of 1 to n-1 characters gets one n-gram of all of them; an empty one gets none.
     """
     norm = text.fill_null("").str.to_lowercase().str.replace_all(r"\W+", " ").str.strip_chars()
-    arr = norm.to_arrow(compat_level=pl.CompatLevel.oldest())  # large_string: int64 offsets + one data buffer
-    _, off_buf, data_buf = arr.buffers()
-    byte_off = np.frombuffer(off_buf, dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
-    data = np.frombuffer(data_buf, dtype=np.uint8)[byte_off[0] : byte_off[-1]] if data_buf is not None else np.zeros(0, np.uint8)
-    byte_off = byte_off - byte_off[0]
+    data, byte_off = _utf8(norm)
     # a code point starts at every byte that is not a UTF-8 continuation byte (10xxxxxx)
     is_start = (data & 0xC0) != 0x80
     starts = np.flatnonzero(is_start)
