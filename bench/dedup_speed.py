@@ -346,6 +346,25 @@ def _dt_adapter(self, data: dict, path: str, id_in_file):
     return {"text": _text(data), "id": f"{path}/{id_in_file}"}
 
 
+def _dt_word_tokenizer(kind: str):
+    """datatrove's English word tokenizer (spaCy), or ``\\w+`` words like ours (``--dt-tokenizer regex``)."""
+    if kind == "spacy":
+        return "en"  # datatrove's default for English: spacy.blank("en")
+    from datatrove.utils.word_tokenizers import WordTokenizer
+
+    class RegexWordTokenizer(WordTokenizer):
+        def word_tokenize(self, text: str) -> list[str]:
+            return re.findall(r"\w+", text)
+
+        def sent_tokenize(self, text: str) -> list[str]:
+            return [text]
+
+        def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+            return [(0, len(text))]
+
+    return RegexWordTokenizer("en")
+
+
 def child_datatrove(spec: dict) -> None:
     import shutil
 
@@ -364,7 +383,8 @@ def child_datatrove(spec: dict) -> None:
         return JsonlReader(folder, glob_pattern="*.jsonl", adapter=_dt_adapter)
 
     steps = [
-        ("1 signatures", [reader(), MinhashDedupSignature(output_folder=str(base / "sigs"), config=config)], n_files),
+        ("1 signatures", [reader(), MinhashDedupSignature(output_folder=str(base / "sigs"), config=config,
+                                                          language=_dt_word_tokenizer(spec["tokenizer"]))], n_files),
         ("2 buckets", [MinhashDedupBuckets(input_folder=str(base / "sigs"), output_folder=str(base / "buckets"), config=config)], DT_BUCKETS),
         ("3 cluster", [MinhashDedupCluster(input_folder=str(base / "buckets"), output_folder=str(base / "remove"), config=config,
                                            save_cluster_id=True)], 1),
@@ -475,8 +495,8 @@ def planted_recall(truth: dict, removed, members) -> dict:
     return rows
 
 
-def print_block(n: int, truth: dict, ours: dict | None, dt: dict | None) -> None:
-    print(f"\n(b)/(c) whole dedup on {n:,} records      {'ours (minhash_dedup stage)':<30}{'datatrove ' + str(DT_BUCKETS) + 'x' + str(DT_HASHES):<30}")
+def print_block(n: int, truth: dict, ours: dict | None, dt: dict | None, dt_name: str) -> None:
+    print(f"\n(b)/(c) whole dedup on {n:,} records      {'ours (minhash_dedup stage)':<30}{dt_name:<30}")
 
     def cell(r, key, fmt):
         return fmt.format(r[key]) if r and r.get(key) is not None else "-"
@@ -535,9 +555,10 @@ def print_report(args, truth: dict, sig: dict | None, ours: dict | None, dt: dic
         if "agree_pairs" in sig:
             print(f"    Jaccard estimates on {sig['agree_pairs']:,} planted pairs: mean |ours - datasketch| {sig['agree_mean_abs_gap']:.3f}; "
                   f"mean |estimate - exact| ours {sig['ours_mean_abs_err']:.3f}, datasketch {sig['ds_mean_abs_err']:.3f}")
-    print_block(n, truth, ours, dt if dt and dt.get("records") == n else None)
+    dt_name = f"datatrove {DT_BUCKETS}x{DT_HASHES}, {args.dt_tokenizer}"
+    print_block(n, truth, ours, dt if dt and dt.get("records") == n else None, dt_name)
     if dt and dt.get("records") != n:
-        print_block(dt["records"], dt["truth"], dt.get("ours_same_input"), dt)
+        print_block(dt["records"], dt["truth"], dt.get("ours_same_input"), dt, dt_name)
     if sig:
         print(f"    target (a): >= 10x datasketch: {'PASS' if sig['ds_text_s'] / sig['ours_text_s'] >= 10 else 'FAIL'}")
     print(line)
@@ -546,10 +567,10 @@ def print_report(args, truth: dict, sig: dict | None, ours: dict | None, dt: dic
 def run_side(kind: str, paths: list[Path], truth: dict, args) -> dict | None:
     import numpy as np
 
-    tag = f"{kind}_{truth['records']}"
+    tag = f"{kind}_{truth['records']}" + (f"_{args.dt_tokenizer}" if kind == "datatrove" else "")
     out = str(WORK / tag)
     spec = {"paths": [str(p) for p in paths], "folder": str(paths[0].parent), "shard_sizes": truth["shard_sizes"],
-            "out": out, "workers": args.workers}
+            "out": out, "workers": args.workers, "tokenizer": args.dt_tokenizer}
     if kind == "datatrove":
         if not DT_PYTHON.is_file():
             print(f"datatrove skipped: no venv at {DT_PYTHON} (python3 -m venv {DT_PYTHON.parent.parent}; "
@@ -577,6 +598,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="datatrove's worker processes")
     ap.add_argument("--ds-docs", type=int, default=20_000, help="documents for the datasketch comparison (a)")
     ap.add_argument("--dt-records", type=int, default=None, help="datatrove's input size (default: --records)")
+    ap.add_argument("--dt-tokenizer", choices=("spacy", "regex"), default="spacy",
+                    help="datatrove's word tokenizer: its English default (spaCy) or \\w+ words like ours (faster)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds before datatrove is stopped")
     ap.add_argument("--skip", action="append", default=[], choices=("signatures", "ours", "datatrove"))
     args = ap.parse_args(argv)

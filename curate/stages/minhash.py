@@ -55,7 +55,7 @@ from pydantic import Field, model_validator
 
 from curate.stages import GlobalDecision, GlobalStage, StageParams, empty_rejects, register
 from curate.stages.clusters import decide_clusters
-from curate.stages.ngrams import char_ngram_hashes, ngram_hashes, word_hashes, words
+from curate.stages.ngrams import char_ngram_hashes, compile_kernels, ngram_hashes, word_hashes, words
 
 LINKS_PER_MEMBER = 8  # each bucket member is paired with this many first members of the bucket
 REPORT_MARGIN = 0.2  # candidate pairs down to threshold - this go to the report
@@ -103,12 +103,12 @@ def choose_bands_rows(num_perm: int, threshold: float, recall: float = TARGET_RE
 
 
 # ---------------------------------------------------------------------------------------------------------
-# compiled kernels (numba, compiled on first use and cached on disk)
+# compiled kernels (numba: compiled on first use, cached on disk; see ngrams.compile_kernels)
 # ---------------------------------------------------------------------------------------------------------
-def _signatures_py(shingles, offsets, a, b, out):
+def _signature_kernel(shingles, offsets, a, b, out):
     n_docs = offsets.size - 1
     n_perm = a.size
-    for d in _prange(n_docs):
+    for d in prange(n_docs):
         row = np.full(n_perm, np.uint64(0xFFFFFFFF), dtype=np.uint64)
         for i in range(offsets[d], offsets[d + 1]):
             h = shingles[i]
@@ -121,10 +121,10 @@ def _signatures_py(shingles, offsets, a, b, out):
             out[d, p] = np.uint32(row[p])
 
 
-def _band_keys_py(sig, bands, rows, out):
+def _band_key_kernel(sig, bands, rows, out):
     # out[j, d]: a 64-bit hash of band j of document d (a collision only makes a false candidate)
     n = sig.shape[0]
-    for d in _prange(n):
+    for d in prange(n):
         for j in range(bands):
             h = np.uint64(0x9E3779B97F4A7C15) * np.uint64(j + 1)
             for k in range(j * rows, (j + 1) * rows):
@@ -133,9 +133,9 @@ def _band_keys_py(sig, bands, rows, out):
             out[j, d] = h
 
 
-def _similarity_py(sig, ia, ib, out):
+def _similarity_kernel(sig, ia, ib, out):
     n_perm = sig.shape[1]
-    for i in _prange(ia.size):
+    for i in prange(ia.size):
         a, b = ia[i], ib[i]
         eq = 0
         for p in range(n_perm):
@@ -143,22 +143,12 @@ def _similarity_py(sig, ia, ib, out):
         out[i] = eq / n_perm
 
 
-_prange = range  # numba.prange once the kernels are compiled (numba is imported only when needed)
+prange = range  # numba.prange once compiled (numba is imported only when a kernel is first needed)
 
 
 @functools.cache
 def _kernels():
-    import numba
-
-    globals()["_prange"] = numba.prange  # compiled loops over documents/pairs run in parallel
-
-    def jit(fn):
-        try:  # cache=True stores machine code next to this module or, if read-only, in the user's cache dir
-            return numba.njit(parallel=True, cache=True, nogil=True)(fn)
-        except RuntimeError:  # no writable cache location at all: compile in every process instead
-            return numba.njit(parallel=True, nogil=True)(fn)
-
-    return jit(_signatures_py), jit(_band_keys_py), jit(_similarity_py)
+    return compile_kernels(globals(), _signature_kernel, _band_key_kernel, _similarity_kernel)
 
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -189,16 +179,24 @@ def estimated_jaccard(sig: np.ndarray, ia: np.ndarray, ib: np.ndarray) -> np.nda
     return out
 
 
+def _unique_sorted(codes: np.ndarray) -> np.ndarray:
+    # sort + adjacent compare: several times faster than np.unique's hash table on a million int64
+    codes = np.sort(codes)
+    keep = np.ones(codes.size, dtype=bool)
+    keep[1:] = codes[1:] != codes[:-1]
+    return codes[keep]
+
+
 def candidate_pairs(sig: np.ndarray, bands: int, rows: int, links: int = LINKS_PER_MEMBER) -> tuple[np.ndarray, np.ndarray]:
     """Row pairs ``(i, j)``, ``i < j``, that share a band bucket, each member linked to the first
     ``links`` members of its bucket. Unique pairs, sorted."""
     n = sig.shape[0]
-    keys = np.empty((bands, n), dtype=np.uint64)
     if n < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    keys = np.empty((bands, n), dtype=np.uint64)
     _kernels()[1](sig, bands, rows, keys)
-    found = np.zeros(0, dtype=np.int64)
     pos = np.arange(n, dtype=np.int64)
+    found, parts, pending = np.zeros(0, dtype=np.int64), [], 0
     for j in range(bands):
         order = np.argsort(keys[j], kind="stable")  # stable: within a bucket, input order
         sk = keys[j][order]
@@ -207,16 +205,16 @@ def candidate_pairs(sig: np.ndarray, bands: int, rows: int, links: int = LINKS_P
         run_start = np.maximum.accumulate(np.where(new, pos, 0))
         rank = pos - run_start
         members = np.flatnonzero(rank > 0)
-        if members.size == 0:
-            continue
-        parts = []
         for m in range(links):
-            sel = members[rank[members] > m]
-            if sel.size == 0:
+            members = members[rank[members] > m]
+            if members.size == 0:
                 break
             # pair code i * n + j with i < j (the earlier member comes first in a stable sort)
-            parts.append(order[run_start[sel] + m] * n + order[sel])
-        found = np.union1d(found, np.concatenate(parts))
+            parts.append(order[run_start[members] + m] * n + order[members])
+            pending += members.size
+        if pending > 4 * n:  # drop pairs repeated across bands now and then: memory stays O(links * n)
+            found, parts, pending = _unique_sorted(np.concatenate([found, *parts])), [], 0
+    found = _unique_sorted(np.concatenate([found, *parts]))
     return found // n, found % n
 
 
