@@ -226,19 +226,24 @@ def signature_throughput(paths: list[Path], truth: dict, n_docs: int) -> dict:
 
     def ours(threads: int) -> tuple[float, np.ndarray, float]:
         numba.set_num_threads(threads)
-        t = time.perf_counter()
-        sh, off = stage.shingles(series)
-        t_sh = time.perf_counter() - t
-        sig = signatures(sh, off, NUM_PERM)
-        return time.perf_counter() - t, sig, t_sh
+        best = (float("inf"), None, 0.0)
+        for _ in range(3):  # best of 3: the machine may be shared
+            t = time.perf_counter()
+            sh, off = stage.shingles(series)
+            t_sh = time.perf_counter() - t
+            sig = signatures(sh, off, NUM_PERM)
+            best = min(best, (time.perf_counter() - t, sig, t_sh), key=lambda x: x[0])
+        return best
 
     t_all, sig, t_sh_all = ours(numba.config.NUMBA_NUM_THREADS)
     t_one, _, _ = ours(1)
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     sh, off = stage.shingles(series)
-    t = time.perf_counter()
-    signatures(sh, off, NUM_PERM)
-    t_kernel = time.perf_counter() - t
+    t_kernel = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        signatures(sh, off, NUM_PERM)
+        t_kernel = min(t_kernel, time.perf_counter() - t)
     out["ours_text_s"], out["ours_text_1t_s"], out["ours_kernel_s"], out["ours_shingles_s"] = t_all, t_one, t_kernel, t_sh_all
 
     # datasketch, as its users write it: Python tokenization, n-grams as bytes, MinHash.bulk (SHA-1 per shingle)
@@ -547,7 +552,7 @@ def print_report(args, truth: dict, sig: dict | None, ours: dict | None, dt: dic
         print(f"(a) signatures, {d:,} documents              ours                  datasketch MinHash.bulk     speed-up")
         rows = [
             ("from text (tokens, 5-grams, 128 perms)", sig["ours_text_s"], sig["ds_text_s"]),
-            ("  ours on 1 thread", sig["ours_text_1t_s"], sig["ds_text_s"]),
+            ("  ours with numba on 1 thread", sig["ours_text_1t_s"], sig["ds_text_s"]),
             ("from shingle hashes (permutations only)", sig["ours_kernel_s"], sig["ds_kernel_s"]),
         ]
         for name, o, s in rows:
@@ -556,7 +561,8 @@ def print_report(args, truth: dict, sig: dict | None, ours: dict | None, dt: dic
             print(f"    Jaccard estimates on {sig['agree_pairs']:,} planted pairs: mean |ours - datasketch| {sig['agree_mean_abs_gap']:.3f}; "
                   f"mean |estimate - exact| ours {sig['ours_mean_abs_err']:.3f}, datasketch {sig['ds_mean_abs_err']:.3f}")
     dt_name = f"datatrove {DT_BUCKETS}x{DT_HASHES}, {args.dt_tokenizer}"
-    print_block(n, truth, ours, dt if dt and dt.get("records") == n else None, dt_name)
+    if ours or (dt and dt.get("records") == n):
+        print_block(n, truth, ours, dt if dt and dt.get("records") == n else None, dt_name)
     if dt and dt.get("records") != n:
         print_block(dt["records"], dt["truth"], dt.get("ours_same_input"), dt, dt_name)
     if sig:

@@ -11,7 +11,7 @@ slots, in compiled code (numba, parallel over documents). ``decide`` sees only i
    datasketch's balance of errors: the ``bands * rows <= num_perm`` split with
    ``P(candidate | s = threshold) >= 0.99`` and the fewest false candidates (the smallest integral of
    the curve below the threshold). At 128 permutations and 0.8 that is 16 bands of 6 rows: 99.2 % of
-   pairs at 0.8 become candidates (datasketch's 9 x 13 catches about 43 %), 53 % at 0.6, 22 % at 0.5.
+   pairs at 0.8 become candidates (datasketch's 9 x 13 catches about 40 %), 53 % at 0.6, 22 % at 0.5.
 2. **Verification.** Every candidate pair is scored by its estimated Jaccard, the share of equal slots
    over the *whole* signature (all ``num_perm``), and accepted when that is ``>= threshold``. False
    candidates cost only this check. (A pair whose true Jaccard is exactly the threshold is accepted
