@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from curate.frames import canonical_frame
 from curate.stages import StageContext, get_stage
-from curate.stages.semantic import EmbeddingDedup, folder_fingerprint
+from curate.stages.semantic import EmbeddingDedup, folder_fingerprint, greedy_centers
 from curate.workspace import Workspace
 
 ALPACA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca" / "alpaca_data_first10k_excl_holdout.json"
@@ -137,8 +137,9 @@ def test_cache_second_run_encodes_nothing(frame, ws):
     second, d2 = _run(frame, ws, threshold=0.8)
     assert second.stats["encoded"] == 0 and second.stats["cached"] == n_texts
     assert _cache_rows(ws) == rows_before
-    # a lower threshold merges the same-topic records too
+    # a lower threshold merges the same-topic records too, and no reject is below it to its representative
     assert set(d1.rejects["uid"]) < set(d2.rejects["uid"])
+    assert d2.clusters["similarity"].min() >= 0.8
     # another max_seq_length is another model key: its vectors are not reused
     third, _ = _run(frame.head(3), ws, max_seq_length=64)
     assert third.model_key() != second.model_key() and third.stats["encoded"] == third.stats["texts"] == 6
@@ -162,6 +163,14 @@ def test_keep_policy_and_group_action(frame, ws):
     assert any(rep != o for o, rep in expected.items())  # the whitespace variant is longer: it is kept
     _, g = _run(frame, ws, action="group")
     assert g.rejects.height == 0 and g.clusters.height == 2 * len(NEAR_DUPS)
+
+
+def test_greedy_centers_never_chain():
+    # a chain 0~1~2 (0 and 2 not similar), an isolated 3, a pair 4~5
+    a, b = np.array([0, 1, 4]), np.array([1, 2, 5])
+    assert greedy_centers(6, a, b, np.arange(6)).tolist() == [0, 0, 2, 3, 4, 4]  # 2 is kept: not similar to 0
+    # visited best first: 1 first claims both ends of the chain; 5 before 4
+    assert greedy_centers(6, a, b, np.array([1, 0, 2, 3, 5, 4])).tolist() == [1, 1, 1, 3, 5, 5]
 
 
 def test_standalone_without_workspace_and_identical_texts(frame):

@@ -29,20 +29,27 @@ How it runs:
    (spherical k-means; at least 39 training points per cell) searched over ``nprobe`` cells. Near
    duplicates at cosine >= 0.9 nearly always share a cell, so recall stays close to 1 (the benchmark
    ``bench/embed_dedup.py`` measures it against the exact search).
-4. Pairs at or above ``threshold`` form clusters (union-find, :func:`curate.stages.clusters.decide_clusters`);
-   ``keep`` picks each cluster's representative and the others are rejected as ``semantic_duplicate``,
-   naming it (``action: group`` rejects nothing and only keeps each cluster in one split). Records with
-   identical text are joined to the first of them directly, at similarity 1.0, without search. Pairs
-   down to ``threshold - 0.1`` go to the report (at most 200,000, the most similar first).
+4. Pairs at or above ``threshold`` make the duplicate clusters, handed to
+   :func:`curate.stages.clusters.decide_clusters`. With ``action: reject`` they are stars, not
+   connected components: records are visited best first by the ``keep`` policy, an unclaimed record
+   is kept and claims its unclaimed neighbours. Every rejected record is then within ``threshold`` of
+   the record it is rejected for, and no two kept records are (the result of the usual "keep unless
+   similar to a kept record" loop, from the sparse pair graph). Connected components would chain
+   A~B~C and reject C for A at any distance. ``action: group`` rejects nothing and uses the connected
+   components, so every record similar to another shares its split. Records with identical text are
+   joined directly, at similarity 1.0, without search. Pairs down to ``threshold - 0.1`` go to the
+   report (at most 200,000, the most similar first).
 
 ``keep: quality`` uses a simple heuristic of the response: ``ln(1 + words) * distinct words / words``
 (longer, less repetitive answers win; ties go to the first record).
 
 Speed: encoding dominates. On 2 CPU cores MiniLM-L6 encodes only tens to hundreds of records per second
-(about 40/s for Alpaca-sized prompt + response, both fields), so a CPU run suits thousands to a few tens
-of thousands of records, or a re-run over cached embeddings. For hundreds of thousands of records and
-more, encode on a GPU (``device: cuda`` or ``auto``, fp16, batch_size 512 or more): an H100 encodes
-tens of thousands of short records per second. The FAISS search itself takes seconds per 100k records.
+(short prompts ~150/s, answers ~35/s; 20,000 Alpaca-shaped records, both fields, took 10 minutes:
+~33 records/s), so a CPU run suits a few thousand to a few tens of thousands of records, or a re-run
+over cached embeddings. For hundreds of thousands of records and more, encode on a GPU (``device:
+cuda`` or ``auto``, fp16, batch_size 512): ``bench/embed_dedup.py --encode-only --device cuda`` measures
+it (the aim is >= 20,000 records/s on an H100). The rest is cheap: cache read, exact search and
+clusters over 20,000 records take 2-5 s on the same 2 cores; the IVF index is faster still.
 """
 
 from __future__ import annotations
@@ -84,6 +91,46 @@ def _hash_texts(texts: pl.Series) -> pl.Series:
     # xxh3 rather than Polars' hash: the cache outlives runs, and Polars does not promise a stable hash
     h = xxhash.xxh3_64_intdigest
     return pl.Series([h(t.encode()) for t in texts.to_list()], dtype=pl.UInt64)
+
+
+def priority_order(frame: pl.DataFrame, keep: str) -> pl.DataFrame:
+    """``frame`` sorted best first by the keep policy, as :func:`decide_clusters` picks representatives."""
+    if keep == "first":
+        return frame.sort("uid")
+    if keep == "last":
+        return frame.sort("uid", descending=True)
+    if keep == "longest":
+        return frame.sort(["n_chars", "uid"], descending=[True, False])
+    return frame.sort(["quality", "uid"], descending=[True, False], nulls_last=True)
+
+
+def greedy_centers(n: int, a: np.ndarray, b: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Star clustering of nodes ``0..n-1`` over the edges (a, b): for each node, the center it joins.
+
+    Nodes are visited in ``order`` (best first); an unclaimed node becomes a center and claims its
+    unclaimed neighbours. So every member is similar to its own center, and no two centers are similar
+    (the later one would have been claimed): the per-record loop "keep unless similar to a kept record",
+    done over the sparse similarity graph instead of against every kept record.
+    """
+    center = np.arange(n, dtype=np.int64)
+    if a.size == 0:
+        return center
+    src = np.concatenate([a, b]).astype(np.int64)
+    dst = np.concatenate([b, a]).astype(np.int64)
+    by_src = np.argsort(src, kind="stable")
+    src, dst = src[by_src], dst[by_src]
+    starts = np.searchsorted(src, np.arange(n + 1))
+    claimed = np.zeros(n, dtype=bool)
+    has_edges = np.diff(starts) > 0
+    for v in order[has_edges[order]]:  # nodes without edges stay their own centers
+        if claimed[v]:
+            continue
+        claimed[v] = True
+        nb = dst[starts[v] : starts[v + 1]]
+        nb = nb[~claimed[nb]]
+        claimed[nb] = True
+        center[nb] = v
+    return center
 
 
 def folder_fingerprint(folder: Path) -> str:
@@ -173,15 +220,17 @@ class EmbeddingDedup(GlobalStage):
                 self._key = f"hub:{source}/seq={seq or 'default'}"
         return self._key
 
-    def encode(self, texts: list[str]) -> np.ndarray:
-        """L2-normalized float32 embeddings of ``texts`` (no cache)."""
+    def model(self):
+        """The loaded sentence-transformers model (loaded once per process, see ``curate.models``)."""
         from curate.models import resolve_device, sentence_model
 
-        p = self.params
-        device = resolve_device(p.device)
-        model = sentence_model(self._model_source(), device, p.max_seq_length)
+        return sentence_model(self._model_source(), resolve_device(self.params.device), self.params.max_seq_length)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """L2-normalized float32 embeddings of ``texts`` (no cache)."""
+        model = self.model()
         # small batches on CPU: less padding, and no throughput to gain from larger ones (measured)
-        batch_size = p.batch_size or (32 if device == "cpu" else 512)
+        batch_size = self.params.batch_size or (32 if model.device.type == "cpu" else 512)
         vecs = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
         return np.asarray(vecs, dtype=np.float32)
 
@@ -195,6 +244,10 @@ class EmbeddingDedup(GlobalStage):
         todo_t = [t for t, m in zip(texts, miss) if m]
         # longest first: a chunk holds similar lengths, so padding is small (and memory trouble shows at once)
         order = sorted(range(len(todo_t)), key=lambda i: -len(todo_t[i]))
+        if order:
+            t0 = time.perf_counter()
+            self.model()
+            self.stats["seconds_load"] = round(time.perf_counter() - t0, 3)
         t0, encoded = time.perf_counter(), []
         for start in range(0, len(order), ENCODE_CHUNK):
             idx = order[start : start + ENCODE_CHUNK]
@@ -282,6 +335,23 @@ class EmbeddingDedup(GlobalStage):
         accepted = pairs.filter(pl.col("similarity") >= p.threshold)
         report = pairs.sort("similarity", descending=True).head(REPORT_CAP).with_columns(pl.col("similarity").round(4))
         self.stats.update(pairs_scored=pairs.height, pairs_accepted=accepted.height)
+        if p.action == "reject":
+            # Connected components chain A~B~C into one cluster even when A and C are far apart (on
+            # real data a tenth of the rejects were then below the threshold to their representative).
+            # Stars instead: the clusters handed on are a best-first greedy cover, whose members are
+            # all within the threshold of the representative they are rejected for.
+            ok = sims >= p.threshold
+            meta = prepared.select("uid", "n_chars", "quality").join(rows.select("uid", "g"), on="uid")
+            ranked = priority_order(meta, p.keep)
+            group_order = ranked["g"].unique(maintain_order=True).to_numpy().astype(np.int64)
+            best_uid = np.empty(groups.height, dtype=np.int64)
+            firsts = ranked.unique("g", keep="first", maintain_order=True)
+            best_uid[firsts["g"].to_numpy()] = firsts["uid"].to_numpy()
+            center = greedy_centers(groups.height, gi[ok], gj[ok], group_order)
+            rep = best_uid[center[rows["g"].to_numpy().astype(np.int64)]]
+            uids = rows["uid"].to_numpy()
+            star = rep != uids
+            accepted = pl.DataFrame({"uid_a": rep[star], "uid_b": uids[star]}, schema={"uid_a": pl.Int64, "uid_b": pl.Int64})
 
         by_uid = rows.sort("uid")
         uid_sorted, g_sorted = by_uid["uid"].to_numpy(), by_uid["g"].to_numpy().astype(np.int64)
