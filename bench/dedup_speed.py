@@ -16,8 +16,8 @@ Everything uses 128 permutations and 5-word shingles of prompt + response.
    curate_bench) and ``edit`` (2 % of the words replaced). The exact 5-word-shingle Jaccard of every
    planted pair is computed once and kept with the ground truth. Written as ``--shards`` JSONL files so
    datatrove can run one task per file.
-2. **(a) Signatures**: docs/s from text to 128-slot signatures, ours (Polars words + NumPy n-grams + the
-   numba kernel, on all cores and on one) against datasketch's ``MinHash.bulk`` (Python tokenization,
+2. **(a) Signatures**: docs/s from text to 128-slot signatures, ours (Polars lowercasing, then numba
+   tokenizer, n-grams and signatures, on all cores and on one) against datasketch's ``MinHash.bulk`` (Python tokenization,
    its default SHA-1 shingle hash) on the first ``--ds-docs`` (20,000) documents; and from precomputed
    shingle hashes (the permutations only). datasketch is single-threaded: the one-thread row is the fair
    per-core comparison. Also the mean gap between the two libraries' Jaccard estimates on planted pairs.
@@ -28,8 +28,11 @@ Everything uses 128 permutations and 5-word shingles of prompt + response.
 4. **(c) datatrove**: its MinHash pipeline (MinhashDedupSignature, MinhashDedupBuckets,
    MinhashDedupCluster, MinhashDedupFilter) with 5-grams and 16 buckets x 8 hashes (128 permutations; it
    has no verification step: every bucket match is a duplicate), ``--workers`` processes, in a venv of
-   its own (``bench/_work/dt_venv``; ``pip install datatrove spacy xxhash``; not a project dependency).
-   Wall time per step and peak RSS (sampled sum over its worker processes).
+   its own (``bench/_work/dt_venv``: ``pip install datatrove spacy regex tokenizers orjson "xxhash<4"``;
+   datatrove 0.10 hashes str, which xxhash 4 refuses; not a project dependency). Its English word
+   tokenizer is spaCy's (``--dt-tokenizer spacy``, the default: about 500 records/s here, half an hour
+   for a million); ``--dt-tokenizer regex`` gives it ``\\w+`` words like ours (about 6x faster). Wall
+   time per step and peak RSS (sampled sum over its worker processes).
 5. **The table**: times, duplicates removed, recall on the planted pairs (by kind and by exact Jaccard)
    and agreement between ours and datatrove (records in some duplicate cluster, and records removed).
 """
@@ -580,7 +583,7 @@ def run_side(kind: str, paths: list[Path], truth: dict, args) -> dict | None:
     if kind == "datatrove":
         if not DT_PYTHON.is_file():
             print(f"datatrove skipped: no venv at {DT_PYTHON} (python3 -m venv {DT_PYTHON.parent.parent}; "
-                  f"{DT_PYTHON.parent}/pip install datatrove spacy xxhash orjson)")
+                  f"{DT_PYTHON.parent}/pip install datatrove spacy regex tokenizers orjson 'xxhash<4')")
             return None
         cmd = [str(DT_PYTHON), str(Path(__file__).resolve()), "_child_datatrove", json.dumps(spec)]
     else:
