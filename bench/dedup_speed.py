@@ -17,9 +17,9 @@ Everything uses 128 permutations and 5-word shingles of prompt + response.
    planted pair is computed once and kept with the ground truth. Written as ``--shards`` JSONL files so
    datatrove can run one task per file.
 2. **(a) Signatures**: docs/s from text to 128-slot signatures, ours (Polars lowercasing, then numba
-   tokenizer, n-grams and signatures, on all cores and on one) against datasketch's ``MinHash.bulk`` (Python tokenization,
-   its default SHA-1 shingle hash) on the first ``--ds-docs`` (20,000) documents; and from precomputed
-   shingle hashes (the permutations only). datasketch is single-threaded: the one-thread row is the fair
+   tokenizer, n-grams and signatures, on all cores and on one) against datasketch's ``MinHash.bulk``
+   (Python tokenization, its default SHA-1 shingle hash) on the first ``--ds-docs`` (20,000) documents;
+   and from precomputed shingle hashes (the permutations only). datasketch is single-threaded: the one-thread row is the fair
    per-core comparison. Also the mean gap between the two libraries' Jaccard estimates on planted pairs.
 3. **(b) Our stage**: ``prepare`` over batches of 50,000 + ``decide`` of ``minhash_dedup`` (defaults:
    threshold 0.8, 16 bands x 6 rows, verification) in a child process: wall time, time per phase,
