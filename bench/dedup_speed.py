@@ -21,8 +21,9 @@ Everything uses 128 permutations and 5-word shingles of prompt + response.
    (Python tokenization, its default SHA-1 shingle hash) on the first ``--ds-docs`` (20,000) documents;
    and from precomputed shingle hashes (the permutations only). datasketch is single-threaded: the one-thread row is the fair
    per-core comparison. Also the mean gap between the two libraries' Jaccard estimates on planted pairs.
-3. **(b) Our stage**: ``prepare`` over batches of 50,000 + ``decide`` of ``minhash_dedup`` (defaults:
-   threshold 0.8, 16 bands x 6 rows, verification) in a child process: wall time, time per phase,
+3. **(b) Our stage**: ``prepare`` over batches of 50,000 + ``decide`` of ``minhash_dedup`` (the issue's
+   parameters: 5-word shingles, 128 permutations, threshold 0.8, 16 bands x 6 rows, verification;
+   ``--params '{}'`` runs the stage's own defaults, 5-character shingles at 0.7) in a child process: wall time, time per phase,
    peak RSS (the child's VmHWM, and the sampled peak of its whole process tree). Reading the JSONL into
    frames is timed apart and is not part of the stage.
 4. **(c) datatrove**: its MinHash pipeline (MinhashDedupSignature, MinhashDedupBuckets,
@@ -57,6 +58,9 @@ ALPACA = REPO.parent / "shared" / "data" / "alpaca" / "alpaca_data_first10k_excl
 DT_PYTHON = WORK / "dt_venv" / "bin" / "python"
 INPUT_VERSION = 1
 NUM_PERM, NGRAM = 128, 5
+# The issue's benchmark parameters (128 permutations, 5-word shingles) at datatrove's usual 0.8. The stage's
+# own defaults are 5-character shingles at 0.7 (chosen by bench/dedup_quality.py): `--params '{}'` runs those.
+BENCH_PARAMS = {"shingle": "word", "ngram": 5, "threshold": 0.8}
 DT_BUCKETS, DT_HASHES = 16, 8  # datatrove: 16 x 8 = 128 permutations, P(candidate | 0.8) = 0.947
 DUP_KINDS = ("format", "wrapper", "edit")
 EDIT_WORDS = "apple river stone window purple engine garden silver mountain paper lantern violin".split()
@@ -222,7 +226,7 @@ def signature_throughput(paths: list[Path], truth: dict, n_docs: int) -> dict:
 
     texts = list(iter_texts(paths, n_docs))
     n_docs = len(texts)
-    stage = MinHashDedup()
+    stage = MinHashDedup(MinHashDedup.Params(**BENCH_PARAMS))
     series = pl.Series(texts)
     signatures(*stage.shingles(series[:100]))  # compile / load the kernel outside the timing
     out: dict = {"docs": n_docs}
@@ -298,7 +302,7 @@ def child_ours(spec: dict) -> None:
 
     from curate.stages.minhash import MinHashDedup, signatures
 
-    stage = MinHashDedup()
+    stage = MinHashDedup(MinHashDedup.Params(**spec["params"]))
     signatures(np.zeros(1, np.uint64), np.array([0, 1]))  # load the compiled kernels (cached on disk)
     t_read = t_prepare = 0.0
     prepared = []
@@ -579,7 +583,7 @@ def run_side(kind: str, paths: list[Path], truth: dict, args) -> dict | None:
     tag = f"{kind}_{truth['records']}" + (f"_{args.dt_tokenizer}" if kind == "datatrove" else "")
     out = str(WORK / tag)
     spec = {"paths": [str(p) for p in paths], "folder": str(paths[0].parent), "shard_sizes": truth["shard_sizes"],
-            "out": out, "workers": args.workers, "tokenizer": args.dt_tokenizer}
+            "out": out, "workers": args.workers, "tokenizer": args.dt_tokenizer, "params": json.loads(args.params)}
     if kind == "datatrove":
         if not DT_PYTHON.is_file():
             print(f"datatrove skipped: no venv at {DT_PYTHON} (python3 -m venv {DT_PYTHON.parent.parent}; "
@@ -602,6 +606,7 @@ def run_side(kind: str, paths: list[Path], truth: dict, args) -> dict | None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--params", default=json.dumps(BENCH_PARAMS), help="minhash_dedup params for (b), as JSON ('{}': the stage's defaults)")
     ap.add_argument("--dup-frac", type=float, default=0.10)
     ap.add_argument("--shards", type=int, default=2, help="JSONL files (datatrove runs one task per file)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="datatrove's worker processes")
