@@ -129,7 +129,7 @@ def test_planted_near_duplicates_caught_distinct_records_not(alpaca):
     # are found (about 3 standard deviations either side).
     both = pl.concat([frame.slice(0, n), frame.slice(n + 150)])
     texts = (frame["prompt_text"] + "\n" + frame["response_text"]).to_list()
-    for params in ({"shingle": "word", "threshold": 0.8}, {"shingle": "word", "threshold": 0.5}, {}):
+    for params in ({"shingle": "word", "threshold": 0.8}, {"shingle": "word", "threshold": 0.55}, {}):
         stage = _stage(**params)
         t, accept = stage.params.threshold, stage.accept_at
         exact = _exact_jaccard(stage, texts[n + 150 :], [texts[i] for i in swap_src])
@@ -140,7 +140,7 @@ def test_planted_near_duplicates_caught_distinct_records_not(alpaca):
         never = {n + 150 + i for i in np.flatnonzero(exact <= accept - 0.12)}
         assert sure <= found and not (never & found), params
         if params.get("threshold") != 0.8:
-            assert len(sure) > 100, params
+            assert len(sure) > 60, params
         else:
             assert len(never) > 40 and len(found) < 30
             candidates = set(dec.pairs.filter(pl.col("similarity") < t)["uid_b"].to_list())
