@@ -22,9 +22,9 @@ Comparison mode (CPU; needs faiss, duckdb, polars, scikit-learn):
    all`` (our default);
 3. runs the seed recipe's loop on the very same response vectors: for each record, sklearn's
    ``cosine_similarity`` against every kept record, keep it if the max is below the threshold;
-4. prints times, duplicates found, agreement between the two response-only methods (they differ only
-   where union-find chains A~B~C with A !~ C: the greedy loop keeps C, clusters reject it) and recall on
-   the injected near-duplicates per kind.
+4. prints times, duplicates found, agreement between the two response-only methods (with ``keep:
+   first`` the stage's star clusters are the loop's result, so they should differ only where a cosine
+   sits within float rounding of the threshold) and recall on the injected near-duplicates per kind.
 
 Encode-only mode (``--encode-only``; for a GPU machine without faiss or duckdb): imports only the
 standard library, torch and sentence-transformers (through ``curate.models``, itself stdlib-only at
@@ -349,15 +349,14 @@ def compare(args) -> None:
     print(f"IVF vs flat (response): same rejects {len(sets['ours response (IVF)'] & a):,} of {len(a):,}, "
           f"IVF only {len(sets['ours response (IVF)'] - a):,} (nlist {ivf_r.stats.get('nlist')}, nprobe {ivf_r.stats.get('nprobe')})")
     print(f"speed-up of our dedup (response, flat, incl. cache read) over the seed loop: {t_seed / t_r:,.0f}x")
-    only = sorted(a - b)[:3]
-    if only:
-        print("ours-only examples (chains: similar to a rejected record that was similar to a kept one):")
-        rep = dict(zip(d_r.clusters["uid"].to_list(), d_r.clusters["rep_uid"].to_list()))
-        for u in only:
-            r = rep[u]
-            cos = float(emb[u] @ emb[r])
-            print(f"  record {u} -> representative {r}: cosine {cos:.3f}; max cosine to the seed's kept records "
-                  f"{float((emb[kept] @ emb[u]).max()):.3f}")
+    kept_arr = np.array(kept)
+    rep = dict(zip(d_r.clusters["uid"].to_list(), d_r.clusters["rep_uid"].to_list()))
+    for label, diff in (("ours only", sorted(a - b)[:3]), ("seed only", sorted(b - a)[:3])):
+        for u in diff:  # why they disagree: the max cosine to the seed's kept records before it, and to our representative
+            before = kept_arr[kept_arr < u]
+            seed_max = float((emb[before] @ emb[u]).max()) if before.size else float("nan")
+            ours = f"our representative {rep[u]} at cosine {float(emb[u] @ emb[rep[u]]):.4f}" if u in rep else "not in our clusters"
+            print(f"  {label}: record {u}: max cosine to the seed's earlier kept records {seed_max:.4f}; {ours}")
     out = WORK / f"embed_dedup_{n}.json"
     out.write_text(json.dumps({
         "records": n, "injected": len(truth), "threshold": args.threshold, "encode": enc,

@@ -297,6 +297,24 @@ class EmbeddingDedup(GlobalStage):
         return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
 
     # -- decision --------------------------------------------------------------------------------------------
+    def _star_edges(self, prepared: pl.DataFrame, rows: pl.DataFrame, n_groups: int, gi: np.ndarray, gj: np.ndarray) -> pl.DataFrame:
+        """(uid_a = representative, uid_b = member) of the star clusters over the accepted group pairs.
+
+        Connected components chain A~B~C into one cluster even when A and C are far apart (on real data a
+        tenth of the rejects were then below the threshold to their representative); a best-first greedy
+        cover rejects each member only for a representative within the threshold of it.
+        """
+        meta = prepared.select("uid", "n_chars", "quality").join(rows.select("uid", "g"), on="uid")
+        ranked = priority_order(meta, self.params.keep)
+        best = ranked.unique("g", keep="first", maintain_order=True)  # groups best first, with their best record
+        best_uid = np.empty(n_groups, dtype=np.int64)
+        best_uid[best["g"].to_numpy()] = best["uid"].to_numpy()
+        center = greedy_centers(n_groups, gi, gj, best["g"].to_numpy().astype(np.int64))
+        rep = best_uid[center[rows["g"].to_numpy().astype(np.int64)]]
+        uids = rows["uid"].to_numpy()
+        star = rep != uids
+        return pl.DataFrame({"uid_a": rep[star], "uid_b": uids[star]}, schema={"uid_a": pl.Int64, "uid_b": pl.Int64})
+
     def decide(self, prepared: pl.DataFrame) -> GlobalDecision:
         p = self.params
         hcols = [f"h_{part}" for part in self.parts]
@@ -336,22 +354,8 @@ class EmbeddingDedup(GlobalStage):
         report = pairs.sort("similarity", descending=True).head(REPORT_CAP).with_columns(pl.col("similarity").round(4))
         self.stats.update(pairs_scored=pairs.height, pairs_accepted=accepted.height)
         if p.action == "reject":
-            # Connected components chain A~B~C into one cluster even when A and C are far apart (on
-            # real data a tenth of the rejects were then below the threshold to their representative).
-            # Stars instead: the clusters handed on are a best-first greedy cover, whose members are
-            # all within the threshold of the representative they are rejected for.
             ok = sims >= p.threshold
-            meta = prepared.select("uid", "n_chars", "quality").join(rows.select("uid", "g"), on="uid")
-            ranked = priority_order(meta, p.keep)
-            group_order = ranked["g"].unique(maintain_order=True).to_numpy().astype(np.int64)
-            best_uid = np.empty(groups.height, dtype=np.int64)
-            firsts = ranked.unique("g", keep="first", maintain_order=True)
-            best_uid[firsts["g"].to_numpy()] = firsts["uid"].to_numpy()
-            center = greedy_centers(groups.height, gi[ok], gj[ok], group_order)
-            rep = best_uid[center[rows["g"].to_numpy().astype(np.int64)]]
-            uids = rows["uid"].to_numpy()
-            star = rep != uids
-            accepted = pl.DataFrame({"uid_a": rep[star], "uid_b": uids[star]}, schema={"uid_a": pl.Int64, "uid_b": pl.Int64})
+            accepted = self._star_edges(prepared, rows, groups.height, gi[ok], gj[ok])
 
         by_uid = rows.sort("uid")
         uid_sorted, g_sorted = by_uid["uid"].to_numpy(), by_uid["g"].to_numpy().astype(np.int64)
