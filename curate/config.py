@@ -98,7 +98,8 @@ class StageSpec(_Strict):
 
 
 # The stage list of a config that names none: every quality filter at its defaults, PII flagged (not
-# removed), then exact dedup. The blocklist needs a user file, so it is not a default.
+# removed), then exact and MinHash dedup. The blocklist and decontamination need user files, and embedding
+# dedup needs a GPU to be quick, so they are not defaults.
 DEFAULT_STAGES = (
     "conversation_structure",
     "response_length",
@@ -110,6 +111,7 @@ DEFAULT_STAGES = (
     "gopher_repetition",
     {"pii": {"action": "flag"}},
     "exact_dedup",
+    "minhash_dedup",
 )
 
 

@@ -524,6 +524,8 @@ class Pipeline:
             reasons = dict(zip(sub["reason"].to_list(), sub["n"].to_list()))
             rejected = int(sum(reasons.values()))
             stages.append({"position": pos, "name": stage.name, "in": n_in, "rejected": rejected, "out": n_in - rejected, "reasons": reasons})
+            if getattr(stage, "stats", None):  # what a global stage did (texts encoded vs cached, pairs scored...)
+                stages[-1]["stats"] = stage.stats
             n_in -= rejected
         ws.write_stage_counts(run_id, stages)
         shapes = ws.sql("SELECT shape, count(*) AS n FROM records WHERE run_id = ? GROUP BY shape ORDER BY n DESC", [run_id])
@@ -538,7 +540,7 @@ class Pipeline:
             [run_id],
         )
         clusters = ws.sql(
-            """SELECT stage, count(*) AS clusters, max(n) AS largest, sum(n) AS members FROM (
+            """SELECT stage, count(*) AS clusters, max(n) AS largest, sum(n)::BIGINT AS members FROM (
                  SELECT stage, rep_uid, count(*) AS n FROM clusters WHERE run_id = ? GROUP BY stage, rep_uid)
                GROUP BY stage ORDER BY stage""",
             [run_id],
@@ -682,10 +684,10 @@ def _swap_dir(new: Path, target: Path) -> None:
 
 
 def _display_path(path: Path, base: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(base.resolve()))
-    except ValueError:
-        return str(path)
+    """``path`` relative to the config's folder (``../data/x.jsonl`` when it lies beside it), else absolute."""
+    rel = os.path.relpath(path.resolve(), base.resolve())
+    ups = Path(rel).parts.count(os.pardir)
+    return rel if ups <= 2 else str(path.resolve())
 
 
 def _raw_excerpt(item: Any) -> str:

@@ -150,10 +150,10 @@ class Workspace:
         """Kept records of a run in input order, batch by batch (streamed, never all at once)."""
         cur = self.con.cursor()
         cols = ", ".join(f"r.{c}" for c in columns)
-        reader = cur.execute(
+        reader = cur.sql(
             f"""SELECT {cols} FROM records r ANTI JOIN rejects j ON r.run_id = j.run_id AND r.uid = j.uid
                 WHERE r.run_id = ? ORDER BY r.uid""",
-            [run_id],
+            params=[run_id],
         ).to_arrow_reader(batch_size)
         for rb in reader:
             yield pl.from_arrow(rb)  # type: ignore[misc]

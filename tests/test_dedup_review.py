@@ -61,3 +61,28 @@ def test_exact_duplicate_clusters_share_a_split_and_are_reviewed(tmp_path, share
     assert 'class="cluster"' in html and "kept representative" in html
     report = json.loads((res.output_dir / "report.json").read_text())
     assert report["duplicates"][0]["stage"] == "exact_dedup" and len(report["duplicates"][0]["top"]) == 5
+
+
+def test_union_find_chains_and_star_does_not():
+    """A~B and B~C, A and C far apart: union-find rejects B and C for A; star keeps C (it is similar only
+    to B, which is not kept)."""
+    import numpy as np
+
+    from curate.stages.clusters import decide_clusters
+
+    prepared = pl.DataFrame({"uid": [0, 1, 2, 3], "id": ["a", "b", "c", "d"], "source_file": ["f"] * 4, "source_line": [1, 2, 3, 4], "n_chars": [10, 30, 20, 5]})
+    pairs = pl.DataFrame({"uid_a": [0, 1], "uid_b": [1, 2]})
+    sim = {(1, 0): 0.9, (2, 0): 0.5, (2, 1): 0.9, (0, 1): 0.9}
+
+    def to_rep(member, rep):
+        return np.array([sim[(int(m), int(r))] for m, r in zip(member, rep)])
+
+    chained = decide_clusters(prepared, pairs, keep="first", reason="near_duplicate", measure="estimated Jaccard", similarity_to_rep=to_rep)
+    assert chained.rejects["uid"].to_list() == [1, 2] and chained.rejects["duplicate_of"].to_list() == ["a", "a"]
+    assert "estimated Jaccard 0.5" in chained.rejects["detail"][1]
+    star = decide_clusters(prepared, pairs, keep="first", reason="near_duplicate", measure="estimated Jaccard", similarity_to_rep=to_rep, linkage="star")
+    assert star.rejects["uid"].to_list() == [1]
+    assert sorted(star.clusters["uid"].to_list()) == [0, 1]
+    # best first by the keep policy: with `longest`, B (30 chars) is the center and claims both A and C
+    longest = decide_clusters(prepared, pairs, keep="longest", reason="near_duplicate", measure="estimated Jaccard", similarity_to_rep=to_rep, linkage="star")
+    assert longest.rejects["uid"].to_list() == [0, 2] and set(longest.rejects["duplicate_of"].to_list()) == {"b"}

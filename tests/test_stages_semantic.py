@@ -17,7 +17,8 @@ from pydantic import ValidationError
 
 from curate.frames import canonical_frame
 from curate.stages import StageContext, get_stage
-from curate.stages.semantic import EmbeddingDedup, folder_fingerprint, greedy_centers
+from curate.stages.clusters import greedy_centers
+from curate.stages.semantic import EmbeddingDedup, folder_fingerprint
 from curate.workspace import Workspace
 
 ALPACA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca" / "alpaca_data_first10k_excl_holdout.json"

@@ -25,6 +25,46 @@ from curate.stages import GlobalDecision, empty_rejects
 KEEP_POLICIES = ("first", "last", "longest", "quality")
 
 
+def priority_order(frame: pl.DataFrame, keep: str) -> pl.DataFrame:
+    """``frame`` sorted best first by the ``keep`` policy: a cluster's representative is its first row."""
+    if keep == "first":
+        return frame.sort("uid")
+    if keep == "last":
+        return frame.sort("uid", descending=True)
+    if keep == "longest":
+        return frame.sort(["n_chars", "uid"], descending=[True, False])
+    return frame.sort(["quality", "uid"], descending=[True, False], nulls_last=True)
+
+
+def greedy_centers(n: int, a: np.ndarray, b: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Star clustering of nodes ``0..n-1`` over the edges (a, b): for each node, the center it joins.
+
+    Nodes are visited in ``order`` (best first); an unclaimed node becomes a center and claims its
+    unclaimed neighbours. So every member is similar to its own center, and no two centers are similar
+    (the later one would have been claimed): the per-record loop "keep unless similar to a kept record",
+    done over the sparse similarity graph instead of against every kept record.
+    """
+    center = np.arange(n, dtype=np.int64)
+    if a.size == 0:
+        return center
+    src = np.concatenate([a, b]).astype(np.int64)
+    dst = np.concatenate([b, a]).astype(np.int64)
+    by_src = np.argsort(src, kind="stable")
+    src, dst = src[by_src], dst[by_src]
+    starts = np.searchsorted(src, np.arange(n + 1))
+    claimed = np.zeros(n, dtype=bool)
+    has_edges = np.diff(starts) > 0
+    for v in order[has_edges[order]]:  # nodes without edges stay their own centers
+        if claimed[v]:
+            continue
+        claimed[v] = True
+        nb = dst[starts[v] : starts[v + 1]]
+        nb = nb[~claimed[nb]]
+        claimed[nb] = True
+        center[nb] = v
+    return center
+
+
 def component_labels(uids: np.ndarray, uid_a: np.ndarray, uid_b: np.ndarray) -> np.ndarray:
     """For each of ``uids``, the smallest uid of its connected component in the graph of pairs (a, b).
 
@@ -62,6 +102,7 @@ def decide_clusters(
     similarity_to_rep: Callable[[np.ndarray, np.ndarray], np.ndarray],
     action: str = "reject",
     report_pairs: pl.DataFrame | None = None,
+    linkage: str = "union_find",
 ) -> GlobalDecision:
     """Clusters from the accepted ``pairs`` (``uid_a``, ``uid_b``), a representative per cluster, rejects.
 
@@ -71,6 +112,12 @@ def decide_clusters(
     that merged them is not necessarily the member-representative pair). ``measure`` names the score in
     ``detail`` ("estimated Jaccard", "cosine"). ``report_pairs`` (``uid_a``, ``uid_b``, ``similarity``)
     is passed through to the decision for the report; by default ``pairs`` if it has ``similarity``.
+
+    ``linkage``: ``union_find`` makes clusters the connected components of the pairs (A~B and B~C put A
+    and C together, however far apart they are: highest recall); ``star`` covers the records best first
+    by the keep policy, each unclaimed record claiming its unclaimed neighbours (every member is similar
+    to its own representative, and no two representatives are similar: the per-record "keep unless
+    similar to a kept record" loop, over the sparse pair graph).
     """
     if keep not in KEEP_POLICIES:
         raise ValueError(f"keep must be one of {KEEP_POLICIES}, got {keep!r}")
@@ -78,21 +125,17 @@ def decide_clusters(
         report_pairs = pairs.select("uid_a", "uid_b", "similarity")
     if pairs.height == 0 or prepared.height == 0:
         return GlobalDecision(empty_rejects().drop("stage"), None, report_pairs)
+    if linkage == "star":
+        pairs = _star_pairs(prepared, pairs, keep)
+    elif linkage != "union_find":
+        raise ValueError(f"linkage must be 'union_find' or 'star', got {linkage!r}")
     labels = component_labels(
         prepared["uid"].to_numpy(), pairs["uid_a"].to_numpy().astype(np.int64), pairs["uid_b"].to_numpy().astype(np.int64)
     )
     frame = prepared.with_columns(cluster=pl.Series(labels, dtype=pl.Int64))
     sizes = frame.group_by("cluster").len()
     members = frame.join(sizes.filter(pl.col("len") > 1).select("cluster"), on="cluster")
-    if keep == "first":
-        ordered = members.sort("uid")
-    elif keep == "last":
-        ordered = members.sort("uid", descending=True)
-    elif keep == "longest":
-        ordered = members.sort(["n_chars", "uid"], descending=[True, False])
-    else:
-        ordered = members.sort(["quality", "uid"], descending=[True, False], nulls_last=True)
-    reps = ordered.unique("cluster", keep="first", maintain_order=False).select(
+    reps = priority_order(members, keep).unique("cluster", keep="first", maintain_order=False).select(
         "cluster", rep_uid="uid", rep_id="id", rep_src=pl.format("{}:{}", "source_file", "source_line")
     )
     members = members.join(reps, on="cluster")
@@ -115,3 +158,14 @@ def decide_clusters(
             duplicate_of=pl.col("rep_id"),
         ).sort("uid")
     return GlobalDecision(rejects, clusters, report_pairs)
+
+
+def _star_pairs(prepared: pl.DataFrame, pairs: pl.DataFrame, keep: str) -> pl.DataFrame:
+    """(center, member) pairs of the best-first star cover of ``pairs`` (see :func:`decide_clusters`)."""
+    ranked = priority_order(prepared.select([c for c in ("uid", "n_chars", "quality") if c in prepared.columns]), keep)
+    uids = np.sort(prepared["uid"].to_numpy().astype(np.int64))
+    a = np.searchsorted(uids, pairs["uid_a"].to_numpy().astype(np.int64))
+    b = np.searchsorted(uids, pairs["uid_b"].to_numpy().astype(np.int64))
+    center = greedy_centers(uids.size, a, b, np.searchsorted(uids, ranked["uid"].to_numpy().astype(np.int64)))
+    star = center != np.arange(uids.size)
+    return pl.DataFrame({"uid_a": uids[center[star]], "uid_b": uids[star]}, schema={"uid_a": pl.Int64, "uid_b": pl.Int64})

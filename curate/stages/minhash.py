@@ -27,8 +27,9 @@ slots, in compiled code (numba, parallel over documents). ``decide`` sees only i
    members are compared only through the early ones, which is enough for clustering when the bucket
    really is one cluster. Pairs repeated across bands are counted once.
 4. **Clusters.** Accepted pairs go to :func:`curate.stages.clusters.decide_clusters`: connected
-   components, the ``keep`` policy's representative, and rejects naming it (``duplicate_of``) with the
-   member's estimated Jaccard to it; ``action: group`` rejects nothing and only keeps each cluster in
+   components (union-find; ``linkage: star`` instead rejects a record only for a kept record it is
+   directly similar to, never through a chain), the ``keep`` policy's representative, and rejects naming
+   it (``duplicate_of``) with the member's estimated Jaccard to it; ``action: group`` rejects nothing and only keeps each cluster in
    one split. Candidate pairs scoring ``>= threshold - 0.2`` (at most 500,000, the highest) go to the
    report.
 
@@ -274,6 +275,7 @@ class MinHashDedup(GlobalStage):
         action: Literal["reject", "group"] = "reject"
         seed: int = 1
         margin_sigmas: float = Field(1.0, ge=0.0, le=4.0, description="verification accepts estimates down to threshold - this many standard errors")
+        linkage: Literal["union_find", "star"] = "union_find"
 
         @model_validator(mode="after")
         def _check_bands(self):
@@ -354,4 +356,5 @@ class MinHashDedup(GlobalStage):
             similarity_to_rep=similarity_to_rep,
             action=p.action,
             report_pairs=report,
+            linkage=p.linkage,
         )

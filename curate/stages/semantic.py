@@ -68,7 +68,7 @@ from pydantic import Field
 
 from curate.schema import turns_text_expr
 from curate.stages import GlobalDecision, GlobalStage, StageParams, register
-from curate.stages.clusters import decide_clusters
+from curate.stages.clusters import decide_clusters, greedy_centers, priority_order
 
 log = logging.getLogger(__name__)
 
@@ -91,46 +91,6 @@ def _hash_texts(texts: pl.Series) -> pl.Series:
     # xxh3 rather than Polars' hash: the cache outlives runs, and Polars does not promise a stable hash
     h = xxhash.xxh3_64_intdigest
     return pl.Series([h(t.encode()) for t in texts.to_list()], dtype=pl.UInt64)
-
-
-def priority_order(frame: pl.DataFrame, keep: str) -> pl.DataFrame:
-    """``frame`` sorted best first by the keep policy, as :func:`decide_clusters` picks representatives."""
-    if keep == "first":
-        return frame.sort("uid")
-    if keep == "last":
-        return frame.sort("uid", descending=True)
-    if keep == "longest":
-        return frame.sort(["n_chars", "uid"], descending=[True, False])
-    return frame.sort(["quality", "uid"], descending=[True, False], nulls_last=True)
-
-
-def greedy_centers(n: int, a: np.ndarray, b: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Star clustering of nodes ``0..n-1`` over the edges (a, b): for each node, the center it joins.
-
-    Nodes are visited in ``order`` (best first); an unclaimed node becomes a center and claims its
-    unclaimed neighbours. So every member is similar to its own center, and no two centers are similar
-    (the later one would have been claimed): the per-record loop "keep unless similar to a kept record",
-    done over the sparse similarity graph instead of against every kept record.
-    """
-    center = np.arange(n, dtype=np.int64)
-    if a.size == 0:
-        return center
-    src = np.concatenate([a, b]).astype(np.int64)
-    dst = np.concatenate([b, a]).astype(np.int64)
-    by_src = np.argsort(src, kind="stable")
-    src, dst = src[by_src], dst[by_src]
-    starts = np.searchsorted(src, np.arange(n + 1))
-    claimed = np.zeros(n, dtype=bool)
-    has_edges = np.diff(starts) > 0
-    for v in order[has_edges[order]]:  # nodes without edges stay their own centers
-        if claimed[v]:
-            continue
-        claimed[v] = True
-        nb = dst[starts[v] : starts[v + 1]]
-        nb = nb[~claimed[nb]]
-        claimed[nb] = True
-        center[nb] = v
-    return center
 
 
 def folder_fingerprint(folder: Path) -> str:
