@@ -36,7 +36,7 @@ def test_every_shape_and_reader_with_the_embedded_tokenizer(quickstart):
         "alpaca_gpteacher.json", "kto_messages.jsonl.gz", "kto_messages.parquet", "truthfulqa_truth.jsonl.zst", "gsm8k_excerpt.csv",
     }
     assert s["tokenizer"] == "SmolLM2-135M-Instruct" and s["unit"] == "tokens"
-    assert [st["name"] for st in s["stages"]][-1] == "exact_dedup"
+    assert [st["name"] for st in s["stages"]][-4:] == ["exact_dedup", "minhash_dedup", "embedding_dedup", "decontaminate"]
     assert sum(st["rejected"] for st in s["stages"]) == s["rejected"]
 
 
@@ -79,3 +79,28 @@ def test_fixes_are_applied_and_clean_records_kept(quickstart):
     assert "\r" not in crlf and " \n" not in crlf
     assert "café" in " ".join(m["content"] for m in by_source["dolly_written.jsonl:20"]["messages"])
     assert quickstart.summary["fixes"].get("placeholder_input", 0) >= 1 and quickstart.summary["fixes"].get("eos_marker", 0) >= 1
+
+
+def test_benchmark_items_in_the_training_data_are_rejected(quickstart):
+    """gsm8k_excerpt.jsonl lines 1-20 are the GSM8K test items of sample_data/evals/gsm8k_test_first20.jsonl."""
+    ledger = pl.read_parquet(quickstart.output_dir / "ledger.parquet")
+    gsm = ledger.filter(pl.col("source_file").str.ends_with("gsm8k_excerpt.jsonl"))
+    hit = gsm.filter(pl.col("reason") == "contaminated")
+    assert sorted(hit["source_line"].to_list()) == list(range(1, 21))
+    assert all(f"gsm8k_test_first20.jsonl:{n}" in d for n, d in zip(hit["source_line"].to_list(), hit["detail"].to_list()))
+    assert gsm.filter(pl.col("source_line") > 20)["reason"].ne("contaminated").all()
+    assert "## Contamination" in (quickstart.output_dir / "report.md").read_text()
+
+
+def test_near_duplicates_are_clustered_and_reviewed(quickstart):
+    s = quickstart.summary
+    assert s["clusters"]["minhash_dedup"]["clusters"] >= 5
+    ledger = pl.read_parquet(quickstart.output_dir / "ledger.parquet")
+    near = ledger.filter(pl.col("reason") == "near_duplicate")
+    # the ShareGPT identity conversations ("Who are you?" -> "I am Vicuna...") are the planted near-duplicates
+    assert near.filter(pl.col("source_file").str.ends_with("sharegpt_fastchat.json")).height >= 20
+    kept_ids = set(ledger.filter(pl.col("status") == "kept")["id"].to_list())
+    assert set(near["duplicate_of"].to_list()) <= kept_ids  # every reject names a record that was kept
+    md = (quickstart.output_dir / "report.md").read_text()
+    assert "## Duplicate clusters" in md and "largest similarity left between splits" in md
+    assert (quickstart.output_dir / "similarity.png").is_file()
