@@ -29,10 +29,10 @@ Comparison mode (CPU; needs faiss, duckdb, polars, scikit-learn):
 Encode-only mode (``--encode-only``; for a GPU machine without faiss or duckdb): imports only the
 standard library, torch and sentence-transformers (through ``curate.models``, itself stdlib-only at
 import), loads ``--model`` (fp16 on CUDA), and times two encoders over all texts, after a warm-up:
-``st`` (SentenceTransformer.encode over one call; it sorts by length itself) and ``pretokenized``
-(all texts tokenized in one batch call up front, sorted by length, batches padded only to their
-longest, kept on the GPU until the end: no per-batch tokenization or host sync in the GPU loop). It
-checks both against each other and prints JSON (records/s, texts/s, tokens). Data: ``--data`` (a
+``st`` (SentenceTransformer.encode over one call; it sorts by length itself) and ``ours``
+(:func:`curate.embeddings.encode_texts`, what the stage runs: Rust tokenization a chunk ahead on a
+thread, length-sorted batches of a token budget). It checks both against each other and prints JSON.
+Data: ``--data`` (a
 ``shared/data`` folder); by default ``../shared/data``, ``./shared/data`` or ``bench/_work/data`` (copy
 ``alpaca/``, ``alpaca_gpt4/`` and ``gpteacher_toolformer/`` there to carry them to another machine).
 """
@@ -154,39 +154,10 @@ def texts_of(records: list[dict], fields: str) -> list[str]:
 # -- encode-only (GPU) -------------------------------------------------------------------------------------
 
 
-def encode_pretokenized(model, texts: list[str], batch_size: int):
-    """L2-normalized embeddings (float32 numpy), tokenized up front and batched by sorted length."""
-    import numpy as np
-    import torch
-
-    tok = model.tokenizer
-    ids = tok(texts, truncation=True, max_length=model.max_seq_length, padding=False,
-              return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-    order = np.argsort(-lengths, kind="stable")
-    device = model.device
-    dim = (getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)()
-    out = torch.empty(len(texts), dim, device=device, dtype=torch.float32)
-    pad = tok.pad_token_id or 0
-    with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            idx = order[start : start + batch_size]
-            width = int(lengths[idx[0]])
-            batch = np.full((idx.size, width), pad, dtype=np.int64)
-            for k, i in enumerate(idx):
-                batch[k, : lengths[i]] = ids[i]
-            input_ids = torch.from_numpy(batch)
-            if device.type == "cuda":  # pinned host memory: the copy overlaps with the previous batch's compute
-                input_ids = input_ids.pin_memory().to(device, non_blocking=True)
-            mask = torch.arange(width, device=device)[None, :] < torch.from_numpy(lengths[idx]).to(device)[:, None]
-            emb = model({"input_ids": input_ids, "attention_mask": mask.long()})["sentence_embedding"]
-            out[torch.from_numpy(idx).to(device)] = torch.nn.functional.normalize(emb.float(), dim=-1)
-    return out.cpu().numpy(), int(lengths.sum())
-
-
 def encode_only(args) -> None:
     import torch
 
+    from curate.embeddings import encode_texts
     from curate.models import resolve_device, sentence_model
 
     data = find_data(args.data)
@@ -203,33 +174,30 @@ def encode_only(args) -> None:
     warm = texts[: 4 * batch_size]
     model.encode(warm, batch_size=batch_size, show_progress_bar=False)
     ref = model.encode(warm, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
-    check, _ = encode_pretokenized(model, warm, batch_size)
+    check = encode_texts(model, warm, args.token_budget)
     results = {}
-    for name in ("st", "pretokenized"):
-        times, tokens = [], None
+    # "st": SentenceTransformer.encode, the usual call; "ours": curate.embeddings.encode_texts, what the
+    # embedding_dedup stage runs (Rust tokenization a chunk ahead on a thread, token-budget batches)
+    for name in ("st", "ours"):
+        times = []
         for _ in range(args.repeats):
             sync()
             t = time.perf_counter()
             if name == "st":
                 model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
             else:
-                _, tokens = encode_pretokenized(model, texts, batch_size)
+                encode_texts(model, texts, args.token_budget)
             sync()
             times.append(time.perf_counter() - t)
         best = min(times)
-        results[name] = {
-            "seconds": [round(x, 3) for x in times],
-            "records_per_s": round(len(records) / best),
-            "texts_per_s": round(len(texts) / best),
-            **({"tokens_per_s": round(tokens / best)} if tokens else {}),
-        }
+        results[name] = {"seconds": [round(x, 3) for x in times], "records_per_s": round(len(records) / best), "texts_per_s": round(len(texts) / best)}
     print(json.dumps({
         "mode": "encode-only",
         "device": torch.cuda.get_device_name(0) if device == "cuda" else f"cpu x{torch.get_num_threads()}",
         "model": str(args.model), "fp16": device == "cuda", "fields": args.fields,
-        "records": len(records), "texts": len(texts), "batch_size": batch_size,
+        "records": len(records), "texts": len(texts), "st_batch_size": batch_size, "token_budget": args.token_budget,
         "max_seq_length": model.max_seq_length,
-        "max_abs_diff_pretokenized_vs_st": float(abs(check - ref).max()),
+        "max_abs_diff_ours_vs_st": float(abs(check - ref).max()),
         "torch": torch.__version__, "sentence_transformers": __import__("sentence_transformers").__version__,
         "encoders": results,
         "best_records_per_s": max(r["records_per_s"] for r in results.values()),
@@ -276,7 +244,7 @@ def compare(args) -> None:
         tmpdir = tempfile.mkdtemp(prefix="embed_cache_", dir=WORK)
         cache = Path(tmpdir) / "cache.duckdb"
     ws = Workspace(cache)
-    common = {"threshold": args.threshold, "device": "cpu", "max_seq_length": args.max_seq_length, "batch_size": args.batch_size}
+    common = {"threshold": args.threshold, "device": "cpu", "max_seq_length": args.max_seq_length, "token_budget": args.token_budget}
 
     def run(**params):
         stage = EmbeddingDedup(EmbeddingDedup.Params(**{**common, **params}), StageContext(workspace=ws))
@@ -377,7 +345,8 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=0.95)
     ap.add_argument("--model", default="embedded", help="a sentence-transformers folder (default: the packaged MiniLM)")
     ap.add_argument("--max-seq-length", type=int, default=None)
-    ap.add_argument("--batch-size", type=int, default=None, help="default 32 on CPU, 512 on GPU")
+    ap.add_argument("--batch-size", type=int, default=None, help="encode-only: SentenceTransformer.encode's batch size (default 32 on CPU, 512 on GPU)")
+    ap.add_argument("--token-budget", type=int, default=None, help="encode-only: tokens per batch of ours (default: curate.embeddings')")
     ap.add_argument("--reuse-embeddings", action="store_true", help="keep and reuse bench/_work/embed_cache.duckdb")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     ap.add_argument("--encode-only", action="store_true", help="only time encoding (no faiss/duckdb needed); prints JSON")

@@ -233,3 +233,20 @@ def test_curate_run_with_embedding_dedup(tmp_path, run_config):
         assert ws.sql("SELECT count(*) AS n FROM similar_pairs WHERE run_id = ?", [res.run_id])["n"].item() >= len(expected)
     finally:
         ws.close()
+
+
+def test_fast_encoder_equals_sentence_transformers_encode(shared_data):
+    """curate.embeddings (Rust tokenization ahead, token-budget batches) gives model.encode's vectors."""
+    import json
+
+    from curate.embeddings import encode_texts
+    from curate.models import sentence_model
+
+    rows = json.loads((shared_data / "alpaca" / "alpaca_4000.json").read_text())[:150]
+    texts = [r["output"] for r in rows] + [r["instruction"] for r in rows] + ["", "x" * 3000]  # empty and over-long too
+    model = sentence_model("embedded", "cpu")
+    ref = model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
+    for budget in (None, 512):
+        ours = encode_texts(model, texts, budget)
+        assert ours.shape == ref.shape
+        assert np.abs(ours - ref).max() < 1e-4

@@ -47,8 +47,8 @@ Speed: encoding dominates. On 2 CPU cores MiniLM-L6 encodes only tens to hundred
 (short prompts ~150/s, answers ~35/s; 20,000 Alpaca-shaped records, both fields, took 10 minutes:
 ~33 records/s), so a CPU run suits a few thousand to a few tens of thousands of records, or a re-run
 over cached embeddings. For hundreds of thousands of records and more, encode on a GPU (``device:
-cuda`` or ``auto``, fp16, batch_size 512): ``bench/embed_dedup.py --encode-only --device cuda`` measures
-it (the aim is >= 20,000 records/s on an H100). The rest is cheap: cache read, exact search and
+cuda`` or ``auto``, fp16, batches of about 262,144 tokens, tokenization on a thread ahead: see
+:mod:`curate.embeddings`); ``bench/embed_dedup.py --encode-only --device cuda`` measures it. The rest is cheap: cache read, exact search and
 clusters over 20,000 records take 2-5 s on the same 2 cores; the IVF index is faster still.
 """
 
@@ -126,7 +126,7 @@ class EmbeddingDedup(GlobalStage):
         threshold: float = Field(0.95, gt=0.0, le=1.0)
         keep: Literal["first", "last", "longest", "quality"] = "first"
         action: Literal["reject", "group"] = "reject"
-        batch_size: int | None = Field(None, ge=1)  # texts per forward pass; default 32 on CPU, 512 on GPU
+        token_budget: int | None = Field(None, ge=64)  # tokens per forward pass; default 2,048 on CPU, 262,144 on GPU
         device: Literal["auto", "cpu", "cuda"] = "auto"
         exact_below: int = Field(20_000, ge=0)  # below this many vectors the search is exact (IndexFlatIP)
         nprobe: int = Field(16, ge=1)  # IVF cells searched per query above exact_below
@@ -188,11 +188,9 @@ class EmbeddingDedup(GlobalStage):
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """L2-normalized float32 embeddings of ``texts`` (no cache)."""
-        model = self.model()
-        # small batches on CPU: less padding, and no throughput to gain from larger ones (measured)
-        batch_size = self.params.batch_size or (32 if model.device.type == "cpu" else 512)
-        vecs = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-        return np.asarray(vecs, dtype=np.float32)
+        from curate.embeddings import encode_texts
+
+        return encode_texts(self.model(), texts, self.params.token_budget)
 
     def embeddings(self, hashes: np.ndarray, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(sorted distinct hashes, their vectors): cached ones read back, the others encoded and stored."""
