@@ -16,6 +16,7 @@ it). Models without a fast (Rust) tokenizer fall back to ``model.encode``.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 from collections.abc import Sequence
@@ -48,12 +49,17 @@ def encode_texts(model, texts: Sequence[str], token_budget: int | None = None) -
     chunks = [order[i : i + CHUNK_TEXTS] for i in range(0, n, CHUNK_TEXTS)]
 
     def tokenize(idx: np.ndarray):
+        # the Python side of tokenization (token lists -> one flat array) runs here too, off the GPU's thread
         encs = tokenizer.encode_batch_fast([texts[i] for i in idx])
-        return idx, [e.ids for e in encs]
+        lengths = np.fromiter((len(e) for e in encs), dtype=np.int64, count=len(encs))
+        flat = np.fromiter(itertools.chain.from_iterable(e.ids for e in encs), dtype=np.int64, count=int(lengths.sum()))
+        return idx, lengths, flat
 
+    # vectors stay on the device until the end: no host sync between batches
+    result = torch.empty((n, dim), dtype=torch.float32, device=device)
     with torch.inference_mode():
-        for idx, ids in _ahead(tokenize, chunks):
-            lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        for idx, lengths, flat in _ahead(tokenize, chunks):
+            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
             by_len = np.argsort(-lengths, kind="stable")
             start = 0
             while start < by_len.size:
@@ -63,14 +69,17 @@ def encode_texts(model, texts: Sequence[str], token_budget: int | None = None) -
                 lens = lengths[take]
                 mask = np.arange(width)[None, :] < lens[:, None]
                 batch = np.full((take.size, width), pad_id, dtype=np.int64)
-                batch[mask] = np.concatenate([np.asarray(ids[k], dtype=np.int64) for k in take])
+                # row r holds flat[starts[take[r]] : + lens[r]]: gather them with one index array
+                batch[mask] = flat[(starts[take][:, None] + np.arange(width)[None, :])[mask]]
                 input_ids = torch.from_numpy(batch)
                 attention = torch.from_numpy(mask.astype(np.int64))
                 if device.type == "cuda":
                     input_ids = input_ids.pin_memory().to(device, non_blocking=True)
                     attention = attention.pin_memory().to(device, non_blocking=True)
                 emb = model({"input_ids": input_ids, "attention_mask": attention})["sentence_embedding"]
-                out[idx[take]] = torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy()
+                rows = torch.from_numpy(idx[take]).to(device, non_blocking=True)
+                result[rows] = torch.nn.functional.normalize(emb.float(), dim=-1)
+    out[:] = result.cpu().numpy()
     return out
 
 
