@@ -347,6 +347,7 @@ def child_ours(spec: dict) -> None:
         "records": uid, "wall_s": wall, "read_s": t_read, "prepare_s": t_prepare, "decide_s": t_decide,
         "stage_s": t_prepare + t_decide, "removed": int(rej.size), "clusters": int(decision.clusters["rep_uid"].n_unique()) if members.size else 0,
         "report_pairs": decision.pairs.height if decision.pairs is not None else 0, "bands": b, "rows": r,
+        "accept_at": round(stage.accept_at, 4), "shingles": f"{stage.ngram}-{stage.params.shingle}", "threshold": stage.params.threshold,
         "peak_rss_mb": _vm_hwm_mb(),
     }))
 
@@ -546,14 +547,15 @@ def print_block(n: int, truth: dict, ours: dict | None, dt: dict | None, dt_name
         ok_t, ok_m = o["stage_s"] <= 60, o["peak_rss_mb"] < 4096
         print(f"    targets (1M records, 2 cores): stage <= 60 s: {'PASS' if ok_t else 'FAIL'}; peak RSS < 4 GB: {'PASS' if ok_m else 'FAIL'}")
     if o:
-        print(f"    ours: {o.get('bands')} bands x {o.get('rows')} rows, every candidate pair verified at estimated Jaccard >= 0.8")
+        print(f"    ours: {o.get('shingles')} shingles, threshold {o.get('threshold')}, {o.get('bands')} bands x {o.get('rows')} rows, "
+              f"every candidate pair verified at estimated Jaccard >= {o.get('accept_at')}")
 
 
 def print_report(args, truth: dict, sig: dict | None, ours: dict | None, dt: dict | None) -> None:
     n = truth["records"]
     line = "-" * 100
     print(f"\n{line}\nMinHash near-dedup, {n:,} records ({truth['bytes'] / 1e6:.0f} MB JSONL, {len(truth['dup_line']):,} planted "
-          f"near-duplicates), 128 permutations, 5-word shingles, {os.cpu_count()} CPU cores, load avg {os.getloadavg()[0]:.1f}\n{line}")
+          f"near-duplicates), 128 permutations, (b) params {args.params}, {os.cpu_count()} CPU cores, load avg {os.getloadavg()[0]:.1f}\n{line}")
     if sig:
         d = sig["docs"]
         print(f"(a) signatures, {d:,} documents              ours                  datasketch MinHash.bulk     speed-up")
