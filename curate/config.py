@@ -192,24 +192,34 @@ def format_validation(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: Any, base_dir: Path | None = None, source: str = "<config>") -> CurateConfig:
+def validate(model: type[BaseModel], data: Any, base_dir: Path | None, source: str, error: type[ValueError] = ConfigError):
+    """A typed config (any of our pydantic config models) from a mapping, every bad key named in one
+    ``error``; relative paths in it resolve against ``base_dir``."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the config must be a mapping of keys, got {type(data).__name__}")
+        raise error(f"{source}: the config must be a mapping of keys, got {type(data).__name__}")
     try:
-        cfg = CurateConfig(**data)
+        cfg = model(**data)
     except ValidationError as exc:
-        raise ConfigError(format_validation(exc, source)) from None
+        raise error(format_validation(exc, source)) from None
     cfg.base_dir = (base_dir or Path.cwd()).resolve()
     return cfg
 
 
-def load_config(path: str | Path) -> CurateConfig:
-    """Read and validate a YAML config; ConfigError names the file and every bad key."""
+def read_yaml(path: str | Path, error: type[ValueError] = ConfigError) -> Any:
+    """The parsed YAML of a config file; ``error`` names the file when it is missing or not YAML."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
+        raise error(f"{path}: no such config file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_config(data, path.parent, str(path))
+        raise error(f"{path}: not valid YAML: {exc}") from None
+
+
+def parse_config(data: Any, base_dir: Path | None = None, source: str = "<config>") -> CurateConfig:
+    return validate(CurateConfig, data, base_dir, source)
+
+
+def load_config(path: str | Path) -> CurateConfig:
+    """Read and validate a YAML config; ConfigError names the file and every bad key."""
+    return parse_config(read_yaml(path), Path(path).parent, str(path))

@@ -21,10 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from curate.config import format_validation
+from curate.config import read_yaml, validate
 
 
 class TrainConfigError(ValueError):
@@ -119,22 +118,9 @@ class TrainConfig(_Strict):
 
 
 def parse_train_config(data: Any, base_dir: Path | None = None, source: str = "<config>") -> TrainConfig:
-    if not isinstance(data, dict):
-        raise TrainConfigError(f"{source}: the config must be a mapping of keys, got {type(data).__name__}")
-    try:
-        cfg = TrainConfig(**data)
-    except ValidationError as exc:
-        raise TrainConfigError(format_validation(exc, source)) from None
-    cfg.base_dir = (base_dir or Path.cwd()).resolve()
-    return cfg
+    return validate(TrainConfig, data, base_dir, source, TrainConfigError)
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise TrainConfigError(f"{path}: no such config file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise TrainConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_train_config(data, path.parent, str(path))
+    """Read and validate a YAML train config; TrainConfigError names the file and every bad key."""
+    return parse_train_config(read_yaml(path, TrainConfigError), Path(path).parent, str(path))
