@@ -142,11 +142,7 @@ def _load_builtin_stages() -> None:
     import importlib
 
     for module in BUILTIN_MODULES:
-        try:
-            importlib.import_module(f"curate.stages.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"curate.stages.{module}":
-                raise
+        importlib.import_module(f"curate.stages.{module}")
 
 
 BUILTIN_MODULES = ("conversation", "quality", "pii", "langid", "exact", "minhash", "semantic", "decontam")
