@@ -104,11 +104,13 @@ def config_dict(cfg: CurateConfig) -> dict[str, Any]:
     return data
 
 
-def _split_expr(cfg: CurateConfig) -> pl.Expr:
+def _split_expr(cfg: CurateConfig, digits: int = 0) -> pl.Expr:
     # The id is a BLAKE2b hex digest, so its first 8 hex digits are a uniform 32-bit number: the split is
     # a function of content alone (same record, same split, on every machine and every re-run).
+    # ``digits=8`` reads the next 8 instead: for a cluster keyed by its *smallest* id, whose first digits
+    # are skewed low (the minimum of many), they would put nearly every cluster in train.
     s = cfg.splits
-    u = ((pl.col("id").str.slice(0, 8).str.to_integer(base=16) + s.seed * 2654435761) % (1 << 32)) / float(1 << 32)
+    u = ((pl.col("id").str.slice(digits, 8).str.to_integer(base=16) + s.seed * 2654435761) % (1 << 32)) / float(1 << 32)
     return (
         pl.when(u < s.train).then(pl.lit("train"))
         .when(u < s.train + s.validation).then(pl.lit("validation"))
@@ -421,7 +423,8 @@ class Pipeline:
 
         Clusters of all dedup stages are joined into connected components (a record an exact duplicate
         of one member and a near-duplicate of another links the three); a component's split is the split
-        its smallest content id would get, so it does not depend on input order either.
+        its smallest content id gives (from digits of that id that the minimum does not skew), so it does
+        not depend on input order either.
         """
         from curate.stages.clusters import component_labels
 
@@ -436,7 +439,7 @@ class Pipeline:
         labels = component_labels(members["uid"].to_numpy(), edges["uid"].to_numpy(), edges["rep_uid"].to_numpy())
         members = members.with_columns(component=pl.Series(labels, dtype=pl.Int64))
         members = members.with_columns(id=pl.col("id").min().over("component"))
-        new = members.with_columns(new_split=_split_expr(self.cfg)).filter(pl.col("new_split") != pl.col("split"))
+        new = members.with_columns(new_split=_split_expr(self.cfg, digits=8)).filter(pl.col("new_split") != pl.col("split"))
         if new.height:
             arrow = new.select("uid", split="new_split").to_arrow()  # noqa: F841 - read by DuckDB below
             ws.con.execute(

@@ -147,6 +147,15 @@ def _fmt_num(x: float | None) -> str:
     return f"{x:,.1f}"
 
 
+def _fmt_sim(x: Any) -> str:
+    """A similarity (Jaccard, cosine) to three decimals: 0.977 is not 1."""
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return "–"
+    return f"{f:.3f}" if math.isfinite(f) else "–"
+
+
 def _int(x: Any) -> int:
     try:
         return int(x)
@@ -463,7 +472,7 @@ def _review_context(summary: dict, review: dict) -> dict[str, Any]:
             members = []
             for m in cl.get("members") or []:
                 e = _example(m)
-                e["similarity"] = _fmt_num(m.get("similarity")) if m.get("similarity") is not None else "–"
+                e["similarity"] = _fmt_sim(m.get("similarity"))
                 e["is_rep"] = m.get("uid") == m.get("rep_uid")
                 members.append(e)
             top.append({"k": _int(cl.get("k")), "size": _int(cl.get("size")), "members": members, "more": max(_int(cl.get("size")) - len(members), 0)})
@@ -473,7 +482,7 @@ def _review_context(summary: dict, review: dict) -> dict[str, Any]:
                 "clusters": _int(c.get("clusters")),
                 "members": _int(c.get("members")),
                 "largest": _int(c.get("largest")),
-                "leak": None if not leak else {"max": _fmt_num(leak.get("max_similarity")), "pairs": _int(leak.get("pairs"))},
+                "leak": None if not leak else {"max": _fmt_sim(leak.get("max_similarity")), "pairs": _int(leak.get("pairs"))},
                 "scored": stage in sims,
                 "top": top,
             }

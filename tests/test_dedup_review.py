@@ -56,7 +56,7 @@ def test_exact_duplicate_clusters_share_a_split_and_are_reviewed(tmp_path, share
 
     md = (res.output_dir / "report.md").read_text()
     assert "## Duplicate clusters" in md and "kept representative" in md
-    assert "similarity to representative **1**" in md
+    assert "similarity to representative **1.000**" in md
     html = (res.output_dir / "report.html").read_text()
     assert 'class="cluster"' in html and "kept representative" in html
     report = json.loads((res.output_dir / "report.json").read_text())
@@ -86,3 +86,24 @@ def test_union_find_chains_and_star_does_not():
     # best first by the keep policy: with `longest`, B (30 chars) is the center and claims both A and C
     longest = decide_clusters(prepared, pairs, keep="longest", reason="near_duplicate", measure="estimated Jaccard", similarity_to_rep=to_rep, linkage="star")
     assert longest.rejects["uid"].to_list() == [0, 2] and set(longest.rejects["duplicate_of"].to_list()) == {"b"}
+
+
+def test_cluster_splits_follow_the_configured_shares(tmp_path, shared_data, run_config):
+    """Keying a cluster's split by its smallest id must not skew it (the minimum of many hex ids is small)."""
+    rows = _alpaca(shared_data, 600)
+    data = []
+    for r in rows:  # clusters of 4: the original and three case variants (distinct ids, one normalized text)
+        data += [r, {**r, "instruction": r["instruction"].upper()}, {**r, "instruction": r["instruction"].lower()},
+                 {**r, "output": r["output"].upper()}]
+    write_jsonl(tmp_path / "d.jsonl", data)
+    res = run_config({"inputs": [{"path": "d.jsonl"}], "stages": ["exact_dedup"], "splits": {"train": 0.5, "validation": 0.25, "test": 0.25}})
+    con = duckdb.connect(str(res.workspace), read_only=True)
+    per = con.execute(
+        """SELECT any_value(r.split), count(DISTINCT r.split) FROM clusters c JOIN records r ON r.run_id = c.run_id AND r.uid = c.uid
+           WHERE c.run_id = ? GROUP BY c.rep_uid""",
+        [res.run_id],
+    ).fetchall()
+    con.close()
+    assert len(per) >= 550 and all(n == 1 for _, n in per)
+    train = sum(split == "train" for split, _ in per) / len(per)
+    assert 0.42 < train < 0.58  # 0.5 expected; a skewed key gives nearly 1.0
