@@ -93,13 +93,16 @@ def smollm2_model_dir() -> Path:
     """A folder with SmolLM2 dequantized to a regular transformers checkpoint (safetensors + tokenizer)."""
 
     def build(out: Path) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig  # noqa: F401
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
         gguf = smollm2_gguf()
-        kwargs = {"gguf_file": gguf.name}
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), **kwargs)
+        # dequantize=True gives plain float weights, which save_pretrained can write (a GGUF-quantized
+        # model refuses to serialize)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
+        )
         model.save_pretrained(str(out))
-        AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs).save_pretrained(str(out))
+        AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(str(out))
 
     return _cached("smollm2-135m-instruct", build)
 
