@@ -201,7 +201,7 @@ def validate(model: type[BaseModel], data: Any, base_dir: Path | None, source: s
         cfg = model(**data)
     except ValidationError as exc:
         raise error(format_validation(exc, source)) from None
-    cfg.base_dir = (base_dir or Path.cwd()).resolve()
+    cfg.base_dir = Path(base_dir or Path.cwd()).resolve()
     return cfg
 
 
