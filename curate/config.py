@@ -40,6 +40,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class FileConfig(_Strict):
+    """A config read from a file: unknown keys are errors, and relative paths resolve against the
+    file's folder (``base_dir``, set by :func:`validate`). `curate` and `train` configs share it."""
+
+    base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
+
+    def resolve(self, path: str | Path) -> Path:
+        p = Path(path).expanduser()
+        return (p if p.is_absolute() else (self.base_dir / p)).resolve()
+
+
 class InputSpec(_Strict):
     path: str
     shape: ShapeName = "auto"
@@ -115,7 +126,7 @@ DEFAULT_STAGES = (
 )
 
 
-class CurateConfig(_Strict):
+class CurateConfig(FileConfig):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     inputs: list[InputSpec] = Field(min_length=1)
     output_dir: str | None = Field(default=None, description="default: out/<name> next to the config")
@@ -129,8 +140,6 @@ class CurateConfig(_Strict):
     max_record_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     strict: bool = False
 
-    # the folder relative paths are resolved against (the config file's folder)
-    base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 
     @field_validator("stages", mode="before")
     @classmethod
@@ -168,10 +177,6 @@ class CurateConfig(_Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return specs
-
-    def resolve(self, path: str | Path) -> Path:
-        p = Path(path).expanduser()
-        return (p if p.is_absolute() else (self.base_dir / p)).resolve()
 
     @property
     def output_path(self) -> Path:

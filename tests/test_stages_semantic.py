@@ -250,3 +250,13 @@ def test_fast_encoder_equals_sentence_transformers_encode(shared_data):
         ours = encode_texts(model, texts, budget)
         assert ours.shape == ref.shape
         assert np.abs(ours - ref).max() < 1e-4
+
+
+def test_a_model_path_that_does_not_exist_fails_before_any_work(tmp_path, run_config):
+    from curate.config import ConfigError
+
+    from tests.conftest import write_jsonl
+
+    write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "completion": "b"}])
+    with pytest.raises(ConfigError, match=r"embedding_dedup\.model: \./models/minilm: no such folder"):
+        run_config({"inputs": [{"path": "d.jsonl"}], "stages": [{"embedding_dedup": {"model": "./models/minilm"}}]})

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from curate.config import read_yaml, validate
+from curate.config import FileConfig, read_yaml, validate
 
 
 class TrainConfigError(ValueError):
@@ -31,7 +31,7 @@ class TrainConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid")  # a typo is an error, not a silently ignored key
 
 
 class DataSource(_Strict):
@@ -77,7 +77,7 @@ class ExportConfig(_Strict):
     gguf: Literal["none", "f16", "q8_0"] = "none"  # llama.cpp / Ollama, with a Modelfile
 
 
-class TrainConfig(_Strict):
+class TrainConfig(FileConfig):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     base_model: str = "embedded"
     data: list[DataSource] = Field(min_length=1)
@@ -97,8 +97,6 @@ class TrainConfig(_Strict):
     workspace: str | None = Field(default=None, description="the DuckDB workspace to register the run in")
     price_per_gpu_hour: float = Field(0.0, ge=0, description="for the projected cost after the first steps")
 
-    base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
-
     @model_validator(mode="after")
     def _weights(self) -> "TrainConfig":
         total = sum(s.weight or 0.0 for s in self.data)
@@ -107,10 +105,6 @@ class TrainConfig(_Strict):
         if total and all(s.weight for s in self.data) and abs(total - 1.0) > 1e-6:
             raise ValueError(f"every data source has a weight but they add up to {total:g}, not 1")
         return self
-
-    def resolve(self, path: str | Path) -> Path:
-        p = Path(path).expanduser()
-        return (p if p.is_absolute() else (self.base_dir / p)).resolve()
 
     @property
     def output_path(self) -> Path:

@@ -122,7 +122,8 @@ def prepare_data(cfg: TrainConfig, tokenizer) -> PreparedData:
 
 
 def load_base(cfg: TrainConfig):
-    """(model, tokenizer, base model id): the embedded SmolLM2 or a local path / hub id, NF4 for QLoRA."""
+    """(model, tokenizer, base model id, its local path or hub id): the embedded SmolLM2 or a local path /
+    hub id, loaded in NF4 with double quantization for QLoRA."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
@@ -144,13 +145,16 @@ def load_base(cfg: TrainConfig):
 
 
 def _dtype(cfg: TrainConfig):
+    """The compute dtype: as configured; ``auto`` is bf16 on a GPU that has it, fp16 on one that does
+    not, fp32 on CPU (half precision on CPU is slow and loses accuracy for no gain)."""
     import torch
 
-    if cfg.precision == "fp32" or (cfg.precision == "auto" and not torch.cuda.is_available()):
+    chosen = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.precision)
+    if chosen is not None:
+        return chosen
+    if not torch.cuda.is_available():
         return torch.float32
-    if cfg.precision == "fp16":
-        return torch.float16
-    return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def run_training(cfg: TrainConfig) -> dict[str, Any]:

@@ -136,6 +136,13 @@ class EmbeddingDedup(GlobalStage):
         super().__init__(params, context)
         self.stats: dict[str, object] = {}
         self._key: str | None = None
+        spec = self.params.model
+        # "org/name" is a hub id; anything written as a path must exist, or the run fails here, not
+        # minutes later when sentence-transformers tries the hub for it
+        if spec != "embedded" and spec.startswith(("/", ".", "~")) and not self.context.resolve(spec).is_dir():
+            from curate.config import ConfigError
+
+            raise ConfigError(f"{self.name}.model: {spec}: no such folder (a sentence-transformers model folder or a hub id)")
 
     @property
     def parts(self) -> tuple[str, ...]:
