@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from curate.stages import GlobalDecision, empty_rejects
+from curate.stages.ngrams import words
 
 KEEP_POLICIES = ("first", "last", "longest", "quality")
 
@@ -63,6 +64,17 @@ def greedy_centers(n: int, a: np.ndarray, b: np.ndarray, order: np.ndarray) -> n
         claimed[nb] = True
         center[nb] = v
     return center
+
+
+def quality_expr() -> pl.Expr:
+    """The ``quality`` column of the ``keep: quality`` policy, for every dedup stage: ``distinct words ** 2 /
+    words`` of the response (0.0 when it has none), i.e. its number of distinct words times their share.
+    It grows with a complete answer and shrinks when the answer repeats itself, so of near-identical
+    records the fullest, least repetitive one stays."""
+    w = words(pl.col("response_text").fill_null(""))
+    total = w.list.len()
+    distinct = w.list.n_unique()
+    return pl.when(total > 0).then(distinct.cast(pl.Float64) ** 2 / total).otherwise(0.0)
 
 
 def component_labels(uids: np.ndarray, uid_a: np.ndarray, uid_b: np.ndarray) -> np.ndarray:

@@ -51,9 +51,7 @@ word in twenty breaks five shingles, and such a pair's Jaccard falls near 0.6. C
 more per record (about 5x the shingles of word 5-grams); ``shingle: word`` is the fast choice for very
 large sets where only near-verbatim copies matter.
 
-**quality** (for ``keep: quality``): ``distinct_words ** 2 / words`` of the response, i.e. its number of
-distinct words times their share. It grows with a complete answer and shrinks when the answer repeats
-itself, so of near-identical records the fullest, least repetitive one stays.
+**quality** (for ``keep: quality``): :func:`curate.stages.clusters.quality_expr`, shared by the dedup stages.
 """
 
 from __future__ import annotations
@@ -67,8 +65,8 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from curate.stages import GlobalDecision, GlobalStage, StageParams, empty_rejects, register
-from curate.stages.clusters import decide_clusters
-from curate.stages.ngrams import char_ngram_hashes, compile_kernels, ngram_hashes, word_hashes, words
+from curate.stages.clusters import decide_clusters, quality_expr
+from curate.stages.ngrams import char_ngram_hashes, compile_kernels, ngram_hashes, word_hashes
 
 LINKS_PER_MEMBER = 8  # each bucket member is paired with this many first members of the bucket
 REPORT_MARGIN = 0.2  # candidate pairs down to threshold - this go to the report
@@ -240,14 +238,6 @@ def _text_expr(fields: str) -> pl.Expr:
     if fields == "response":
         return pl.col("response_text").fill_null("")
     return pl.concat_str([pl.col("prompt_text").fill_null(""), pl.col("response_text").fill_null("")], separator="\n")
-
-
-def quality_expr() -> pl.Expr:
-    """distinct words ** 2 / words of the response (0.0 when it has none)."""
-    w = words(pl.col("response_text").fill_null(""))
-    total = w.list.len()
-    distinct = w.list.n_unique()
-    return pl.when(total > 0).then(distinct.cast(pl.Float64) ** 2 / total).otherwise(0.0)
 
 
 @register

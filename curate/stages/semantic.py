@@ -40,8 +40,8 @@ How it runs:
    joined directly, at similarity 1.0, without search. Pairs down to ``threshold - 0.1`` go to the
    report (at most 200,000, the most similar first).
 
-``keep: quality`` uses a simple heuristic of the response: ``ln(1 + words) * distinct words / words``
-(longer, less repetitive answers win; ties go to the first record).
+``keep: quality`` uses :func:`curate.stages.clusters.quality_expr` (longer, less repetitive answers
+win; ties go to the first record), as every dedup stage does.
 
 Speed: encoding dominates. On 2 CPU cores MiniLM-L6 encodes only tens to hundreds of records per second
 (short prompts ~150/s, answers ~35/s; 20,000 Alpaca-shaped records, both fields, took 10 minutes:
@@ -68,7 +68,7 @@ from pydantic import Field
 
 from curate.schema import turns_text_expr
 from curate.stages import GlobalDecision, GlobalStage, StageParams, register
-from curate.stages.clusters import decide_clusters, greedy_centers, priority_order
+from curate.stages.clusters import decide_clusters, greedy_centers, priority_order, quality_expr
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +77,6 @@ SEARCH_CHUNK = 16384  # queries per range search: bounds the memory of the resul
 REPORT_FLOOR = 0.1  # report pairs down to threshold - REPORT_FLOOR
 REPORT_CAP = 200_000
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".onnx")
-
-
-def _quality_expr() -> pl.Expr:
-    w = pl.col("response_text").str.to_lowercase().str.extract_all(r"\w+")
-    n = w.list.len().cast(pl.Float64)
-    return ((n + 1).log() * w.list.n_unique().cast(pl.Float64) / n.clip(lower_bound=1)).fill_null(0.0)
 
 
 def _hash_texts(texts: pl.Series) -> pl.Series:
@@ -157,7 +151,7 @@ class EmbeddingDedup(GlobalStage):
             )
         out = batch.select(
             "uid", "id", "source_file", "source_line", "n_chars",
-            quality=_quality_expr(),
+            quality=quality_expr(),
             **{f"t_{part}": pl.col(f"{part}_text").fill_null("").str.replace_all(r"\s+", " ").str.strip_chars() for part in self.parts},
         )
         return out.with_columns(_hash_texts(out[f"t_{part}"]).alias(f"h_{part}") for part in self.parts)
