@@ -79,3 +79,13 @@ def test_bad_train_config_exits_2(tmp_path):
     (tmp_path / "t.yaml").write_text("name: x\ndata: []\n")
     res = CliRunner().invoke(app, ["run", str(tmp_path / "t.yaml")])
     assert res.exit_code == 2 and "data" in res.output
+
+
+def test_missing_data_file_exits_2_naming_the_key_before_loading_a_model(tmp_path):
+    from train.cli import app
+
+    (tmp_path / "t.yaml").write_text("name: x\ndata:\n  - path: here.jsonl\n  - path: nope.jsonl\n")
+    (tmp_path / "here.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
+    res = CliRunner().invoke(app, ["run", str(tmp_path / "t.yaml")])
+    assert res.exit_code == 2 and "data[1].path" in res.output and "nope.jsonl" in res.output
+    assert not (tmp_path / "runs").exists()

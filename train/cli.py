@@ -17,12 +17,14 @@ def run(config: str = typer.Argument(..., help="YAML config (see train/config.py
     """Train an adapter; writes adapter/, manifest.json, metrics.jsonl and rejected.jsonl to the run folder."""
     from train.config import TrainConfigError, load_train_config
 
+    from train.trainer import check_inputs, run_training
+
     try:
         cfg = load_train_config(config)
+        check_inputs(cfg)
     except TrainConfigError as exc:
         typer.secho(str(exc), fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
-    from train.trainer import run_training
 
     try:
         manifest = run_training(cfg)

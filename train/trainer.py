@@ -157,8 +157,26 @@ def _dtype(cfg: TrainConfig):
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def check_inputs(cfg: TrainConfig) -> None:
+    """Every data and validation path names existing files, or TrainConfigError names the key: before any
+    model is loaded."""
+    from curate.readers import InputError, expand_paths
+    from train.config import TrainConfigError
+
+    named = [(f"data[{i}].path", s.path) for i, s in enumerate(cfg.data)] + ([("validation", cfg.validation)] if cfg.validation else [])
+    problems = []
+    for key, path in named:
+        try:
+            expand_paths(path, cfg.base_dir)
+        except InputError as exc:
+            problems.append(f"{key}: {exc}")
+    if problems:
+        raise TrainConfigError("; ".join(problems))
+
+
 def run_training(cfg: TrainConfig) -> dict[str, Any]:
     """Train, save the adapter and the run folder; returns the manifest."""
+    check_inputs(cfg)
     import torch
     from datasets import Dataset
     from peft import LoraConfig, prepare_model_for_kbit_training
