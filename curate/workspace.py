@@ -10,6 +10,7 @@ Every write goes through this small API (the app and the CLIs read through it to
 - ``clusters``      duplicate clusters of a run per dedup stage: uid, its representative, similarity to it
 - ``similar_pairs`` scored candidate pairs of the near-dup stages (near the threshold and above), for the
                     report's similarity histogram and the largest similarity left between splits
+- ``train_metrics`` per logged step of a train run (kind 'train' in ``runs``): loss, eval_loss, learning rate...
 - ``embedding_cache`` sentence embeddings by model and text hash, shared by all runs: a re-run with other
                     thresholds does not re-encode
 - ``ledger``        a view: each record with its outcome (kept, or rejected with stage and reason)
@@ -44,6 +45,8 @@ CREATE TABLE IF NOT EXISTS clusters (
     run_id VARCHAR, stage VARCHAR, uid BIGINT, rep_uid BIGINT, similarity DOUBLE);
 CREATE TABLE IF NOT EXISTS similar_pairs (
     run_id VARCHAR, stage VARCHAR, uid_a BIGINT, uid_b BIGINT, similarity DOUBLE);
+CREATE TABLE IF NOT EXISTS train_metrics (
+    run_id VARCHAR, step BIGINT, epoch DOUBLE, name VARCHAR, value DOUBLE);
 CREATE TABLE IF NOT EXISTS embedding_cache (
     model VARCHAR, text_hash UBIGINT, embedding FLOAT[], PRIMARY KEY (model, text_hash));
 CREATE OR REPLACE VIEW ledger AS
@@ -53,7 +56,7 @@ CREATE OR REPLACE VIEW ledger AS
     FROM records r LEFT JOIN rejects j ON r.run_id = j.run_id AND r.uid = j.uid;
 """
 
-RUN_TABLES = ("records", "rejects", "quarantine", "stage_counts", "clusters", "similar_pairs")
+RUN_TABLES = ("records", "rejects", "quarantine", "stage_counts", "clusters", "similar_pairs", "train_metrics")
 
 
 def _now() -> datetime:
@@ -101,7 +104,7 @@ class Workspace:
         if kind:
             sql += " WHERE kind = ?"
             args.append(kind)
-        return self.con.execute(sql + " ORDER BY started", args).pl()
+        return self.sql(sql + " ORDER BY started", args)
 
     def start_run(self, run_id: str, kind: str, name: str, config: dict, fingerprint: str, output_dir: str) -> None:
         """Register a run, first clearing whatever an earlier attempt with the same id left behind."""

@@ -15,28 +15,84 @@ from tests.conftest import REPO, write_jsonl
 @pytest.fixture(scope="module")
 def eight(shared_data, tmp_path_factory):
     d = tmp_path_factory.mktemp("eight")
-    rows = json.loads((shared_data / "alpaca" / "alpaca_4000.json").read_text())[:8]
-    write_jsonl(d / "eight.jsonl", rows)
+    write_jsonl(d / "eight.jsonl", _alpaca()[:8])
     return d
 
 
-def test_lora_on_eight_records_lowers_their_loss(eight):
+@pytest.fixture(scope="module")
+def eight_run(eight):
+    """LoRA on 8 real alpaca records, 12 steps at a high learning rate, with 4 held-out records evaluated
+    every 3 steps (early stopping patience 2), one sample prompt, and a workspace."""
     from train.config import parse_train_config
     from train.trainer import run_training
 
+    (eight / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _alpaca()[8:12]))
     cfg = parse_train_config(
         {
-            "name": "eight", "data": [{"path": "eight.jsonl"}], "max_steps": 12, "max_seq_len": 512,
+            "name": "eight", "data": [{"path": "eight.jsonl"}], "validation": "val.jsonl", "max_steps": 12, "max_seq_len": 512,
             "method": {"kind": "lora", "r": 8, "alpha": 16, "dropout": 0.0}, "gradient_checkpointing": False,
             "optim": {"lr": 2e-3, "batch_tokens": 4096, "warmup_ratio": 0.0, "scheduler": "constant_with_warmup"},
+            "eval": {"every_steps": 3, "early_stopping_patience": 2, "sample_prompts": 1, "sample_max_new_tokens": 12},
+            "price_per_gpu_hour": 2.0,
         },
         base_dir=eight,
     )
-    manifest = run_training(cfg)
+    return cfg, run_training(cfg)
+
+
+def _alpaca():
+    from tests.conftest import SHARED
+
+    return json.loads((SHARED / "alpaca" / "alpaca_4000.json").read_text())
+
+
+def test_lora_on_eight_records_lowers_their_loss(eight_run):
+    _cfg, manifest = eight_run
     loss = manifest["train_loss"]
     assert manifest["data"]["train_examples"] == 8 and manifest["data"]["rejected"] == 0
     assert 0.2 < manifest["data"]["trainable_share"] < 0.9  # prompts (and the system prompt) are not trained
     assert loss[-1] < 0.5 * loss[0], loss
+
+
+def test_the_best_checkpoint_is_restored_and_early_stopping_follows_its_patience(eight_run):
+    from safetensors.torch import load_file
+
+    cfg, manifest = eight_run
+    run = cfg.output_path
+    evals = manifest["eval_loss"]
+    assert manifest["best_eval_loss"] == min(evals)
+    best = manifest["best_checkpoint"]
+    assert best == f"checkpoint-{3 * (evals.index(min(evals)) + 1)}"
+    saved = load_file(run / "adapter" / "adapter_model.safetensors")
+    kept = load_file(run / "checkpoints" / best / "adapter_model.safetensors")
+    assert saved.keys() == kept.keys() and all((saved[k] == kept[k]).all() for k in saved)
+    after_best = evals[evals.index(min(evals)) + 1 :]
+    if manifest["stopped_early"]:  # stopped exactly when `patience` evaluations in a row did not improve
+        assert len(after_best) == 2 and manifest["steps"] < 12
+    else:
+        assert len(after_best) < 2 and manifest["steps"] == 12
+
+
+def test_run_folder_has_samples_plot_metrics_and_a_workspace_row(eight_run):
+    from curate.workspace import Workspace
+
+    cfg, manifest = eight_run
+    run = cfg.output_path
+    samples = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+    steps = sorted({s["step"] for s in samples})
+    assert steps[0] == 0 and steps[1:] == list(range(3, manifest["steps"] + 1, 3))  # before training, then every 3 steps
+    assert all(s["prompt"].startswith("Label the following animal") and s["output"].strip() for s in samples)
+    assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    loss_steps = [m["step"] for m in metrics if "loss" in m]
+    assert loss_steps == list(range(1, manifest["steps"] + 1))
+    assert manifest["projection"]["projected_total_s"] > 0 and manifest["projection"]["projected_cost"] > 0
+    with Workspace(cfg.resolve("workspace.duckdb"), read_only=True) as ws:
+        row = ws.run(manifest["run_id"])
+        assert row["kind"] == "train" and row["status"] == "done" and row["output_dir"] == str(run)
+        assert row["summary"]["best_eval_loss"] == manifest["best_eval_loss"]
+        curve = ws.sql("SELECT step, value FROM train_metrics WHERE run_id = ? AND name = 'eval_loss' ORDER BY step", [manifest["run_id"]])
+        assert curve["value"].to_list() == manifest["eval_loss"]
 
 
 def test_qlora_cli_run_saves_an_adapter_that_peft_reloads_and_generates(tmp_path):
@@ -53,6 +109,7 @@ def test_qlora_cli_run_saves_an_adapter_that_peft_reloads_and_generates(tmp_path
         "name": "cli", "data": [{"path": str(REPO / "sample_data" / "chat_written.jsonl")}, {"path": str(REPO / "sample_data" / "dolly_written.jsonl")}],
         "max_steps": 2, "max_seq_len": 256, "method": {"kind": "qlora", "r": 4, "alpha": 8},
         "optim": {"batch_tokens": 1024}, "output_dir": str(tmp_path / "run"),
+        "eval": {"sample_prompts": 1, "sample_max_new_tokens": 8},  # NF4 generation on CPU is slow
     }
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
     res = CliRunner().invoke(app, ["run", str(tmp_path / "train.yaml")])
@@ -89,3 +146,56 @@ def test_missing_data_file_exits_2_naming_the_key_before_loading_a_model(tmp_pat
     res = CliRunner().invoke(app, ["run", str(tmp_path / "t.yaml")])
     assert res.exit_code == 2 and "data[1].path" in res.output and "nope.jsonl" in res.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_killed_run_resumes_from_its_last_complete_checkpoint(eight, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from curate.workspace import Workspace
+    from train.cli import app
+
+    run = tmp_path / "run"
+    cfg = {
+        "name": "resume", "data": [{"path": str(eight / "eight.jsonl")}], "max_steps": 5, "max_seq_len": 512,
+        "method": {"kind": "lora", "r": 4, "alpha": 8, "dropout": 0.0}, "gradient_checkpointing": False,
+        "optim": {"batch_tokens": 1024}, "eval": {"every_steps": 1, "sample_prompts": 0},
+        "output_dir": str(run), "workspace": str(tmp_path / "ws.duckdb"),
+    }
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "train.cli", "run", str(tmp_path / "t.yaml")], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "checkpoint-2" / "trainer_state.json").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not (run / "manifest.json").exists()  # killed mid-run
+    with Workspace(tmp_path / "ws.duckdb", read_only=True) as ws:
+        assert ws.runs()["status"].to_list() == ["running"]
+
+    res = CliRunner().invoke(app, ["run", str(tmp_path / "t.yaml")])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["resumed_from"] and int(manifest["resumed_from"].split("-")[1]) >= 2 and "resumed from" in res.output
+    assert manifest["steps"] == 5
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3, 4, 5]  # one history, each step once
+    with Workspace(tmp_path / "ws.duckdb", read_only=True) as ws:
+        assert ws.runs()["status"].to_list() == ["done"]
+        n = ws.sql("SELECT count(*) AS n FROM train_metrics WHERE name = 'loss'")["n"][0]
+        assert n == 5
+
+    # other data in the same run folder: resuming would mix two runs, so it is refused (exit 2), and
+    # --fresh starts over
+    write_jsonl(tmp_path / "other.jsonl", _alpaca()[20:24])
+    cfg["data"] = [{"path": str(tmp_path / "other.jsonl")}]
+    cfg["max_steps"] = 1
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(cfg))
+    res = CliRunner().invoke(app, ["run", str(tmp_path / "t.yaml")])
+    assert res.exit_code == 2 and "--fresh" in res.output
+    res = CliRunner().invoke(app, ["run", str(tmp_path / "t.yaml"), "--fresh"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "manifest.json").read_text())["resumed_from"] is None

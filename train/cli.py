@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-app = typer.Typer(add_completion=False, help="QLoRA / LoRA / DoRA training over curate's output (issue #4: first slice)")
+app = typer.Typer(add_completion=False, help="QLoRA / LoRA / DoRA training over curate's output")
 
 
 @app.callback()
@@ -13,10 +13,16 @@ def main() -> None:
 
 
 @app.command()
-def run(config: str = typer.Argument(..., help="YAML config (see train/config.py)")) -> None:
-    """Train an adapter; writes adapter/, manifest.json, metrics.jsonl and rejected.jsonl to the run folder."""
-    from train.config import TrainConfigError, load_train_config
+def run(
+    config: str = typer.Argument(..., help="YAML config (see train/config.py)"),
+    fresh: bool = typer.Option(False, "--fresh", help="discard checkpoints of an earlier run in the run folder instead of resuming"),
+) -> None:
+    """Train an adapter. Writes adapter/, manifest.json, metrics.jsonl, samples.jsonl, loss.png and
+    rejected.jsonl to the run folder and a row to the workspace; resumes after a kill.
 
+    Exit codes: 0 trained; 2 invalid config or a failed pre-flight check (nothing trained); 1 failure."""
+    from train.config import TrainConfigError, load_train_config
+    from train.preflight import PreflightError
     from train.trainer import check_inputs, run_training
 
     try:
@@ -27,7 +33,10 @@ def run(config: str = typer.Argument(..., help="YAML config (see train/config.py
         raise typer.Exit(2) from None
 
     try:
-        manifest = run_training(cfg)
+        manifest = run_training(cfg, fresh=fresh)
+    except PreflightError as exc:
+        typer.secho(f"pre-flight: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
     except ValueError as exc:
         typer.secho(f"train run failed: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
@@ -37,6 +46,11 @@ def run(config: str = typer.Argument(..., help="YAML config (see train/config.py
         f"trained {cfg.name}: {d['train_examples']} examples ({d['rejected']} rejected, {d['truncated']} truncated), "
         f"{d['trainable_share']:.0%} of tokens trained; loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else f"trained {cfg.name}"
     )
+    if manifest["resumed_from"]:
+        typer.echo(f"resumed from {manifest['resumed_from']}")
+    if manifest["best_eval_loss"] is not None:
+        stop = " (stopped early)" if manifest["stopped_early"] else ""
+        typer.echo(f"best eval loss {manifest['best_eval_loss']:.4f} at {manifest['best_checkpoint']}{stop}; restored")
     typer.echo(f"adapter: {cfg.output_path / 'adapter'}")
 
 

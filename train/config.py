@@ -66,9 +66,9 @@ class OptimConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    every_steps: int = Field(50, ge=1)
+    every_steps: int = Field(50, ge=1, description="eval loss, a checkpoint and sample generations every N steps")
     early_stopping_patience: int | None = Field(3, ge=1, description="evaluations without improvement; null: off")
-    sample_prompts: int = Field(2, ge=0, description="validation prompts generated from, logged next to the loss")
+    sample_prompts: int = Field(2, ge=0, description="prompts (validation, else train) generated from, logged next to the loss")
     sample_max_new_tokens: int = Field(64, ge=1)
 
 
@@ -92,10 +92,15 @@ class TrainConfig(FileConfig):
     max_steps: int | None = Field(default=None, ge=1, description="overrides epochs")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 where the device supports it
     gradient_checkpointing: bool = True
+    # None: the model's default (sdpa). Packed examples stay isolated with sdpa and flash attention alike
+    # (position ids restart per example); the pre-flight checks that on the loaded model.
+    attn_implementation: str | None = None
+    keep_checkpoints: int = Field(2, ge=1, description="latest checkpoints kept for resume (the best is kept too)")
     seed: int = 0
     output_dir: str | None = Field(default=None, description="default: runs/<name> next to the config")
-    workspace: str | None = Field(default=None, description="the DuckDB workspace to register the run in")
+    workspace: str | None = Field(default="workspace.duckdb", description="the DuckDB workspace to register the run in; null: none")
     price_per_gpu_hour: float = Field(0.0, ge=0, description="for the projected cost after the first steps")
+    memory_limit_gb: float | None = Field(default=None, gt=0, description="pre-flight memory budget; default: what the device has free")
 
     @model_validator(mode="after")
     def _weights(self) -> "TrainConfig":

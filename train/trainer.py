@@ -10,22 +10,29 @@ What this module adds around TRL's ``SFTTrainer`` (everything else is transforme
 - a run folder: adapter (safetensors), tokenizer, ``manifest.json`` (config, data hash, base model,
   library versions, git revision), ``metrics.jsonl``, ``rejected.jsonl``.
 
-This is the first slice of issue 4: early stopping, sample generations, merged/GGUF export, the loss
-plot, the workspace row, resume and the pre-flight memory estimate are still to come.
+- pre-flight checks (:mod:`train.preflight`) before anything slow; early stopping on eval loss with the
+  best checkpoint restored; sample generations, live metrics and the projected time/cost
+  (:mod:`train.callbacks`); resume from the latest checkpoint after a kill; ``loss.png`` and a row in the
+  DuckDB workspace (:mod:`train.outputs`); merged / GGUF export (:mod:`train.export`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import itertools
 import json
+import os
 import random
+import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from train.config import DataSource, TrainConfig
-from train.data import ChatEncoder
+from train.data import ChatEncoder, TemplateMismatch
 
 
 @dataclass
@@ -35,6 +42,7 @@ class PreparedData:
     rejected: list[dict[str, Any]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     digest: str = ""
+    sample_prompts: list[list[dict[str, str]]] = field(default_factory=list)  # for SampleGenerations
 
 
 def read_conversations(path: Path, source: DataSource) -> tuple[list[tuple[str, list[dict[str, str]]]], list[dict]]:
@@ -95,7 +103,12 @@ def prepare_data(cfg: TrainConfig, tokenizer) -> PreparedData:
     def encode(items, split):
         rows, truncated = [], 0
         for where, messages in items:
-            e = encoder.encode(messages)
+            try:
+                e = encoder.encode(messages)
+            except TemplateMismatch as exc:
+                from train.preflight import PreflightError
+
+                raise PreflightError(f"{where}: {exc}") from None
             digest.update(json.dumps(messages, ensure_ascii=False).encode())
             if e.n_trainable == 0:
                 why = "truncated: no assistant token left within max_seq_len" if e.truncated else "no trainable token (no assistant turn)"
@@ -111,6 +124,8 @@ def prepare_data(cfg: TrainConfig, tokenizer) -> PreparedData:
         convs, bad = read_conversations(cfg.resolve(cfg.validation), DataSource(path=cfg.validation))
         rejected += [{**b, "stage": "read", "split": "validation"} for b in bad]
         validation, v_trunc = encode(convs, "validation")
+    prompts = (_prompt_of(m) for _w, m in (convs if cfg.validation else mixed))
+    sample_prompts = list(itertools.islice((p for p in prompts if p), cfg.eval.sample_prompts))
     tokens = sum(len(r["input_ids"]) for r in train)
     trainable = sum(sum(1 for x in r["labels"] if x != -100) for r in train)
     stats = {
@@ -118,30 +133,44 @@ def prepare_data(cfg: TrainConfig, tokenizer) -> PreparedData:
         "truncated": t_trunc + v_trunc, "train_tokens": tokens, "trainable_tokens": trainable,
         "trainable_share": round(trainable / tokens, 4) if tokens else 0.0, "mix": counts,
     }
-    return PreparedData(train, validation, rejected, stats, digest.hexdigest())
+    return PreparedData(train, validation, rejected, stats, digest.hexdigest(), sample_prompts)
 
 
-def load_base(cfg: TrainConfig):
-    """(model, tokenizer, base model id, its local path or hub id): the embedded SmolLM2 or a local path /
-    hub id, loaded in NF4 with double quantization for QLoRA."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+def _prompt_of(messages: list[dict[str, str]]) -> list[dict[str, str]] | None:
+    """The turns before the first assistant turn (what a sample generation answers), or None."""
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            return messages[:i] if i else None
+    return None
 
-    from curate.models import smollm2_model_dir
 
-    base = str(smollm2_model_dir()) if cfg.base_model == "embedded" else cfg.base_model
+def _base_id(cfg: TrainConfig) -> str:
+    return "embedded:SmolLM2-135M-Instruct" if cfg.base_model == "embedded" else cfg.base_model
+
+
+def load_tokenizer(base: str):
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token is None:  # padding is never a label here (masks come from spans), so eos is safe
         tokenizer.pad_token = tokenizer.eos_token
-    dtype = _dtype(cfg)
+    return tokenizer
+
+
+def load_model(cfg: TrainConfig, base: str, dtype):
+    """The base model (a local path or hub id), in NF4 with double quantization for QLoRA."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
     kwargs: dict[str, Any] = {"dtype": dtype}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
     if cfg.method.kind == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
         )
         kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
-    return model, tokenizer, ("embedded:SmolLM2-135M-Instruct" if cfg.base_model == "embedded" else cfg.base_model), base
+    return AutoModelForCausalLM.from_pretrained(base, **kwargs)
 
 
 def _dtype(cfg: TrainConfig):
@@ -174,41 +203,46 @@ def check_inputs(cfg: TrainConfig) -> None:
         raise TrainConfigError("; ".join(problems))
 
 
-def run_training(cfg: TrainConfig) -> dict[str, Any]:
-    """Train, save the adapter and the run folder; returns the manifest."""
-    check_inputs(cfg)
-    import torch
-    from datasets import Dataset
-    from peft import LoraConfig, prepare_model_for_kbit_training
-    from trl import SFTConfig, SFTTrainer
+RESUME_INSENSITIVE = {"output_dir", "workspace", "price_per_gpu_hour", "memory_limit_gb", "export"}
 
-    out = cfg.output_path
-    out.mkdir(parents=True, exist_ok=True)
-    model, tokenizer, base_id, base_path = load_base(cfg)
-    data = prepare_data(cfg, tokenizer)
-    (out / "rejected.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data.rejected))
-    if not data.train:
-        raise ValueError(f"no trainable examples: {len(data.rejected)} rejected (see {out / 'rejected.jsonl'})")
-    if cfg.method.kind == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
-    m = cfg.method
-    lora = LoraConfig(
-        r=m.r, lora_alpha=m.alpha, lora_dropout=m.dropout, target_modules=m.target_modules,
-        use_dora=m.kind == "dora", use_rslora=m.rslora, task_type="CAUSAL_LM",
-    )
+
+def fingerprint(cfg: TrainConfig, data_digest: str) -> str:
+    """What a checkpoint is only valid for: the config (less where outputs go) and the encoded data."""
+    conf = cfg.model_dump(mode="json", exclude=RESUME_INSENSITIVE)
+    return hashlib.sha256(json.dumps([conf, data_digest], sort_keys=True).encode()).hexdigest()
+
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint that was written to the end. The Trainer writes ``trainer_state.json`` last,
+    so a folder without it is what a kill mid-save left: it is deleted, and the one before is used."""
+    if not folder.is_dir():
+        return None
+    steps = sorted((int(p.name.split("-")[1]), p) for p in folder.glob("checkpoint-*") if p.name.split("-")[1].isdigit())
+    for _step, path in reversed(steps):
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+        shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+def _trainer_args(cfg: TrainConfig, out: Path, has_validation: bool, dtype, cuda: bool):
+    from trl import SFTConfig
+
     o = cfg.optim
-    optim = o.optimizer
-    if optim == "auto":
-        optim = "paged_adamw_8bit" if torch.cuda.is_available() else "adamw_torch"
-    dtype = _dtype(cfg)
-    args = SFTConfig(
+    optim = o.optimizer if o.optimizer != "auto" else ("paged_adamw_8bit" if cuda else "adamw_torch")
+    every = cfg.eval.every_steps
+    rows = max(1, o.batch_tokens // cfg.max_seq_len)
+    tensorboard = importlib.util.find_spec("tensorboard") is not None
+    if tensorboard:  # transformers 5 takes the folder from the environment only
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / "tensorboard"))
+    return SFTConfig(
         output_dir=str(out / "checkpoints"),
         max_length=cfg.max_seq_len,
-        packing=True,
+        packing=True,  # best-fit-decreasing packing, no padding: position ids restart per example
         packing_strategy="bfd",
         padding_free=True,
-        per_device_train_batch_size=max(1, o.batch_tokens // cfg.max_seq_len),
-        per_device_eval_batch_size=max(1, o.batch_tokens // cfg.max_seq_len),
+        per_device_train_batch_size=rows,
+        per_device_eval_batch_size=rows,
         gradient_accumulation_steps=o.grad_accum,
         learning_rate=o.lr,
         lr_scheduler_type=o.scheduler,
@@ -218,46 +252,169 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         optim=optim,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps or -1,
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
+        bf16=dtype == _torch().bfloat16,
+        fp16=dtype == _torch().float16,
         gradient_checkpointing=cfg.gradient_checkpointing,
         seed=cfg.seed,
         data_seed=cfg.seed,
         logging_steps=1,
-        eval_strategy="steps" if data.validation else "no",
-        eval_steps=cfg.eval.every_steps,
-        save_strategy="no",
-        report_to=[],
+        eval_strategy="steps" if has_validation else "no",
+        eval_steps=every,
+        # a checkpoint at every evaluation: the best one is restored at the end, the latest resumes a kill
+        save_strategy="steps",
+        save_steps=every,
+        save_total_limit=cfg.keep_checkpoints,
+        load_best_model_at_end=has_validation,
+        metric_for_best_model="eval_loss" if has_validation else None,
+        greater_is_better=False if has_validation else None,
+        report_to=["tensorboard"] if tensorboard else [],
         dataset_num_proc=None,
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=not cuda,
     )
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def run_training(cfg: TrainConfig, fresh: bool = False) -> dict[str, Any]:
+    """Train, save the adapter and the run folder; returns the manifest.
+
+    A run folder with checkpoints of the same config and data resumes from the latest one (after a kill);
+    with other config or data it is refused unless ``fresh``, which discards them. Raises
+    :class:`train.preflight.PreflightError` before training when it cannot work."""
+    check_inputs(cfg)
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, prepare_model_for_kbit_training
+    from transformers import AutoConfig, EarlyStoppingCallback
+    from trl import SFTTrainer
+
+    from curate.models import smollm2_model_dir
+    from train.callbacks import LiveMetrics, Projection, SampleGenerations
+    from train.outputs import plot_losses, register_finish, register_start
+    from train.preflight import check_before_loading, check_data, check_packing_isolation
+
+    cuda = torch.cuda.is_available()
+    dtype = _dtype(cfg)
+    base_path = str(smollm2_model_dir()) if cfg.base_model == "embedded" else cfg.base_model
+    memory = check_before_loading(cfg, AutoConfig.from_pretrained(base_path), half=dtype != torch.float32)
+    out = cfg.output_path
+    out.mkdir(parents=True, exist_ok=True)
+
+    tokenizer = load_tokenizer(base_path)
+    data = prepare_data(cfg, tokenizer)
+    (out / "rejected.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data.rejected))
+    check_data(len(data.train), data.rejected, str(out / "rejected.jsonl"))
+
+    fp = fingerprint(cfg, data.digest)
+    run_id = f"{cfg.name}-{fp[:12]}"
+    ckpt_dir = out / "checkpoints"
+    last = last_complete_checkpoint(ckpt_dir)
+    state_file = out / "run.json"
+    previous = json.loads(state_file.read_text()).get("fingerprint") if state_file.is_file() else None
+    if last and previous != fp:
+        if not fresh:
+            from train.preflight import PreflightError
+
+            raise PreflightError(
+                f"{out} holds checkpoints of a run with another config or data; resuming would mix them: "
+                f"use another name or output_dir, or --fresh to discard them"
+            )
+        last = None
+    if fresh or not last:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            (out / name).unlink(missing_ok=True)
+    state_file.write_text(json.dumps({"fingerprint": fp, "run_id": run_id}) + "\n")
+    workspace = cfg.resolve(cfg.workspace) if cfg.workspace else None
+    if workspace:
+        register_start(workspace, run_id, cfg.name, cfg.model_dump(mode="json"), fp, out, resumed=bool(last))
+
+    model = load_model(cfg, base_path, dtype)
+    isolation = check_packing_isolation(model)
+    model.config.use_cache = False  # a KV cache in the forward pass disables the packed-sequence mask
+    if cfg.method.kind == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    m = cfg.method
+    lora = LoraConfig(
+        r=m.r, lora_alpha=m.alpha, lora_dropout=m.dropout, target_modules=m.target_modules,
+        use_dora=m.kind == "dora", use_rslora=m.rslora, task_type="CAUSAL_LM",
+    )
+    projection = Projection(price_per_hour=cfg.price_per_gpu_hour)
+    callbacks = [LiveMetrics(out / "metrics.jsonl"), projection]
+    if cfg.eval.sample_prompts:
+        callbacks.append(SampleGenerations(tokenizer, data.sample_prompts, cfg.eval.every_steps, cfg.eval.sample_max_new_tokens, out / "samples.jsonl"))
+    if data.validation and cfg.eval.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.eval.early_stopping_patience))
     trainer = SFTTrainer(
         model=model,
-        args=args,
+        args=_trainer_args(cfg, out, bool(data.validation), dtype, cuda),
         train_dataset=Dataset.from_list(data.train),
         eval_dataset=Dataset.from_list(data.validation) if data.validation else None,
         processing_class=tokenizer,
         peft_config=lora,
+        callbacks=callbacks,
     )
-    trainer.train()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=last)
+    except BaseException:
+        if workspace:
+            register_finish(workspace, run_id, "failed", None, trainer.state.log_history)
+        raise
+    seconds = time.perf_counter() - t0
     trainer.model.save_pretrained(str(out / "adapter"))
     tokenizer.save_pretrained(str(out / "adapter"))
+    history = trainer.state.log_history
     with open(out / "metrics.jsonl", "w") as fh:
-        for row in trainer.state.log_history:
+        for row in history:
             fh.write(json.dumps(row) + "\n")
+    plot = plot_losses(history, out / "loss.png", cfg.name)
+    evals = [r["eval_loss"] for r in history if "eval_loss" in r]
+    max_steps = trainer.state.max_steps
     manifest = {
         "name": cfg.name,
+        "run_id": run_id,
+        "fingerprint": fp,
         "config": cfg.model_dump(mode="json"),
-        "base_model": base_id,
+        "base_model": _base_id(cfg),
+        "base_model_path": base_path,
         "base_weights_sha256": _weights_hash(Path(base_path)),
         "data_sha256": data.digest,
         "data": data.stats,
         "versions": _versions(),
         "git_revision": _git_revision(),
-        "train_loss": [r["loss"] for r in trainer.state.log_history if "loss" in r],
-        "eval_loss": [r["eval_loss"] for r in trainer.state.log_history if "eval_loss" in r],
+        "device": memory["device"],
+        "memory_estimate_gib": memory,
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 1024**3, 3) if cuda else None,
+        "packing_isolation_max_diff": isolation,
+        "resumed_from": Path(last).name if last else None,
+        "steps": trainer.state.global_step,
+        "max_steps": max_steps,
+        "stopped_early": bool(evals) and trainer.state.global_step < max_steps,
+        "best_checkpoint": Path(trainer.state.best_model_checkpoint).name if trainer.state.best_model_checkpoint else None,
+        "best_eval_loss": min(evals) if evals else None,
+        "train_seconds": round(seconds, 2),
+        "projection": projection.projection,
+        "train_loss": [r["loss"] for r in history if "loss" in r],
+        "eval_loss": evals,
+        "outputs": {"adapter": "adapter", "metrics": "metrics.jsonl", "plot": plot.name if plot else None,
+                    "samples": "samples.jsonl" if cfg.eval.sample_prompts else None, "rejected": "rejected.jsonl"},
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    if cfg.export.merged or cfg.export.gguf != "none":
+        from train.export import export_run
+
+        manifest["export"] = export_run(out, base_path, cfg.export.gguf, cfg.export.merged)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    if workspace:
+        summary = {k: manifest[k] for k in ("base_model", "data", "steps", "stopped_early", "best_eval_loss", "train_seconds", "resumed_from")}
+        summary["final_train_loss"] = manifest["train_loss"][-1] if manifest["train_loss"] else None
+        register_finish(workspace, run_id, "done", summary, history)
     return manifest
 
 

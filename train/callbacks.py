@@ -1,0 +1,106 @@
+"""transformers ``TrainerCallback``s that `train run` adds to TRL's trainer.
+
+- :class:`LiveMetrics` appends every log row to ``metrics.jsonl`` as it happens (a run can be watched;
+  the file is rewritten from the trainer state at the end, so a resumed run has one clean history);
+- :class:`SampleGenerations` generates greedily from a few fixed prompts every N steps and logs the
+  outputs next to the loss (a loss that falls while answers turn to mush is visible at once);
+- :class:`Projection` measures the first steps and logs the projected wall time and cost of the run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+
+class LiveMetrics(TrainerCallback):
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and state.is_world_process_zero:
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps({**logs, "step": state.global_step, "epoch": state.epoch}) + "\n")
+
+
+class SampleGenerations(TrainerCallback):
+    """Greedy generations from ``prompts`` (lists of chat messages ending before an assistant turn) before
+    the first step, every ``every`` steps and at the end, appended to ``path`` and to the trainer's log."""
+
+    def __init__(self, tokenizer: Any, prompts: list[list[dict[str, str]]], every: int, max_new_tokens: int, path: Path):
+        self.tokenizer, self.prompts, self.every = tokenizer, prompts, every
+        self.max_new_tokens, self.path = max_new_tokens, path
+        self.last_step = -1
+
+    def generate(self, model: Any) -> list[dict[str, str]]:
+        import torch
+
+        was_training = model.training
+        model.eval()
+        device = next(p for p in model.parameters()).device
+        out = []
+        with torch.no_grad():
+            for messages in self.prompts:
+                enc = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+                enc = {k: v.to(device) for k, v in enc.items()}
+                ids = model.generate(
+                    **enc, max_new_tokens=self.max_new_tokens, do_sample=False, use_cache=True,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )
+                text = self.tokenizer.decode(ids[0][enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                out.append({"prompt": messages[-1]["content"], "output": text})
+        model.train(was_training)
+        return out
+
+    def _log(self, state, model) -> None:
+        if not self.prompts or state.global_step == self.last_step or not state.is_world_process_zero:
+            return
+        self.last_step = state.global_step
+        samples = self.generate(model)
+        with open(self.path, "a") as fh:
+            for s in samples:
+                fh.write(json.dumps({"step": state.global_step, **s}) + "\n")
+        state.log_history.append({"step": state.global_step, "samples": samples})
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._log(state, model)  # the base model's answers (or the resumed checkpoint's), for comparison
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0:
+            self._log(state, model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self._log(state, model)
+
+
+class Projection(TrainerCallback):
+    """After ``after`` optimizer steps (timed from the end of the first, which carries warm-up costs),
+    log and print the projected total wall time and, at ``price_per_hour``, the cost."""
+
+    def __init__(self, after: int = 3, price_per_hour: float = 0.0):
+        self.after, self.price = after, price_per_hour
+        self.t_first: float | None = None
+        self.step_first = 0
+        self.projection: dict[str, float] = {}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        if self.t_first is None:
+            self.t_first, self.step_first = now, state.global_step
+            return
+        done = state.global_step - self.step_first
+        if done == self.after or (not self.projection and state.global_step == state.max_steps):
+            per_step = (now - self.t_first) / done
+            remaining = (state.max_steps - state.global_step) * per_step
+            total = remaining + (now - self.t_first) + per_step * self.step_first
+            self.projection = {
+                "seconds_per_step": round(per_step, 4), "projected_total_s": round(total, 1),
+                "projected_cost": round(total / 3600 * self.price, 4),
+            }
+            state.log_history.append({"step": state.global_step, **self.projection})
+            cost = f", ${self.projection['projected_cost']:.2f} at ${self.price:g}/GPU-hour" if self.price else ""
+            print(f"projection: {per_step:.2f} s/step x {state.max_steps} steps = {total / 60:.1f} min{cost}")
