@@ -169,7 +169,8 @@ def load_model(cfg: TrainConfig, base: str, dtype):
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
         )
-        kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else "cpu"
+        # each process of a DDP launch holds a whole copy on its own GPU
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))} if torch.cuda.is_available() else "cpu"
     return AutoModelForCausalLM.from_pretrained(base, **kwargs)
 
 
@@ -210,6 +211,31 @@ def fingerprint(cfg: TrainConfig, data_digest: str) -> str:
     """What a checkpoint is only valid for: the config (less where outputs go) and the encoded data."""
     conf = cfg.model_dump(mode="json", exclude=RESUME_INSENSITIVE)
     return hashlib.sha256(json.dumps([conf, data_digest], sort_keys=True).encode()).hexdigest()
+
+
+def resume_point(out: Path, fp: str, run_id: str, fresh: bool) -> str | None:
+    """The checkpoint to resume from: the latest complete one of a run with this fingerprint, or None
+    (a fresh start: old checkpoints and logs are cleared). Checkpoints of another config or data are an
+    error unless ``fresh``."""
+    from train.preflight import PreflightError
+
+    ckpt_dir = out / "checkpoints"
+    last = last_complete_checkpoint(ckpt_dir)
+    state_file = out / "run.json"
+    previous = json.loads(state_file.read_text()).get("fingerprint") if state_file.is_file() else None
+    if last and previous != fp and not fresh:
+        raise PreflightError(
+            f"{out} holds checkpoints of a run with another config or data; resuming would mix them: "
+            f"use another name or output_dir, or --fresh to discard them"
+        )
+    if fresh or previous != fp:
+        last = None
+    if not last:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            (out / name).unlink(missing_ok=True)
+    state_file.write_text(json.dumps({"fingerprint": fp, "run_id": run_id}) + "\n")
+    return last
 
 
 def last_complete_checkpoint(folder: Path) -> str | None:
@@ -298,6 +324,7 @@ def run_training(cfg: TrainConfig, fresh: bool = False) -> dict[str, Any]:
     from train.preflight import check_before_loading, check_data, check_packing_isolation
 
     cuda = torch.cuda.is_available()
+    main = int(os.environ.get("RANK", "0")) == 0  # under `accelerate launch`, one process writes the outputs
     dtype = _dtype(cfg)
     base_path = str(smollm2_model_dir()) if cfg.base_model == "embedded" else cfg.base_model
     memory = check_before_loading(cfg, AutoConfig.from_pretrained(base_path), half=dtype != torch.float32)
@@ -306,30 +333,14 @@ def run_training(cfg: TrainConfig, fresh: bool = False) -> dict[str, Any]:
 
     tokenizer = load_tokenizer(base_path)
     data = prepare_data(cfg, tokenizer)
-    (out / "rejected.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data.rejected))
+    if main:
+        (out / "rejected.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data.rejected))
     check_data(len(data.train), data.rejected, str(out / "rejected.jsonl"))
 
     fp = fingerprint(cfg, data.digest)
     run_id = f"{cfg.name}-{fp[:12]}"
-    ckpt_dir = out / "checkpoints"
-    last = last_complete_checkpoint(ckpt_dir)
-    state_file = out / "run.json"
-    previous = json.loads(state_file.read_text()).get("fingerprint") if state_file.is_file() else None
-    if last and previous != fp:
-        if not fresh:
-            from train.preflight import PreflightError
-
-            raise PreflightError(
-                f"{out} holds checkpoints of a run with another config or data; resuming would mix them: "
-                f"use another name or output_dir, or --fresh to discard them"
-            )
-        last = None
-    if fresh or not last:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        for name in ("metrics.jsonl", "samples.jsonl"):
-            (out / name).unlink(missing_ok=True)
-    state_file.write_text(json.dumps({"fingerprint": fp, "run_id": run_id}) + "\n")
-    workspace = cfg.resolve(cfg.workspace) if cfg.workspace else None
+    last = resume_point(out, fp, run_id, fresh) if main else last_complete_checkpoint(out / "checkpoints")
+    workspace = cfg.resolve(cfg.workspace) if cfg.workspace and main else None
     if workspace:
         register_start(workspace, run_id, cfg.name, cfg.model_dump(mode="json"), fp, out, resumed=bool(last))
 
@@ -368,6 +379,8 @@ def run_training(cfg: TrainConfig, fresh: bool = False) -> dict[str, Any]:
             register_finish(workspace, run_id, "failed", None, trainer.state.log_history)
         raise
     seconds = time.perf_counter() - t0
+    if not trainer.is_world_process_zero():
+        return {}
     trainer.model.save_pretrained(str(out / "adapter"))
     tokenizer.save_pretrained(str(out / "adapter"))
     history = trainer.state.log_history
