@@ -33,7 +33,7 @@ def eight_run(eight):
             "method": {"kind": "lora", "r": 8, "alpha": 16, "dropout": 0.0}, "gradient_checkpointing": False,
             "optim": {"lr": 2e-3, "batch_tokens": 4096, "warmup_ratio": 0.0, "scheduler": "constant_with_warmup"},
             "eval": {"every_steps": 3, "early_stopping_patience": 2, "sample_prompts": 1, "sample_max_new_tokens": 12},
-            "price_per_gpu_hour": 2.0,
+            "price_per_gpu_hour": 2.0, "log_every_steps": 1,
         },
         base_dir=eight,
     )
@@ -161,7 +161,7 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint(eight, tmp_path)
     cfg = {
         "name": "resume", "data": [{"path": str(eight / "eight.jsonl")}], "max_steps": 5, "max_seq_len": 512,
         "method": {"kind": "lora", "r": 4, "alpha": 8, "dropout": 0.0}, "gradient_checkpointing": False,
-        "optim": {"batch_tokens": 1024}, "eval": {"every_steps": 1, "sample_prompts": 0},
+        "optim": {"batch_tokens": 1024}, "eval": {"every_steps": 1, "sample_prompts": 0}, "log_every_steps": 1,
         "output_dir": str(run), "workspace": str(tmp_path / "ws.duckdb"),
     }
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(cfg))

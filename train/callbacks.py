@@ -22,6 +22,8 @@ class LiveMetrics(TrainerCallback):
         self.path = path
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.log_history:  # wall time on each row: throughput over time, from the metrics alone
+            state.log_history[-1].setdefault("wall_time", round(time.time(), 3))
         if logs and state.is_world_process_zero:
             with open(self.path, "a") as fh:
                 fh.write(json.dumps({**logs, "step": state.global_step, "epoch": state.epoch}) + "\n")

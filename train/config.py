@@ -90,6 +90,8 @@ class TrainConfig(FileConfig):
     train_on_inputs: bool = False
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(default=None, ge=1, description="overrides epochs")
+    # logging reads the loss back from the GPU, a sync that stalls small models; every step on short runs
+    log_every_steps: int = Field(10, ge=1)
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 where the device supports it
     gradient_checkpointing: bool = True
     # None: the model's default (sdpa). Packed examples stay isolated with sdpa and flash attention alike

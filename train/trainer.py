@@ -283,7 +283,7 @@ def _trainer_args(cfg: TrainConfig, out: Path, has_validation: bool, dtype, cuda
         gradient_checkpointing=cfg.gradient_checkpointing,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        logging_steps=1,
+        logging_steps=cfg.log_every_steps,
         eval_strategy="steps" if has_validation else "no",
         eval_steps=every,
         # a checkpoint at every evaluation: the best one is restored at the end, the latest resumes a kill
