@@ -65,8 +65,8 @@ def estimate_memory(cfg: TrainConfig, model_config: Any, half: bool) -> dict[str
     - adapter: fp32 weights, gradients and AdamW states (2 bytes/parameter for 8-bit optimizers, 8 for
       AdamW);
     - activations of one packed micro-batch: each layer's input kept by gradient checkpointing plus one
-      layer recomputed (every layer without checkpointing), and the logits: in compute dtype, upcast to
-      fp32 for the loss, and its gradient;
+      layer recomputed (every layer without checkpointing), and a tile of fp32 logits with its gradient
+      (TRL's fused LM head never materializes all of them);
     - 0.6 GiB of CUDA context and allocator slack, plus 10%.
     """
     s = _shapes(model_config)
@@ -85,14 +85,16 @@ def estimate_memory(cfg: TrainConfig, model_config: Any, half: bool) -> dict[str
     state_bytes = 2 if optim in ("paged_adamw_8bit", "adamw_8bit") or (optim == "auto" and half) else 8
     adapter = lora_params * (4 + 4 + state_bytes)
     t = tokens_per_micro_batch(cfg)
-    one_layer = t * (10 * s["h"] + 4 * s["i"]) * cb
+    # calibrated on H100 runs (bench/train_bench.py): SmolLM2 LoRA at 4k/8k tokens, a 7B shape at 2k
+    one_layer = t * (15 * s["h"] + 6 * s["i"]) * cb
     if cfg.gradient_checkpointing:
         acts = s["layers"] * t * s["h"] * cb + one_layer
     else:
         acts = s["layers"] * one_layer
     if cfg.method.kind == "qlora":
         acts += 2 * max(a * b for a, b in linears.values()) * cb  # a dequantized weight and its transpose
-    logits = t * s["vocab"] * (cb + 4 + 4)
+    # TRL's fused LM head scores only labelled positions, in tiles, and never holds the whole logits
+    logits = min(t, 4096) * s["vocab"] * 4 * 2
     parts = {"base_weights": base, "adapter_and_optimizer": adapter, "activations": acts, "logits": logits}
     gib = {k: v / GiB for k, v in parts.items()}
     gib["overhead"] = 0.6 + 0.1 * sum(gib.values())
