@@ -1,5 +1,6 @@
-# Two entry points: `make demo` (set up, then run curate end to end on the embedded defaults and
-# sample_data) and `make test` (set up, then run the test suite). Both work on a fresh machine.
+# Two entry points: `make demo` (set up, then curate sample_data end to end and train a short QLoRA
+# adapter on what it kept, all on the embedded defaults) and `make test` (set up, then run the test suite).
+# Both work on a fresh machine.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -20,12 +21,14 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(VENV)/bin/curate run configs/quickstart.yaml --force
+	$(VENV)/bin/train run configs/train_quickstart.yaml --fresh
 
 test: setup
 	$(PY) -m pytest -q
 
 bench: setup
 	$(PY) bench/curate_bench.py
+	$(PY) bench/train_bench.py --base tiny --n-train 64 --n-eval 16
 
 clean:
 	rm -rf out .pytest_cache

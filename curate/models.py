@@ -76,24 +76,71 @@ def _cached(name: str, build: Callable[[Path], None]) -> Path:
     return target
 
 
+def _gguf_pre_tokenizer_name(gguf: Path) -> str | None:
+    """The GGUF's ``tokenizer.ggml.pre`` (llama.cpp's pre-tokenizer name), or None when it has none."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(gguf)).get_field("tokenizer.ggml.pre")
+    if field is None:
+        return None
+    return bytes(field.parts[field.data[0]]).decode("utf-8")
+
+
+def _smollm_pre_tokenizer():
+    # llama.cpp's "smollm" pre-tokenizer (llama-vocab.cpp, shared with starcoder/refact/command-r): first
+    # the regex "\p{N}" (every numeric character becomes its own piece), then the GPT-2 byte-level regex.
+    # This is exactly the upstream HuggingFaceTB/SmolLM2-135M-Instruct tokenizer.json pre_tokenizer.
+    from tokenizers import pre_tokenizers
+
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+        ]
+    )
+
+
+# llama.cpp pre-tokenizer names whose behaviour transformers' GGUF loader does not reproduce (it builds a
+# plain GPT-2 ByteLevel pre-tokenizer for every "gpt2"-model GGUF and ignores tokenizer.ggml.pre).
+_GGUF_PRE_TOKENIZERS = {"smollm": _smollm_pre_tokenizer}
+
+
+def _tokenizer_from_gguf(gguf: Path):
+    """The GGUF's tokenizer as a transformers fast tokenizer, with llama.cpp's pre-tokenizer restored."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    fix = _GGUF_PRE_TOKENIZERS.get(_gguf_pre_tokenizer_name(gguf) or "")
+    if fix is not None:
+        # only the pre-tokenizer changes: the BPE model, the ByteLevel decoder and the (no BOS) post-processor
+        # that transformers built are already right
+        tok.backend_tokenizer.pre_tokenizer = fix()
+    return tok
+
+
+# The cache folder names carry a version: "-v2" since the pre-tokenizer fix above. Before it, the text next
+# to a number was split GPT-2's way, not as SmolLM2 was trained: "\n\n1." gave 'Ċ','Ċ','1' instead of 'ĊĊ','1',
+# " ½" gave 'ĠÂ','½' instead of 'Ġ','Â½' (ASCII digits were single tokens either way: the vocabulary has no
+# multi-digit token). Bumping the name makes every existing cache rebuild instead of silently reusing a
+# tokenizer.json with the wrong pre-tokenizer.
+SMOLLM2_TOKENIZER_CACHE = "smollm2-135m-instruct-tokenizer-v2"
+SMOLLM2_MODEL_CACHE = "smollm2-135m-instruct-v2"
+
+
 def smollm2_tokenizer_dir() -> Path:
     """A folder with SmolLM2's tokenizer.json, tokenizer_config.json and chat template."""
 
     def build(out: Path) -> None:
-        from transformers import AutoTokenizer
+        _tokenizer_from_gguf(smollm2_gguf()).save_pretrained(str(out))
 
-        gguf = smollm2_gguf()
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        tok.save_pretrained(str(out))
-
-    return _cached("smollm2-135m-instruct-tokenizer", build)
+    return _cached(SMOLLM2_TOKENIZER_CACHE, build)
 
 
 def smollm2_model_dir() -> Path:
     """A folder with SmolLM2 dequantized to a regular transformers checkpoint (safetensors + tokenizer)."""
 
     def build(out: Path) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+        from transformers import AutoModelForCausalLM, GgufConfig
 
         gguf = smollm2_gguf()
         # dequantize=True gives plain float weights, which save_pretrained can write (a GGUF-quantized
@@ -102,9 +149,9 @@ def smollm2_model_dir() -> Path:
             str(gguf.parent), gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
         )
         model.save_pretrained(str(out))
-        AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(str(out))
+        _tokenizer_from_gguf(gguf).save_pretrained(str(out))
 
-    return _cached("smollm2-135m-instruct", build)
+    return _cached(SMOLLM2_MODEL_CACHE, build)
 
 
 def minilm_dir() -> Path:

@@ -63,7 +63,8 @@ def test_memory_estimate_grows_with_what_drives_it():
     q, lora = est(), est(method={"kind": "lora"})
     assert q["base_weights"] < lora["base_weights"]  # 4-bit linears
     assert est(gradient_checkpointing=False)["activations"] > 5 * q["activations"]
-    assert est(optim={"batch_tokens": 32768})["logits"] == pytest.approx(4 * q["logits"], rel=0.01)
+    assert est(optim={"batch_tokens": 32768})["activations"] > 3.5 * q["activations"]
+    assert est(optim={"batch_tokens": 32768})["logits"] == q["logits"]  # TRL's fused LM head works in tiles
     # all-linear LoRA on SmolLM2 at r=16: 30 layers x 16 x (in+out) summed over the seven projections
     assert q["lora_parameters"] == 30 * 16 * (2 * 1152 + 2 * (576 + 192) + 3 * (576 + 1536))
 

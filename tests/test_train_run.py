@@ -110,6 +110,7 @@ def test_qlora_cli_run_saves_an_adapter_that_peft_reloads_and_generates(tmp_path
         "max_steps": 2, "max_seq_len": 256, "method": {"kind": "qlora", "r": 4, "alpha": 8},
         "optim": {"batch_tokens": 1024}, "output_dir": str(tmp_path / "run"),
         "eval": {"sample_prompts": 1, "sample_max_new_tokens": 8},  # NF4 generation on CPU is slow
+        "export": {"gguf": "q8_0"},  # merged into the full-precision base, written as GGUF, logits checked
     }
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
     res = CliRunner().invoke(app, ["run", str(tmp_path / "train.yaml")])
@@ -121,6 +122,10 @@ def test_qlora_cli_run_saves_an_adapter_that_peft_reloads_and_generates(tmp_path
     rejected = [json.loads(x) for x in (run / "rejected.jsonl").read_text().splitlines()]
     assert any(r["where"].endswith("chat_written.jsonl:6") and "no trainable token" in r["reason"] for r in rejected)
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    export = manifest["export"]
+    assert (run / export["gguf"]["path"]).is_file() and export["gguf"]["kind"] == "q8_0"
+    assert export["logits_check"]["argmax_agreement"] >= 0.85 and export["logits_check"]["tokenizer_match"]
+    assert "<|im_end|>" in (run / export["modelfile"]).read_text()
 
     base = AutoModelForCausalLM.from_pretrained(str(smollm2_model_dir()), dtype=torch.float32)
     model = PeftModel.from_pretrained(base, str(run / "adapter"))
