@@ -18,15 +18,16 @@ from transformers import TrainerCallback
 
 
 class LiveMetrics(TrainerCallback):
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, hidden: tuple[str, ...] = ()):
+        self.path, self.hidden = path, hidden
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.log_history:  # wall time on each row: throughput over time, from the metrics alone
             state.log_history[-1].setdefault("wall_time", round(time.time(), 3))
         if logs and state.is_world_process_zero:
             with open(self.path, "a") as fh:
-                fh.write(json.dumps({**logs, "step": state.global_step, "epoch": state.epoch}) + "\n")
+                row = {k: v for k, v in logs.items() if k not in self.hidden}
+                fh.write(json.dumps({**row, "step": state.global_step, "epoch": state.epoch}) + "\n")
 
 
 class SampleGenerations(TrainerCallback):

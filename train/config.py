@@ -97,6 +97,9 @@ class TrainConfig(FileConfig):
     # None: the model's default (sdpa). Packed examples stay isolated with sdpa and flash attention alike
     # (position ids restart per example); the pre-flight checks that on the loaded model.
     attn_implementation: str | None = None
+    # rows: packed rows stay rows with a block-diagonal mask each (sdpa, eager); flat: a micro-batch is one
+    # sequence (flash-attention's varlen kernels). auto picks by attn_implementation (train/packing.py)
+    packing: Literal["auto", "rows", "flat"] = "auto"
     keep_checkpoints: int = Field(2, ge=1, description="latest checkpoints kept for resume (the best is kept too)")
     seed: int = 0
     output_dir: str | None = Field(default=None, description="default: runs/<name> next to the config")

@@ -321,6 +321,7 @@ def run_training(cfg: TrainConfig, fresh: bool = False) -> dict[str, Any]:
     from curate.models import smollm2_model_dir
     from train.callbacks import LiveMetrics, Projection, SampleGenerations
     from train.outputs import plot_losses, register_finish, register_start
+    from train.packing import RowPackedCollator, use_row_packing
     from train.preflight import check_before_loading, check_data, check_packing_isolation
 
     cuda = torch.cuda.is_available()
@@ -355,7 +356,11 @@ def run_training(cfg: TrainConfig, fresh: bool = False) -> dict[str, Any]:
         use_dora=m.kind == "dora", use_rslora=m.rslora, task_type="CAUSAL_LM",
     )
     projection = Projection(price_per_hour=cfg.price_per_gpu_hour)
-    callbacks = [LiveMetrics(out / "metrics.jsonl"), projection]
+    # TRL counts a batch's tokens as its width when there is no attention mask: right for one flattened
+    # sequence, wrong for rows, so with rows its `num_tokens` is left out
+    row_packing = use_row_packing(cfg.packing, cfg.attn_implementation)
+    hidden = ("num_tokens",) if row_packing else ()
+    callbacks = [LiveMetrics(out / "metrics.jsonl", hidden), projection]
     if cfg.eval.sample_prompts:
         callbacks.append(SampleGenerations(tokenizer, data.sample_prompts, cfg.eval.every_steps, cfg.eval.sample_max_new_tokens, out / "samples.jsonl"))
     if data.validation and cfg.eval.early_stopping_patience:
@@ -369,6 +374,8 @@ def run_training(cfg: TrainConfig, fresh: bool = False) -> dict[str, Any]:
         peft_config=lora,
         callbacks=callbacks,
     )
+    if row_packing:  # TRL refuses a custom collator with its packing, so it is swapped in after construction
+        trainer.data_collator = RowPackedCollator(tokenizer.pad_token_id)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -383,7 +390,7 @@ def run_training(cfg: TrainConfig, fresh: bool = False) -> dict[str, Any]:
         return {}
     trainer.model.save_pretrained(str(out / "adapter"))
     tokenizer.save_pretrained(str(out / "adapter"))
-    history = trainer.state.log_history
+    history = [{k: v for k, v in row.items() if k not in hidden} for row in trainer.state.log_history]
     with open(out / "metrics.jsonl", "w") as fh:
         for row in history:
             fh.write(json.dumps(row) + "\n")
@@ -405,6 +412,7 @@ def run_training(cfg: TrainConfig, fresh: bool = False) -> dict[str, Any]:
         "device": memory["device"],
         "memory_estimate_gib": memory,
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 1024**3, 3) if cuda else None,
+        "packing": "rows" if row_packing else "flat",
         "packing_isolation_max_diff": isolation,
         "resumed_from": Path(last).name if last else None,
         "steps": trainer.state.global_step,
