@@ -122,6 +122,11 @@ def test_qlora_cli_run_saves_an_adapter_that_peft_reloads_and_generates(tmp_path
     rejected = [json.loads(x) for x in (run / "rejected.jsonl").read_text().splitlines()]
     assert any(r["where"].endswith("chat_written.jsonl:6") and "no trainable token" in r["reason"] for r in rejected)
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    audit = (run / "mask_audit.txt").read_text()  # the real template, trained spans marked: the answer and its end
+    assert sum(line.startswith("# /") for line in audit.splitlines()) == 3
+    assert "<|im_start|>assistant\n⟦" in audit and "<|im_end|>\n⟧" in audit and "⟦<|im_start|>" not in audit
+    q = manifest["data"]["trainable_share_per_record"]
+    assert 0 < q["min"] <= q["p05"] <= q["median"] <= q["max"] < 1
     export = manifest["export"]
     assert (run / export["gguf"]["path"]).is_file() and export["gguf"]["kind"] == "q8_0"
     assert export["logits_check"]["argmax_agreement"] >= 0.85 and export["logits_check"]["tokenizer_match"]

@@ -118,11 +118,11 @@ def mask_audit(encoder: ChatEncoder, records: Iterable[Sequence[dict[str, str]]]
         if e.n_trainable == 0:
             empty.append(i)
         if len(examples) < show:
-            examples.append(_marked(encoder.tokenizer, e, mark))
+            examples.append(marked_text(encoder.tokenizer, e, mark))
     return {"examples": examples, "trainable_share": shares, "no_trainable": empty}
 
 
-def _marked(tokenizer: Any, e: Encoded, mark: tuple[str, str]) -> str:
+def marked_text(tokenizer: Any, e: Encoded, mark: tuple[str, str] = ("⟦", "⟧")) -> str:
     """The record's tokens decoded one by one, trained runs wrapped in ``mark``: what the loss sees."""
     out, inside = [], False
     for tid, lab in zip(e.input_ids, e.labels):

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from train.config import DataSource, TrainConfig
-from train.data import ChatEncoder, TemplateMismatch
+from train.data import ChatEncoder, TemplateMismatch, marked_text
 
 
 @dataclass
@@ -43,6 +43,7 @@ class PreparedData:
     stats: dict[str, Any] = field(default_factory=dict)
     digest: str = ""
     sample_prompts: list[list[dict[str, str]]] = field(default_factory=list)  # for SampleGenerations
+    audit: list[str] = field(default_factory=list)  # the first training records with their trained spans marked
 
 
 def read_conversations(path: Path, source: DataSource) -> tuple[list[tuple[str, list[dict[str, str]]]], list[dict]]:
@@ -100,6 +101,9 @@ def prepare_data(cfg: TrainConfig, tokenizer) -> PreparedData:
         per_source.append((source, convs))
     mixed, counts = mix(per_source, cfg.seed)
 
+    audit: list[str] = []
+    shares: list[float] = []
+
     def encode(items, split):
         rows, truncated = [], 0
         for where, messages in items:
@@ -116,6 +120,10 @@ def prepare_data(cfg: TrainConfig, tokenizer) -> PreparedData:
                 continue
             truncated += e.truncated
             rows.append({"input_ids": e.input_ids, "labels": e.labels})
+            if split == "train":
+                shares.append(e.n_trainable / len(e.input_ids))
+                if len(audit) < 3:
+                    audit.append(f"# {where}: {e.n_trainable} of {len(e.input_ids)} tokens trained\n{marked_text(tokenizer, e)}")
         return rows, truncated
 
     train, t_trunc = encode(mixed, "train")
@@ -132,8 +140,16 @@ def prepare_data(cfg: TrainConfig, tokenizer) -> PreparedData:
         "train_examples": len(train), "validation_examples": len(validation), "rejected": len(rejected),
         "truncated": t_trunc + v_trunc, "train_tokens": tokens, "trainable_tokens": trainable,
         "trainable_share": round(trainable / tokens, 4) if tokens else 0.0, "mix": counts,
+        "trainable_share_per_record": _quantiles(shares),
     }
-    return PreparedData(train, validation, rejected, stats, digest.hexdigest(), sample_prompts)
+    return PreparedData(train, validation, rejected, stats, digest.hexdigest(), sample_prompts, audit)
+
+
+def _quantiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    v = sorted(values)
+    return {q: round(v[min(len(v) - 1, int(f * len(v)))], 4) for q, f in (("min", 0), ("p05", 0.05), ("median", 0.5), ("max", 1.0))}
 
 
 def _prompt_of(messages: list[dict[str, str]]) -> list[dict[str, str]] | None:
@@ -336,6 +352,12 @@ def run_training(cfg: TrainConfig, fresh: bool = False) -> dict[str, Any]:
     data = prepare_data(cfg, tokenizer)
     if main:
         (out / "rejected.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data.rejected))
+        # what the loss sees, through the real template: trained spans between ⟦ ⟧
+        (out / "mask_audit.txt").write_text("\n\n".join(data.audit) + "\n")
+        q = data.stats["trainable_share_per_record"]
+        if q:
+            print(f"mask audit: trainable share per record min {q['min']:.0%}, p05 {q['p05']:.0%}, median {q['median']:.0%}; "
+                  f"{data.stats['rejected']} records rejected; rendered examples in {out / 'mask_audit.txt'}")
     check_data(len(data.train), data.rejected, str(out / "rejected.jsonl"))
 
     fp = fingerprint(cfg, data.digest)
@@ -425,7 +447,8 @@ def run_training(cfg: TrainConfig, fresh: bool = False) -> dict[str, Any]:
         "train_loss": [r["loss"] for r in history if "loss" in r],
         "eval_loss": evals,
         "outputs": {"adapter": "adapter", "metrics": "metrics.jsonl", "plot": plot.name if plot else None,
-                    "samples": "samples.jsonl" if cfg.eval.sample_prompts else None, "rejected": "rejected.jsonl"},
+                    "samples": "samples.jsonl" if cfg.eval.sample_prompts else None, "rejected": "rejected.jsonl",
+                    "mask_audit": "mask_audit.txt"},
     }
     if cfg.export.merged or cfg.export.gguf != "none":
         from train.export import export_run
