@@ -11,6 +11,7 @@ Every write goes through this small API (the app and the CLIs read through it to
 - ``similar_pairs`` scored candidate pairs of the near-dup stages (near the threshold and above), for the
                     report's similarity histogram and the largest similarity left between splits
 - ``train_metrics`` per logged step of a train run (kind 'train' in ``runs``): loss, eval_loss, learning rate...
+- ``eval_examples`` per example of an eval run (kind 'eval'): prompt, reference, output, per-example scores
 - ``embedding_cache`` sentence embeddings by model and text hash, shared by all runs: a re-run with other
                     thresholds does not re-encode
 - ``ledger``        a view: each record with its outcome (kept, or rejected with stage and reason)
@@ -47,6 +48,8 @@ CREATE TABLE IF NOT EXISTS similar_pairs (
     run_id VARCHAR, stage VARCHAR, uid_a BIGINT, uid_b BIGINT, similarity DOUBLE);
 CREATE TABLE IF NOT EXISTS train_metrics (
     run_id VARCHAR, step BIGINT, epoch DOUBLE, name VARCHAR, value DOUBLE);
+CREATE TABLE IF NOT EXISTS eval_examples (
+    run_id VARCHAR, task VARCHAR, idx BIGINT, source VARCHAR, prompt JSON, reference VARCHAR, output VARCHAR, scores JSON);
 CREATE TABLE IF NOT EXISTS embedding_cache (
     model VARCHAR, text_hash UBIGINT, embedding FLOAT[], PRIMARY KEY (model, text_hash));
 CREATE OR REPLACE VIEW ledger AS
@@ -56,7 +59,7 @@ CREATE OR REPLACE VIEW ledger AS
     FROM records r LEFT JOIN rejects j ON r.run_id = j.run_id AND r.uid = j.uid;
 """
 
-RUN_TABLES = ("records", "rejects", "quarantine", "stage_counts", "clusters", "similar_pairs", "train_metrics")
+RUN_TABLES = ("records", "rejects", "quarantine", "stage_counts", "clusters", "similar_pairs", "train_metrics", "eval_examples")
 
 
 def _now() -> datetime:

@@ -1,0 +1,134 @@
+"""`evalsuite run`: generate for every task of a suite, score with the registered metrics, write the results.
+
+Outputs in ``out_dir``:
+- ``examples.parquet``: one row per example: task, source (file:line), prompt (JSON messages), reference,
+  output, and every per-example metric value;
+- ``results.json``: per task and metric key the headline value and its details (sacrebleu signature, token
+  counts...), plus what a comparison must hold equal: the model and adapter, the generation settings, the
+  chat template's hash and each task's prompts hash;
+- with a workspace: a ``runs`` row (kind 'eval', summary = the headline values) and the examples in
+  ``eval_examples``, for the review app and for ``evalsuite compare`` across runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from evalsuite.suite import SuiteConfig, TaskConfig
+
+
+def load_model(model: str = "embedded", adapter: str | None = None, device: str = "auto"):
+    """(model, tokenizer, description): the embedded SmolLM2, a local path or hub id, or a merged model;
+    with ``adapter``, a peft adapter on top. fp16/bf16 on a GPU, fp32 on CPU."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from curate.models import resolve_device, smollm2_model_dir
+    from train.trainer import load_tokenizer
+
+    device = resolve_device(device)
+    base = str(smollm2_model_dir()) if model == "embedded" else model
+    dtype = torch.float32 if device == "cpu" else (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    net = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to(device)
+    if adapter:
+        from peft import PeftModel
+
+        net = PeftModel.from_pretrained(net, adapter)
+    net.eval()
+    desc = {"model": "embedded:SmolLM2-135M-Instruct" if model == "embedded" else model, "adapter": adapter,
+            "device": device, "dtype": str(dtype).replace("torch.", "")}
+    return net, load_tokenizer(base), desc
+
+
+def task_examples(suite: SuiteConfig, task: TaskConfig) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """(examples, skipped): each record's turns before its last assistant turn (the prompt) and that turn's
+    text (the reference); records without an assistant turn, or unreadable, are skipped with a reason."""
+    from train.config import DataSource
+    from train.trainer import read_conversations
+
+    convs, bad = read_conversations(
+        suite.resolve(task.path), DataSource(path=task.path, shape=task.shape, mapping=task.mapping, limit=task.limit)
+    )
+    examples, skipped = [], [{"where": b["where"], "reason": b["reason"]} for b in bad]
+    for where, messages in convs:
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        if not last:  # None, or an assistant turn with nothing before it to answer
+            skipped.append({"where": where, "reason": "no assistant turn after a prompt"})
+            continue
+        examples.append({"source": where, "prompt": messages[:last], "reference": messages[last]["content"]})
+    return examples, skipped
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def run_suite(suite: SuiteConfig, model: str = "embedded", adapter: str | None = None, out_dir: str | Path | None = None,
+              workspace: str | Path | None = None, device: str = "auto") -> dict[str, Any]:
+    """Run every task; returns the results dict written to ``out_dir/results.json``."""
+    import polars as pl
+
+    from evalsuite.generate import generate
+    from evalsuite.metrics import get_metric
+
+    net, tok, desc = load_model(model, adapter, device)
+    rows: list[dict[str, Any]] = []
+    tasks: dict[str, Any] = {}
+    for task in suite.tasks:
+        examples, skipped = task_examples(suite, task)
+        if not examples:
+            raise ValueError(f"task {task.name}: no example with a prompt and a reference in {task.path} ({len(skipped)} skipped)")
+        gen = task.generation or suite.generation
+        prompts = [e["prompt"] for e in examples]
+        references = [e["reference"] for e in examples]
+        outputs = generate(net, tok, prompts, max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size,
+                           sample=gen.sample, temperature=gen.temperature, top_p=gen.top_p, seed=gen.seed)
+        per_example: dict[str, list[float] | None] = {}
+        metrics: dict[str, Any] = {}
+        for spec in task.metrics:
+            metric = get_metric(spec.name)
+            if metric.needs_model:
+                results = metric(net, tok, prompts, references, **spec.options)
+            else:
+                results = metric(outputs, references, **spec.options)
+            for key, res in results.items():
+                metrics[key] = {"value": res.value, "details": res.details}
+                per_example[key] = res.per_example
+        for i, (e, out) in enumerate(zip(examples, outputs)):
+            scores = {k: (v[i] if v is not None else None) for k, v in per_example.items()}
+            rows.append({"task": task.name, "idx": i, "source": e["source"], "prompt": json.dumps(e["prompt"], ensure_ascii=False),
+                         "reference": e["reference"], "output": out, "scores": json.dumps(scores)})
+        tasks[task.name] = {"n": len(examples), "skipped": skipped, "generation": gen.model_dump(),
+                            "prompts_sha256": _sha(prompts), "metrics": metrics}
+
+    results = {
+        "suite": suite.name, **desc,
+        "chat_template_sha256": hashlib.sha256((tok.chat_template or "").encode()).hexdigest(),
+        "tasks": tasks,
+    }
+    results["run_id"] = f"{suite.name}-{_sha([results['model'], adapter, {t: (v['prompts_sha256'], v['generation']) for t, v in tasks.items()}, [t.model_dump() for t in suite.tasks]])[:12]}"
+    out = Path(out_dir or suite.resolve(f"evals/{results['run_id']}"))
+    out.mkdir(parents=True, exist_ok=True)
+    pl.DataFrame(rows).write_parquet(out / "examples.parquet")
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    results["output_dir"] = str(out)
+    if workspace:
+        _register(Path(workspace), suite, results, pl.DataFrame(rows), out)
+    return results
+
+
+def headline(results: dict[str, Any]) -> dict[str, float]:
+    """``{"task/key": value}``: the numbers a table or a summary shows."""
+    return {f"{t}/{k}": m["value"] for t, v in results["tasks"].items() for k, m in v["metrics"].items()}
+
+
+def _register(path: Path, suite: SuiteConfig, results: dict[str, Any], frame, out: Path) -> None:
+    from curate.workspace import Workspace
+
+    with Workspace(path) as ws:
+        ws.start_run(results["run_id"], "eval", suite.name, suite.model_dump(mode="json"), results["run_id"], str(out))
+        ws.append("eval_examples", results["run_id"], frame)
+        ws.finish_run(results["run_id"], "done", {"model": results["model"], "adapter": results["adapter"], "headline": headline(results)})

@@ -1,0 +1,90 @@
+"""The typed eval suite: tasks (an eval set in any shape curate reads, metrics, generation settings).
+
+```yaml
+name: alpaca-holdout
+tasks:
+  - name: alpaca
+    path: ../out/quickstart/data/test.jsonl        # curate's test split, or any file curate reads
+    limit: 200
+    metrics: [rouge, bleu, chrf, exact_match_normalized, perplexity]
+    # a metric with options: {name: exact_match, extract: {regex: "answer is (\\d+)"}}
+generation: {max_new_tokens: 256, batch_size: 16}  # greedy unless sample: true (then seeded)
+```
+Each record's prompt is every turn before its last assistant turn; the reference is that turn.
+Relative paths are relative to the suite file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from curate.config import FileConfig, read_yaml, validate
+
+
+class SuiteError(ValueError):
+    """An invalid suite; the message names every offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MetricSpec(_Strict):
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class GenerationConfig(_Strict):
+    max_new_tokens: int = Field(256, ge=1)
+    batch_size: int = Field(16, ge=1)
+    sample: bool = False  # greedy by default: an eval should not change between runs
+    temperature: float = Field(0.7, gt=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    seed: int = 0
+
+
+class TaskConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    path: str
+    shape: Literal["auto", "alpaca", "dolly", "sharegpt", "openai", "prompt_completion", "mapped"] = "auto"
+    mapping: dict[str, str | list[str]] | None = None
+    limit: int | None = Field(default=None, ge=1)
+    metrics: list[MetricSpec] = Field(min_length=1)
+    generation: GenerationConfig | None = None  # default: the suite's
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _names(cls, v: Any) -> Any:
+        """``metrics: [rouge, {name: exact_match, extract: {...}}]``: a bare name, or a name with options."""
+        out = []
+        for m in v or []:
+            if isinstance(m, str):
+                out.append({"name": m})
+            elif isinstance(m, dict) and "name" in m and "options" not in m:
+                out.append({"name": m["name"], "options": {k: x for k, x in m.items() if k != "name"}})
+            else:
+                out.append(m)
+        return out
+
+    @field_validator("metrics")
+    @classmethod
+    def _known(cls, v: list[MetricSpec]) -> list[MetricSpec]:
+        from evalsuite.metrics import get_metric
+
+        for m in v:
+            get_metric(m.name)  # UnknownMetric (a ValueError) lists the known names
+        return v
+
+
+class SuiteConfig(FileConfig):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    tasks: list[TaskConfig] = Field(min_length=1)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+
+
+def load_suite(path: str | Path) -> SuiteConfig:
+    """Read and validate a suite YAML; SuiteError names the file and every bad key."""
+    return validate(SuiteConfig, read_yaml(path, SuiteError), Path(path).parent, str(path), SuiteError)
