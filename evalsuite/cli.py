@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-app = typer.Typer(add_completion=False, help="evaluation: run a suite on a model (compare and gates: issue #5, to come)")
+app = typer.Typer(add_completion=False, help="evaluation: run a suite on a model, compare two runs (gates: issue #5, to come)")
 
 
 @app.callback()
@@ -40,6 +40,55 @@ def run(
     for key, value in headline(results).items():
         typer.echo(f"{key:40} {value:.4f}")
     typer.echo(f"results: {results['output_dir']}/results.json")
+
+
+@app.command("compare")
+def compare_cmd(
+    base: str = typer.Argument(..., help="the base model's run: an `evalsuite run` folder, or a run id with --workspace"),
+    fine_tune: str = typer.Argument(..., help="the fine-tune's run, likewise"),
+    out: str = typer.Option(None, "--out", help="folder for compare.json / .md / .html (default: the fine-tune's run folder)"),
+    workspace: str = typer.Option(None, "--workspace", help="resolve run ids through this DuckDB workspace"),
+    regressions: int = typer.Option(5, "--regressions", help="examples that regressed most, per task"),
+) -> None:
+    """Per metric: both values, delta, paired bootstrap 95% CI (McNemar for exact match), verdict.
+
+    Exit codes: 0 compared; 2 the runs cannot be compared (other prompts, template or generation settings)."""
+    import json
+    from pathlib import Path
+
+    from evalsuite.compare import CompareError, compare, to_html, to_markdown
+
+    try:
+        paths = [_run_folder(x, workspace) for x in (base, fine_tune)]
+        result = compare(paths[0], paths[1], regressions=regressions)
+    except CompareError as exc:
+        typer.secho(f"cannot compare: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    folder = Path(out or paths[1])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
+    markdown = to_markdown(result)
+    (folder / "compare.md").write_text(markdown)
+    (folder / "compare.html").write_text(to_html(result))
+    typer.echo(markdown.split("\nLargest regressions")[0] if len(result["tasks"]) == 1 else markdown)
+    typer.echo(f"written: {folder / 'compare.json'}, compare.md, compare.html")
+
+
+def _run_folder(ref: str, workspace: str | None) -> str:
+    """A run folder as given, or the output folder of run id ``ref`` in the workspace."""
+    from pathlib import Path
+
+    from evalsuite.compare import CompareError
+
+    if Path(ref).exists() or not workspace:
+        return ref
+    from curate.workspace import Workspace
+
+    with Workspace(workspace, read_only=True) as ws:
+        row = ws.run(ref)
+    if not row or row["kind"] != "eval":
+        raise CompareError(f"{ref}: no eval run of that id in {workspace}")
+    return row["output_dir"]
 
 
 if __name__ == "__main__":

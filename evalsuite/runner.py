@@ -102,6 +102,7 @@ def run_suite(suite: SuiteConfig, model: str = "embedded", adapter: str | None =
             rows.append({"task": task.name, "idx": i, "source": e["source"], "prompt": json.dumps(e["prompt"], ensure_ascii=False),
                          "reference": e["reference"], "output": out, "scores": json.dumps(scores)})
         tasks[task.name] = {"n": len(examples), "skipped": skipped, "generation": gen.model_dump(),
+                            "metric_options": {m.name: m.options for m in task.metrics},
                             "prompts_sha256": _sha(prompts), "metrics": metrics}
 
     results = {

@@ -6,16 +6,16 @@ from __future__ import annotations
 import json
 
 import polars as pl
+import pytest
 import yaml
 from typer.testing import CliRunner
 
 from tests.conftest import write_jsonl
 
 
-def test_evalsuite_run_writes_examples_results_and_a_workspace_row(shared_data, tmp_path):
-    from curate.workspace import Workspace
-    from evalsuite.cli import app
-
+@pytest.fixture(scope="module")
+def suite_dir(shared_data, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("evalrun")
     rows = json.loads((shared_data / "alpaca" / "alpaca_4000.json").read_text())[100:104]
     write_jsonl(tmp_path / "holdout.jsonl", rows)
     # an OpenAI-messages file with one record that has nothing to answer: skipped with a reason
@@ -32,10 +32,27 @@ def test_evalsuite_run_writes_examples_results_and_a_workspace_row(shared_data, 
         ],
     }
     (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
-    res = CliRunner().invoke(app, ["run", "--suite", str(tmp_path / "suite.yaml"), "--out", str(tmp_path / "out"),
-                                   "--workspace", str(tmp_path / "ws.duckdb"), "--device", "cpu"])
+    return tmp_path
+
+
+def _run(tmp_path, out, *extra):
+    from evalsuite.cli import app
+
+    res = CliRunner().invoke(app, ["run", "--suite", str(tmp_path / "suite.yaml"), "--out", str(tmp_path / out),
+                                   "--workspace", str(tmp_path / "ws.duckdb"), "--device", "cpu", *extra])
     assert res.exit_code == 0, res.output
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    return json.loads((tmp_path / out / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def base_run(suite_dir):
+    return _run(suite_dir, "out")
+
+
+def test_evalsuite_run_writes_examples_results_and_a_workspace_row(suite_dir, base_run):
+    from curate.workspace import Workspace
+
+    tmp_path, results = suite_dir, base_run
     alpaca, chat = results["tasks"]["alpaca"], results["tasks"]["chat"]
     assert alpaca["n"] == 4 and set(alpaca["metrics"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "exact_match_normalized", "perplexity"}
     assert alpaca["metrics"]["bleu"]["details"]["signature"].startswith("nrefs:1|")
@@ -61,3 +78,53 @@ def test_unknown_metric_is_a_suite_error_naming_the_known_ones(tmp_path):
     (tmp_path / "s.yaml").write_text("name: s\ntasks:\n  - {name: t, path: x.jsonl, metrics: [bleu, rogue]}\n")
     res = CliRunner().invoke(app, ["run", "--suite", str(tmp_path / "s.yaml")])
     assert res.exit_code == 2 and "rogue" in res.output and "rouge" in res.output
+
+
+def test_compare_base_with_an_adapter_and_refuse_unlike_runs(suite_dir, base_run):
+    import shutil
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from curate.models import smollm2_model_dir
+    from evalsuite.cli import app
+
+    # a real peft adapter whose B matrices are perturbed (seeded), so the "fine-tune" answers differently
+    model = AutoModelForCausalLM.from_pretrained(str(smollm2_model_dir()), dtype=torch.float32)
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    peft.save_pretrained(str(suite_dir / "adapter"))
+    ft = _run(suite_dir, "ft", "--adapter", str(suite_dir / "adapter"))
+    assert ft["adapter"] == str(suite_dir / "adapter")
+
+    # by workspace run ids
+    res = CliRunner().invoke(app, ["compare", base_run["run_id"], ft["run_id"], "--workspace", str(suite_dir / "ws.duckdb"),
+                                   "--out", str(suite_dir / "cmp")])
+    assert res.exit_code == 0, res.output
+    cmp = json.loads((suite_dir / "cmp" / "compare.json").read_text())
+    rows = {r["metric"]: r for r in cmp["tasks"]["alpaca"]["metrics"]}
+    assert set(rows) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "exact_match_normalized", "perplexity"}
+    for r in rows.values():
+        # the rule: McNemar for paired accuracies, else the bootstrap interval excluding 0
+        significant = r["mcnemar_p"] < 0.05 if "mcnemar_p" in r else (r["ci95"][0] > 0 or r["ci95"][1] < 0)
+        assert (r["verdict"] == "no significant change") == (not significant or r["delta"] == 0)
+        assert r["wins"] + r["ties"] + r["losses"] == 4
+        assert r["verdict"] in ("better", "worse", "no significant change")
+        assert r["delta"] == pytest.approx(r["fine_tune"] - r["base"])
+    assert rows["perplexity"]["base"] == base_run["tasks"]["alpaca"]["metrics"]["perplexity"]["value"]
+    assert "mcnemar_p" in rows["exact_match_normalized"] and "mcnemar_p" in {r["metric"]: r for r in cmp["tasks"]["chat"]["metrics"]}["exact_match"]
+    assert "| rougeL |" in (suite_dir / "cmp" / "compare.md").read_text()
+    assert "<td>rougeL</td>" in (suite_dir / "cmp" / "compare.html").read_text()
+
+    # other generation settings: the deltas would mean nothing, so the comparison is refused
+    shutil.copytree(suite_dir / "ft", suite_dir / "ft_other")
+    other = json.loads((suite_dir / "ft_other" / "results.json").read_text())
+    other["tasks"]["alpaca"]["generation"]["max_new_tokens"] = 99
+    (suite_dir / "ft_other" / "results.json").write_text(json.dumps(other))
+    res = CliRunner().invoke(app, ["compare", str(suite_dir / "out"), str(suite_dir / "ft_other")])
+    assert res.exit_code == 2 and "generation settings differ" in res.output and "max_new_tokens" in res.output

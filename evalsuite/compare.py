@@ -1,0 +1,176 @@
+"""`evalsuite compare BASE FT`: is the fine-tune better than its base by more than noise, per metric?
+
+Both runs must have scored the same prompts (hash per task), with the same chat template and generation
+settings; otherwise :class:`CompareError` says which differs (a delta between unlike runs means nothing).
+
+Per task and metric key:
+- both values and the delta (fine-tune minus base);
+- a paired bootstrap 95% interval of the delta (1,000 resamples of the examples, the same resample for
+  both runs, seeded): corpus BLEU/chrF are recomputed from sacrebleu's per-sentence statistics, perplexity
+  token-weighted, everything else as the mean of its per-example scores;
+- for exact-match keys (paired 0/1 outcomes) McNemar's exact test on the discordant pairs;
+- a verdict: ``better`` / ``worse`` when the interval (or McNemar's p < 0.05) excludes no change, else
+  ``no significant change`` (perplexity: lower is better);
+- win / tie / loss counts over examples, and the examples that regressed most on the task's first metric.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+LOWER_IS_BETTER = {"perplexity", "text_perplexity"}
+BOOTSTRAP = 1000
+
+
+class CompareError(ValueError):
+    """The two runs cannot be compared; the message says what differs."""
+
+
+def load_run(path: str | Path) -> tuple[dict[str, Any], Any]:
+    """(results, examples frame) from a run folder (or its results.json)."""
+    import polars as pl
+
+    folder = Path(path)
+    folder = folder.parent if folder.name == "results.json" else folder
+    if not (folder / "results.json").is_file():
+        raise CompareError(f"{folder}: no results.json (an `evalsuite run` output folder is expected)")
+    return json.loads((folder / "results.json").read_text()), pl.read_parquet(folder / "examples.parquet")
+
+
+def check_comparable(base: dict[str, Any], ft: dict[str, Any]) -> list[str]:
+    """The tasks both runs share; CompareError when prompts, template or generation settings differ."""
+    problems = []
+    if base["chat_template_sha256"] != ft["chat_template_sha256"]:
+        problems.append("the chat templates differ")
+    shared = [t for t in base["tasks"] if t in ft["tasks"]]
+    if not shared:
+        problems.append(f"no task in common (base: {sorted(base['tasks'])}, fine-tune: {sorted(ft['tasks'])})")
+    for t in shared:
+        b, f = base["tasks"][t], ft["tasks"][t]
+        if b["prompts_sha256"] != f["prompts_sha256"]:
+            problems.append(f"task {t}: the prompts differ")
+        if b["generation"] != f["generation"]:
+            diff = {k: (b["generation"][k], f["generation"].get(k)) for k in b["generation"] if b["generation"][k] != f["generation"].get(k)}
+            problems.append(f"task {t}: generation settings differ {diff}")
+    if problems:
+        raise CompareError("; ".join(problems))
+    return shared
+
+
+def _statistic(key: str, task: dict[str, Any], frame) -> tuple[Any, Any]:
+    """(per-example matrix, function of summed rows -> metric value): what a bootstrap resamples."""
+    import numpy as np
+
+    if key in ("bleu", "chrf"):
+        from sacrebleu.metrics import BLEU, CHRF
+
+        opts = {k: v for k, v in task.get("metric_options", {}).get(key, {}).items() if k not in ("per_example", "extract")}
+        metric = BLEU(**opts) if key == "bleu" else CHRF(**opts)
+        stats = np.array(metric._extract_corpus_statistics(frame["output"].to_list(), [frame["reference"].to_list()]), dtype=float)
+        return stats, lambda rows: metric._compute_score_from_stats(list(rows.sum(0))).score
+    scores = np.array([json.loads(s)[key] for s in frame["scores"]], dtype=float)
+    if key in LOWER_IS_BETTER:
+        tokens = np.array(task["metrics"][key]["details"]["tokens_per_example"], dtype=float)
+        return np.stack([scores * tokens, tokens], 1), lambda rows: math.exp(rows[:, 0].sum() / rows[:, 1].sum())
+    return scores[:, None], lambda rows: float(rows[:, 0].mean())
+
+
+def mcnemar(base: list[float], ft: list[float]) -> float:
+    """Two-sided exact McNemar p-value for paired 0/1 outcomes."""
+    from scipy.stats import binomtest
+
+    b = sum(1 for x, y in zip(base, ft) if x > y)  # base right, fine-tune wrong
+    c = sum(1 for x, y in zip(base, ft) if y > x)
+    return 1.0 if b + c == 0 else float(binomtest(c, b + c, 0.5).pvalue)
+
+
+def compare(base_path: str | Path, ft_path: str | Path, regressions: int = 5, seed: int = 0) -> dict[str, Any]:
+    """The comparison as a dict (what the JSON output holds); see the module docstring."""
+    import numpy as np
+
+    base, base_ex = load_run(base_path)
+    ft, ft_ex = load_run(ft_path)
+    out: dict[str, Any] = {"base": _who(base), "fine_tune": _who(ft), "bootstrap": BOOTSTRAP, "tasks": {}}
+    rng = np.random.default_rng(seed)
+    for t in check_comparable(base, ft):
+        b_frame = base_ex.filter(base_ex["task"] == t).sort("idx")
+        f_frame = ft_ex.filter(ft_ex["task"] == t).sort("idx")
+        n = b_frame.height
+        samples = rng.integers(0, n, size=(BOOTSTRAP, n))
+        rows = []
+        for key in [k for k in base["tasks"][t]["metrics"] if k in ft["tasks"][t]["metrics"]]:
+            b_val, f_val = base["tasks"][t]["metrics"][key]["value"], ft["tasks"][t]["metrics"][key]["value"]
+            b_stats, b_fn = _statistic(key, base["tasks"][t], b_frame)
+            f_stats, f_fn = _statistic(key, ft["tasks"][t], f_frame)
+            deltas = np.array([f_fn(f_stats[s]) - b_fn(b_stats[s]) for s in samples])
+            lo, hi = (float(x) for x in np.percentile(deltas, [2.5, 97.5]))
+            sign = -1 if key in LOWER_IS_BETTER else 1
+            b_ex = [json.loads(s)[key] for s in b_frame["scores"]]
+            f_ex = [json.loads(s)[key] for s in f_frame["scores"]]
+            wins = sum(1 for x, y in zip(b_ex, f_ex) if sign * (y - x) > 1e-12)
+            losses = sum(1 for x, y in zip(b_ex, f_ex) if sign * (x - y) > 1e-12)
+            row = {"metric": key, "base": b_val, "fine_tune": f_val, "delta": f_val - b_val, "ci95": [lo, hi],
+                   "wins": wins, "ties": n - wins - losses, "losses": losses}
+            significant = lo > 0 or hi < 0
+            if key.startswith("exact_match"):
+                row["mcnemar_p"] = mcnemar(b_ex, f_ex)
+                significant = row["mcnemar_p"] < 0.05
+            row["verdict"] = "no significant change" if not significant or row["delta"] == 0 else (
+                "better" if sign * row["delta"] > 0 else "worse")
+            rows.append(row)
+        first = rows[0]["metric"]
+        sign = -1 if first in LOWER_IS_BETTER else 1
+        drops = sorted(range(n), key=lambda i: sign * (json.loads(f_frame["scores"][i])[first] - json.loads(b_frame["scores"][i])[first]))
+        out["tasks"][t] = {"n": n, "metrics": rows, "regressed_on": first, "regressions": [
+            {"idx": i, "source": b_frame["source"][i], "prompt": b_frame["prompt"][i], "reference": b_frame["reference"][i],
+             "base_output": b_frame["output"][i], "fine_tune_output": f_frame["output"][i],
+             "base": json.loads(b_frame["scores"][i])[first], "fine_tune": json.loads(f_frame["scores"][i])[first]}
+            for i in drops[:regressions]
+            if sign * (json.loads(f_frame["scores"][i])[first] - json.loads(b_frame["scores"][i])[first]) < 0
+        ]}
+    return out
+
+
+def _who(results: dict[str, Any]) -> dict[str, Any]:
+    return {"run_id": results.get("run_id"), "model": results.get("model"), "adapter": results.get("adapter")}
+
+
+def to_markdown(cmp: dict[str, Any]) -> str:
+    b, f = cmp["base"], cmp["fine_tune"]
+    lines = [f"# {f['model']}{' + ' + f['adapter'] if f['adapter'] else ''} vs {b['model']}{' + ' + b['adapter'] if b['adapter'] else ''}", ""]
+    for t, task in cmp["tasks"].items():
+        lines += [f"## {t} ({task['n']} examples)", "", "| metric | base | fine-tune | delta | 95% CI | verdict | W/T/L |", "|---|---|---|---|---|---|---|"]
+        for r in task["metrics"]:
+            p = f" (McNemar p={r['mcnemar_p']:.3g})" if "mcnemar_p" in r else ""
+            lines.append(f"| {r['metric']} | {r['base']:.4f} | {r['fine_tune']:.4f} | {r['delta']:+.4f} | "
+                         f"[{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}] | {r['verdict']}{p} | {r['wins']}/{r['ties']}/{r['losses']} |")
+        lines += ["", f"Largest regressions on {task['regressed_on']}:", ""]
+        for x in task["regressions"]:
+            lines += [f"- `{x['source']}` {x['base']:.3f} -> {x['fine_tune']:.3f}", "", "```text", f"PROMPT: {x['prompt']}",
+                      f"BASE: {x['base_output']}", f"FINE-TUNE: {x['fine_tune_output']}", "```", ""]
+    return "\n".join(lines) + "\n"
+
+
+def to_html(cmp: dict[str, Any]) -> str:
+    """Self-contained HTML; every record text is escaped (model outputs are hostile input)."""
+    e = html.escape
+    parts = ["<!doctype html><meta charset='utf-8'><title>evalsuite compare</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{border:1px solid #ccc;padding:4px}"
+             "table{border-collapse:collapse}.better{color:#070}.worse{color:#a00}pre{white-space:pre-wrap;background:#f6f6f6}</style>"]
+    for t, task in cmp["tasks"].items():
+        parts.append(f"<h2>{e(t)} ({task['n']} examples)</h2><table><tr><th>metric</th><th>base</th><th>fine-tune</th>"
+                     "<th>delta</th><th>95% CI</th><th>verdict</th><th>W/T/L</th></tr>")
+        for r in task["metrics"]:
+            cls = r["verdict"].split()[0]
+            parts.append(f"<tr><td>{e(r['metric'])}</td><td>{r['base']:.4f}</td><td>{r['fine_tune']:.4f}</td><td>{r['delta']:+.4f}</td>"
+                         f"<td>[{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]</td><td class='{cls}'>{e(r['verdict'])}</td>"
+                         f"<td>{r['wins']}/{r['ties']}/{r['losses']}</td></tr>")
+        parts.append(f"</table><h3>Largest regressions on {e(task['regressed_on'])}</h3>")
+        for x in task["regressions"]:
+            parts.append(f"<p>{e(x['source'])}: {x['base']:.3f} &rarr; {x['fine_tune']:.3f}</p><pre>{e(x['prompt'])}</pre>"
+                         f"<pre>BASE: {e(x['base_output'])}</pre><pre>FINE-TUNE: {e(x['fine_tune_output'])}</pre>")
+    return "\n".join(parts) + "\n"
