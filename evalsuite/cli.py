@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-app = typer.Typer(add_completion=False, help="evaluation: run a suite on a model, compare two runs (gates: issue #5, to come)")
+app = typer.Typer(add_completion=False, help="evaluation: run a suite on a model, compare two runs, gate a run in CI")
 
 
 @app.callback()
@@ -72,6 +72,35 @@ def compare_cmd(
     (folder / "compare.html").write_text(to_html(result))
     typer.echo(markdown.split("\nLargest regressions")[0] if len(result["tasks"]) == 1 else markdown)
     typer.echo(f"written: {folder / 'compare.json'}, compare.md, compare.html")
+
+
+@app.command()
+def gate(
+    results: str = typer.Argument(..., help="the run to gate: an `evalsuite run` folder, or a run id with --workspace"),
+    rules: str = typer.Option(..., "--rules", help="gate rules YAML (see evalsuite/gate.py)"),
+    baseline: str = typer.Option(None, "--baseline", help="the run to compare against (regression and forgetting rules)"),
+    junit: str = typer.Option(None, "--junit", help="JUnit XML output (default: gate.xml in the run folder)"),
+    workspace: str = typer.Option(None, "--workspace", help="resolve run ids through this DuckDB workspace"),
+) -> None:
+    """Check every rule; exit 0 when all pass, 1 when one fails, 2 when the rules or runs are unusable."""
+    from pathlib import Path
+
+    from evalsuite.compare import CompareError
+    from evalsuite.gate import GateError, check, junit_xml, load_rules
+
+    try:
+        folder = _run_folder(results, workspace)
+        outcomes = check(folder, load_rules(rules), _run_folder(baseline, workspace) if baseline else None)
+    except (GateError, CompareError) as exc:
+        typer.secho(f"gate: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    target = Path(junit or Path(folder) / "gate.xml")
+    target.write_text(junit_xml(outcomes))
+    for o in outcomes:
+        typer.secho(o["message"], fg=typer.colors.GREEN if o["passed"] else typer.colors.RED)
+    failed = sum(not o["passed"] for o in outcomes)
+    typer.echo(f"{len(outcomes) - failed} of {len(outcomes)} rules passed; JUnit: {target}")
+    raise typer.Exit(1 if failed else 0)
 
 
 def _run_folder(ref: str, workspace: str | None) -> str:

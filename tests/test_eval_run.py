@@ -128,3 +128,40 @@ def test_compare_base_with_an_adapter_and_refuse_unlike_runs(suite_dir, base_run
     (suite_dir / "ft_other" / "results.json").write_text(json.dumps(other))
     res = CliRunner().invoke(app, ["compare", str(suite_dir / "out"), str(suite_dir / "ft_other")])
     assert res.exit_code == 2 and "generation settings differ" in res.output and "max_new_tokens" in res.output
+
+
+def test_gate_passes_and_fails_with_exit_codes_and_junit(suite_dir, base_run):
+    import xml.etree.ElementTree as ET
+
+    from evalsuite.cli import app
+
+    out = suite_dir / "out"
+    rouge_l = base_run["tasks"]["alpaca"]["metrics"]["rougeL"]["value"]
+    (suite_dir / "pass.yaml").write_text(yaml.safe_dump({"rules": [
+        {"metric": "alpaca/rougeL", "at_least": round(rouge_l - 0.01, 4)},
+        {"metric": "alpaca/perplexity", "at_most": 1000},
+        {"metric": "alpaca/rougeL", "no_significant_regression": True},
+        {"metric": "chat/exact_match", "max_drop": 0.0},
+    ]}))
+    res = CliRunner().invoke(app, ["gate", str(out), "--rules", str(suite_dir / "pass.yaml"), "--baseline", str(out),
+                                   "--junit", str(suite_dir / "pass.xml")])
+    assert res.exit_code == 0, res.output
+    suite = ET.parse(suite_dir / "pass.xml").getroot()
+    assert suite.get("tests") == "4" and suite.get("failures") == "0"
+
+    (suite_dir / "fail.yaml").write_text(yaml.safe_dump({"rules": [
+        {"metric": "alpaca/rougeL", "at_least": round(rouge_l + 0.5, 4)},
+        {"metric": "alpaca/perplexity", "at_most": 1000},
+    ]}))
+    res = CliRunner().invoke(app, ["gate", str(out), "--rules", str(suite_dir / "fail.yaml"), "--junit", str(suite_dir / "fail.xml")])
+    assert res.exit_code == 1 and "FAIL alpaca/rougeL at least" in res.output and "1 of 2 rules passed" in res.output
+    failed = ET.parse(suite_dir / "fail.xml").getroot().findall("testcase/failure")
+    assert len(failed) == 1 and "rougeL" in failed[0].get("message")
+
+    # a baseline rule without a baseline, or an unknown metric: unusable rules (exit 2), not a pass
+    (suite_dir / "bad.yaml").write_text(yaml.safe_dump({"rules": [{"metric": "alpaca/rougeL", "max_drop": 0.01}]}))
+    res = CliRunner().invoke(app, ["gate", str(out), "--rules", str(suite_dir / "bad.yaml")])
+    assert res.exit_code == 2 and "--baseline" in res.output
+    (suite_dir / "bad2.yaml").write_text(yaml.safe_dump({"rules": [{"metric": "alpaca/rouge9", "at_least": 0}]}))
+    res = CliRunner().invoke(app, ["gate", str(out), "--rules", str(suite_dir / "bad2.yaml")])
+    assert res.exit_code == 2 and "alpaca/rougeL" in res.output
