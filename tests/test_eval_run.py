@@ -83,22 +83,10 @@ def test_unknown_metric_is_a_suite_error_naming_the_known_ones(tmp_path):
 def test_compare_base_with_an_adapter_and_refuse_unlike_runs(suite_dir, base_run):
     import shutil
 
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from curate.models import smollm2_model_dir
     from evalsuite.cli import app
+    from tests.conftest import perturbed_adapter
 
-    # a real peft adapter whose B matrices are perturbed (seeded), so the "fine-tune" answers differently
-    model = AutoModelForCausalLM.from_pretrained(str(smollm2_model_dir()), dtype=torch.float32)
-    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
-    peft.save_pretrained(str(suite_dir / "adapter"))
+    perturbed_adapter(suite_dir / "adapter", scale=0.02)  # so the "fine-tune" answers differently
     ft = _run(suite_dir, "ft", "--adapter", str(suite_dir / "adapter"))
     assert ft["adapter"] == str(suite_dir / "adapter")
 

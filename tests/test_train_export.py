@@ -44,26 +44,15 @@ def _logits(model, ids):
 def adapter(tmp_path_factory):
     """A run folder holding only ``adapter/`` (as ``train run`` leaves it), with the logits of the PeftModel
     and of the bare base for DEFAULT_CHECK_PROMPT."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from curate.models import smollm2_model_dir
+    from tests.conftest import perturbed_adapter
 
     base_dir = smollm2_model_dir()
     run_dir = tmp_path_factory.mktemp("run")
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
-    base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
-    with torch.random.fork_rng():  # lora_A's initialisation, seeded without touching the session's RNG
-        torch.manual_seed(0)
-        model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
-    # peft starts lora_B at zero (the adapter is a no-op); random values make the merge change the model
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
-    model.save_pretrained(str(run_dir / "adapter"))
-    tokenizer.save_pretrained(str(run_dir / "adapter"))
+    model = perturbed_adapter(run_dir / "adapter", scale=0.05)  # the merge must change the model
     ids = tokenizer(DEFAULT_CHECK_PROMPT, return_tensors="pt")["input_ids"]
     peft_logits = _logits(model, ids)
     with model.disable_adapter():
