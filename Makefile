@@ -1,5 +1,5 @@
-# Two entry points: `make demo` (set up, then curate sample_data end to end and train a short QLoRA
-# adapter on what it kept, all on the embedded defaults) and `make test` (set up, then run the test suite).
+# Two entry points: `make demo` (set up, then curate sample_data end to end, train a short QLoRA adapter
+# on what it kept, evaluate base and adapter on the test split and compare them, all on the embedded defaults) and `make test` (set up, then run the test suite).
 # Both work on a fresh machine.
 PYTHON ?= python3
 VENV ?= .venv
@@ -22,6 +22,9 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/curate run configs/quickstart.yaml --force
 	$(VENV)/bin/train run configs/train_quickstart.yaml --fresh
+	$(VENV)/bin/evalsuite run --suite configs/eval_quickstart.yaml --out out/eval/base --workspace out/workspace.duckdb
+	$(VENV)/bin/evalsuite run --suite configs/eval_quickstart.yaml --adapter out/train/quickstart-qlora/adapter --out out/eval/ft --workspace out/workspace.duckdb
+	$(VENV)/bin/evalsuite compare out/eval/base out/eval/ft
 
 test: setup
 	$(PY) -m pytest -q
