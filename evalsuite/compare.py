@@ -8,7 +8,7 @@ Per task and metric key:
 - a paired bootstrap 95% interval of the delta (1,000 resamples of the examples, the same resample for
   both runs, seeded): corpus BLEU/chrF are recomputed from sacrebleu's per-sentence statistics, perplexity
   token-weighted, everything else as the mean of its per-example scores;
-- for exact-match keys (paired 0/1 outcomes) McNemar's exact test on the discordant pairs;
+- for exact-match and probe accuracy keys (paired 0/1 outcomes) McNemar's exact test on the discordant pairs;
 - a verdict: ``better`` / ``worse`` when the interval (or McNemar's p < 0.05) excludes no change, else
   ``no significant change`` (perplexity: lower is better);
 - win / tie / loss counts over examples, and the examples that regressed most on the task's first metric.
@@ -116,7 +116,7 @@ def compare(base_path: str | Path, ft_path: str | Path, regressions: int = 5, se
             row = {"metric": key, "base": b_val, "fine_tune": f_val, "delta": f_val - b_val, "ci95": [lo, hi],
                    "wins": wins, "ties": n - wins - losses, "losses": losses}
             significant = lo > 0 or hi < 0
-            if key.startswith("exact_match"):
+            if key.startswith("exact_match") or key in ("acc", "acc_norm"):  # paired 0/1 outcomes
                 row["mcnemar_p"] = mcnemar(b_ex, f_ex)
                 significant = row["mcnemar_p"] < 0.05
             row["verdict"] = "no significant change" if not significant or row["delta"] == 0 else (

@@ -78,6 +78,10 @@ def run_suite(suite: SuiteConfig, model: str = "embedded", adapter: str | None =
     rows: list[dict[str, Any]] = []
     tasks: dict[str, Any] = {}
     for task in suite.tasks:
+        if task.kind != "generate":
+            task_rows, tasks[task.name] = _probe_task(suite, task, net, tok)
+            rows += task_rows
+            continue
         examples, skipped = task_examples(suite, task)
         if not examples:
             raise ValueError(f"task {task.name}: no example with a prompt and a reference in {task.path} ({len(skipped)} skipped)")
@@ -119,6 +123,26 @@ def run_suite(suite: SuiteConfig, model: str = "embedded", adapter: str | None =
     if workspace:
         _register(Path(workspace), suite, results, pl.DataFrame(rows), out)
     return results
+
+
+def _probe_task(suite: SuiteConfig, task: TaskConfig, net: Any, tok: Any) -> tuple[list[dict], dict[str, Any]]:
+    """A multiple-choice probe: rows (the output is the chosen answer) and the task's results."""
+    from evalsuite import probes
+
+    load = {"mmlu": probes.mmlu_items, "openbookqa": probes.openbookqa_items, "truthfulqa_mc1": probes.truthfulqa_mc1_items}[task.kind]
+    items = load(suite.resolve(task.path), task.limit)
+    if not items:
+        raise ValueError(f"task {task.name}: no items in {task.path}")
+    res = probes.score_mc(net, tok, items)
+    rows = []
+    for i, (it, p) in enumerate(zip(items, res["per_example"])):
+        chosen = max(range(len(it.choices)), key=p["loglikelihoods"].__getitem__)
+        rows.append({"task": task.name, "idx": i, "source": it.source, "prompt": json.dumps([{"role": "user", "content": it.context}]),
+                     "reference": it.choices[it.gold], "output": it.choices[chosen],
+                     "scores": json.dumps({"acc": p["acc"], "acc_norm": p["acc_norm"]})})
+    metrics = {k: {"value": res[k], "details": {"n": len(items), "format": task.kind}} for k in ("acc", "acc_norm")}
+    return rows, {"n": len(items), "skipped": [], "generation": {"kind": task.kind}, "metric_options": {},
+                  "prompts_sha256": _sha([(it.context, it.choices) for it in items]), "metrics": metrics}
 
 
 def headline(results: dict[str, Any]) -> dict[str, float]:

@@ -8,6 +8,10 @@ tasks:
     limit: 200
     metrics: [rouge, bleu, chrf, exact_match_normalized, perplexity]
     # a metric with options: {name: exact_match, extract: {regex: "answer is (\\d+)"}}
+  - name: mmlu-geography                          # a forgetting probe: acc / acc_norm by log-likelihood
+    kind: mmlu
+    path: ../../shared/data/mmlu/high_school_geography_test.csv
+    limit: 100
 generation: {max_new_tokens: 256, batch_size: 16}  # greedy unless sample: true (then seeded)
 ```
 Each record's prompt is every turn before its last assistant turn; the reference is that turn.
@@ -19,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from curate.config import FileConfig, read_yaml, validate
 
@@ -49,11 +53,22 @@ class GenerationConfig(_Strict):
 class TaskConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     path: str
+    # generate: answer each prompt, score with `metrics`; a probe format: log-likelihood multiple choice
+    # (acc, acc_norm) as lm-evaluation-harness scores it, the forgetting check (evalsuite/probes.py)
+    kind: Literal["generate", "mmlu", "openbookqa", "truthfulqa_mc1"] = "generate"
     shape: Literal["auto", "alpaca", "dolly", "sharegpt", "openai", "prompt_completion", "mapped"] = "auto"
     mapping: dict[str, str | list[str]] | None = None
     limit: int | None = Field(default=None, ge=1)
-    metrics: list[MetricSpec] = Field(min_length=1)
+    metrics: list[MetricSpec] = Field(default_factory=list)
     generation: GenerationConfig | None = None  # default: the suite's
+
+    @model_validator(mode="after")
+    def _metrics_for_generation(self) -> "TaskConfig":
+        if self.kind == "generate" and not self.metrics:
+            raise ValueError("a generate task needs at least one metric")
+        if self.kind != "generate" and self.metrics:
+            raise ValueError(f"a {self.kind} probe scores acc and acc_norm itself: leave `metrics` out")
+        return self
 
     @field_validator("metrics", mode="before")
     @classmethod
