@@ -79,7 +79,7 @@ def run_suite(suite: SuiteConfig, model: str = "embedded", adapter: str | None =
     tasks: dict[str, Any] = {}
     for task in suite.tasks:
         if task.kind != "generate":
-            task_rows, tasks[task.name] = _probe_task(suite, task, net, tok)
+            task_rows, tasks[task.name] = (_text_task if task.kind == "text" else _probe_task)(suite, task, net, tok)
             rows += task_rows
             continue
         examples, skipped = task_examples(suite, task)
@@ -143,6 +143,35 @@ def _probe_task(suite: SuiteConfig, task: TaskConfig, net: Any, tok: Any) -> tup
     metrics = {k: {"value": res[k], "details": {"n": len(items), "format": task.kind}} for k in ("acc", "acc_norm")}
     return rows, {"n": len(items), "skipped": [], "generation": {"kind": task.kind}, "metric_options": {},
                   "prompts_sha256": _sha([(it.context, it.choices) for it in items]), "metrics": metrics}
+
+
+def _text_task(suite: SuiteConfig, task: TaskConfig, net: Any, tok: Any) -> tuple[list[dict], dict[str, Any]]:
+    """Plain text (any file curate reads, ``text_field`` of each record): sliding-window perplexity."""
+    from curate.readers import expand_paths, read_file
+    from evalsuite.metrics import text_perplexity
+
+    texts, sources, skipped = [], [], []
+    for file in expand_paths(str(suite.resolve(task.path)), Path("/")):
+        for batch in read_file(file):
+            skipped += [{"where": f"{file}:{b.line}", "reason": b.error} for b in batch.bad]
+            for line, rec in zip(batch.lines, batch.records):
+                value = rec.get(task.text_field) if isinstance(rec, dict) else None
+                if not isinstance(value, str) or not value.strip():
+                    skipped.append({"where": f"{file}:{line}", "reason": f"no text in field {task.text_field!r}"})
+                    continue
+                texts.append(value)
+                sources.append(f"{file}:{line}")
+                if task.limit and len(texts) >= task.limit:
+                    break
+            if task.limit and len(texts) >= task.limit:
+                break
+    if not texts:
+        raise ValueError(f"task {task.name}: no text in field {task.text_field!r} of {task.path}")
+    res = text_perplexity(net, tok, texts, max_length=task.window, stride=task.stride)
+    rows = [{"task": task.name, "idx": i, "source": src, "prompt": "[]", "reference": text, "output": "",
+             "scores": json.dumps({"text_perplexity": nll})} for i, (src, text, nll) in enumerate(zip(sources, texts, res.per_example))]
+    return rows, {"n": len(texts), "skipped": skipped, "generation": {"kind": "text", "window": task.window, "stride": task.stride},
+                  "metric_options": {}, "prompts_sha256": _sha(texts), "metrics": {"text_perplexity": {"value": res.value, "details": res.details}}}
 
 
 def headline(results: dict[str, Any]) -> dict[str, float]:

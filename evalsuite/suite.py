@@ -12,6 +12,11 @@ tasks:
     kind: mmlu
     path: ../../shared/data/mmlu/high_school_geography_test.csv
     limit: 100
+  - name: c4                                      # general text: the cheap forgetting signal
+    kind: text
+    path: ../../shared/data/pretrain_text/c4_demo.jsonl
+    limit: 50
+    window: 1024
 generation: {max_new_tokens: 256, batch_size: 16}  # greedy unless sample: true (then seeded)
 ```
 Each record's prompt is every turn before its last assistant turn; the reference is that turn.
@@ -55,7 +60,12 @@ class TaskConfig(_Strict):
     path: str
     # generate: answer each prompt, score with `metrics`; a probe format: log-likelihood multiple choice
     # (acc, acc_norm) as lm-evaluation-harness scores it, the forgetting check (evalsuite/probes.py)
-    kind: Literal["generate", "mmlu", "openbookqa", "truthfulqa_mc1"] = "generate"
+    # text: the sliding-window perplexity of plain text (`text_field` of each record), the cheap
+    # forgetting signal between runs on a general-text slice the user names
+    kind: Literal["generate", "mmlu", "openbookqa", "truthfulqa_mc1", "text"] = "generate"
+    text_field: str = "text"
+    window: int | None = Field(default=None, ge=2, description="text: tokens per window (default: the model's context)")
+    stride: int = Field(512, ge=1, description="text: tokens between window starts")
     shape: Literal["auto", "alpaca", "dolly", "sharegpt", "openai", "prompt_completion", "mapped"] = "auto"
     mapping: dict[str, str | list[str]] | None = None
     limit: int | None = Field(default=None, ge=1)
@@ -67,7 +77,7 @@ class TaskConfig(_Strict):
         if self.kind == "generate" and not self.metrics:
             raise ValueError("a generate task needs at least one metric")
         if self.kind != "generate" and self.metrics:
-            raise ValueError(f"a {self.kind} probe scores acc and acc_norm itself: leave `metrics` out")
+            raise ValueError(f"a {self.kind} task scores itself (acc/acc_norm, or text_perplexity): leave `metrics` out")
         return self
 
     @field_validator("metrics", mode="before")

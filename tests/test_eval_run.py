@@ -31,6 +31,8 @@ def suite_dir(shared_data, tmp_path_factory):
             {"name": "chat", "path": "chat.jsonl", "metrics": [{"name": "exact_match", "extract": {"regex": "(Red|Blue|Yellow)"}}]},
             # a forgetting probe: MMLU by log-likelihood, as lm-evaluation-harness scores it
             {"name": "mmlu", "kind": "mmlu", "path": str(shared_data / "mmlu" / "high_school_geography_test.csv"), "limit": 8},
+            # the general-text slice: sliding-window perplexity, the cheap forgetting signal
+            {"name": "c4", "kind": "text", "path": str(shared_data / "pretrain_text" / "c4_demo.jsonl"), "limit": 3, "window": 128, "stride": 64},
         ],
     }
     (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
@@ -64,16 +66,18 @@ def test_evalsuite_run_writes_examples_results_and_a_workspace_row(suite_dir, ba
     assert results["model"] == "embedded:SmolLM2-135M-Instruct" and results["adapter"] is None
 
     examples = pl.read_parquet(tmp_path / "out" / "examples.parquet")
-    assert examples.height == 5 + 8 and examples.filter(pl.col("task") == "alpaca")["output"].str.len_chars().min() > 0
+    assert examples.height == 5 + 8 + 3 and examples.filter(pl.col("task") == "alpaca")["output"].str.len_chars().min() > 0
     scores = [json.loads(s) for s in examples.filter(pl.col("task") == "alpaca")["scores"]]
     assert all(set(s) >= {"rouge1", "perplexity"} for s in scores)
     with Workspace(tmp_path / "ws.duckdb", read_only=True) as ws:
         row = ws.run(results["run_id"])
         assert row["kind"] == "eval" and row["status"] == "done"
         assert row["summary"]["headline"]["alpaca/rougeL"] == alpaca["metrics"]["rougeL"]["value"]
-        assert ws.sql("SELECT count(*) AS n FROM eval_examples WHERE run_id = ?", [results["run_id"]])["n"][0] == 13
+        assert ws.sql("SELECT count(*) AS n FROM eval_examples WHERE run_id = ?", [results["run_id"]])["n"][0] == 16
     mmlu = results["tasks"]["mmlu"]
     assert mmlu["n"] == 8 and set(mmlu["metrics"]) == {"acc", "acc_norm"} and 0 <= mmlu["metrics"]["acc"]["value"] <= 1
+    c4 = results["tasks"]["c4"]["metrics"]["text_perplexity"]
+    assert c4["details"]["windows"] > 3 and 1 < c4["value"] < 1000  # real web text, several windows per text
 
 
 def test_unknown_metric_is_a_suite_error_naming_the_known_ones(tmp_path):
@@ -113,6 +117,8 @@ def test_compare_base_with_an_adapter_and_refuse_unlike_runs(suite_dir, base_run
     assert "| rougeL |" in (suite_dir / "cmp" / "compare.md").read_text()
     assert {r["metric"] for r in cmp["tasks"]["mmlu"]["metrics"]} == {"acc", "acc_norm"}
     assert all("mcnemar_p" in r for r in cmp["tasks"]["mmlu"]["metrics"])
+    c4 = cmp["tasks"]["c4"]["metrics"][0]
+    assert c4["metric"] == "text_perplexity" and c4["wins"] + c4["ties"] + c4["losses"] == 3
     assert "<td>rougeL</td>" in (suite_dir / "cmp" / "compare.html").read_text()
 
     # other generation settings: the deltas would mean nothing, so the comparison is refused
@@ -137,12 +143,13 @@ def test_gate_passes_and_fails_with_exit_codes_and_junit(suite_dir, base_run):
         {"metric": "alpaca/rougeL", "no_significant_regression": True},
         {"metric": "chat/exact_match", "max_drop": 0.0},
         {"metric": "mmlu/acc_norm", "max_drop": 0.0},  # forgetting, against itself: no drop
+        {"metric": "c4/text_perplexity", "max_drop": 0.0},
     ]}))
     res = CliRunner().invoke(app, ["gate", str(out), "--rules", str(suite_dir / "pass.yaml"), "--baseline", str(out),
                                    "--junit", str(suite_dir / "pass.xml")])
     assert res.exit_code == 0, res.output
     suite = ET.parse(suite_dir / "pass.xml").getroot()
-    assert suite.get("tests") == "5" and suite.get("failures") == "0"
+    assert suite.get("tests") == "6" and suite.get("failures") == "0"
 
     (suite_dir / "fail.yaml").write_text(yaml.safe_dump({"rules": [
         {"metric": "alpaca/rougeL", "at_least": round(rouge_l + 0.5, 4)},
