@@ -10,7 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tests.conftest import write_jsonl
+from tests.conftest import SHARED, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +92,21 @@ def test_compare_base_with_an_adapter_and_refuse_unlike_runs(suite_dir, base_run
     import shutil
 
     from evalsuite.cli import app
-    from tests.conftest import perturbed_adapter
+    from train.config import parse_train_config
+    from train.trainer import run_training
 
-    perturbed_adapter(suite_dir / "adapter", scale=0.02)  # so the "fine-tune" answers differently
-    ft = _run(suite_dir, "ft", "--adapter", str(suite_dir / "adapter"))
-    assert ft["adapter"] == str(suite_dir / "adapter")
+    # a tiny adapter trained here: LoRA, 4 steps on 8 real Alpaca records (none of them evaluated)
+    rows = json.loads((SHARED / "alpaca" / "alpaca_4000.json").read_text())[:8]
+    write_jsonl(suite_dir / "train8.jsonl", rows)
+    cfg = parse_train_config({
+        "name": "tiny", "data": [{"path": "train8.jsonl"}], "max_steps": 4, "max_seq_len": 512, "workspace": None,
+        "method": {"kind": "lora", "r": 8, "alpha": 16, "dropout": 0.0}, "gradient_checkpointing": False,
+        "optim": {"lr": 2e-3, "batch_tokens": 4096, "warmup_ratio": 0.0}, "eval": {"sample_prompts": 0},
+    }, base_dir=suite_dir)
+    adapter = cfg.output_path / "adapter"
+    run_training(cfg)
+    ft = _run(suite_dir, "ft", "--adapter", str(adapter))
+    assert ft["adapter"] == str(adapter)
 
     # by workspace run ids
     res = CliRunner().invoke(app, ["compare", base_run["run_id"], ft["run_id"], "--workspace", str(suite_dir / "ws.duckdb"),
