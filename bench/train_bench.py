@@ -86,26 +86,14 @@ def _alpaca_text(r: dict) -> tuple[str, str]:
 
 
 def response_loss(model, rows: list[tuple[list[int], list[int]]], batch: int = 16) -> float:
-    """Token-weighted mean cross-entropy over the positions whose label is not -100."""
-    import torch
+    """Token-weighted mean cross-entropy over the positions whose label is not -100 (evalsuite's scorer)."""
+    from evalsuite.metrics import token_nll
 
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, len(rows), batch):
-            chunk = rows[i : i + batch]
-            n = max(len(ids) for ids, _ in chunk)
-            ids = torch.zeros((len(chunk), n), dtype=torch.long)
-            labels = torch.full((len(chunk), n), -100, dtype=torch.long)
-            mask = torch.zeros((len(chunk), n), dtype=torch.long)
-            for j, (x, y) in enumerate(chunk):
-                ids[j, : len(x)], labels[j, : len(y)], mask[j, : len(x)] = torch.tensor(x), torch.tensor(y), 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-            shift_logits, shift_labels = logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1).to(device)
-            total += torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum").item()
-            count += (shift_labels != -100).sum().item()
-    return total / max(count, 1)
+    pairs = []
+    for i in range(0, len(rows), batch):
+        chunk = rows[i : i + batch]
+        pairs += token_nll(model, [x for x, _ in chunk], [y for _, y in chunk], pad_id=0)
+    return sum(s for s, _ in pairs) / max(sum(n for _, n in pairs), 1)
 
 
 def _recipe_eval_rows(tokenizer, records: list[dict]) -> list[tuple[list[int], list[int]]]:

@@ -71,7 +71,7 @@ def generate(
             kwargs = {"do_sample": True, "temperature": temperature, "top_p": top_p} if sample else {"do_sample": False}
             gen = model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                eos_token_id=stops, pad_token_id=pad_id, **kwargs,
+                eos_token_id=stops, pad_token_id=pad_id, use_cache=True, **kwargs,  # training turns the cache off
             )
             for row, i in enumerate(idx):
                 out[i] = tokenizer.decode(gen[row, width:], skip_special_tokens=True)

@@ -394,7 +394,7 @@ def exact_match_normalized(
 # Perplexity (needs the model)
 
 
-def _token_nll(model: Any, sequences: list[list[int]], labels: list[list[int]], pad_id: int) -> list[tuple[float, int]]:
+def token_nll(model: Any, sequences: list[list[int]], labels: list[list[int]], pad_id: int) -> list[tuple[float, int]]:
     """``(sum of NLL, number of scored tokens)`` per sequence, in one right-padded forward pass.
 
     Token ``t`` is scored when ``labels[t] != IGNORE_INDEX`` and ``t > 0`` (it is predicted from the
@@ -499,7 +499,7 @@ def perplexity(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked out: any id works
     pairs: list[tuple[float, int]] = []
     for i in range(0, len(sequences), batch_size):
-        pairs += _token_nll(model, sequences[i : i + batch_size], labels[i : i + batch_size], pad_id)
+        pairs += token_nll(model, sequences[i : i + batch_size], labels[i : i + batch_size], pad_id)
     return _perplexity_result("perplexity", pairs, {"batch_size": batch_size, "truncated": truncated})
 
 
@@ -536,7 +536,7 @@ def text_perplexity(
             end = min(begin + max_length, len(ids))
             new = end - prev_end  # tokens this window scores (the earlier ones are context)
             window = ids[begin:end]
-            [(s, c)] = _token_nll(model, [window], [[IGNORE_INDEX] * (len(window) - new) + window[-new:]], 0)
+            [(s, c)] = token_nll(model, [window], [[IGNORE_INDEX] * (len(window) - new) + window[-new:]], 0)
             nll, n, prev_end, windows = nll + s, n + c, end, windows + 1
             if end == len(ids):
                 break

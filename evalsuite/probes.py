@@ -34,6 +34,10 @@ QA_PREAMBLE = (
 )
 
 
+class ProbeFormatError(ValueError):
+    """A probe file row that is not in its format; the message names the file, line and field."""
+
+
 @dataclass
 class MCItem:
     context: str
@@ -47,6 +51,8 @@ def mmlu_items(path: Path, limit: int | None = None) -> list[MCItem]:
     items = []
     with open(path, newline="", encoding="utf-8") as fh:
         for i, row in enumerate(csv.reader(fh)):
+            if len(row) != 6 or row[5].strip() not in ("A", "B", "C", "D"):
+                raise ProbeFormatError(f"{path}:{i + 1}: an MMLU row is question, A, B, C, D, answer (A-D); got {len(row)} fields {row[-1:]!r}")
             q, *opts, answer = row
             body = "\n".join(f"{letter}. {o}" for letter, o in zip("ABCD", opts))
             context = f"The following are multiple choice questions (with answers) about {subject}.\n\n{q.strip()}\n{body}\nAnswer:"
@@ -59,9 +65,13 @@ def mmlu_items(path: Path, limit: int | None = None) -> list[MCItem]:
 def openbookqa_items(path: Path, limit: int | None = None) -> list[MCItem]:
     items = []
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-        d = json.loads(line)
-        labels = [c["label"] for c in d["question"]["choices"]]
-        items.append(MCItem(d["question"]["stem"], [c["text"] for c in d["question"]["choices"]], labels.index(d["answerKey"]), f"{path.name}:{i + 1}"))
+        try:
+            d = json.loads(line)
+            labels = [c["label"] for c in d["question"]["choices"]]
+            item = MCItem(d["question"]["stem"], [c["text"] for c in d["question"]["choices"]], labels.index(d["answerKey"]), f"{path.name}:{i + 1}")
+        except (ValueError, KeyError, TypeError) as exc:  # bad JSON, a missing field, an answerKey among no label
+            raise ProbeFormatError(f"{path}:{i + 1}: not an OpenBookQA item (question.stem, question.choices[label, text], answerKey): {exc!r}") from None
+        items.append(item)
         if limit and len(items) >= limit:
             break
     return items
@@ -71,6 +81,9 @@ def truthfulqa_mc1_items(path: Path, limit: int | None = None) -> list[MCItem]:
     items = []
     with open(path, newline="", encoding="utf-8") as fh:
         for i, row in enumerate(csv.DictReader(fh)):
+            missing = [f for f in ("Question", "Best Answer", "Incorrect Answers") if not (row.get(f) or "").strip()]
+            if missing:
+                raise ProbeFormatError(f"{path}:{i + 2}: TruthfulQA row without {', '.join(missing)}")
             wrong = [x.strip() for x in row["Incorrect Answers"].split(";") if x.strip()]
             context = f"{QA_PREAMBLE}\n\nQ: {row['Question']}\nA:"
             items.append(MCItem(context, [row["Best Answer"].strip(), *wrong], 0, f"{path.name}:{i + 2}"))
@@ -91,30 +104,19 @@ def _encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[
 
 
 def loglikelihoods(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], batch_size: int = 16) -> list[float]:
-    """Summed log-probability of each continuation given its context."""
-    import torch
+    """Summed log-probability of each continuation given its context (longest first, in batches)."""
+    from evalsuite.metrics import IGNORE_INDEX, token_nll
 
     encoded = [_encode_pair(tokenizer, c, x) for c, x in pairs]
-    device = next(model.parameters()).device
-    out = [0.0] * len(encoded)
     order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i][0]) + len(encoded[i][1])))
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            seqs = [encoded[i][0] + encoded[i][1] for i in idx]
-            width = max(len(s) for s in seqs)
-            ids = torch.zeros((len(idx), width), dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, s in enumerate(seqs):
-                ids[row, : len(s)], mask[row, : len(s)] = torch.tensor(s), 1
-            logprobs = torch.log_softmax(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), -1)
-            for row, i in enumerate(idx):
-                n_ctx, cont = len(encoded[i][0]), encoded[i][1]
-                positions = torch.arange(n_ctx - 1, n_ctx - 1 + len(cont), device=logprobs.device)
-                out[i] = logprobs[row, positions, torch.tensor(cont, device=logprobs.device)].sum().item()
-    model.train(was_training)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = [0.0] * len(encoded)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        seqs = [encoded[i][0] + encoded[i][1] for i in idx]
+        labels = [[IGNORE_INDEX] * len(encoded[i][0]) + encoded[i][1] for i in idx]
+        for i, (nll, _n) in zip(idx, token_nll(model, seqs, labels, pad_id)):
+            out[i] = -nll
     return out
 
 

@@ -68,3 +68,17 @@ def test_probe_files_load_as_the_harness_formats_them(shared_data):
     tqa = truthfulqa_mc1_items(shared_data / "truthfulqa" / "TruthfulQA.csv", limit=2)
     assert tqa[0].choices[0] == "The watermelon seeds pass through your digestive system" and tqa[0].gold == 0
     assert "You grow watermelons in your stomach" in tqa[0].choices and tqa[0].context.endswith("Q: What happens to you if you eat watermelon seeds?\nA:")
+
+
+def test_a_malformed_probe_row_is_an_error_naming_file_line_and_field(tmp_path):
+    from evalsuite.probes import ProbeFormatError, mmlu_items, openbookqa_items, truthfulqa_mc1_items
+
+    (tmp_path / "geo_test.csv").write_text('Q1,a,b,c,d,B\nQ2,a,b,c,E\n')
+    with pytest.raises(ProbeFormatError, match=r"geo_test.csv:2: an MMLU row is question, A, B, C, D, answer"):
+        mmlu_items(tmp_path / "geo_test.csv")
+    (tmp_path / "obqa.jsonl").write_text('{"question": {"stem": "s", "choices": [{"text": "x", "label": "A"}]}, "answerKey": "B"}\n')
+    with pytest.raises(ProbeFormatError, match=r"obqa.jsonl:1: not an OpenBookQA item"):
+        openbookqa_items(tmp_path / "obqa.jsonl")
+    (tmp_path / "tqa.csv").write_text("Question,Best Answer,Incorrect Answers\nWhy?,,No\n")
+    with pytest.raises(ProbeFormatError, match=r"tqa.csv:2: TruthfulQA row without Best Answer"):
+        truthfulqa_mc1_items(tmp_path / "tqa.csv")

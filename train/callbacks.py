@@ -40,24 +40,10 @@ class SampleGenerations(TrainerCallback):
         self.last_step = -1
 
     def generate(self, model: Any) -> list[dict[str, str]]:
-        import torch
+        from evalsuite.generate import generate  # the one batched, greedy generation path
 
-        was_training = model.training
-        model.eval()
-        device = next(p for p in model.parameters()).device
-        out = []
-        with torch.no_grad():
-            for messages in self.prompts:
-                enc = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-                enc = {k: v.to(device) for k, v in enc.items()}
-                ids = model.generate(
-                    **enc, max_new_tokens=self.max_new_tokens, do_sample=False, use_cache=True,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                )
-                text = self.tokenizer.decode(ids[0][enc["input_ids"].shape[1]:], skip_special_tokens=True)
-                out.append({"prompt": messages[-1]["content"], "output": text})
-        model.train(was_training)
-        return out
+        outputs = generate(model, self.tokenizer, self.prompts, max_new_tokens=self.max_new_tokens, batch_size=len(self.prompts))
+        return [{"prompt": m[-1]["content"], "output": o} for m, o in zip(self.prompts, outputs)]
 
     def _log(self, state, model) -> None:
         if not self.prompts or state.global_step == self.last_step or not state.is_world_process_zero:
