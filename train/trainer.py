@@ -268,6 +268,7 @@ def last_complete_checkpoint(folder: Path) -> str | None:
 
 
 def _trainer_args(cfg: TrainConfig, out: Path, has_validation: bool, dtype, cuda: bool):
+    import torch
     from trl import SFTConfig
 
     o = cfg.optim
@@ -294,8 +295,8 @@ def _trainer_args(cfg: TrainConfig, out: Path, has_validation: bool, dtype, cuda
         optim=optim,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps or -1,
-        bf16=dtype == _torch().bfloat16,
-        fp16=dtype == _torch().float16,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
         gradient_checkpointing=cfg.gradient_checkpointing,
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -313,12 +314,6 @@ def _trainer_args(cfg: TrainConfig, out: Path, has_validation: bool, dtype, cuda
         dataset_num_proc=None,
         use_cpu=not cuda,
     )
-
-
-def _torch():
-    import torch
-
-    return torch
 
 
 def run_training(cfg: TrainConfig, fresh: bool = False) -> dict[str, Any]:
