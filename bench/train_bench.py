@@ -11,7 +11,9 @@ LoRA r=16 on q/v, fp16, batch 8 x accumulation 2, lr 3e-4 with 100 warm-up steps
 Ours: :func:`train.trainer.run_training` on the same records (read from the same alpaca JSON through
 curate's readers), its chat template and assistant-only loss, padding-free packing; the variants are
 listed in ``VARIANTS`` (our defaults: QLoRA NF4 r=16 all-linear with gradient checkpointing and paged
-8-bit AdamW; and LoRA without quantization).
+8-bit AdamW; and LoRA without quantization). On an sm80+ GPU our attention is PyTorch's FlashAttention-2
+varlen kernel over flattened packed micro-batches (``train/attention.py``); ``-sdpa`` variants measure
+transformers' default attention instead.
 
 Each trainer runs in its own process (peak GPU memory is ``torch.cuda.max_memory_allocated`` from model
 load to the end of training, so one run cannot inflate another's). Printed per run:
@@ -59,9 +61,13 @@ VARIANTS = {
                       "optim": {"batch_tokens": 16384, "lr": 1e-3}},
     "ours-qlora-16k": {"method": {"kind": "qlora", "r": 16, "alpha": 32, "target_modules": "all-linear"},
                        "optim": {"batch_tokens": 16384, "lr": 1e-3}},
-    # the layout measured in bench/results (TRL's padding-free: a micro-batch flattened into one sequence)
-    "ours-lora-16k-flat": {"method": {"kind": "lora", "r": 16, "alpha": 32, "target_modules": "all-linear"},
-                           "optim": {"batch_tokens": 16384, "lr": 1e-3}, "packing": "flat"},
+    # transformers' default attention (sdpa) with packed rows, each row with its block-diagonal mask: what
+    # runs where PyTorch's varlen FlashAttention kernel does not (pre-sm80 GPUs, fp32)
+    "ours-lora-16k-sdpa": {"method": {"kind": "lora", "r": 16, "alpha": 32, "target_modules": "all-linear"},
+                           "optim": {"batch_tokens": 16384, "lr": 1e-3}, "attn_implementation": "sdpa", "packing": "rows"},
+    # the layout first measured in bench/results: sdpa over a micro-batch flattened into one sequence
+    "ours-lora-16k-sdpa-flat": {"method": {"kind": "lora", "r": 16, "alpha": 32, "target_modules": "all-linear"},
+                                "optim": {"batch_tokens": 16384, "lr": 1e-3}, "attn_implementation": "sdpa", "packing": "flat"},
 }
 
 
@@ -222,6 +228,7 @@ def run_ours(args, variant: str, base: str, tokenizer_path: str) -> dict:
     per_step = result["useful_tokens"] / max(result["optimizer_steps"], 1)  # timed like the recipe's
     result["steady_useful_tokens_per_s"] = _steady([(r["wall_time"], r["step"] * per_step) for r in rows if "loss" in r and "wall_time" in r])
     result["packing"] = manifest["packing"]
+    result["attention"] = manifest.get("attn_implementation")
     if args.eval:
         tokenizer = load_tokenizer(tokenizer_path)
         rows = _our_eval_rows(tokenizer, held_out, args.max_seq_len)

@@ -94,11 +94,12 @@ class TrainConfig(FileConfig):
     log_every_steps: int = Field(10, ge=1)
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 where the device supports it
     gradient_checkpointing: bool = True
-    # None: the model's default (sdpa). Packed examples stay isolated with sdpa and flash attention alike
-    # (position ids restart per example); the pre-flight checks that on the loaded model.
+    # None: torch_varlen (PyTorch's FlashAttention-2 varlen kernel, train/attention.py) on an sm80+ GPU in
+    # half precision, else the model's default (sdpa). Packed examples stay isolated with each (position ids
+    # restart per example); the pre-flight checks that on the loaded model.
     attn_implementation: str | None = None
     # rows: packed rows stay rows with a block-diagonal mask each (sdpa, eager); flat: a micro-batch is one
-    # sequence (flash-attention's varlen kernels). auto picks by attn_implementation (train/packing.py)
+    # sequence (varlen kernels: torch_varlen, flash_attention_2). auto picks by attn_implementation (train/packing.py)
     packing: Literal["auto", "rows", "flat"] = "auto"
     keep_checkpoints: int = Field(2, ge=1, description="latest checkpoints kept for resume (the best is kept too)")
     seed: int = 0

@@ -45,8 +45,8 @@ class RowPackedCollator:
 
 
 def use_row_packing(packing: str, attn_implementation: str | None) -> bool:
-    """``auto``: rows unless the attention is a flash-attention variant (whose varlen kernels make the
-    flattened batch the cheaper layout)."""
+    """``auto``: rows unless the attention is a varlen kernel (flash-attention's, or PyTorch's through
+    :mod:`train.attention`), for which the flattened batch is the cheaper layout."""
     if packing != "auto":
         return packing == "rows"
-    return not (attn_implementation or "").startswith(("flash_attention", "kernels-community/flash"))
+    return not (attn_implementation or "").startswith(("flash_attention", "kernels-community/flash", "torch_varlen"))

@@ -173,14 +173,15 @@ def load_tokenizer(base: str):
     return tokenizer
 
 
-def load_model(cfg: TrainConfig, base: str, dtype):
-    """The base model (a local path or hub id), in NF4 with double quantization for QLoRA."""
+def load_model(cfg: TrainConfig, base: str, dtype, attn_implementation: str | None = None):
+    """The base model (a local path or hub id), in NF4 with double quantization for QLoRA, with
+    ``attn_implementation`` (see :func:`train.attention.pick`) or transformers' default."""
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     kwargs: dict[str, Any] = {"dtype": dtype}
-    if cfg.attn_implementation:
-        kwargs["attn_implementation"] = cfg.attn_implementation
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     if cfg.method.kind == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
@@ -332,6 +333,7 @@ def run_training(cfg: TrainConfig, fresh: bool = False) -> dict[str, Any]:
     from curate.models import smollm2_model_dir
     from train.callbacks import LiveMetrics, Projection, SampleGenerations
     from train.outputs import plot_losses, register_finish, register_start
+    from train.attention import pick as pick_attention
     from train.packing import RowPackedCollator, use_row_packing
     from train.preflight import check_before_loading, check_data, check_packing_isolation
 
@@ -362,7 +364,8 @@ def run_training(cfg: TrainConfig, fresh: bool = False) -> dict[str, Any]:
     if workspace:
         register_start(workspace, run_id, cfg.name, cfg.model_dump(mode="json"), fp, out, resumed=bool(last))
 
-    model = load_model(cfg, base_path, dtype)
+    attn = pick_attention(cfg.attn_implementation, dtype)
+    model = load_model(cfg, base_path, dtype, attn)
     isolation = check_packing_isolation(model)
     model.config.use_cache = False  # a KV cache in the forward pass disables the packed-sequence mask
     if cfg.method.kind == "qlora":
@@ -375,7 +378,7 @@ def run_training(cfg: TrainConfig, fresh: bool = False) -> dict[str, Any]:
     projection = Projection(price_per_hour=cfg.price_per_gpu_hour)
     # TRL counts a batch's tokens as its width when there is no attention mask: right for one flattened
     # sequence, wrong for rows, so with rows its `num_tokens` is left out
-    row_packing = use_row_packing(cfg.packing, cfg.attn_implementation)
+    row_packing = use_row_packing(cfg.packing, attn)
     hidden = ("num_tokens",) if row_packing else ()
     callbacks = [LiveMetrics(out / "metrics.jsonl", hidden), projection]
     if cfg.eval.sample_prompts:
@@ -430,6 +433,7 @@ def run_training(cfg: TrainConfig, fresh: bool = False) -> dict[str, Any]:
         "memory_estimate_gib": memory,
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 1024**3, 3) if cuda else None,
         "packing": "rows" if row_packing else "flat",
+        "attn_implementation": attn or "sdpa",
         "packing_isolation_max_diff": isolation,
         "resumed_from": Path(last).name if last else None,
         "steps": trainer.state.global_step,
