@@ -61,7 +61,9 @@ def main() -> None:
     dtype = torch.float16 if args.device == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(args.device).eval()
     tok = AutoTokenizer.from_pretrained(path)
-    rows = json.loads((Path(args.data) / "alpaca" / "alpaca_4000.json").read_text())[: args.n]
+    folder = Path(args.data) / "alpaca"
+    source = next(f for f in [folder / "alpaca_4000.json", folder / "alpaca_data_first10k_excl_holdout.json"] if f.is_file())
+    rows = json.loads(source.read_text())[: args.n]
     convs = [[{"role": "user", "content": r["instruction"] + (f"\n\n{r['input']}" if r["input"] else "")}] for r in rows]
     texts = render_prompts(tok, convs)
     stops = stop_token_ids(tok, model)

@@ -284,7 +284,7 @@ def main() -> None:
     ap.add_argument("--data", default=None)
     ap.add_argument("--work", default=None, help="where random checkpoints are built (default: a temp folder)")
     ap.add_argument("--tokenizer", default=None, help="tokenizer folder for random bases (default: SmolLM2's)")
-    ap.add_argument("--trainers", default="recipe,ours-qlora,ours-lora")
+    ap.add_argument("--trainers", default="recipe,ours-lora-16k,ours-qlora-16k")
     ap.add_argument("--max-seq-len", type=int, default=512, help="ours: packed row length")
     ap.add_argument("--batch-tokens", type=int, default=4096, help="ours: tokens per packed micro-batch (the recipe's 8 x 512)")
     ap.add_argument("--lr", type=float, default=5e-4, help="ours")

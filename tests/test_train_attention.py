@@ -118,3 +118,13 @@ def test_cuda_flash_varlen_matches_sdpa_per_example():
     g_varlen = varlen.model.layers[1].self_attn.k_proj.weight.grad.float()
     g_ref = ref.model.layers[1].self_attn.k_proj.weight.grad.float()
     assert ((g_varlen - g_ref).abs().max() / g_ref.abs().max()).item() < 0.05
+
+    # fp32 activations (a QLoRA model: peft keeps norms and LoRA weights in fp32) take the same kernel in the
+    # model's half dtype, not a slow fp32 path: the result equals the bf16 call's, cast back to fp32
+    from train.attention import varlen_attention_forward
+
+    q, k, v = (torch.randn(1, h, 226, 32, device="cuda") for h in (8, 2, 2))
+    pos = pos[:, :226]
+    out32, _ = varlen_attention_forward(varlen.model.layers[0].self_attn, q, k, v, None, position_ids=pos)
+    out16, _ = varlen_attention_forward(varlen.model.layers[0].self_attn, q.bfloat16(), k.bfloat16(), v.bfloat16(), None, position_ids=pos)
+    assert out32.dtype == torch.float32 and torch.equal(out32, out16.float())

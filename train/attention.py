@@ -41,17 +41,32 @@ def cu_seqlens(position_ids: Any) -> tuple[Any, int]:
     return cu, longest
 
 
-def _packed(query, key, value, cu, longest: int, scaling: float | None):
-    """``query`` ``[tokens, heads, dim]``, ``key``/``value`` ``[tokens, kv_heads, dim]`` -> ``[tokens, heads, dim]``,
-    causal within each example of ``cu``."""
+def _half_dtype(query, config) -> Any:
+    """The dtype the kernel runs in: the query's if half; else (fp32 activations, as in a QLoRA model whose
+    norms and LoRA weights peft keeps in fp32) autocast's, else the model's compute dtype."""
+    import torch
+
+    half = (torch.float16, torch.bfloat16)
+    if query.dtype in half:
+        return query.dtype
+    if torch.is_autocast_enabled("cuda"):
+        return torch.get_autocast_dtype("cuda")
+    dtype = getattr(config, "dtype", None)
+    return dtype if dtype in half else torch.bfloat16
+
+
+def _packed(query, key, value, cu, longest: int, scaling: float | None, config=None):
+    """``query`` ``[tokens, heads, dim]``, ``key``/``value`` ``[tokens, kv_heads, dim]`` -> ``[tokens, heads, dim]``
+    in the query's dtype, causal within each example of ``cu``."""
     import torch
     import torch.nn.functional as F
 
-    if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16):
+    if query.is_cuda:
+        dtype = _half_dtype(query, config)
         out = torch.ops.aten._flash_attention_forward(
-            query, key, value, cu, cu, longest, longest, 0.0, True, False, scale=scaling
+            query.to(dtype), key.to(dtype), value.to(dtype), cu, cu, longest, longest, 0.0, True, False, scale=scaling
         )
-        return out[0]
+        return out[0].to(query.dtype)
     groups = query.shape[1] // key.shape[1]
     if groups > 1:
         key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
@@ -75,7 +90,7 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     cu, longest = cu_seqlens(position_ids)
     flat = [t.transpose(1, 2).reshape(batch * q_len, t.shape[1], dim) for t in (query, key, value)]
-    out = _packed(*flat, cu, longest, scaling)
+    out = _packed(*flat, cu, longest, scaling, getattr(module, "config", None))
     return out.view(batch, q_len, heads, dim), None
 
 
