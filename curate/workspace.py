@@ -11,7 +11,8 @@ Every write goes through this small API (the app and the CLIs read through it to
 - ``similar_pairs`` scored candidate pairs of the near-dup stages (near the threshold and above), for the
                     report's similarity histogram and the largest similarity left between splits
 - ``train_metrics`` per logged step of a train run (kind 'train' in ``runs``): loss, eval_loss, learning rate...
-- ``eval_examples`` per example of an eval run (kind 'eval'): prompt, reference, output, per-example scores
+- ``eval_examples`` per example of an eval run (kind 'eval'): prompt, reference, output, per-example scores,
+                    annotations (the judge's verdicts and rationales)
 - ``embedding_cache`` sentence embeddings by model and text hash, shared by all runs: a re-run with other
                     thresholds does not re-encode
 - ``ledger``        a view: each record with its outcome (kept, or rejected with stage and reason)
@@ -49,7 +50,10 @@ CREATE TABLE IF NOT EXISTS similar_pairs (
 CREATE TABLE IF NOT EXISTS train_metrics (
     run_id VARCHAR, step BIGINT, epoch DOUBLE, name VARCHAR, value DOUBLE);
 CREATE TABLE IF NOT EXISTS eval_examples (
-    run_id VARCHAR, task VARCHAR, idx BIGINT, source VARCHAR, prompt JSON, reference VARCHAR, output VARCHAR, scores JSON);
+    run_id VARCHAR, task VARCHAR, idx BIGINT, source VARCHAR, prompt JSON, reference VARCHAR, output VARCHAR, scores JSON,
+    annotations JSON);
+-- workspaces made before judge annotations existed
+ALTER TABLE eval_examples ADD COLUMN IF NOT EXISTS annotations JSON;
 CREATE TABLE IF NOT EXISTS embedding_cache (
     model VARCHAR, text_hash UBIGINT, embedding FLOAT[], PRIMARY KEY (model, text_hash));
 CREATE OR REPLACE VIEW ledger AS

@@ -49,19 +49,29 @@ def compare_cmd(
     out: str = typer.Option(None, "--out", help="folder for compare.json / .md / .html (default: the fine-tune's run folder)"),
     workspace: str = typer.Option(None, "--workspace", help="resolve run ids through this DuckDB workspace"),
     regressions: int = typer.Option(5, "--regressions", help="examples that regressed most, per task"),
+    judge: str = typer.Option("none", "--judge", help="pairwise LLM judge over the two runs' outputs: none, local or openai"),
+    judge_model: str = typer.Option(None, "--judge-model", help="local: embedded (default), a path or hub id; openai: the model name"),
+    judge_url: str = typer.Option(None, "--judge-url", help="openai: base URL up to /v1 (or EVALSUITE_JUDGE_URL); the key is read from OPENAI_API_KEY"),
 ) -> None:
-    """Per metric: both values, delta, paired bootstrap 95% CI (McNemar for exact match), verdict.
+    """Per metric: both values, delta, paired bootstrap 95% CI (McNemar for exact match), verdict; with
+    --judge, a pairwise preference per example in both orders and the fine-tune's win rate.
 
-    Exit codes: 0 compared; 2 the runs cannot be compared (other prompts, template or generation settings)."""
+    Exit codes: 0 compared; 2 the runs cannot be compared (other prompts, template or generation settings)
+    or the judge is misconfigured."""
     import json
     from pathlib import Path
 
     from evalsuite.compare import CompareError, compare, to_html, to_markdown
+    from evalsuite.judge import JudgeConfig, JudgeError, make_judge
 
+    if judge not in ("none", "local", "openai"):
+        typer.secho(f"--judge must be none, local or openai, not {judge!r}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
     try:
+        judge_backend = None if judge == "none" else make_judge(JudgeConfig(backend=judge, model=judge_model, url=judge_url))
         paths = [_run_folder(x, workspace) for x in (base, fine_tune)]
-        result = compare(paths[0], paths[1], regressions=regressions)
-    except CompareError as exc:
+        result = compare(paths[0], paths[1], regressions=regressions, judge=judge_backend)
+    except (CompareError, JudgeError) as exc:
         typer.secho(f"cannot compare: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     folder = Path(out or paths[1])

@@ -12,6 +12,11 @@ Per task and metric key:
 - a verdict: ``better`` / ``worse`` when the interval (or McNemar's p < 0.05) excludes no change, else
   ``no significant change`` (perplexity: lower is better);
 - win / tie / loss counts over examples, and the examples that regressed most on the task's first metric.
+
+Judge scores (``judge_*``) can be missing for an example (an unparseable verdict): means skip them, and
+win/tie/loss counts only the examples both runs have a score for. With ``judge`` (a
+:class:`evalsuite.judge.JudgeConfig`), every generation task also gets a pairwise verdict per example, both
+orders, and the fine-tune's win rate with its interval (:func:`evalsuite.judge.pairwise`).
 """
 
 from __future__ import annotations
@@ -56,6 +61,10 @@ def check_comparable(base: dict[str, Any], ft: dict[str, Any]) -> list[str]:
         if b["generation"] != f["generation"]:
             diff = {k: (b["generation"][k], f["generation"].get(k)) for k in b["generation"] if b["generation"][k] != f["generation"].get(k)}
             problems.append(f"task {t}: generation settings differ {diff}")
+        bo, fo = b.get("metric_options", {}), f.get("metric_options", {})
+        for m in sorted(set(bo) & set(fo)):
+            if bo[m] != fo[m]:  # another judge, another extractor: the numbers measure different things
+                problems.append(f"task {t}: metric {m} options differ ({bo[m]} vs {fo[m]})")
     if problems:
         raise CompareError("; ".join(problems))
     return shared
@@ -76,7 +85,8 @@ def _statistic(key: str, task: dict[str, Any], frame) -> tuple[Any, Any]:
     if key in LOWER_IS_BETTER:
         tokens = np.array(task["metrics"][key]["details"]["tokens_per_example"], dtype=float)
         return np.stack([scores * tokens, tokens], 1), lambda rows: math.exp(rows[:, 0].sum() / rows[:, 1].sum())
-    return scores[:, None], lambda rows: float(rows[:, 0].mean())
+    # judge scores are NaN where a verdict did not parse: left out of the mean
+    return scores[:, None], lambda rows: float(np.nanmean(rows[:, 0])) if not np.isnan(rows[:, 0]).all() else float("nan")
 
 
 def mcnemar(base: list[float], ft: list[float]) -> float:
@@ -88,7 +98,11 @@ def mcnemar(base: list[float], ft: list[float]) -> float:
     return 1.0 if b + c == 0 else float(binomtest(c, b + c, 0.5).pvalue)
 
 
-def compare(base_path: str | Path, ft_path: str | Path, regressions: int = 5, seed: int = 0) -> dict[str, Any]:
+def _num(x: Any) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+
+
+def compare(base_path: str | Path, ft_path: str | Path, regressions: int = 5, seed: int = 0, judge: Any = None) -> dict[str, Any]:
     """The comparison as a dict (what the JSON output holds); see the module docstring."""
     import numpy as np
 
@@ -107,14 +121,18 @@ def compare(base_path: str | Path, ft_path: str | Path, regressions: int = 5, se
             b_stats, b_fn = _statistic(key, base["tasks"][t], b_frame)
             f_stats, f_fn = _statistic(key, ft["tasks"][t], f_frame)
             deltas = np.array([f_fn(f_stats[s]) - b_fn(b_stats[s]) for s in samples])
-            lo, hi = (float(x) for x in np.percentile(deltas, [2.5, 97.5]))
+            deltas = deltas[~np.isnan(deltas)]
+            lo, hi = (float(x) for x in np.percentile(deltas, [2.5, 97.5])) if len(deltas) else (math.nan, math.nan)
             sign = -1 if key in LOWER_IS_BETTER else 1
-            b_ex = [json.loads(s)[key] for s in b_frame["scores"]]
-            f_ex = [json.loads(s)[key] for s in f_frame["scores"]]
-            wins = sum(1 for x, y in zip(b_ex, f_ex) if sign * (y - x) > 1e-12)
-            losses = sum(1 for x, y in zip(b_ex, f_ex) if sign * (x - y) > 1e-12)
+            pairs = [(x, y) for x, y in zip((_num(json.loads(s)[key]) for s in b_frame["scores"]),
+                                            (_num(json.loads(s)[key]) for s in f_frame["scores"])) if x is not None and y is not None]
+            b_ex, f_ex = [x for x, _ in pairs], [y for _, y in pairs]
+            wins = sum(1 for x, y in pairs if sign * (y - x) > 1e-12)
+            losses = sum(1 for x, y in pairs if sign * (x - y) > 1e-12)
             row = {"metric": key, "base": b_val, "fine_tune": f_val, "delta": f_val - b_val, "ci95": [lo, hi],
-                   "wins": wins, "ties": n - wins - losses, "losses": losses}
+                   "wins": wins, "ties": len(pairs) - wins - losses, "losses": losses}
+            if len(pairs) < n:
+                row["paired"] = len(pairs)
             significant = lo > 0 or hi < 0
             if key.startswith("exact_match") or key in ("acc", "acc_norm"):  # paired 0/1 outcomes
                 row["mcnemar_p"] = mcnemar(b_ex, f_ex)
@@ -124,19 +142,45 @@ def compare(base_path: str | Path, ft_path: str | Path, regressions: int = 5, se
             rows.append(row)
         first = rows[0]["metric"]
         sign = -1 if first in LOWER_IS_BETTER else 1
-        drops = sorted(range(n), key=lambda i: sign * (json.loads(f_frame["scores"][i])[first] - json.loads(b_frame["scores"][i])[first]))
+
+        def change(i: int) -> float:
+            b, f = _num(json.loads(b_frame["scores"][i])[first]), _num(json.loads(f_frame["scores"][i])[first])
+            return 0.0 if b is None or f is None else sign * (f - b)
+
+        drops = sorted(range(n), key=change)
         out["tasks"][t] = {"n": n, "metrics": rows, "regressed_on": first, "regressions": [
             {"idx": i, "source": b_frame["source"][i], "prompt": b_frame["prompt"][i], "reference": b_frame["reference"][i],
              "base_output": b_frame["output"][i], "fine_tune_output": f_frame["output"][i],
              "base": json.loads(b_frame["scores"][i])[first], "fine_tune": json.loads(f_frame["scores"][i])[first]}
-            for i in drops[:regressions]
-            if sign * (json.loads(f_frame["scores"][i])[first] - json.loads(b_frame["scores"][i])[first]) < 0
+            for i in drops[:regressions] if change(i) < 0
         ]}
+        if judge is not None and "kind" not in base["tasks"][t]["generation"]:  # generation tasks: outputs to judge
+            out["tasks"][t]["pairwise"] = _pairwise(judge, b_frame, f_frame, seed)
     return out
+
+
+def _pairwise(judge: Any, b_frame, f_frame, seed: int) -> dict[str, Any]:
+    from evalsuite.judge import make_judge, pairwise
+
+    if not hasattr(judge, "complete"):
+        judge = make_judge(judge)
+    res = pairwise(judge, [json.loads(p) for p in b_frame["prompt"]], b_frame["output"].to_list(), f_frame["output"].to_list(), seed=seed)
+    examples = [{"idx": i, "source": src, **{k: r[k] for k in ("verdict", "order1", "order2", "error")}}
+                for i, (src, r) in enumerate(zip(b_frame["source"], res["records"]))]
+    return {**res["summary"], "judge": res["judge"], "examples": examples}
 
 
 def _who(results: dict[str, Any]) -> dict[str, Any]:
     return {"run_id": results.get("run_id"), "model": results.get("model"), "adapter": results.get("adapter")}
+
+
+def _pairwise_line(p: dict[str, Any]) -> str:
+    j = p["judge"]
+    rate = "no win rate" if p["win_rate"] is None else f"fine-tune win rate {p['win_rate']:.3f} [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}]: {p['verdict']}"
+    return (f"Pairwise judge ({j['backend']}: {j['model']}, both orders): {rate}; fine-tune {p['fine_tune']}, base {p['base']}, "
+            f"tie {p['tie']}, inconsistent {p['inconsistent']}, unparseable {p['unparseable']}, failed {p['failed']}; "
+            f"orders agreed on {'-' if p['order_agreement'] is None else format(p['order_agreement'], '.0%')}, "
+            f"answer A chosen {'-' if p['first_position_rate'] is None else format(p['first_position_rate'], '.0%')}")
 
 
 def to_markdown(cmp: dict[str, Any]) -> str:
@@ -148,6 +192,8 @@ def to_markdown(cmp: dict[str, Any]) -> str:
             p = f" (McNemar p={r['mcnemar_p']:.3g})" if "mcnemar_p" in r else ""
             lines.append(f"| {r['metric']} | {r['base']:.4f} | {r['fine_tune']:.4f} | {r['delta']:+.4f} | "
                          f"[{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}] | {r['verdict']}{p} | {r['wins']}/{r['ties']}/{r['losses']} |")
+        if "pairwise" in task:
+            lines += ["", _pairwise_line(task["pairwise"])]
         lines += ["", f"Largest regressions on {task['regressed_on']}:", ""]
         for x in task["regressions"]:
             lines += [f"- `{x['source']}` {x['base']:.3f} -> {x['fine_tune']:.3f}", "", "```text", f"PROMPT: {x['prompt']}",
@@ -169,7 +215,10 @@ def to_html(cmp: dict[str, Any]) -> str:
             parts.append(f"<tr><td>{e(r['metric'])}</td><td>{r['base']:.4f}</td><td>{r['fine_tune']:.4f}</td><td>{r['delta']:+.4f}</td>"
                          f"<td>[{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]</td><td class='{cls}'>{e(r['verdict'])}</td>"
                          f"<td>{r['wins']}/{r['ties']}/{r['losses']}</td></tr>")
-        parts.append(f"</table><h3>Largest regressions on {e(task['regressed_on'])}</h3>")
+        parts.append("</table>")
+        if "pairwise" in task:
+            parts.append(f"<p>{e(_pairwise_line(task['pairwise']))}</p>")
+        parts.append(f"<h3>Largest regressions on {e(task['regressed_on'])}</h3>")
         for x in task["regressions"]:
             parts.append(f"<p>{e(x['source'])}: {x['base']:.3f} &rarr; {x['fine_tune']:.3f}</p><pre>{e(x['prompt'])}</pre>"
                          f"<pre>BASE: {e(x['base_output'])}</pre><pre>FINE-TUNE: {e(x['fine_tune_output'])}</pre>")

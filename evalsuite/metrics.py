@@ -16,6 +16,8 @@ metric (registry name)        result keys                          scale / defin
 ``exact_match_normalized``    ``exact_match_normalized``           equality after SQuAD normalisation, 0-1
 ``perplexity``                ``perplexity``                       of the reference response given the prompt
 ``text_perplexity``           ``text_perplexity``                  sliding-window perplexity of plain text
+``judge``                     ``judge_score judge_helpfulness      LLM-as-judge rubric, 1-5, mean over parsed
+                              judge_accuracy judge_coherence``     verdicts (evalsuite/judge.py)
 ============================  ===================================  ==========================================
 
 BLEU and chrF call sacrebleu, ROUGE calls rouge-score, directly: ``evaluate.load("rouge")`` fetches its
@@ -58,6 +60,9 @@ class MetricResult:
     value: float
     per_example: list[float] | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    # what a metric says about each example beyond its score (a judge's verdicts and rationales): stored
+    # per example next to the scores, not in the aggregate results
+    annotations: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -66,13 +71,15 @@ class Metric:
 
     Calling the metric returns ``{key: MetricResult}`` whatever ``compute`` returns (a single
     :class:`MetricResult` or a dict of them), so a runner can treat every metric alike. ``needs_model``
-    metrics take ``(model, tokenizer, ...)`` instead of predictions.
+    metrics take ``(model, tokenizer, ...)`` instead of predictions; ``needs_prompts`` metrics also get
+    ``prompts=`` (the conversations the predictions answer).
     """
 
     name: str
     compute: Callable[..., MetricResult | dict[str, MetricResult]]
     keys: tuple[str, ...]
     needs_model: bool = False
+    needs_prompts: bool = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> dict[str, MetricResult]:
         out = self.compute(*args, **kwargs)
@@ -86,7 +93,7 @@ class UnknownMetric(ValueError):
     """A metric name that is not in :data:`METRICS`."""
 
 
-def register(name: str, *, keys: Sequence[str] | None = None, needs_model: bool = False):
+def register(name: str, *, keys: Sequence[str] | None = None, needs_model: bool = False, needs_prompts: bool = False):
     """Decorator: register ``fn`` as metric ``name`` (producing result ``keys``, default ``(name,)``).
 
     The function itself is returned unchanged, so it stays callable directly.
@@ -95,7 +102,7 @@ def register(name: str, *, keys: Sequence[str] | None = None, needs_model: bool 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in METRICS:
             raise ValueError(f"metric {name!r} is already registered")
-        METRICS[name] = Metric(name, fn, tuple(keys or (name,)), needs_model)
+        METRICS[name] = Metric(name, fn, tuple(keys or (name,)), needs_model, needs_prompts)
         return fn
 
     return decorate
@@ -542,3 +549,30 @@ def text_perplexity(
                 break
         pairs.append((nll, n))
     return _perplexity_result("text_perplexity", pairs, {"max_length": max_length, "stride": stride, "windows": windows})
+
+
+JUDGE_KEYS = ("judge_score", "judge_helpfulness", "judge_accuracy", "judge_coherence")
+
+
+@register("judge", keys=JUDGE_KEYS, needs_prompts=True)
+def judge(predictions: Sequence[str], references: Sequence[str], *, prompts: Sequence[Any], **options: Any) -> dict[str, MetricResult]:
+    """The LLM-as-judge rubric (:func:`evalsuite.judge.rubric`); ``options`` are a
+    :class:`evalsuite.judge.JudgeConfig` (backend, model, url, ...). ``judge_score`` is the mean of the three
+    criteria per example (None where one is unparseable); each criterion's value is its mean over the
+    examples where it parsed. The judge's reply, scores and rationales go to the examples as annotations."""
+    from evalsuite.judge import CRITERIA, JudgeConfig, make_judge, rubric
+
+    out = rubric(make_judge(JudgeConfig(**options)), prompts, predictions, references)
+    summary, records = out["summary"], out["records"]
+    details = {"judge": out["judge"], "n": summary["n"], "failed": summary["failed"]}
+    annotations = [{"judge": {c: r[c] for c in CRITERIA} | {"rationales": r["rationales"], "raw": r["raw"], "error": r["error"]}}
+                   for r in records]
+    results = {}
+    for key, field_name in zip(JUDGE_KEYS, ("judge_score", *CRITERIA)):
+        value = summary[field_name]
+        results[key] = MetricResult(
+            key, float("nan") if value is None else value, [r[field_name] for r in records],
+            {**details, "unparseable": summary[f"{field_name}_unparseable"], "scored": sum(r[field_name] is not None for r in records)},
+            annotations if key == "judge_score" else None,
+        )
+    return results

@@ -2,7 +2,8 @@
 
 Outputs in ``out_dir``:
 - ``examples.parquet``: one row per example: task, source (file:line), prompt (JSON messages), reference,
-  output, and every per-example metric value;
+  output, every per-example metric value (``scores``, JSON) and what metrics say beyond a score
+  (``annotations``, JSON: the judge's scores, rationales and raw reply);
 - ``results.json``: per task and metric key the headline value and its details (sacrebleu signature, token
   counts...), plus what a comparison must hold equal: the model and adapter, the generation settings, the
   chat template's hash and each task's prompts hash;
@@ -91,20 +92,26 @@ def run_suite(suite: SuiteConfig, model: str = "embedded", adapter: str | None =
         outputs = generate(net, tok, prompts, max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size,
                            sample=gen.sample, temperature=gen.temperature, top_p=gen.top_p, seed=gen.seed)
         per_example: dict[str, list[float] | None] = {}
+        annotations: list[dict[str, Any]] = [{} for _ in examples]
         metrics: dict[str, Any] = {}
         for spec in task.metrics:
             metric = get_metric(spec.name)
             if metric.needs_model:
                 results = metric(net, tok, prompts, references, **spec.options)
+            elif metric.needs_prompts:
+                results = metric(outputs, references, prompts=prompts, **spec.options)
             else:
                 results = metric(outputs, references, **spec.options)
             for key, res in results.items():
                 metrics[key] = {"value": res.value, "details": res.details}
                 per_example[key] = res.per_example
+                for note, extra in zip(annotations, res.annotations or []):
+                    note.update(extra)
         for i, (e, out) in enumerate(zip(examples, outputs)):
             scores = {k: (v[i] if v is not None else None) for k, v in per_example.items()}
             rows.append({"task": task.name, "idx": i, "source": e["source"], "prompt": json.dumps(e["prompt"], ensure_ascii=False),
-                         "reference": e["reference"], "output": out, "scores": json.dumps(scores)})
+                         "reference": e["reference"], "output": out, "scores": json.dumps(scores),
+                         "annotations": json.dumps(annotations[i], ensure_ascii=False)})
         tasks[task.name] = {"n": len(examples), "skipped": skipped, "generation": gen.model_dump(),
                             "metric_options": {m.name: m.options for m in task.metrics},
                             "prompts_sha256": _sha(prompts), "metrics": metrics}
@@ -139,7 +146,7 @@ def _probe_task(suite: SuiteConfig, task: TaskConfig, net: Any, tok: Any) -> tup
         chosen = max(range(len(it.choices)), key=p["loglikelihoods"].__getitem__)
         rows.append({"task": task.name, "idx": i, "source": it.source, "prompt": json.dumps([{"role": "user", "content": it.context}]),
                      "reference": it.choices[it.gold], "output": it.choices[chosen],
-                     "scores": json.dumps({"acc": p["acc"], "acc_norm": p["acc_norm"]})})
+                     "scores": json.dumps({"acc": p["acc"], "acc_norm": p["acc_norm"]}), "annotations": "{}"})
     metrics = {k: {"value": res[k], "details": {"n": len(items), "format": task.kind}} for k in ("acc", "acc_norm")}
     return rows, {"n": len(items), "skipped": [], "generation": {"kind": task.kind}, "metric_options": {},
                   "prompts_sha256": _sha([(it.context, it.choices) for it in items]), "metrics": metrics}
@@ -169,7 +176,7 @@ def _text_task(suite: SuiteConfig, task: TaskConfig, net: Any, tok: Any) -> tupl
         raise ValueError(f"task {task.name}: no text in field {task.text_field!r} of {task.path}")
     res = text_perplexity(net, tok, texts, max_length=task.window, stride=task.stride)
     rows = [{"task": task.name, "idx": i, "source": src, "prompt": "[]", "reference": text, "output": "",
-             "scores": json.dumps({"text_perplexity": nll})} for i, (src, text, nll) in enumerate(zip(sources, texts, res.per_example))]
+             "scores": json.dumps({"text_perplexity": nll}), "annotations": "{}"} for i, (src, text, nll) in enumerate(zip(sources, texts, res.per_example))]
     return rows, {"n": len(texts), "skipped": skipped, "generation": {"kind": "text", "window": task.window, "stride": task.stride},
                   "metric_options": {}, "prompts_sha256": _sha(texts), "metrics": {"text_perplexity": {"value": res.value, "details": res.details}}}
 

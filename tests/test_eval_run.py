@@ -27,7 +27,8 @@ def suite_dir(shared_data, tmp_path_factory):
         "name": "smoke",
         "generation": {"max_new_tokens": 16, "batch_size": 4},
         "tasks": [
-            {"name": "alpaca", "path": "holdout.jsonl", "metrics": ["rouge", "bleu", "exact_match_normalized", "perplexity"]},
+            {"name": "alpaca", "path": "holdout.jsonl", "metrics": ["rouge", "bleu", "exact_match_normalized", "perplexity",
+                                                                    {"name": "judge", "max_new_tokens": 48, "device": "cpu"}]},
             {"name": "chat", "path": "chat.jsonl", "metrics": [{"name": "exact_match", "extract": {"regex": "(Red|Blue|Yellow)"}}]},
             # a forgetting probe: MMLU by log-likelihood, as lm-evaluation-harness scores it
             {"name": "mmlu", "kind": "mmlu", "path": str(shared_data / "mmlu" / "high_school_geography_test.csv"), "limit": 8},
@@ -58,7 +59,10 @@ def test_evalsuite_run_writes_examples_results_and_a_workspace_row(suite_dir, ba
 
     tmp_path, results = suite_dir, base_run
     alpaca, chat = results["tasks"]["alpaca"], results["tasks"]["chat"]
-    assert alpaca["n"] == 4 and set(alpaca["metrics"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "exact_match_normalized", "perplexity"}
+    judge_keys = {"judge_score", "judge_helpfulness", "judge_accuracy", "judge_coherence"}
+    assert alpaca["n"] == 4 and set(alpaca["metrics"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "exact_match_normalized", "perplexity"} | judge_keys
+    judged = alpaca["metrics"]["judge_helpfulness"]["details"]
+    assert judged["judge"]["model"] == "embedded:SmolLM2-135M-Instruct" and judged["scored"] + judged["unparseable"] + judged["failed"] == 4
     assert alpaca["metrics"]["bleu"]["details"]["signature"].startswith("nrefs:1|")
     assert 1 < alpaca["metrics"]["perplexity"]["value"] < 100  # a real instruct model on real answers
     assert chat["n"] == 1 and chat["skipped"][0]["where"].endswith("chat.jsonl:2")
@@ -68,12 +72,19 @@ def test_evalsuite_run_writes_examples_results_and_a_workspace_row(suite_dir, ba
     examples = pl.read_parquet(tmp_path / "out" / "examples.parquet")
     assert examples.height == 5 + 8 + 3 and examples.filter(pl.col("task") == "alpaca")["output"].str.len_chars().min() > 0
     scores = [json.loads(s) for s in examples.filter(pl.col("task") == "alpaca")["scores"]]
-    assert all(set(s) >= {"rouge1", "perplexity"} for s in scores)
+    assert all(set(s) >= {"rouge1", "perplexity", "judge_score"} for s in scores)
+    # the judge's verdicts per example: the scores it gave, a rationale per criterion, its raw reply
+    notes = [json.loads(a)["judge"] for a in examples.filter(pl.col("task") == "alpaca")["annotations"]]
+    for note, s in zip(notes, scores):
+        assert note["raw"] and set(note["rationales"]) == {"helpfulness", "accuracy", "coherence"}
+        assert s["judge_helpfulness"] == note["helpfulness"]
     with Workspace(tmp_path / "ws.duckdb", read_only=True) as ws:
         row = ws.run(results["run_id"])
         assert row["kind"] == "eval" and row["status"] == "done"
         assert row["summary"]["headline"]["alpaca/rougeL"] == alpaca["metrics"]["rougeL"]["value"]
         assert ws.sql("SELECT count(*) AS n FROM eval_examples WHERE run_id = ?", [results["run_id"]])["n"][0] == 16
+        judged = ws.sql("SELECT count(*) AS n FROM eval_examples WHERE run_id = ? AND annotations->>'$.judge.raw' IS NOT NULL", [results["run_id"]])
+        assert judged["n"][0] == 4
     mmlu = results["tasks"]["mmlu"]
     assert mmlu["n"] == 8 and set(mmlu["metrics"]) == {"acc", "acc_norm"} and 0 <= mmlu["metrics"]["acc"]["value"] <= 1
     c4 = results["tasks"]["c4"]["metrics"]["text_perplexity"]
@@ -110,11 +121,20 @@ def test_compare_base_with_an_adapter_and_refuse_unlike_runs(suite_dir, base_run
 
     # by workspace run ids
     res = CliRunner().invoke(app, ["compare", base_run["run_id"], ft["run_id"], "--workspace", str(suite_dir / "ws.duckdb"),
-                                   "--out", str(suite_dir / "cmp")])
+                                   "--out", str(suite_dir / "cmp"), "--judge", "local"])
     assert res.exit_code == 0, res.output
     cmp = json.loads((suite_dir / "cmp" / "compare.json").read_text())
     rows = {r["metric"]: r for r in cmp["tasks"]["alpaca"]["metrics"]}
-    assert set(rows) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "exact_match_normalized", "perplexity"}
+    assert set(rows) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "exact_match_normalized", "perplexity",
+                         "judge_score", "judge_helpfulness", "judge_accuracy", "judge_coherence"}
+    # the pairwise judge, both orders, over the two runs' outputs (generation tasks only)
+    pw = cmp["tasks"]["alpaca"]["pairwise"]
+    assert pw["fine_tune"] + pw["base"] + pw["tie"] + pw["inconsistent"] + pw["unparseable"] + pw["failed"] == 4
+    assert len(pw["examples"]) == 4 and "pairwise" not in cmp["tasks"]["mmlu"]
+    assert "Pairwise judge (local: embedded:SmolLM2-135M-Instruct, both orders)" in res.output
+    for name in ("judge_score", "judge_helpfulness", "judge_accuracy", "judge_coherence"):  # unparseable verdicts leave examples out of W/T/L
+        r = rows.pop(name)
+        assert r["wins"] + r["ties"] + r["losses"] == r.get("paired", 4)
     for r in rows.values():
         # the rule: McNemar for paired accuracies, else the bootstrap interval excluding 0
         significant = r["mcnemar_p"] < 0.05 if "mcnemar_p" in r else (r["ci95"][0] > 0 or r["ci95"][1] < 0)
