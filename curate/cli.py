@@ -143,5 +143,24 @@ def stages() -> None:
             typer.echo(f"    reasons: {', '.join(cls.reasons)}")
 
 
+@app.command("app")
+def review_app(
+    workspace: str = typer.Option("out/workspace.duckdb", "--workspace", help="the DuckDB workspace to review"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to bind (loopback by default: records may be private)"),
+    port: int = typer.Option(8501, "--port"),
+) -> None:
+    """Start the review app (Streamlit): runs, data browser, labeling, eval review."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not Path(workspace).is_file():
+        _fail(f"no workspace at {workspace}: run `curate run CONFIG` first, or pass --workspace")
+    main = Path(__file__).resolve().parents[1] / "app" / "main.py"
+    cmd = [sys.executable, "-m", "streamlit", "run", str(main), "--server.address", host, "--server.port", str(port),
+           "--server.headless", "true", "--browser.gatherUsageStats", "false", "--", "--workspace", str(Path(workspace).resolve())]
+    raise typer.Exit(subprocess.call(cmd))
+
+
 if __name__ == "__main__":
     app()

@@ -341,6 +341,7 @@ class Pipeline:
             prev = ws.run(self.run_id)
             if (
                 not force and prev and prev["status"] == "done" and prev.get("summary")
+                and not any(s.volatile for s in self.stages)
                 and (out_dir / "summary.json").is_file()
                 and json.loads((out_dir / "summary.json").read_text()).get("run_id") == self.run_id
             ):
@@ -378,6 +379,8 @@ class Pipeline:
         file_stats: dict[str, dict[str, int]] = {}
         first = self.passes[0]
         prepared: dict[int, list[pl.DataFrame]] = {pos: [] for pos, _ in first.global_stages}
+        for stage in self.stages:
+            stage.setup(ws)
         bar = _progress(self.progress, "ingest + per-record stages")
         writer = _BackgroundWriter(ws, run_id, self.timer)
         try:

@@ -13,6 +13,10 @@ Every write goes through this small API (the app and the CLIs read through it to
 - ``train_metrics`` per logged step of a train run (kind 'train' in ``runs``): loss, eval_loss, learning rate...
 - ``eval_examples`` per example of an eval run (kind 'eval'): prompt, reference, output, per-example scores,
                     annotations (the judge's verdicts and rationales)
+- ``labels``        human labels, append-only: record (content id, so a label follows the record into later
+                    runs), annotator, verdict (accept / reject), edited messages, tags, note, time; the
+                    current label of an annotator is their latest
+- ``eval_preferences`` blind human preferences between two eval runs' outputs (base / fine_tune / tie)
 - ``embedding_cache`` sentence embeddings by model and text hash, shared by all runs: a re-run with other
                     thresholds does not re-encode
 - ``ledger``        a view: each record with its outcome (kept, or rejected with stage and reason)
@@ -54,6 +58,12 @@ CREATE TABLE IF NOT EXISTS eval_examples (
     annotations JSON);
 -- workspaces made before judge annotations existed
 ALTER TABLE eval_examples ADD COLUMN IF NOT EXISTS annotations JSON;
+CREATE TABLE IF NOT EXISTS labels (
+    record_id VARCHAR, run_id VARCHAR, uid BIGINT, annotator VARCHAR, verdict VARCHAR, edit JSON, tags VARCHAR[],
+    note VARCHAR, created TIMESTAMP);
+CREATE TABLE IF NOT EXISTS eval_preferences (
+    base_run VARCHAR, ft_run VARCHAR, task VARCHAR, idx BIGINT, annotator VARCHAR, choice VARCHAR,
+    left_side VARCHAR, created TIMESTAMP);
 CREATE TABLE IF NOT EXISTS embedding_cache (
     model VARCHAR, text_hash UBIGINT, embedding FLOAT[], PRIMARY KEY (model, text_hash));
 CREATE OR REPLACE VIEW ledger AS
@@ -154,6 +164,33 @@ class Workspace:
                 "INSERT INTO stage_counts VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [run_id, r["position"], r["name"], r["in"], r["rejected"], r["out"], json.dumps(r["reasons"])],
             )
+
+    def add_label(self, record_id: str, annotator: str, verdict: str, *, run_id: str | None = None, uid: int | None = None,
+                  edit: list[dict[str, str]] | None = None, tags: list[str] | None = None, note: str | None = None) -> None:
+        """Store one human label at once (autocommit: a crash or another tab loses nothing)."""
+        if verdict not in ("accept", "reject"):
+            raise ValueError(f"verdict must be accept or reject, not {verdict!r}")
+        if not annotator.strip():
+            raise ValueError("an annotator name is required")
+        self.con.execute(
+            "INSERT INTO labels VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [record_id, run_id, uid, annotator.strip(), verdict, json.dumps(edit) if edit else None, tags or [], note, _now()],
+        )
+
+    def current_labels(self, annotators: list[str] | None = None) -> pl.DataFrame:
+        """Each annotator's latest label per record: record_id, annotator, verdict, edit, tags, note, created."""
+        where = "WHERE annotator IN (SELECT unnest(?))" if annotators else ""
+        return self.sql(
+            f"""SELECT record_id, annotator, verdict, edit, tags, note, created FROM labels {where}
+                QUALIFY row_number() OVER (PARTITION BY record_id, annotator ORDER BY created DESC) = 1""",
+            [annotators] if annotators else None,
+        )
+
+    def add_preference(self, base_run: str, ft_run: str, task: str, idx: int, annotator: str, choice: str, left_side: str) -> None:
+        if choice not in ("base", "fine_tune", "tie"):
+            raise ValueError(f"choice must be base, fine_tune or tie, not {choice!r}")
+        self.con.execute("INSERT INTO eval_preferences VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         [base_run, ft_run, task, idx, annotator.strip(), choice, left_side, _now()])
 
     # -- reads -----------------------------------------------------------------------------------------------
     def kept_batches(self, run_id: str, columns: list[str], batch_size: int = 50_000) -> Iterator[pl.DataFrame]:

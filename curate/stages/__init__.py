@@ -56,6 +56,8 @@ class Stage:
     is_global: ClassVar[bool] = False
     # reason codes this stage can emit, for documentation and `curate stages`
     reasons: ClassVar[tuple[str, ...]] = ()
+    # True when the stage reads more than its config (human labels): a run with it is never served from cache
+    volatile: ClassVar[bool] = False
 
     def __init__(self, params: StageParams | None = None, context: StageContext | None = None):
         self.params = params if params is not None else self.Params()
@@ -63,6 +65,10 @@ class Stage:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params!r})"
+
+    def setup(self, workspace: Any) -> None:
+        """Called once with the run's workspace before records stream (the only moment a record stage may
+        read it: afterwards a writer thread owns the connection). Default: nothing."""
 
 
 class RecordStage(Stage):
@@ -145,7 +151,7 @@ def _load_builtin_stages() -> None:
         importlib.import_module(f"curate.stages.{module}")
 
 
-BUILTIN_MODULES = ("conversation", "quality", "pii", "langid", "exact", "minhash", "semantic", "decontam")
+BUILTIN_MODULES = ("conversation", "quality", "pii", "langid", "exact", "minhash", "semantic", "decontam", "labels")
 
 
 def empty_rejects() -> pl.DataFrame:

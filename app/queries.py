@@ -1,0 +1,267 @@
+"""What the review app reads and writes, over :class:`curate.workspace.Workspace`: plain functions that the
+pages call and the tests call directly. Every record query is paged (LIMIT/OFFSET in DuckDB): nothing
+loads a whole dataset into memory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from curate.workspace import Workspace
+
+PAGE = 25
+
+
+def open_workspace(path: str | Path, read_only: bool = False) -> Workspace:
+    """A short-lived connection: the app opens one per interaction, so `curate run` or another tab can
+    use the file between them."""
+    return Workspace(path, read_only=read_only)
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+def runs(ws: Workspace, kind: str | None = None) -> pl.DataFrame:
+    sql = "SELECT run_id, kind, name, status, started, finished, output_dir, summary FROM runs"
+    return ws.sql(sql + (" WHERE kind = ?" if kind else "") + " ORDER BY started DESC", [kind] if kind else None)
+
+
+def funnel(ws: Workspace, run_id: str) -> pl.DataFrame:
+    """Per stage, in order: records in, rejected, out, and the reasons with their counts."""
+    return ws.sql("SELECT position, stage, n_in, n_rejected, n_out, reasons FROM stage_counts WHERE run_id = ? ORDER BY position", [run_id])
+
+
+def train_curves(ws: Workspace, run_id: str) -> pl.DataFrame:
+    """step, loss, eval_loss (null where not measured)."""
+    return ws.sql(
+        """SELECT step, max(value) FILTER (WHERE name = 'loss') AS loss, max(value) FILTER (WHERE name = 'eval_loss') AS eval_loss
+           FROM train_metrics WHERE run_id = ? GROUP BY step ORDER BY step""", [run_id])
+
+
+def eval_headline(ws: Workspace, run_id: str) -> dict[str, float]:
+    row = ws.run(run_id)
+    return (row or {}).get("summary", {}).get("headline", {}) if row and row.get("summary") else {}
+
+
+def length_histogram(ws: Workspace, run_id: str, bins: int = 30) -> pl.DataFrame:
+    """Kept and rejected record lengths (characters), binned in DuckDB."""
+    return ws.sql(
+        f"""WITH s AS (SELECT r.n_chars, CASE WHEN j.uid IS NULL THEN 'kept' ELSE 'rejected' END AS status
+                      FROM records r LEFT JOIN (SELECT DISTINCT uid FROM rejects WHERE run_id = $1) j ON r.uid = j.uid
+                      WHERE r.run_id = $1),
+                b AS (SELECT max(n_chars) AS hi FROM s)
+            SELECT least(floor(n_chars * {bins} / (hi + 1)), {bins - 1}) * (hi + 1) / {bins} AS chars_from, status, count(*) AS records
+            FROM s, b GROUP BY ALL ORDER BY chars_from""", [run_id])
+
+
+# ---------------------------------------------------------------------------------------------- records
+
+def filter_options(ws: Workspace, run_id: str) -> dict[str, list[str]]:
+    """The values the data browser's filters offer for a curate run."""
+    stages = ws.sql("SELECT stage, reasons FROM stage_counts WHERE run_id = ? ORDER BY position", [run_id])
+    reasons = sorted({r for js in stages["reasons"] for r in json.loads(js or "{}")})
+    col = lambda sql: [x for x in ws.sql(sql, [run_id]).to_series().to_list() if x is not None]  # noqa: E731
+    return {"stage": stages["stage"].to_list(), "reason": reasons,
+            "source": col("SELECT DISTINCT source_file FROM records WHERE run_id = ? ORDER BY 1"),
+            "shape": col("SELECT DISTINCT shape FROM records WHERE run_id = ? ORDER BY 1")}
+
+
+def _record_filter(run_id: str, status: str | None, stage: str | None, reason: str | None, source: str | None,
+                   shape: str | None, search: str | None) -> tuple[str, list[Any]]:
+    where, args = ["r.run_id = ?"], [run_id]
+    if status == "kept":
+        where.append("j.uid IS NULL")
+    elif status == "rejected":
+        where.append("j.uid IS NOT NULL")
+    for column, value in (("j.stage", stage), ("j.reason", reason), ("r.source_file", source), ("r.shape", shape)):
+        if value:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if search:
+        # full-text search in DuckDB over every turn's content (case-insensitive substring)
+        where.append("list_contains(list_transform(r.messages, m -> contains(lower(m.content), ?)), true)")
+        args.append(search.lower())
+    return " AND ".join(where), args
+
+
+_RECORDS_FROM = """FROM records r LEFT JOIN (
+    SELECT uid, first(stage ORDER BY stage) AS stage, first(reason ORDER BY stage) AS reason, first(detail ORDER BY stage) AS detail,
+           first(duplicate_of ORDER BY stage) AS duplicate_of
+    FROM rejects WHERE run_id = ? GROUP BY uid) j ON r.uid = j.uid"""
+
+
+def records_page(ws: Workspace, run_id: str, *, status: str | None = None, stage: str | None = None, reason: str | None = None,
+                 source: str | None = None, shape: str | None = None, search: str | None = None,
+                 offset: int = 0, limit: int = PAGE) -> tuple[pl.DataFrame, int]:
+    """(one page of records with their outcome, total matching): uid, id, source_file, source_line, shape,
+    split, messages, status, stage, reason, detail, duplicate_of, scores."""
+    where, args = _record_filter(run_id, status, stage, reason, source, shape, search)
+    total = ws.sql(f"SELECT count(*) AS n {_RECORDS_FROM} WHERE {where}", [run_id, *args])["n"][0]
+    page = ws.sql(
+        f"""SELECT r.uid, r.id, r.source_file, r.source_line, r.shape, r.split, r.messages,
+                   CASE WHEN j.uid IS NULL THEN 'kept' ELSE 'rejected' END AS status, j.stage, j.reason, j.detail,
+                   j.duplicate_of, r.scores
+            {_RECORDS_FROM} WHERE {where} ORDER BY r.uid LIMIT ? OFFSET ?""", [run_id, *args, limit, offset])
+    return page, int(total)
+
+
+def cluster_of(ws: Workspace, run_id: str, uid: int) -> pl.DataFrame:
+    """The duplicate cluster holding ``uid``: each member (representative first) with its messages and status."""
+    return ws.sql(
+        """WITH c AS (SELECT stage, rep_uid FROM clusters WHERE run_id = $1 AND uid = $2 LIMIT 1)
+           SELECT m.uid, m.uid = c.rep_uid AS representative, m.similarity, c.stage, r.messages, r.source_file, r.source_line
+           FROM clusters m JOIN c ON m.stage = c.stage AND m.rep_uid = c.rep_uid
+           JOIN records r ON r.run_id = $1 AND r.uid = m.uid
+           WHERE m.run_id = $1 ORDER BY representative DESC, m.similarity DESC LIMIT 50""", [run_id, uid])
+
+
+def score_names(ws: Workspace, run_id: str) -> list[str]:
+    """The filters' score columns stored for a run (from a sample of records)."""
+    rows = ws.sql("SELECT scores FROM records WHERE run_id = ? AND scores IS NOT NULL LIMIT 200", [run_id])["scores"]
+    return sorted({k for s in rows for k, v in json.loads(s).items() if isinstance(v, (int, float))})
+
+
+# ---------------------------------------------------------------------------------------------- labeling
+
+def label_queue(ws: Workspace, run_id: str, annotator: str, *, mode: str = "random", status: str | None = None,
+                reason: str | None = None, search: str | None = None, score: str | None = None,
+                threshold: float | None = None, seed: int = 0, limit: int = 1) -> pl.DataFrame:
+    """Records this annotator has not labelled yet: in a seeded random order, in input order for a filter,
+    or ``uncertain``: closest first to ``threshold`` on the filter score ``score``."""
+    where, args = _record_filter(run_id, status, None, reason, None, None, search)
+    where += " AND r.id NOT IN (SELECT record_id FROM labels WHERE annotator = ?)"
+    args.append(annotator)
+    if mode == "uncertain":
+        if not score or threshold is None:
+            raise ValueError("the uncertain queue needs a score name and a threshold")
+        where += " AND json_extract(r.scores, ?) IS NOT NULL"
+        args.append(f"$.{score}")
+        order, order_args = "abs(CAST(json_extract(r.scores, ?) AS DOUBLE) - ?)", [f"$.{score}", threshold]
+    elif mode == "random":
+        order, order_args = "hash(r.id, ?)", [seed]
+    else:
+        order, order_args = "r.uid", []
+    return ws.sql(
+        f"""SELECT r.uid, r.id, r.source_file, r.source_line, r.shape, r.messages, r.scores,
+                   CASE WHEN j.uid IS NULL THEN 'kept' ELSE 'rejected' END AS status, j.stage, j.reason, j.detail
+            {_RECORDS_FROM} WHERE {where} ORDER BY {order} LIMIT ?""", [run_id, *args, *order_args, limit])
+
+
+def annotators(ws: Workspace) -> list[str]:
+    return ws.sql("SELECT DISTINCT annotator FROM labels ORDER BY 1")["annotator"].to_list()
+
+
+def agreement(ws: Workspace) -> pl.DataFrame:
+    """Cohen's kappa of every pair of annotators over the records both labelled (latest labels)."""
+    from sklearn.metrics import cohen_kappa_score
+
+    cur = ws.current_labels()
+    names = sorted(set(cur["annotator"]))
+    rows = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            both = cur.filter(pl.col("annotator") == a).join(cur.filter(pl.col("annotator") == b), on="record_id")
+            if both.height:
+                kappa = cohen_kappa_score(both["verdict"], both["verdict_right"]) if both.height > 1 else float("nan")
+                agree = (both["verdict"] == both["verdict_right"]).mean()
+                rows.append({"annotator_a": a, "annotator_b": b, "overlap": both.height, "agreement": agree,
+                             "kappa": None if kappa != kappa else float(kappa)})
+    return pl.DataFrame(rows, schema={"annotator_a": pl.Utf8, "annotator_b": pl.Utf8, "overlap": pl.Int64,
+                                      "agreement": pl.Float64, "kappa": pl.Float64})
+
+
+def export_labels(ws: Workspace, path: str | Path) -> int:
+    """Labelled records (each annotator's latest label, with the record's messages, or the edit) as JSONL."""
+    rows = ws.sql(
+        """WITH cur AS (SELECT * FROM labels QUALIFY row_number() OVER (PARTITION BY record_id, annotator ORDER BY created DESC) = 1),
+                rec AS (SELECT id, messages, source_file, source_line FROM records
+                        QUALIFY row_number() OVER (PARTITION BY id ORDER BY run_id DESC) = 1)
+           SELECT cur.record_id AS id, cur.annotator, cur.verdict, cur.tags, cur.note, cur.created,
+                  rec.messages, cur.edit, rec.source_file, rec.source_line
+           FROM cur LEFT JOIN rec ON rec.id = cur.record_id ORDER BY cur.created""")
+    with open(path, "w") as fh:
+        for r in rows.iter_rows(named=True):
+            r["edit"] = json.loads(r["edit"]) if r["edit"] else None
+            r["created"] = str(r["created"])
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return rows.height
+
+
+# ---------------------------------------------------------------------------------------------- eval review
+
+def eval_tasks(ws: Workspace, base_run: str, ft_run: str) -> list[str]:
+    return ws.sql("""SELECT DISTINCT b.task FROM eval_examples b JOIN eval_examples f ON b.task = f.task AND b.idx = f.idx
+                     WHERE b.run_id = ? AND f.run_id = ? AND b.output <> '' ORDER BY 1""", [base_run, ft_run])["task"].to_list()
+
+
+def eval_pairs(ws: Workspace, base_run: str, ft_run: str, task: str) -> pl.DataFrame:
+    """Per example of ``task``: prompt, reference, both outputs, both score dicts and annotations (the judge)."""
+    return ws.sql(
+        """SELECT b.idx, b.source, b.prompt, b.reference, b.output AS base_output, f.output AS ft_output,
+                  b.scores AS base_scores, f.scores AS ft_scores, b.annotations AS base_notes, f.annotations AS ft_notes
+           FROM eval_examples b JOIN eval_examples f ON b.task = f.task AND b.idx = f.idx
+           WHERE b.run_id = ? AND f.run_id = ? AND b.task = ? ORDER BY b.idx""", [base_run, ft_run, task])
+
+
+def with_deltas(pairs: pl.DataFrame, metric: str, lower_is_better: bool = False) -> pl.DataFrame:
+    """``pairs`` plus ``delta`` (fine-tune minus base on ``metric``, sign flipped where lower is better), so
+    sorting ascending puts the largest regressions first."""
+    def value(js: str) -> float | None:
+        v = json.loads(js or "{}").get(metric)
+        return None if v is None or v != v else float(v)
+
+    b = [value(x) for x in pairs["base_scores"]]
+    f = [value(x) for x in pairs["ft_scores"]]
+    sign = -1.0 if lower_is_better else 1.0
+    return pairs.with_columns(delta=pl.Series([None if x is None or y is None else sign * (y - x) for x, y in zip(b, f)], dtype=pl.Float64))
+
+
+def judge_verdicts(ws: Workspace, base_run: str, ft_run: str, task: str) -> dict[int, str]:
+    """The judge's pairwise verdict per example (``base``/``fine_tune``/``tie``) from the compare.json that
+    `evalsuite compare --judge` wrote in the fine-tune's run folder; else from the rubric judge's scores."""
+    ft = ws.run(ft_run) or {}
+    cmp_file = Path(ft.get("output_dir") or "") / "compare.json"
+    if cmp_file.is_file():
+        cmp = json.loads(cmp_file.read_text())
+        if cmp.get("base", {}).get("run_id") == base_run and "pairwise" in cmp.get("tasks", {}).get(task, {}):
+            return {e["idx"]: ("tie" if e["verdict"] == "inconsistent" else e["verdict"])
+                    for e in cmp["tasks"][task]["pairwise"]["examples"] if e["verdict"] is not None}
+    out = {}
+    for r in with_deltas(eval_pairs(ws, base_run, ft_run, task), "judge_score").iter_rows(named=True):
+        if r["delta"] is not None:
+            out[r["idx"]] = "fine_tune" if r["delta"] > 0 else "base" if r["delta"] < 0 else "tie"
+    return out
+
+
+def preferences(ws: Workspace, base_run: str, ft_run: str, task: str | None = None) -> pl.DataFrame:
+    """Each annotator's latest blind preference per example."""
+    return ws.sql(
+        f"""SELECT task, idx, annotator, choice, left_side, created FROM eval_preferences
+            WHERE base_run = ? AND ft_run = ? {"AND task = ?" if task else ""}
+            QUALIFY row_number() OVER (PARTITION BY task, idx, annotator ORDER BY created DESC) = 1""",
+        [base_run, ft_run, *([task] if task else [])])
+
+
+def human_summary(ws: Workspace, base_run: str, ft_run: str, task: str) -> dict[str, Any]:
+    """Human win rate of the fine-tune (wins + ties/2 over votes) and, on the items the judge also
+    decided, judge-human agreement and Cohen's kappa."""
+    from sklearn.metrics import cohen_kappa_score
+
+    prefs = preferences(ws, base_run, ft_run, task)
+    out: dict[str, Any] = {"votes": prefs.height}
+    if not prefs.height:
+        return out
+    score = prefs["choice"].replace_strict({"fine_tune": 1.0, "base": 0.0, "tie": 0.5}, return_dtype=pl.Float64)
+    out.update(win_rate=float(score.mean()), fine_tune=int((prefs["choice"] == "fine_tune").sum()),
+               base=int((prefs["choice"] == "base").sum()), tie=int((prefs["choice"] == "tie").sum()))
+    judge = judge_verdicts(ws, base_run, ft_run, task)
+    paired = [(c, judge[i]) for i, c in zip(prefs["idx"], prefs["choice"]) if i in judge]
+    out["judged"] = len(paired)
+    if paired:
+        human, machine = zip(*paired)
+        out["judge_agreement"] = sum(h == m for h, m in paired) / len(paired)
+        k = cohen_kappa_score(human, machine) if len(set(human) | set(machine)) > 1 else float("nan")
+        out["judge_kappa"] = None if k != k else float(k)
+    return out
