@@ -81,7 +81,7 @@ def _record_filter(run_id: str, status: str | None, stage: str | None, reason: s
             args.append(value)
     if search:
         # full-text search in DuckDB over every turn's content (case-insensitive substring)
-        where.append("list_contains(list_transform(r.messages, m -> contains(lower(m.content), ?)), true)")
+        where.append("list_contains(list_transform(r.messages, lambda m: contains(lower(m.content), ?)), true)")
         args.append(search.lower())
     return " AND ".join(where), args
 

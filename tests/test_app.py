@@ -1,0 +1,214 @@
+"""The review app's pages through Streamlit's AppTest, against a real workspace that curate, train and
+evalsuite build in this test module: runs and their plots, the data browser's filters and search, hostile
+record text shown inert, labels saved at once and used by `curate run`, annotator agreement, blind eval
+preferences and judge-human agreement."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import polars as pl
+import pytest
+
+from tests.conftest import REPO, SHARED, perturbed_adapter, write_jsonl
+
+HOSTILE = "<script>alert('x')</script> ![pixel](http://203.0.113.7/p.png) <img src=http://203.0.113.7/i.png>"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """curate (sample data + a hostile record, minhash clusters), a tiny train run and two eval runs (base,
+    perturbed adapter; rubric judge; compared with the pairwise judge), all in one workspace file."""
+    from curate.config import parse_config
+    from curate.pipeline import Pipeline
+    from evalsuite.compare import compare
+    from evalsuite.runner import run_suite
+    from evalsuite.suite import load_suite
+    from train.config import parse_train_config
+    from train.trainer import run_training
+
+    tmp = tmp_path_factory.mktemp("app")
+    ws = tmp / "ws.duckdb"
+    write_jsonl(tmp / "hostile.jsonl", [{"messages": [{"role": "user", "content": "Render this please"},
+                                                      {"role": "assistant", "content": HOSTILE}]}])
+    raw = {
+        "name": "apptest", "tokenizer": None, "workspace": str(ws), "output_dir": str(tmp / "curated"),
+        "inputs": [{"path": str(REPO / "sample_data" / "sharegpt_fastchat.json")}, {"path": str(REPO / "sample_data" / "dolly_written.jsonl")},
+                   {"path": str(tmp / "hostile.jsonl")}],
+        "stages": ["conversation_structure", "response_length", "exact_dedup", "minhash_dedup"],
+        "splits": {"train": 0.8, "validation": 0.1, "test": 0.1},
+    }
+    cfg = parse_config(raw, tmp)
+    curated = Pipeline(cfg, progress=False).run()
+    rows = json.loads((SHARED / "alpaca" / "alpaca_4000.json").read_text())
+    write_jsonl(tmp / "train8.jsonl", rows[:8])
+    run_training(parse_train_config({
+        "name": "apptrain", "data": [{"path": "train8.jsonl"}], "max_steps": 2, "max_seq_len": 256, "workspace": str(ws),
+        "method": {"kind": "lora", "r": 4, "alpha": 8}, "gradient_checkpointing": False, "log_every_steps": 1,
+        "optim": {"batch_tokens": 1024}, "eval": {"sample_prompts": 0},
+    }, base_dir=tmp))
+    write_jsonl(tmp / "holdout.jsonl", rows[200:203])
+    (tmp / "suite.yaml").write_text(json.dumps({
+        "name": "appeval", "generation": {"max_new_tokens": 12, "batch_size": 4},
+        "tasks": [{"name": "alpaca", "path": "holdout.jsonl", "metrics": ["rouge", "exact_match",
+                                                                            {"name": "judge", "max_new_tokens": 24, "device": "cpu"}]}]}))
+    suite = load_suite(tmp / "suite.yaml")
+    base = run_suite(suite, out_dir=tmp / "base", workspace=ws, device="cpu")
+    perturbed_adapter(tmp / "adapter", scale=0.05)
+    ft = run_suite(suite, adapter=str(tmp / "adapter"), out_dir=tmp / "ft", workspace=ws, device="cpu")
+    cmp = compare(tmp / "base", tmp / "ft", judge={"max_new_tokens": 6, "device": "cpu"})
+    (tmp / "ft" / "compare.json").write_text(json.dumps(cmp))
+    return {"path": ws, "tmp": tmp, "curate_run": curated.run_id, "base": base["run_id"], "ft": ft["run_id"], "config": raw}
+
+
+def _app(path, monkeypatch, page: str | None = None):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("FTW_WORKSPACE", str(path))
+    at = AppTest.from_file(str(REPO / "app" / "main.py"), default_timeout=120).run()
+    assert not at.exception, at.exception
+    if page:
+        at.sidebar.radio[0].set_value(page).run()
+        assert not at.exception, at.exception
+    return at
+
+
+def _match_caption(at) -> str:
+    return next(c.value for c in at.caption if "records match" in c.value)
+
+
+def _ws(path, read_only=True):
+    from curate.workspace import Workspace
+
+    return Workspace(path, read_only=read_only)
+
+
+def test_runs_page_shows_funnel_loss_curve_and_headlines(workspace, monkeypatch):
+    at = _app(workspace["path"], monkeypatch)
+    assert at.title[0].value == "Runs"
+    kinds = set(at.dataframe[0].value["kind"])
+    assert kinds == {"curate", "train", "eval"}
+    headers = [h.value for h in at.header]
+    assert headers == ["Curation funnel", "Training", "Evaluations"]
+    funnel = at.dataframe[1].value
+    with _ws(workspace["path"]) as ws:
+        stages = ws.sql("SELECT stage, n_rejected FROM stage_counts WHERE run_id = ? ORDER BY position", [workspace["curate_run"]])
+    assert funnel["stage"].tolist() == stages["stage"].to_list() and funnel["n_rejected"].tolist() == stages["n_rejected"].to_list()
+    evals = at.dataframe[2].value
+    assert "alpaca/rougeL" in evals.columns and "alpaca/judge_score" in evals.columns
+    assert len(at.get("vega_lite_chart")) == 3  # funnel, length histogram, loss curve
+
+
+def test_browser_filters_search_and_hostile_text_stays_text(workspace, monkeypatch):
+    at = _app(workspace["path"], monkeypatch, "Data browser")
+    at.selectbox(key="browse_status").set_value("rejected").run()
+    shown = at.dataframe[0].value
+    assert len(shown) and set(shown["status"]) == {"rejected"}
+    with _ws(workspace["path"]) as ws:
+        n_rej = ws.counts(workspace["curate_run"])["rejected"]
+    assert f"{n_rej:,} records match" in _match_caption(at)
+    # search runs in DuckDB over every turn: the hostile record is the one with "203.0.113.7"
+    at.selectbox(key="browse_status").set_value("all").run()
+    at.text_input(key="browse_search").input("203.0.113.7").run()
+    assert "1 records match" in _match_caption(at)
+    texts = [t.value for t in at.text]
+    assert HOSTILE in texts  # shown verbatim, as text
+    assert not any("203.0.113.7" in (m.value or "") for m in at.markdown)  # never through markdown (no image fetch)
+    # a near-duplicate shows its cluster beside it, representative first
+    at.text_input(key="browse_search").input("").run()
+    at.selectbox(key="browse_reason").set_value("near_duplicate").run()
+    assert any(s.value.startswith("duplicate cluster (minhash_dedup") for s in at.subheader)
+    assert any("kept representative" in c.value for c in at.caption)
+
+
+def test_labels_are_saved_at_once_and_curate_uses_them(workspace, monkeypatch, tmp_path):
+    path = tmp_path / "ws.duckdb"
+    shutil.copy(workspace["path"], path)
+    at = _app(path, monkeypatch, "Labeling")
+    at.selectbox(key="label_mode").set_value("filter").run()
+    at.text_input(key="annotator").input("ann").run()
+    first = at.subheader[0].value
+    at.button(key="reject").click().run()
+    second = at.subheader[0].value
+    assert second != first  # the queue moved on
+    uid_second = int(second.split()[1])
+    at.text_area[0].input("An edited answer.").run()
+    next(t for t in at.text_input if t.label.startswith("tags")).input("edited, good").run()
+    at.button(key="accept").click().run()
+    # a fresh session (a reload, a second tab) sees both labels: they were committed when made
+    with _ws(path) as ws:
+        labels = ws.current_labels().sort("created")
+        rec = ws.sql("SELECT id, uid FROM records WHERE run_id = ? AND uid = ?", [workspace["curate_run"], uid_second])
+    assert labels["verdict"].to_list() == ["reject", "accept"] and labels["annotator"].to_list() == ["ann", "ann"]
+    assert labels["record_id"][1] == rec["id"][0] and list(labels["tags"][1]) == ["edited", "good"]
+    assert json.loads(labels["edit"][1])[-1]["content"] == "An edited answer."
+    again = _app(path, monkeypatch, "Labeling")
+    again.selectbox(key="label_mode").set_value("filter").run()
+    again.text_input(key="annotator").input("ann").run()
+    assert again.subheader[0].value not in (first, second)
+    # curate run with the human_labels stage: the reject is a rejection with its reason, the edit is applied
+    from curate.config import parse_config
+    from curate.pipeline import Pipeline
+
+    cfg = dict(workspace["config"])
+    cfg.update(workspace=str(path), output_dir=str(tmp_path / "relabelled"), stages=[*cfg["stages"], "human_labels"])
+    result = Pipeline(parse_config(cfg, workspace["tmp"]), progress=False).run()
+    with _ws(path) as ws:
+        rej = ws.sql("""SELECT r.id, j.reason, j.detail FROM rejects j JOIN records r USING (run_id, uid)
+                        WHERE run_id = ? AND j.stage = 'human_labels'""", [result.run_id])
+        edited = ws.sql("SELECT messages, fixes FROM records WHERE run_id = ? AND id = ?", [result.run_id, labels["record_id"][1]])
+    assert rej["id"].to_list() == [labels["record_id"][0]] and rej["reason"][0] == "human_rejected" and "ann" in rej["detail"][0]
+    assert edited["messages"][0][-1]["content"] == "An edited answer." and "human_edit" in edited["fixes"][0]
+
+
+def test_annotator_agreement_is_cohens_kappa(workspace, monkeypatch, tmp_path):
+    from sklearn.metrics import cohen_kappa_score
+
+    path = tmp_path / "ws.duckdb"
+    shutil.copy(workspace["path"], path)
+    with _ws(path, read_only=False) as ws:
+        ids = ws.sql("SELECT id FROM records WHERE run_id = ? ORDER BY uid LIMIT 6", [workspace["curate_run"]])["id"].to_list()
+        a = ["accept", "accept", "reject", "reject", "accept", "reject"]
+        b = ["accept", "reject", "reject", "reject", "accept", "accept"]
+        for i, va, vb in zip(ids, a, b):
+            ws.add_label(i, "alice", "reject")  # superseded: the latest label counts
+            ws.add_label(i, "alice", va)
+            ws.add_label(i, "bob", vb)
+    at = _app(path, monkeypatch, "Labeling")
+    table = at.dataframe[0].value
+    assert table["overlap"].tolist() == [6]
+    assert table["kappa"][0] == pytest.approx(cohen_kappa_score(a, b))
+
+
+def test_eval_review_blind_vote_and_judge_agreement(workspace, monkeypatch, tmp_path):
+    path = tmp_path / "ws.duckdb"
+    shutil.copy(workspace["path"], path)
+    at = _app(path, monkeypatch, "Eval review")
+    at.selectbox(key="rev_base").set_value(workspace["base"]).run()
+    at.selectbox(key="rev_ft").set_value(workspace["ft"]).run()
+    assert [s.value for s in at.subheader] == ["prompt", "your preference (blind)"]
+    # the sides carry no names before the vote
+    assert [c.value for c in at.caption if c.value.startswith("answer ")] == ["answer 1", "answer 2"]
+    at.text_input(key="rev_annotator").input("ann").run()
+    idx = at.selectbox(key="rev_idx").value
+    left = at.session_state[f"sides_{workspace['base']}_{workspace['ft']}_alpaca_{idx}"]
+    at.button(key="vote1").click().run()
+    assert f"answer 1 was {left.replace('_', '-')}" in at.success[0].value
+    with _ws(path) as ws:
+        prefs = ws.sql("SELECT task, idx, annotator, choice, left_side FROM eval_preferences")
+        from app.queries import human_summary, judge_verdicts
+
+        summary = human_summary(ws, workspace["base"], workspace["ft"], "alpaca")
+        judge = judge_verdicts(ws, workspace["base"], workspace["ft"], "alpaca")
+    assert prefs.row(0) == ("alpaca", idx, "ann", left, left)
+    assert summary["votes"] == 1 and summary["win_rate"] == (1.0 if left == "fine_tune" else 0.0)
+    cmp = json.loads((workspace["tmp"] / "ft" / "compare.json").read_text())
+    expected = {e["idx"]: ("tie" if e["verdict"] == "inconsistent" else e["verdict"])
+                for e in cmp["tasks"]["alpaca"]["pairwise"]["examples"] if e["verdict"] is not None}
+    assert judge == expected
+    if idx in judge:
+        assert summary["judged"] == 1 and summary["judge_agreement"] == float(judge[idx] == left)
+    # the next render shows the human win rate
+    at.run()
+    assert any("human win rate of the fine-tune" in i.value for i in at.info)
