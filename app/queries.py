@@ -153,6 +153,14 @@ def annotators(ws: Workspace) -> list[str]:
     return ws.sql("SELECT DISTINCT annotator FROM labels ORDER BY 1")["annotator"].to_list()
 
 
+def recent_labels(ws: Workspace, annotator: str, n: int = 5) -> pl.DataFrame:
+    """An annotator's ``n`` latest labels: record uid, verdict, tags, when."""
+    return ws.sql(
+        """SELECT coalesce(CAST(uid AS VARCHAR), record_id) AS record, verdict, array_to_string(tags, ', ') AS tags,
+                  strftime(created, '%Y-%m-%d %H:%M:%S') AS saved, edit IS NOT NULL AS edited
+           FROM labels WHERE annotator = ? ORDER BY created DESC LIMIT ?""", [annotator, n])
+
+
 def agreement(ws: Workspace) -> pl.DataFrame:
     """Cohen's kappa of every pair of annotators over the records both labelled (latest labels)."""
     from sklearn.metrics import cohen_kappa_score
@@ -233,6 +241,32 @@ def judge_verdicts(ws: Workspace, base_run: str, ft_run: str, task: str) -> dict
         if r["delta"] is not None:
             out[r["idx"]] = "fine_tune" if r["delta"] > 0 else "base" if r["delta"] < 0 else "tie"
     return out
+
+
+def metric_deltas(ws: Workspace, base_run: str, ft_run: str) -> dict[str, Any]:
+    """The paired comparison of two eval runs (``evalsuite.compare``'s dict: per task, per metric the two
+    values, the delta and its bootstrap 95% interval): the compare.json in the fine-tune's folder when it
+    was made against ``base_run``, else computed from both run folders (seeded, so always the same)."""
+    from evalsuite.compare import CompareError, compare
+
+    base, ft = ws.run(base_run) or {}, ws.run(ft_run) or {}
+    for run_id, row in ((base_run, base), (ft_run, ft)):
+        if not row.get("output_dir") or not Path(row["output_dir"]).is_dir():
+            raise CompareError(f"run {run_id}: its folder {row.get('output_dir')!r} is gone")
+    cmp_file = Path(ft.get("output_dir") or "") / "compare.json"
+    if cmp_file.is_file():
+        cmp = json.loads(cmp_file.read_text())
+        if cmp.get("base", {}).get("run_id") == base_run:
+            return cmp
+    return compare(base["output_dir"], ft["output_dir"])
+
+
+def delta_rows(cmp: dict[str, Any]) -> pl.DataFrame:
+    """task, metric, delta, ci_low, ci_high, verdict: one row per compared metric, for the interval plot."""
+    rows = [{"task": t, "metric": r["metric"], "delta": r["delta"], "ci_low": r["ci95"][0], "ci_high": r["ci95"][1],
+             "verdict": r["verdict"]} for t, task in cmp.get("tasks", {}).items() for r in task["metrics"]]
+    return pl.DataFrame(rows, schema={"task": pl.Utf8, "metric": pl.Utf8, "delta": pl.Float64, "ci_low": pl.Float64,
+                                      "ci_high": pl.Float64, "verdict": pl.Utf8})
 
 
 def preferences(ws: Workspace, base_run: str, ft_run: str, task: str | None = None) -> pl.DataFrame:

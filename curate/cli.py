@@ -158,7 +158,7 @@ def review_app(
         _fail(f"no workspace at {workspace}: run `curate run CONFIG` first, or pass --workspace")
     main = Path(__file__).resolve().parents[1] / "app" / "main.py"
     cmd = [sys.executable, "-m", "streamlit", "run", str(main), "--server.address", host, "--server.port", str(port),
-           "--server.headless", "true", "--browser.gatherUsageStats", "false", "--", "--workspace", str(Path(workspace).resolve())]
+           "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal", "--", "--workspace", str(Path(workspace).resolve())]
     raise typer.Exit(subprocess.call(cmd))
 
 

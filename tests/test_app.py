@@ -6,6 +6,7 @@ preferences and judge-human agreement."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import polars as pl
@@ -188,6 +189,20 @@ def test_eval_review_blind_vote_and_judge_agreement(workspace, monkeypatch, tmp_
     at.selectbox(key="rev_base").set_value(workspace["base"]).run()
     at.selectbox(key="rev_ft").set_value(workspace["ft"]).run()
     assert [s.value for s in at.subheader] == ["prompt", "your preference (blind)"]
+    # the metric deltas with their intervals, plotted: compare.json's numbers, which are also what the
+    # app computes itself (seeded paired bootstrap) when a pair of runs has no compare.json
+    assert len([c for c in at.get("vega_lite_chart") if "ci_low" in c.proto.spec]) == 1
+    from app.queries import delta_rows, metric_deltas
+
+    with _ws(path) as ws:
+        from_file = delta_rows(metric_deltas(ws, workspace["base"], workspace["ft"]))
+        (workspace["tmp"] / "ft" / "compare.json").rename(tmp_path / "compare.json")
+        try:
+            computed = delta_rows(metric_deltas(ws, workspace["base"], workspace["ft"]))
+        finally:
+            (tmp_path / "compare.json").rename(workspace["tmp"] / "ft" / "compare.json")
+    assert "alpaca" in set(from_file["task"]) and "rougeL" in set(from_file["metric"])
+    assert from_file.equals(computed, null_equal=True)
     # the sides carry no names before the vote
     assert [c.value for c in at.caption if c.value.startswith("answer ")] == ["answer 1", "answer 2"]
     at.text_input(key="rev_annotator").input("ann").run()
@@ -212,3 +227,133 @@ def test_eval_review_blind_vote_and_judge_agreement(workspace, monkeypatch, tmp_
     # the next render shows the human win rate
     at.run()
     assert any("human win rate of the fine-tune" in i.value for i in at.info)
+
+
+# ---------------------------------------------------------------------------------------------- a real browser
+
+ARTIFACTS = REPO / "out" / "test-artifacts" / "app"  # screenshots of each page (git-ignored; CI keeps them)
+LOOPBACK = ("http://127.0.0.1:", "ws://127.0.0.1:")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def served_app(workspace, tmp_path):
+    """`curate app` on a copy of the workspace, on loopback; yields (url, workspace path)."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    path = tmp_path / "ws.duckdb"
+    shutil.copy(workspace["path"], path)
+    port = _free_port()
+    log = open(tmp_path / "app.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "curate.cli", "app", "--workspace", str(path), "--port", str(port)],
+                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError("the app did not come up: " + (tmp_path / "app.log").read_text())
+        yield url, path
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def _open(page, url: str, name: str) -> None:
+    """Load a page of the app by its URL and wait until its script has finished."""
+    page.goto(f"{url}/?page={name.replace(' ', '+')}")
+    page.get_by_role("heading", name=name, level=1).wait_for(timeout=120_000)
+    _settled(page)
+
+
+def _settled(page) -> None:
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=120_000)
+
+
+def test_real_browser_labels_with_a_shortcut_and_the_label_survives_a_reload(workspace, served_app):
+    from playwright.sync_api import sync_playwright
+
+    url, path = served_app
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian's chromium is needed (`make setup` installs it: apt-get install chromium chromium-driver)"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    outside = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        context = browser.new_context(viewport={"width": 1400, "height": 1100})
+
+        def guard(route):  # the app must fetch nothing from outside: note and block any such request
+            if route.request.url.startswith(LOOPBACK) or route.request.url.startswith(("data:", "blob:")):
+                route.continue_()
+            else:
+                outside.append(route.request.url)
+                route.abort()
+
+        context.route("**/*", guard)
+        page = context.new_page()
+        for name in ("Runs", "Data browser", "Eval review"):
+            _open(page, url, name)
+            assert page.get_by_test_id("stSidebarNav").count() == 0  # our page radio only, no multipage nav
+            page.screenshot(path=str(ARTIFACTS / f"{name.lower().replace(' ', '_')}.png"), full_page=True)
+        # the hostile record, found by search, shows its text verbatim and fetches nothing
+        _open(page, url, "Data browser")
+        search = page.get_by_label("search (every turn, case-insensitive)")
+        search.fill("203.0.113.7")
+        search.press("Enter")
+        page.get_by_text("1 records match").wait_for(timeout=60_000)
+        _settled(page)
+        assert page.get_by_text("<script>alert('x')</script>", exact=False).count() >= 1
+        assert page.locator("img[src*='203.0.113.7']").count() == 0
+        page.screenshot(path=str(ARTIFACTS / "data_browser_hostile.png"), full_page=True)
+
+        _open(page, url, "Labeling")
+        name = page.get_by_label("annotator")
+        name.fill("browser-ann")
+        name.press("Enter")
+        heading = page.get_by_role("heading", name=re.compile(r"^record \d+"))
+        heading.wait_for(timeout=60_000)
+        _settled(page)
+        first = heading.inner_text()
+        page.locator("h1").first.click()  # focus off the text box, so the key goes to the app
+        page.keyboard.press("a")  # the Accept shortcut
+        page.wait_for_function("h => document.querySelector('h3') && !document.body.innerText.includes(h)", arg=first,
+                               timeout=60_000)
+        _settled(page)
+        uid = int(re.match(r"record (\d+)", first).group(1))
+        page.reload()
+        page.get_by_role("heading", name="Labeling", level=1).wait_for(timeout=120_000)  # the URL kept the page
+        _settled(page)
+        name = page.get_by_label("annotator")
+        name.fill("browser-ann")
+        name.press("Enter")
+        recent = page.get_by_test_id("stTable")
+        recent.wait_for(timeout=60_000)
+        _settled(page)
+        page.screenshot(path=str(ARTIFACTS / "labeling.png"), full_page=True)
+        cells = recent.locator("td").all_inner_texts()
+        assert str(uid) in cells and "accept" in cells
+        assert page.get_by_role("heading", name=re.compile(r"^record \d+")).inner_text() != first
+        browser.close()
+    with _ws(path) as ws:
+        labels = ws.current_labels()
+        record = ws.sql("SELECT id FROM records WHERE run_id = ? AND uid = ?", [workspace["curate_run"], uid])["id"][0]
+    assert labels.select("record_id", "annotator", "verdict").rows() == [(record, "browser-ann", "accept")]
+    assert not outside, f"the app fetched from outside: {outside}"
+    assert all((ARTIFACTS / f).is_file() for f in ("runs.png", "data_browser.png", "labeling.png", "eval_review.png"))

@@ -12,6 +12,7 @@ import polars as pl
 import streamlit as st
 
 from app import queries as q
+from evalsuite.compare import CompareError
 from app.render import chat, diff
 
 LOWER_IS_BETTER = {"perplexity", "text_perplexity"}
@@ -32,10 +33,17 @@ def render(path: str) -> None:
         if not tasks:
             st.warning("these runs share no generation task")
             return
+        try:
+            deltas = _deltas(path, base, ft)
+        except CompareError as e:  # runs that cannot be compared (other prompts or settings): say why, review anyway
+            deltas = None
+            st.warning(f"no paired comparison: {e}")
         task = st.selectbox("task", tasks, key="rev_task")
         pairs = q.eval_pairs(ws, base, ft, task)
         judge = q.judge_verdicts(ws, base, ft, task)
         summary = q.human_summary(ws, base, ft, task)
+    if deltas is not None and deltas.height:
+        _delta_plot(deltas)
     metrics = sorted({k for s in pairs["base_scores"] for k, v in json.loads(s).items() if v is not None})
     metric = st.selectbox("sort by the change in", metrics, key="rev_metric")
     pairs = q.with_deltas(pairs, metric, metric in LOWER_IS_BETTER).sort("delta", nulls_last=True)
@@ -70,6 +78,35 @@ def render(path: str) -> None:
     if idx in judge:
         st.caption(f"pairwise judge: {judge[idx]}")
     _blind_vote(path, base, ft, task, row)
+
+
+@st.cache_data(show_spinner="comparing the two runs (paired bootstrap)", max_entries=32)
+def _deltas(path: str, base: str, ft: str) -> pl.DataFrame:
+    with q.open_workspace(path, read_only=True) as ws:
+        return q.delta_rows(q.metric_deltas(ws, base, ft))
+
+
+def _delta_plot(deltas: pl.DataFrame) -> None:
+    """Each metric's change (fine-tune minus base) with its paired bootstrap 95% interval, one small panel
+    per metric (their scales differ), coloured by verdict; the dashed line is no change."""
+    import altair as alt
+
+    data = deltas.filter(pl.col("delta").is_not_nan() & pl.col("ci_low").is_not_nan())
+    if data.is_empty():
+        return
+    st.caption("change per metric, fine-tune minus base, with paired bootstrap 95% intervals (for perplexity lower is better)")
+    colour = alt.Color("verdict:N", legend=alt.Legend(orient="top", title=None),
+                       scale=alt.Scale(domain=["better", "worse", "no significant change"], range=["#2a9d4b", "#d62728", "#888888"]))
+    x = alt.X("ci_low:Q", title=None, scale=alt.Scale(zero=True, nice=True))
+    panel = alt.layer(
+        alt.Chart().mark_rule(strokeWidth=3).encode(x=x, x2="ci_high:Q", color=colour),
+        alt.Chart().mark_point(filled=True, size=80).encode(x="delta:Q", color=colour,
+                                                              tooltip=["task", "metric", "delta", "ci_low", "ci_high", "verdict"]),
+        alt.Chart().mark_rule(strokeDash=[4, 3], color="black").encode(x=alt.datum(0)),
+    ).properties(width=240, height=30)
+    chart = alt.FacetChart(data=data.with_columns(label=pl.col("task") + "/" + pl.col("metric")).to_pandas(), spec=panel,
+                           facet=alt.Facet("label:N", title=None), columns=3).resolve_scale(x="independent")
+    st.altair_chart(chart)
 
 
 def _judge_notes(notes: str | None) -> None:

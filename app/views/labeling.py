@@ -44,6 +44,7 @@ def render(path: str) -> None:
         st.success("nothing left to label in this queue")
         _summary(path)
         return
+    _recent(path, annotator)
     rec = queue.row(0, named=True)
     st.subheader(f"record {rec['uid']} · {rec['status']}" + (f" ({rec['stage']}: {rec['reason']})" if rec["reason"] else ""))
     st.text(f"{rec['source_file']}:{rec['source_line']} · {rec['shape']}")
@@ -74,6 +75,15 @@ def render(path: str) -> None:
         st.toast(f"{verdict}: record {rec['uid']}")
         st.rerun()
     _summary(path)
+
+
+def _recent(path: str, annotator: str, n: int = 5) -> None:
+    """This annotator's last labels (as stored in the workspace), newest first."""
+    with q.open_workspace(path, read_only=True) as ws:
+        recent = q.recent_labels(ws, annotator, n)
+    if recent.height:
+        with st.expander(f"your last {recent.height} labels", expanded=True):
+            st.table(recent.to_pandas())
 
 
 def _summary(path: str) -> None:
