@@ -70,15 +70,24 @@ def filter_options(ws: Workspace, run_id: str) -> dict[str, list[str]]:
 
 def _record_filter(run_id: str, status: str | None, stage: str | None, reason: str | None, source: str | None,
                    shape: str | None, search: str | None) -> tuple[str, list[Any]]:
+    """A WHERE clause over ``records r`` alone: outcome filters are semi- and anti-joins on the run's rejects,
+    so that only the page's rows are ever joined with their ledger entry (a million-record run stays fast)."""
     where, args = ["r.run_id = ?"], [run_id]
-    if status == "kept":
-        where.append("j.uid IS NULL")
-    elif status == "rejected":
-        where.append("j.uid IS NOT NULL")
-    for column, value in (("j.stage", stage), ("j.reason", reason), ("r.source_file", source), ("r.shape", shape)):
+    for column, value in (("r.source_file", source), ("r.shape", shape)):
         if value:
             where.append(f"{column} = ?")
             args.append(value)
+    if stage or reason or status == "rejected":
+        sub, sub_args = ["run_id = ?"], [run_id]
+        for column, value in (("stage", stage), ("reason", reason)):
+            if value:
+                sub.append(f"{column} = ?")
+                sub_args.append(value)
+        where.append(f"r.uid IN (SELECT uid FROM rejects WHERE {' AND '.join(sub)})")
+        args += sub_args
+    if status == "kept":
+        where.append("r.uid NOT IN (SELECT uid FROM rejects WHERE run_id = ?)")
+        args.append(run_id)
     if search:
         # full-text search in DuckDB over every turn's content (case-insensitive substring)
         where.append("list_contains(list_transform(r.messages, lambda m: contains(lower(m.content), ?)), true)")
@@ -86,10 +95,22 @@ def _record_filter(run_id: str, status: str | None, stage: str | None, reason: s
     return " AND ".join(where), args
 
 
-_RECORDS_FROM = """FROM records r LEFT JOIN (
-    SELECT uid, first(stage ORDER BY stage) AS stage, first(reason ORDER BY stage) AS reason, first(detail ORDER BY stage) AS detail,
-           first(duplicate_of ORDER BY stage) AS duplicate_of
-    FROM rejects WHERE run_id = ? GROUP BY uid) j ON r.uid = j.uid"""
+def _with_outcome(run_id: str, picked: str, columns: str) -> str:
+    """SELECT ``columns`` of the records in the CTE ``picked`` (uid, pos), each with its outcome (status,
+    stage, reason, detail, duplicate_of from the run's rejects), in ``pos`` order."""
+    return f"""SELECT {columns}, CASE WHEN j.uid IS NULL THEN 'kept' ELSE 'rejected' END AS status, j.stage, j.reason, j.detail, j.duplicate_of
+        FROM {picked} p JOIN records r ON r.run_id = $run AND r.uid = p.uid
+        LEFT JOIN (SELECT uid, first(stage ORDER BY stage) AS stage, first(reason ORDER BY stage) AS reason,
+                          first(detail ORDER BY stage) AS detail, first(duplicate_of ORDER BY stage) AS duplicate_of
+                   FROM rejects WHERE run_id = $run AND uid IN (SELECT uid FROM {picked}) GROUP BY uid) j ON j.uid = r.uid
+        ORDER BY p.pos"""
+
+
+def _positional(sql: str, args: list[Any]) -> tuple[str, dict[str, Any]]:
+    """``?`` placeholders to named ones ($a0, $a1...), so that one query can mix them with $run."""
+    parts = sql.split("?")
+    out = parts[0] + "".join(f"$a{i}{part}" for i, part in enumerate(parts[1:]))
+    return out, {f"a{i}": v for i, v in enumerate(args)}
 
 
 def records_page(ws: Workspace, run_id: str, *, status: str | None = None, stage: str | None = None, reason: str | None = None,
@@ -98,13 +119,12 @@ def records_page(ws: Workspace, run_id: str, *, status: str | None = None, stage
     """(one page of records with their outcome, total matching): uid, id, source_file, source_line, shape,
     split, messages, status, stage, reason, detail, duplicate_of, scores."""
     where, args = _record_filter(run_id, status, stage, reason, source, shape, search)
-    total = ws.sql(f"SELECT count(*) AS n {_RECORDS_FROM} WHERE {where}", [run_id, *args])["n"][0]
-    page = ws.sql(
-        f"""SELECT r.uid, r.id, r.source_file, r.source_line, r.shape, r.split, r.messages,
-                   CASE WHEN j.uid IS NULL THEN 'kept' ELSE 'rejected' END AS status, j.stage, j.reason, j.detail,
-                   j.duplicate_of, r.scores
-            {_RECORDS_FROM} WHERE {where} ORDER BY r.uid LIMIT ? OFFSET ?""", [run_id, *args, limit, offset])
-    return page, int(total)
+    total = ws.sql(f"SELECT count(*) AS n FROM records r WHERE {where}", args)["n"][0]
+    sql, params = _positional(
+        f"""WITH picked AS (SELECT r.uid, r.uid AS pos FROM records r WHERE {where} ORDER BY pos LIMIT ? OFFSET ?)
+            """ + _with_outcome(run_id, "picked", "r.uid, r.id, r.source_file, r.source_line, r.shape, r.split, r.messages, r.scores"),
+        [*args, limit, offset])
+    return ws.sql(sql, {**params, "run": run_id}), int(total)
 
 
 def cluster_of(ws: Workspace, run_id: str, uid: int) -> pl.DataFrame:
@@ -143,14 +163,20 @@ def label_queue(ws: Workspace, run_id: str, annotator: str, *, mode: str = "rand
         order, order_args = "hash(r.id, ?)", [seed]
     else:
         order, order_args = "r.uid", []
-    return ws.sql(
-        f"""SELECT r.uid, r.id, r.source_file, r.source_line, r.shape, r.messages, r.scores,
-                   CASE WHEN j.uid IS NULL THEN 'kept' ELSE 'rejected' END AS status, j.stage, j.reason, j.detail
-            {_RECORDS_FROM} WHERE {where} ORDER BY {order} LIMIT ?""", [run_id, *args, *order_args, limit])
+    sql, params = _positional(
+        f"""WITH picked AS (SELECT r.uid, {order} AS pos FROM records r WHERE {where} ORDER BY pos, r.uid LIMIT ?)
+            """ + _with_outcome(run_id, "picked", "r.uid, r.id, r.source_file, r.source_line, r.shape, r.messages, r.scores"),
+        [*order_args, *args, limit])
+    return ws.sql(sql, {**params, "run": run_id})
 
 
 def annotators(ws: Workspace) -> list[str]:
     return ws.sql("SELECT DISTINCT annotator FROM labels ORDER BY 1")["annotator"].to_list()
+
+
+def label_counts(ws: Workspace) -> tuple[int, int]:
+    """(current labels: latest per record and annotator, annotators)."""
+    return ws.sql("SELECT count(DISTINCT (record_id, annotator)) AS n, count(DISTINCT annotator) AS a FROM labels").row(0)
 
 
 def recent_labels(ws: Workspace, annotator: str, n: int = 5) -> pl.DataFrame:

@@ -1,4 +1,4 @@
-"""Showing record text safely: it is hostile input. Text goes through ``st.text`` (no markdown, no HTML)
+"""What the pages share: showing record text safely: it is hostile input. Text goes through ``st.text`` (no markdown, no HTML)
 or, for the word diff, through ``st.html`` with every character escaped, so ``<script>``, raw HTML and a
 markdown image pointing at a remote host all stay inert text and nothing is fetched."""
 
@@ -45,3 +45,14 @@ def word_diff_html(a: str, b: str) -> str:
 
 def diff(a: str, b: str) -> None:
     st.html(word_diff_html(a, b))
+
+
+def pick_curate_run(ws: Any, key: str) -> str | None:
+    """A select box of the workspace's curate runs (newest first); None, with a note, when there is none."""
+    from app.queries import runs
+
+    ids = runs(ws, "curate")["run_id"].to_list()
+    if not ids:
+        st.info("no curate run in this workspace: `curate run CONFIG` registers one")
+        return None
+    return st.selectbox("run", ids, key=key)

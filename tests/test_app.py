@@ -123,6 +123,32 @@ def test_browser_filters_search_and_hostile_text_stays_text(workspace, monkeypat
     assert any("kept representative" in c.value for c in at.caption)
 
 
+def test_paged_record_queries_agree_with_the_ledger(workspace):
+    """The pages' queries filter records alone and join only the page with its outcome: the same rows,
+    statuses and reasons as the workspace's ledger view, page after page."""
+    from app.queries import label_queue, records_page
+
+    run = workspace["curate_run"]
+    with _ws(workspace["path"]) as ws:
+        ledger = ws.sql("SELECT uid, status, stage, reason FROM ledger WHERE run_id = ? ORDER BY uid", [run])
+        reasons = ledger["reason"].drop_nulls().unique().sort().to_list()
+        assert len(reasons) >= 2
+        for status in (None, "kept", "rejected"):
+            for reason in (None, *reasons):
+                want = ledger.filter((pl.col("status") == status) if status else pl.lit(True))
+                want = want.filter(pl.col("reason") == reason) if reason else want
+                pages, total = [], None
+                for offset in range(0, max(want.height, 1), 7):
+                    page, total = records_page(ws, run, status=status, reason=reason, offset=offset, limit=7)
+                    pages.append(page.select("uid", "status", "stage", "reason"))
+                got = pl.concat(pages)
+                assert total == want.height and got.equals(want), (status, reason)
+        queue = label_queue(ws, run, "nobody", mode="random", limit=1000)
+        assert sorted(queue["uid"].to_list()) == ledger["uid"].to_list()  # everything, once, in a shuffled order
+        assert queue["uid"].to_list() != ledger["uid"].to_list()
+        assert queue.select("uid", "status", "reason").sort("uid").equals(ledger.select("uid", "status", "reason"))
+
+
 def test_labels_are_saved_at_once_and_curate_uses_them(workspace, monkeypatch, tmp_path):
     path = tmp_path / "ws.duckdb"
     shutil.copy(workspace["path"], path)

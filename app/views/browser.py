@@ -9,17 +9,15 @@ import polars as pl
 import streamlit as st
 
 from app import queries as q
-from app.render import chat
+from app.render import chat, pick_curate_run
 
 
 def render(path: str) -> None:
     st.title("Data browser")
     with q.open_workspace(path, read_only=True) as ws:
-        runs = q.runs(ws, "curate")["run_id"].to_list()
-        if not runs:
-            st.info("no curate run in this workspace")
+        run = pick_curate_run(ws, key="browse_run")
+        if run is None:
             return
-        run = st.selectbox("run", runs, key="browse_run")
         opts = q.filter_options(ws, run)
         c = st.columns(5)
         status = c[0].selectbox("status", ["all", "kept", "rejected"], key="browse_status")

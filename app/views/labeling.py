@@ -10,17 +10,15 @@ from pathlib import Path
 import streamlit as st
 
 from app import queries as q
-from app.render import chat, messages_of
+from app.render import chat, pick_curate_run, messages_of
 
 
 def render(path: str) -> None:
     st.title("Labeling")
     with q.open_workspace(path, read_only=True) as ws:
-        runs = q.runs(ws, "curate")["run_id"].to_list()
-        if not runs:
-            st.info("no curate run in this workspace")
+        run = pick_curate_run(ws, key="label_run")
+        if run is None:
             return
-        run = st.selectbox("run", runs, key="label_run")
         scores = q.score_names(ws, run)
     annotator = st.text_input("annotator", key="annotator", placeholder="your name")
     c = st.columns(4)
@@ -88,14 +86,20 @@ def _recent(path: str, annotator: str, n: int = 5) -> None:
 
 def _summary(path: str) -> None:
     with q.open_workspace(path, read_only=True) as ws:
-        labels = ws.current_labels()
+        n, people = q.label_counts(ws)
         st.divider()
-        st.caption(f"{labels.height} current labels by {labels['annotator'].n_unique()} annotators")
+        st.caption(f"{n} current labels by {people} annotators")
         agreement = q.agreement(ws)
-        if agreement.height:
-            st.subheader("agreement on overlapping records")
-            st.dataframe(agreement, hide_index=True)
-        if labels.height:
-            out = Path(tempfile.gettempdir()) / f"labels-{Path(path).stem}.jsonl"
-            n = q.export_labels(ws, out)
-            st.download_button(f"export {n} labels (JSONL)", out.read_bytes(), file_name="labels.jsonl", key="export")
+    if agreement.height:
+        st.subheader("agreement on overlapping records")
+        st.dataframe(agreement, hide_index=True)
+    if n:
+        # written when the button is pressed, not on every render
+        st.download_button(f"export {n} labels (JSONL)", lambda: _export(path), file_name="labels.jsonl", key="export")
+
+
+def _export(path: str) -> bytes:
+    out = Path(tempfile.gettempdir()) / f"labels-{Path(path).stem}.jsonl"
+    with q.open_workspace(path, read_only=True) as ws:
+        q.export_labels(ws, out)
+    return out.read_bytes()
