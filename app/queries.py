@@ -52,8 +52,9 @@ def length_histogram(ws: Workspace, run_id: str, bins: int = 30) -> pl.DataFrame
                       FROM records r LEFT JOIN (SELECT DISTINCT uid FROM rejects WHERE run_id = $1) j ON r.uid = j.uid
                       WHERE r.run_id = $1),
                 b AS (SELECT max(n_chars) AS hi FROM s)
-            SELECT least(floor(n_chars * {bins} / (hi + 1)), {bins - 1}) * (hi + 1) / {bins} AS chars_from, status, count(*) AS records
-            FROM s, b GROUP BY ALL ORDER BY chars_from""", [run_id])
+            SELECT least(floor(n_chars * {bins} / (hi + 1)), {bins - 1}) AS bin, bin * (hi + 1) / {bins} AS chars_from,
+                   (bin + 1) * (hi + 1) / {bins} AS chars_to, status, count(*) AS records
+            FROM s, b GROUP BY ALL ORDER BY chars_from""", [run_id]).drop("bin")
 
 
 # ---------------------------------------------------------------------------------------------- records
@@ -127,14 +128,16 @@ def records_page(ws: Workspace, run_id: str, *, status: str | None = None, stage
     return ws.sql(sql, {**params, "run": run_id}), int(total)
 
 
-def cluster_of(ws: Workspace, run_id: str, uid: int) -> pl.DataFrame:
-    """The duplicate cluster holding ``uid``: each member (representative first) with its messages and status."""
+def cluster_of(ws: Workspace, run_id: str, uid: int, limit: int = 50) -> pl.DataFrame:
+    """The duplicate cluster holding ``uid``: up to ``limit`` members (representative first, then by
+    similarity) with their messages, and ``size``, the whole cluster's. The members are found first and only they are joined with records."""
     return ws.sql(
-        """WITH c AS (SELECT stage, rep_uid FROM clusters WHERE run_id = $1 AND uid = $2 LIMIT 1)
-           SELECT m.uid, m.uid = c.rep_uid AS representative, m.similarity, c.stage, r.messages, r.source_file, r.source_line
-           FROM clusters m JOIN c ON m.stage = c.stage AND m.rep_uid = c.rep_uid
-           JOIN records r ON r.run_id = $1 AND r.uid = m.uid
-           WHERE m.run_id = $1 ORDER BY representative DESC, m.similarity DESC LIMIT 50""", [run_id, uid])
+        """WITH c AS (SELECT stage, rep_uid FROM clusters WHERE run_id = $1 AND uid = $2 LIMIT 1),
+                mem AS (SELECT m.uid, m.uid = c.rep_uid AS representative, m.similarity, c.stage, count(*) OVER () AS size
+                        FROM clusters m JOIN c ON m.stage = c.stage AND m.rep_uid = c.rep_uid WHERE m.run_id = $1
+                        ORDER BY representative DESC, m.similarity DESC, m.uid LIMIT $3)
+           SELECT mem.*, r.messages, r.source_file, r.source_line FROM mem JOIN records r ON r.run_id = $1 AND r.uid = mem.uid
+           ORDER BY representative DESC, similarity DESC, mem.uid""", [run_id, uid, limit])
 
 
 def score_names(ws: Workspace, run_id: str) -> list[str]:

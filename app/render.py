@@ -56,3 +56,23 @@ def pick_curate_run(ws: Any, key: str) -> str | None:
         st.info("no curate run in this workspace: `curate run CONFIG` registers one")
         return None
     return st.selectbox("run", ids, key=key)
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def _finished_run_query(path: str, run_id: str, finished: str, query: str) -> Any:
+    from app import queries
+
+    with queries.open_workspace(path, read_only=True) as ws:
+        return getattr(queries, query)(ws, run_id)
+
+
+def run_query(ws: Any, path: str, run_id: str, query: str) -> Any:
+    """``app.queries.<query>(ws, run_id)``, computed once per finished run: its records never change after
+    it finished (``finished`` is part of the key, since a rerun with ``--force`` keeps the run id). For
+    the scans of every record (the length histogram, the filters' values) on a million-record run."""
+    from app import queries
+
+    row = ws.sql("SELECT finished FROM runs WHERE run_id = ?", [run_id])
+    if row.height and row["finished"][0] is not None:
+        return _finished_run_query(path, run_id, str(row["finished"][0]), query)
+    return getattr(queries, query)(ws, run_id)

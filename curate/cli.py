@@ -157,9 +157,9 @@ def review_app(
     if not Path(workspace).is_file():
         _fail(f"no workspace at {workspace}: run `curate run CONFIG` first, or pass --workspace")
     main = Path(__file__).resolve().parents[1] / "app" / "main.py"
-    cmd = [sys.executable, "-m", "streamlit", "run", str(main), "--server.address", host, "--server.port", str(port),
+    cmd = [sys.executable, "-m", "app.serve", "run", str(main), "--server.address", host, "--server.port", str(port),
            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal", "--", "--workspace", str(Path(workspace).resolve())]
-    raise typer.Exit(subprocess.call(cmd))
+    raise typer.Exit(subprocess.call(cmd, cwd=main.parents[1]))  # app.serve imports the app package from there
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import polars as pl
 import streamlit as st
 
 from app import queries as q
-from app.render import chat, pick_curate_run
+from app.render import chat, pick_curate_run, run_query
 
 
 def render(path: str) -> None:
@@ -18,7 +18,7 @@ def render(path: str) -> None:
         run = pick_curate_run(ws, key="browse_run")
         if run is None:
             return
-        opts = q.filter_options(ws, run)
+        opts = run_query(ws, path, run, "filter_options")
         c = st.columns(5)
         status = c[0].selectbox("status", ["all", "kept", "rejected"], key="browse_status")
         stage = c[1].selectbox("stage", ["all", *opts["stage"]], key="browse_stage")
@@ -47,10 +47,12 @@ def render(path: str) -> None:
             if rec["scores"]:
                 st.json(json.loads(rec["scores"]), expanded=False)
         with right:
-            cluster = q.cluster_of(ws, run, uid)
+            cluster = q.cluster_of(ws, run, uid, limit=5)
             if cluster.height > 1:
-                st.subheader(f"duplicate cluster ({cluster['stage'][0]}, {cluster.height} members)")
-                for m in cluster.head(5).iter_rows(named=True):
+                st.subheader(f"duplicate cluster ({cluster['stage'][0]}, {cluster['size'][0]:,} members)")
+                if cluster["size"][0] > cluster.height:
+                    st.caption(f"the representative and the {cluster.height - 1} most similar")
+                for m in cluster.iter_rows(named=True):
                     label = "kept representative" if m["representative"] else f"similarity {m['similarity']:.3f}"
                     st.caption(f"uid {m['uid']} · {label} · {m['source_file']}:{m['source_line']}")
                     chat(m["messages"])

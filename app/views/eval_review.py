@@ -11,6 +11,7 @@ import random
 import polars as pl
 import streamlit as st
 
+from app import charts
 from app import queries as q
 from evalsuite.compare import CompareError
 from app.render import chat, diff
@@ -87,26 +88,10 @@ def _deltas(path: str, base: str, ft: str) -> pl.DataFrame:
 
 
 def _delta_plot(deltas: pl.DataFrame) -> None:
-    """Each metric's change (fine-tune minus base) with its paired bootstrap 95% interval, one small panel
-    per metric (their scales differ), coloured by verdict; the dashed line is no change."""
-    import altair as alt
-
     data = deltas.filter(pl.col("delta").is_not_nan() & pl.col("ci_low").is_not_nan())
-    if data.is_empty():
-        return
-    st.caption("change per metric, fine-tune minus base, with paired bootstrap 95% intervals (for perplexity lower is better)")
-    colour = alt.Color("verdict:N", legend=alt.Legend(orient="top", title=None),
-                       scale=alt.Scale(domain=["better", "worse", "no significant change"], range=["#2a9d4b", "#d62728", "#888888"]))
-    x = alt.X("ci_low:Q", title=None, scale=alt.Scale(zero=True, nice=True))
-    panel = alt.layer(
-        alt.Chart().mark_rule(strokeWidth=3).encode(x=x, x2="ci_high:Q", color=colour),
-        alt.Chart().mark_point(filled=True, size=80).encode(x="delta:Q", color=colour,
-                                                              tooltip=["task", "metric", "delta", "ci_low", "ci_high", "verdict"]),
-        alt.Chart().mark_rule(strokeDash=[4, 3], color="black").encode(x=alt.datum(0)),
-    ).properties(width=240, height=30)
-    chart = alt.FacetChart(data=data.with_columns(label=pl.col("task") + "/" + pl.col("metric")).to_pandas(), spec=panel,
-                           facet=alt.Facet("label:N", title=None), columns=3).resolve_scale(x="independent")
-    st.altair_chart(chart)
+    if data.height:
+        st.caption("change per metric, fine-tune minus base, with paired bootstrap 95% intervals (for perplexity lower is better)")
+        charts.metric_deltas(data)
 
 
 def _judge_notes(notes: str | None) -> None:

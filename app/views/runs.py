@@ -7,7 +7,9 @@ import json
 import polars as pl
 import streamlit as st
 
+from app import charts
 from app import queries as q
+from app.render import run_query
 
 
 def render(path: str) -> None:
@@ -23,20 +25,20 @@ def render(path: str) -> None:
             st.header("Curation funnel")
             run = st.selectbox("curate run", curate_runs, key="runs_curate")
             f = q.funnel(ws, run)
-            st.bar_chart(f.select("stage", "n_out", "n_rejected").to_pandas().set_index("stage"), stack=True)
+            charts.funnel(f)
             st.dataframe(f.with_columns(pl.col("reasons").map_elements(lambda s: ", ".join(f"{k}: {v}" for k, v in json.loads(s or "{}").items()),
                                                                         return_dtype=pl.Utf8)), hide_index=True)
-            h = q.length_histogram(ws, run)
+            h = run_query(ws, path, run, "length_histogram")
             if h.height:
                 st.caption("record length (characters), kept and rejected")
-                st.bar_chart(h.to_pandas(), x="chars_from", y="records", color="status")
+                charts.length_histogram(h)
         train_runs = all_runs.filter(pl.col("kind") == "train")["run_id"].to_list()
         if train_runs:
             st.header("Training")
             run = st.selectbox("train run", train_runs, key="runs_train")
             curves = q.train_curves(ws, run)
             if curves.height:
-                st.line_chart(curves.to_pandas(), x="step", y=[c for c in ("loss", "eval_loss") if curves[c].is_not_null().any()])
+                charts.loss_curves(curves)
             else:
                 st.caption("no metrics logged yet")
         eval_runs = all_runs.filter(pl.col("kind") == "eval")
