@@ -1,6 +1,6 @@
 """``curate app``'s server process: the libraries the pages use are imported before Streamlit starts, so
 that the first visitor does not wait for them (polars, DuckDB, pyarrow, pandas, numpy, scikit-learn's
-kappa, the comparison code); then Streamlit's own command line runs with the arguments given.
+kappa, the comparison code, the pages); then Streamlit's own command line runs with the arguments given.
 
     python -m app.serve run app/main.py --server.address 127.0.0.1 ... -- --workspace PATH
 """
@@ -19,7 +19,7 @@ def main() -> int:
     import sklearn.metrics  # noqa: F401
     from streamlit.web import cli
 
-    import app.queries  # noqa: F401
+    import app.views  # noqa: F401  (the pages, their queries and charts)
     import evalsuite.compare  # noqa: F401
 
     sys.argv = ["streamlit", *sys.argv[1:]]

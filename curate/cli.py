@@ -150,7 +150,7 @@ def review_app(
     port: int = typer.Option(8501, "--port"),
 ) -> None:
     """Start the review app (Streamlit): runs, data browser, labeling, eval review."""
-    import subprocess
+    import os
     import sys
     from pathlib import Path
 
@@ -159,7 +159,10 @@ def review_app(
     main = Path(__file__).resolve().parents[1] / "app" / "main.py"
     cmd = [sys.executable, "-m", "app.serve", "run", str(main), "--server.address", host, "--server.port", str(port),
            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal", "--", "--workspace", str(Path(workspace).resolve())]
-    raise typer.Exit(subprocess.call(cmd, cwd=main.parents[1]))  # app.serve imports the app package from there
+    # the server replaces this process (so stopping `curate app` stops the server, no orphan); app.serve
+    # imports the app package from the repository root
+    os.chdir(main.parents[1])
+    os.execv(sys.executable, cmd)
 
 
 if __name__ == "__main__":

@@ -126,7 +126,7 @@ def test_browser_filters_search_and_hostile_text_stays_text(workspace, monkeypat
 def test_paged_record_queries_agree_with_the_ledger(workspace):
     """The pages' queries filter records alone and join only the page with its outcome: the same rows,
     statuses and reasons as the workspace's ledger view, page after page."""
-    from app.queries import label_queue, records_page
+    from app.queries import label_queue, length_histogram, records_page
 
     run = workspace["curate_run"]
     with _ws(workspace["path"]) as ws:
@@ -143,6 +143,12 @@ def test_paged_record_queries_agree_with_the_ledger(workspace):
                     pages.append(page.select("uid", "status", "stage", "reason"))
                 got = pl.concat(pages)
                 assert total == want.height and got.equals(want), (status, reason)
+        hist = length_histogram(ws, run, bins=5)
+        for status in ("kept", "rejected"):  # every record in one bin, by its length
+            want = ws.sql("SELECT n_chars FROM records JOIN ledger USING (run_id, uid) WHERE run_id = ? AND status = ?", [run, status])["n_chars"]
+            rows = hist.filter(pl.col("status") == status)
+            assert rows["records"].sum() == len(want)
+            assert all(((want >= a) & (want < b)).sum() == n for a, b, n in rows.select("chars_from", "chars_to", "records").rows())
         queue = label_queue(ws, run, "nobody", mode="random", limit=1000)
         assert sorted(queue["uid"].to_list()) == ledger["uid"].to_list()  # everything, once, in a shuffled order
         assert queue["uid"].to_list() != ledger["uid"].to_list()
@@ -298,6 +304,9 @@ def served_app(workspace, tmp_path):
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+    # `curate app` is the server process itself: stopping it leaves nothing serving
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
 
 
 def _open(page, url: str, name: str) -> None:
