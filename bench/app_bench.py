@@ -107,8 +107,8 @@ def build_workspace(n: int, seed: int = 0) -> tuple[Path, dict]:
         "tasks": [{"name": "alpaca", "path": jsonl("holdout.jsonl", rows[200:264]), "metrics": ["rouge", "bleu", "exact_match"]}]}))
     suite = load_suite(tmp / "suite.yaml")
     t0 = time.perf_counter()
-    base = run_suite(suite, out_dir=tmp / "eval_base", workspace=path, device="cpu")
-    ft = run_suite(suite, adapter=str(tmp / "train" / "adapter"), out_dir=tmp / "eval_ft", workspace=path, device="cpu")
+    run_suite(suite, out_dir=tmp / "eval_base", workspace=path, device="cpu")
+    run_suite(suite, adapter=str(tmp / "train" / "adapter"), out_dir=tmp / "eval_ft", workspace=path, device="cpu")
     (tmp / "eval_ft" / "compare.json").write_text(json.dumps(compare(tmp / "eval_base", tmp / "eval_ft")))
     meta["eval_s"] = round(time.perf_counter() - t0, 1)
     with Workspace(path) as ws:

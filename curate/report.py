@@ -628,7 +628,7 @@ def _markdown(c: dict) -> str:
     cols = ["count", "mean", "min"] + [k for k, _ in QUANTILES] + ["max"]
     L += _md_table(["records"] + cols, [[k] + [_fmt_num(c["lengths"][k][q]) for q in cols] for k in ("before", "after")])
     L.append("")
-    L.append(f"![Length histograms before and after](token_lengths.png)")
+    L.append("![Length histograms before and after](token_lengths.png)")
     L.append("")
 
     L.append("## Splits")

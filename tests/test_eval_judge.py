@@ -5,7 +5,6 @@ OpenAI-compatible path against a real llama.cpp server on loopback serving the p
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys

@@ -60,8 +60,6 @@ def test_flat_packed_examples_match_alone_forward_and_backward(models):
 
 
 def test_generation_goes_through_sdpa_unchanged(models):
-    import torch
-
     from curate.models import smollm2_tokenizer_dir
     from evalsuite.generate import generate
 
