@@ -98,22 +98,16 @@ def _record_filter(run_id: str, status: str | None, stage: str | None, reason: s
     return " AND ".join(where), args
 
 
-def _with_outcome(run_id: str, picked: str, columns: str) -> str:
+def _with_outcome(picked: str, columns: str) -> str:
     """SELECT ``columns`` of the records in the CTE ``picked`` (uid, pos), each with its outcome (status,
-    stage, reason, detail, duplicate_of from the run's rejects), in ``pos`` order."""
+    stage, reason, detail, duplicate_of from the run's rejects), in ``pos`` order. Its two placeholders
+    both take the run id, after the CTE's own."""
     return f"""SELECT {columns}, CASE WHEN j.uid IS NULL THEN 'kept' ELSE 'rejected' END AS status, j.stage, j.reason, j.detail, j.duplicate_of
-        FROM {picked} p JOIN records r ON r.run_id = $run AND r.uid = p.uid
+        FROM {picked} p JOIN records r ON r.run_id = ? AND r.uid = p.uid
         LEFT JOIN (SELECT uid, first(stage ORDER BY stage) AS stage, first(reason ORDER BY stage) AS reason,
                           first(detail ORDER BY stage) AS detail, first(duplicate_of ORDER BY stage) AS duplicate_of
-                   FROM rejects WHERE run_id = $run AND uid IN (SELECT uid FROM {picked}) GROUP BY uid) j ON j.uid = r.uid
+                   FROM rejects WHERE run_id = ? AND uid IN (SELECT uid FROM {picked}) GROUP BY uid) j ON j.uid = r.uid
         ORDER BY p.pos"""
-
-
-def _positional(sql: str, args: list[Any]) -> tuple[str, dict[str, Any]]:
-    """``?`` placeholders to named ones ($a0, $a1...), so that one query can mix them with $run."""
-    parts = sql.split("?")
-    out = parts[0] + "".join(f"$a{i}{part}" for i, part in enumerate(parts[1:]))
-    return out, {f"a{i}": v for i, v in enumerate(args)}
 
 
 def records_page(ws: Workspace, run_id: str, *, status: str | None = None, stage: str | None = None, reason: str | None = None,
@@ -123,11 +117,11 @@ def records_page(ws: Workspace, run_id: str, *, status: str | None = None, stage
     split, messages, status, stage, reason, detail, duplicate_of, scores."""
     where, args = _record_filter(run_id, status, stage, reason, source, shape, search)
     total = ws.sql(f"SELECT count(*) AS n FROM records r WHERE {where}", args)["n"][0]
-    sql, params = _positional(
+    page = ws.sql(
         f"""WITH picked AS (SELECT r.uid, r.uid AS pos FROM records r WHERE {where} ORDER BY pos LIMIT ? OFFSET ?)
-            """ + _with_outcome(run_id, "picked", "r.uid, r.id, r.source_file, r.source_line, r.shape, r.split, r.messages, r.scores"),
-        [*args, limit, offset])
-    return ws.sql(sql, {**params, "run": run_id}), int(total)
+            """ + _with_outcome("picked", "r.uid, r.id, r.source_file, r.source_line, r.shape, r.split, r.messages, r.scores"),
+        [*args, limit, offset, run_id, run_id])
+    return page, int(total)
 
 
 def cluster_of(ws: Workspace, run_id: str, uid: int, limit: int = 50) -> pl.DataFrame:
@@ -168,11 +162,10 @@ def label_queue(ws: Workspace, run_id: str, annotator: str, *, mode: str = "rand
         order, order_args = "hash(r.id, ?)", [seed]
     else:
         order, order_args = "r.uid", []
-    sql, params = _positional(
+    return ws.sql(
         f"""WITH picked AS (SELECT r.uid, {order} AS pos FROM records r WHERE {where} ORDER BY pos, r.uid LIMIT ?)
-            """ + _with_outcome(run_id, "picked", "r.uid, r.id, r.source_file, r.source_line, r.shape, r.messages, r.scores"),
-        [*order_args, *args, limit])
-    return ws.sql(sql, {**params, "run": run_id})
+            """ + _with_outcome("picked", "r.uid, r.id, r.source_file, r.source_line, r.shape, r.messages, r.scores"),
+        [*order_args, *args, limit, run_id, run_id])
 
 
 def annotators(ws: Workspace) -> list[str]:
@@ -284,7 +277,7 @@ def metric_deltas(ws: Workspace, base_run: str, ft_run: str) -> dict[str, Any]:
     for run_id, row in ((base_run, base), (ft_run, ft)):
         if not row.get("output_dir") or not Path(row["output_dir"]).is_dir():
             raise CompareError(f"run {run_id}: its folder {row.get('output_dir')!r} is gone")
-    cmp_file = Path(ft.get("output_dir") or "") / "compare.json"
+    cmp_file = Path(ft["output_dir"]) / "compare.json"
     if cmp_file.is_file():
         cmp = json.loads(cmp_file.read_text())
         if cmp.get("base", {}).get("run_id") == base_run:

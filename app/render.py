@@ -1,6 +1,7 @@
-"""What the pages share: showing record text safely: it is hostile input. Text goes through ``st.text`` (no markdown, no HTML)
-or, for the word diff, through ``st.html`` with every character escaped, so ``<script>``, raw HTML and a
-markdown image pointing at a remote host all stay inert text and nothing is fetched."""
+"""What the pages share. Record text is hostile input: it goes through ``st.text`` (no markdown, no HTML) or,
+for the word diff, through ``st.html`` with every character escaped, so ``<script>``, raw HTML and a markdown
+image pointing at a remote host all stay inert text and nothing is fetched. Also: the curate-run picker and
+a per-run cache for the scans of every record of a finished run."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import re
 from typing import Any
 
 import streamlit as st
+
+from app import queries
 
 
 def messages_of(value: Any) -> list[dict[str, str]]:
@@ -49,9 +52,7 @@ def diff(a: str, b: str) -> None:
 
 def pick_curate_run(ws: Any, key: str) -> str | None:
     """A select box of the workspace's curate runs (newest first); None, with a note, when there is none."""
-    from app.queries import runs
-
-    ids = runs(ws, "curate")["run_id"].to_list()
+    ids = queries.runs(ws, "curate")["run_id"].to_list()
     if not ids:
         st.info("no curate run in this workspace: `curate run CONFIG` registers one")
         return None
@@ -60,8 +61,6 @@ def pick_curate_run(ws: Any, key: str) -> str | None:
 
 @st.cache_data(max_entries=128, show_spinner=False)
 def _finished_run_query(path: str, run_id: str, finished: str, query: str) -> Any:
-    from app import queries
-
     with queries.open_workspace(path, read_only=True) as ws:
         return getattr(queries, query)(ws, run_id)
 
@@ -70,8 +69,6 @@ def run_query(ws: Any, path: str, run_id: str, query: str) -> Any:
     """``app.queries.<query>(ws, run_id)``, computed once per finished run: its records never change after
     it finished (``finished`` is part of the key, since a rerun with ``--force`` keeps the run id). For
     the scans of every record (the length histogram, the filters' values) on a million-record run."""
-    from app import queries
-
     row = ws.sql("SELECT finished FROM runs WHERE run_id = ?", [run_id])
     if row.height and row["finished"][0] is not None:
         return _finished_run_query(path, run_id, str(row["finished"][0]), query)

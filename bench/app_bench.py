@@ -29,12 +29,10 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -42,6 +40,8 @@ REPO = HERE.parent
 WORK = HERE / "_work"
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
+
+from app.serve import free_port, start_app, wait_healthy  # noqa: E402
 
 PAGES = ("Runs", "Data browser", "Labeling", "Eval review")
 # the first view is complete when the script has finished, no element is still a loading placeholder
@@ -126,27 +126,6 @@ def build_workspace(n: int, seed: int = 0) -> tuple[Path, dict]:
     return path, meta
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve(path: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "curate.cli", "app", "--workspace", str(path), "--port", str(port)],
-                            cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                return proc, url
-        except OSError:
-            time.sleep(0.5)
-    proc.terminate()
-    raise SystemExit(f"the app did not start: {log.read_text()[-2000:]}")
-
-
 def time_pages(url: str, repeats: int, shots: Path | None) -> dict[str, dict[str, list[float]]]:
     """Seconds from navigation to the first view complete, per page and way of opening it:
 
@@ -207,19 +186,15 @@ def time_floor(repeats: int) -> dict[str, list[float]]:
 
     script = WORK / "app_bench_floor.py"
     script.write_text('import streamlit as st\nst.title("Floor")\n')
-    port = _free_port()
+    port = free_port()
+    log = WORK / "app_bench_floor.log"
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(script), "--server.address", "127.0.0.1", "--server.port", str(port),
                              "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     out: dict[str, list[float]] = {"new browser": [], "new tab": []}
     try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
+        wait_healthy(url, proc, log)
 
         def open_url(page) -> float:
             t0 = time.perf_counter()
@@ -341,7 +316,7 @@ def main() -> int:
     # served from a copy: the interactions write labels
     served = WORK / "app_bench_served.duckdb"
     shutil.copy(path, served)
-    proc, url = serve(served, WORK / "app_bench_server.log")
+    proc, url = start_app(served, WORK / "app_bench_server.log")
     try:
         times = time_pages(url, args.repeats, shots)
         actions = time_interactions(url)

@@ -267,43 +267,21 @@ ARTIFACTS = REPO / "out" / "test-artifacts" / "app"  # screenshots of each page 
 LOOPBACK = ("http://127.0.0.1:", "ws://127.0.0.1:")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def served_app(workspace, tmp_path):
     """`curate app` on a copy of the workspace, on loopback; yields (url, workspace path)."""
-    import subprocess
-    import sys
-    import time
     import urllib.request
+
+    from app.serve import start_app
 
     path = tmp_path / "ws.duckdb"
     shutil.copy(workspace["path"], path)
-    port = _free_port()
-    log = open(tmp_path / "app.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "curate.cli", "app", "--workspace", str(path), "--port", str(port)],
-                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_app(path, tmp_path / "app.log")
     try:
-        for _ in range(120):
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            raise AssertionError("the app did not come up: " + (tmp_path / "app.log").read_text())
         yield url, path
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-        log.close()
     # `curate app` is the server process itself: stopping it leaves nothing serving
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
@@ -392,3 +370,19 @@ def test_real_browser_labels_with_a_shortcut_and_the_label_survives_a_reload(wor
     assert labels.select("record_id", "annotator", "verdict").rows() == [(record, "browser-ann", "accept")]
     assert not outside, f"the app fetched from outside: {outside}"
     assert all((ARTIFACTS / f).is_file() for f in ("runs.png", "data_browser.png", "labeling.png", "eval_review.png"))
+
+
+def test_app_without_a_workspace_says_so(tmp_path, monkeypatch):
+    """`curate app` on a missing file exits 2 naming it; the app itself, pointed at one, shows an error."""
+    import subprocess
+    import sys
+
+    from streamlit.testing.v1 import AppTest
+
+    missing = tmp_path / "nope.duckdb"
+    run = subprocess.run([sys.executable, "-m", "curate.cli", "app", "--workspace", str(missing)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and str(missing) in run.stderr
+    monkeypatch.setenv("FTW_WORKSPACE", str(missing))
+    at = AppTest.from_file(str(REPO / "app" / "main.py"), default_timeout=120).run()
+    assert str(missing) in at.error[0].value and not at.title

@@ -13,8 +13,8 @@ import streamlit as st
 
 from app import charts
 from app import queries as q
-from evalsuite.compare import CompareError
 from app.render import chat, diff
+from evalsuite.compare import CompareError
 
 LOWER_IS_BETTER = {"perplexity", "text_perplexity"}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import streamlit as st
 
 from app import queries as q
-from app.render import chat, pick_curate_run, messages_of
+from app.render import chat, messages_of, pick_curate_run
 
 
 def render(path: str) -> None:
