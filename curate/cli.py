@@ -131,7 +131,7 @@ def inspect(
 @app.command()
 def stages() -> None:
     """List the registered stages, their parameters and reason codes."""
-    from curate.stages import all_stages
+    from curate.stages import all_stages, measured
 
     for name, cls in all_stages().items():
         kind = "global" if cls.is_global else "per-record"
@@ -141,6 +141,16 @@ def stages() -> None:
             typer.echo(f"    {field} = {default[:100]}{'…' if len(default) > 100 else ''}")
         if cls.reasons:
             typer.echo(f"    reasons: {', '.join(cls.reasons)}")
+        for m in measured(name):
+            typer.echo(f"    measured on {m['set']} ({m['part']}): {_measured_line(m)}")
+
+
+def _measured_line(m: dict) -> str:
+    """precision / recall / false-positive rate of one measured set, those that apply."""
+    parts = [f"precision {m['precision']:.3f}" if m.get("precision") is not None else None,
+             f"recall {m['recall']:.3f} of {m['n_pos']:,}" if m.get("recall") is not None else None,
+             f"false positives {m['fp']:,} of {m['n_neg']:,} ({m['fp_rate']:.2%})" if m.get("fp_rate") is not None else None]
+    return ", ".join(p for p in parts if p)
 
 
 @app.command("app")

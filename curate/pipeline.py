@@ -551,16 +551,12 @@ class Pipeline:
                GROUP BY stage ORDER BY stage""",
             [run_id],
         )
-        # The largest similarity left between splits among the kept records, per near-dup stage: what a
-        # validation loss could still memorize from the training split.
-        leakage = ws.sql(
-            """WITH kept AS (SELECT r.uid, r.split FROM records r ANTI JOIN rejects j ON r.run_id = j.run_id AND r.uid = j.uid
-                            WHERE r.run_id = $1)
-               SELECT p.stage, max(p.similarity) AS max_similarity, count(*) AS pairs
-               FROM similar_pairs p JOIN kept a ON a.uid = p.uid_a JOIN kept b ON b.uid = p.uid_b
-               WHERE p.run_id = $1 AND a.split <> b.split GROUP BY p.stage ORDER BY p.stage""",
-            [run_id],
-        )
+        # The closest kept records in different splits, by exact similarity: what a validation loss could
+        # still memorize from the training split (curate.leakage says how it searches and what it can miss).
+        from curate.leakage import kept_texts, split_leakage
+
+        with self.timer("split leakage audit"):
+            leakage = split_leakage(kept_texts(ws, run_id))
         seconds = time.perf_counter() - t0
         return {
             "run_id": run_id,
@@ -583,7 +579,7 @@ class Pipeline:
             "fixes": dict(zip(fixes["f"].to_list(), fixes["n"].to_list())),
             "splits": {k: int(dict(zip(splits["split"].to_list(), splits["n"].to_list())).get(k, 0)) for k in ("train", "validation", "test")},
             "clusters": {r.pop("stage"): r for r in clusters.to_dicts()},
-            "leakage": {r.pop("stage"): r for r in leakage.to_dicts()},
+            "leakage": leakage,
             "timings": {k: round(v, 3) for k, v in sorted(self.timer.seconds.items(), key=lambda kv: -kv[1])},
             "workspace": str(ws.path),
             "version": __version__,

@@ -460,13 +460,11 @@ def _similarity_png(similarities: list[dict], path: Path) -> None:
 def _review_context(summary: dict, review: dict) -> dict[str, Any]:
     """The report's duplicate-cluster, similarity and contamination sections."""
     counts = summary.get("clusters") or {}
-    leakage = summary.get("leakage") or {}
     clusters = review.get("clusters") or {}
     sims = review.get("similarities") or {}
     dedup = []
     for stage in sorted(set(counts) | set(clusters) | set(sims)):
         c = counts.get(stage) or {}
-        leak = leakage.get(stage)
         top = []
         for cl in clusters.get(stage) or []:
             members = []
@@ -482,8 +480,6 @@ def _review_context(summary: dict, review: dict) -> dict[str, Any]:
                 "clusters": _int(c.get("clusters")),
                 "members": _int(c.get("members")),
                 "largest": _int(c.get("largest")),
-                "leak": None if not leak else {"max": _fmt_sim(leak.get("max_similarity")), "pairs": _int(leak.get("pairs"))},
-                "scored": stage in sims,
                 "top": top,
             }
         )
@@ -507,7 +503,46 @@ def _review_context(summary: dict, review: dict) -> dict[str, Any]:
         for r in review.get("contamination") or []
         if isinstance(r, dict)
     ]
-    return {"dedup": dedup, "similarity_bins": bins, "contamination": contamination, "_similarities": [s for s in similarities if s["_values"].size]}
+    return {"dedup": dedup, "similarity_bins": bins, "contamination": contamination, "leakage": _leakage_context(summary.get("leakage")),
+            "_similarities": [s for s in similarities if s["_values"].size]}
+
+
+def _leakage_context(leak: Any) -> dict[str, Any] | None:
+    """The split-leakage audit (curate.leakage) as display strings; None when the run has none."""
+    if not isinstance(leak, dict) or "measure" not in leak:
+        return None
+    levels = leak.get("pairs_at_or_above") or {}
+    return {
+        "measure": _str(leak.get("measure")),
+        "max": _fmt_sim(leak.get("max_similarity")) if leak.get("max_similarity") is not None else None,
+        "records": _int(leak.get("records")),
+        "pairs": _int(leak.get("pairs_scored")),
+        "floor": _fmt_sim(leak.get("floor")),
+        "recall": _pct_str(leak.get("search_recall_at_floor")),
+        "levels": [{"level": _fmt_sim(k), "pairs": _int(v)} for k, v in levels.items()],
+        "closest": [
+            {"a": _oneline(c.get("id_a"), 40), "b": _oneline(c.get("id_b"), 40), "splits": f"{_str(c.get('split_a'))} / {_str(c.get('split_b'))}",
+             "similarity": _fmt_sim(c.get("similarity"))}
+            for c in leak.get("closest") or [] if isinstance(c, dict)
+        ],
+    }
+
+
+def _pct_str(x: Any) -> str:
+    try:
+        return f"{float(x):.0%}"
+    except (TypeError, ValueError):
+        return "–"
+
+
+def leakage_sentence(lk: dict[str, Any]) -> str:
+    """One sentence on the split-leakage audit, for the Markdown and HTML reports."""
+    if lk["max"] is None:
+        return (f"No two kept records in different splits reach {lk['floor']} ({lk['measure']}; the search finds a pair "
+                f"at {lk['floor']} with probability {lk['recall']}, higher similarities more surely).")
+    return (f"Largest similarity left between splits: **{lk['max']}** ({lk['measure']}, scored exactly on {lk['pairs']:,} "
+            f"candidate pairs across splits among {lk['records']:,} kept records; the search finds a pair at {lk['floor']} "
+            f"with probability {lk['recall']}, higher similarities more surely).")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -638,19 +673,22 @@ def _markdown(c: dict) -> str:
     else:
         L.append("No splits recorded.")
     L.append("")
+    if c["leakage"]:
+        lk = c["leakage"]
+        L.append(leakage_sentence(lk))
+        L.append("")
+        if lk["closest"]:
+            L += _md_table(["record", "record", "splits", "similarity"],
+                           [[_code(x["a"], True), _code(x["b"], True), x["splits"], x["similarity"]] for x in lk["closest"]], "lllr")
+            L.append("")
 
     if c["dedup"]:
         L.append("## Duplicate clusters")
         L.append("")
         L += _md_table(
-            ["stage", "clusters", "records in clusters", "largest", "largest similarity left between splits"],
-            [
-                [_code(d["stage"], True), f"{d['clusters']:,}", f"{d['members']:,}", f"{d['largest']:,}",
-                 (f"{d['leak']['max']} ({d['leak']['pairs']:,} scored pairs across splits)" if d["leak"]
-                  else ("none: no scored pair crosses splits" if d["scored"] else "–"))]
-                for d in c["dedup"]
-            ],
-            "lrrrl",
+            ["stage", "clusters", "records in clusters", "largest"],
+            [[_code(d["stage"], True), f"{d['clusters']:,}", f"{d['members']:,}", f"{d['largest']:,}"] for d in c["dedup"]],
+            "lrrr",
         )
         L.append("")
         L.append("Splits are assigned per cluster: members of one cluster never straddle train/validation/test.")
@@ -828,12 +866,15 @@ quarantined <b>{{ fi(c.quarantined) }}</b> ({{ pct(c.quarantined, c.inputs) }}).
 {% for s in c.splits %}<tr><td>{{ s.split }}</td><td class="n">{{ fi(s.records) }}</td><td class="n">{{ s.share }}</td></tr>
 {% endfor %}</table>
 {% else %}<p>No splits recorded.</p>{% endif %}
+{% if c.leakage %}<p>{{ leakage_sentence(c.leakage) | replace("**", "") }}</p>
+{% if c.leakage.closest %}<table><tr><th>record</th><th>record</th><th>splits</th><th class="n">similarity</th></tr>
+{% for x in c.leakage.closest %}<tr><td class="mono">{{ x.a }}</td><td class="mono">{{ x.b }}</td><td>{{ x.splits }}</td><td class="n">{{ x.similarity }}</td></tr>
+{% endfor %}</table>{% endif %}{% endif %}
 
 {% if c.dedup %}
 <h2 id="duplicates">Duplicate clusters</h2>
-<table><tr><th>stage</th><th class="n">clusters</th><th class="n">records in clusters</th><th class="n">largest</th><th>largest similarity left between splits</th></tr>
-{% for d in c.dedup %}<tr><td class="mono">{{ d.stage }}</td><td class="n">{{ fi(d.clusters) }}</td><td class="n">{{ fi(d.members) }}</td><td class="n">{{ fi(d.largest) }}</td>
-<td>{% if d.leak %}{{ d.leak.max }} ({{ fi(d.leak.pairs) }} scored pairs across splits){% elif d.scored %}none: no scored pair crosses splits{% else %}–{% endif %}</td></tr>
+<table><tr><th>stage</th><th class="n">clusters</th><th class="n">records in clusters</th><th class="n">largest</th></tr>
+{% for d in c.dedup %}<tr><td class="mono">{{ d.stage }}</td><td class="n">{{ fi(d.clusters) }}</td><td class="n">{{ fi(d.members) }}</td><td class="n">{{ fi(d.largest) }}</td></tr>
 {% endfor %}</table>
 <p>Splits are assigned per cluster: members of one cluster never straddle train/validation/test.</p>
 {% if img.get('similarity') %}
@@ -911,6 +952,7 @@ def _html(c: dict, images: dict[str, str]) -> str:
         fi=_fmt_int,
         fn=_fmt_num,
         pct=_pct,
+        leakage_sentence=leakage_sentence,
     )
 
 
@@ -962,6 +1004,7 @@ def _json_report(c: dict, summary: dict, examples: dict) -> dict[str, Any]:
         # the examples as the pipeline handed them over (reason -> rows; "quarantine" -> rows), strings capped
         "examples": _jsonable(examples, JSON_TURN_CHARS),
         "duplicates": [{k: v for k, v in d.items()} for d in c["dedup"]],
+        "split_leakage": c["leakage"],
         "similarity_bins": c["similarity_bins"],
         "contamination": c["contamination"],
         "files": {k: v for k, v in REPORT_FILES.items()},

@@ -154,6 +154,20 @@ def _load_builtin_stages() -> None:
 BUILTIN_MODULES = ("conversation", "quality", "pii", "langid", "exact", "minhash", "semantic", "decontam", "labels")
 
 
+MEASURED_FILE = Path(__file__).with_name("measured.json")
+
+
+def measured(name: str) -> list[dict]:
+    """The measured verdict quality of stage ``name`` at its defaults: one dict per labeled set and part
+    (``set``, ``part`` tune/holdout, ``n_pos``, ``n_neg``, ``precision``, ``recall``, ``fp_rate``,
+    ``labels``), as stored by ``bench/verdicts.py --write``; empty when the stage was not measured."""
+    import json
+
+    if not MEASURED_FILE.is_file():
+        return []
+    return json.loads(MEASURED_FILE.read_text()).get("stages", {}).get(name, [])
+
+
 def empty_rejects() -> pl.DataFrame:
     from curate.schema import REJECT_SCHEMA
 

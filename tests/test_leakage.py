@@ -1,0 +1,95 @@
+"""The split-leakage audit: exact similarity between kept records of different splits, checked by brute force."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import re
+
+import polars as pl
+import pytest
+
+from curate.leakage import LEVELS, exact_jaccard, shingle_sets, split_leakage
+
+
+def _shingles(text: str, n: int = 5) -> set[str]:
+    # the normalization of curate.stages.ngrams.char_ngram_hashes, in plain Python
+    norm = re.sub(r"\W+", " ", text.lower()).strip()
+    if not norm:
+        return set()
+    return {norm} if len(norm) < n else {norm[i : i + n] for i in range(len(norm) - n + 1)}
+
+
+def _jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a or b else 0.0
+
+
+@pytest.fixture(scope="module")
+def kept(shared_data) -> pl.DataFrame:
+    """300 real Alpaca records plus 60 edited copies of some of them (one word in ten replaced), in random splits."""
+    rows = json.loads((shared_data / "alpaca" / "alpaca_data_first10k_excl_holdout.json").read_text())[:300]
+    texts = [f"{r['instruction']}\n{r['input']}\n{r['output']}" for r in rows]
+    rng = random.Random(5)
+    for t in rng.sample(texts, 60):
+        w = t.split(" ")
+        for i in rng.sample(range(len(w)), max(1, len(w) // 10)):
+            w[i] = rng.choice(["alpha", "beta", "gamma"])
+        texts.append(" ".join(w))
+    splits = [rng.choice(["train", "train", "validation", "test"]) for _ in texts]
+    return pl.DataFrame({"uid": range(len(texts)), "id": [f"r{i}" for i in range(len(texts))], "split": splits, "text": texts})
+
+
+def test_exact_jaccard_equals_python_sets(kept):
+    hashes, offsets = shingle_sets(kept["text"])
+    pairs = [(0, 300), (5, 6), (17, 17)]
+    got = exact_jaccard(hashes, offsets, *map(list, zip(*pairs)))
+    sets = [_shingles(t) for t in kept["text"]]
+    for (a, b), g in zip(pairs, got):
+        assert g == pytest.approx(_jaccard(sets[a], sets[b]), abs=1e-12)
+
+
+def test_audit_finds_every_cross_split_pair_a_brute_force_finds(kept):
+    sets = [_shingles(t) for t in kept["text"]]
+    split = kept["split"].to_list()
+    brute = [
+        _jaccard(sets[a], sets[b])
+        for a, b in itertools.combinations(range(kept.height), 2)
+        if split[a] != split[b] and len(sets[a] & sets[b]) * 2 >= min(len(sets[a]), len(sets[b]))  # cheap prefilter
+    ]
+    brute = [s for s in brute if s >= 0.5]
+    assert len(brute) >= 5  # the edited copies put real near-duplicates across splits
+    got = split_leakage(kept)
+    assert got["max_similarity"] == pytest.approx(max(brute), abs=1e-4)
+    for level in LEVELS:
+        if level >= 0.6:  # found with probability > 0.9999 by the search; at 0.5 with 0.99
+            assert got["pairs_at_or_above"][str(level)] == sum(s >= level for s in brute), level
+    assert got["closest"][0]["split_a"] != got["closest"][0]["split_b"]
+    assert got["search_recall_at_floor"] >= 0.99
+
+
+def test_one_split_has_no_leakage(kept):
+    got = split_leakage(kept.with_columns(split=pl.lit("train")))
+    assert got["max_similarity"] is None and got["pairs_scored"] == 0
+
+
+def test_run_reports_exact_leakage_between_splits(tmp_path, shared_data):
+    """A run over real Alpaca rows (exact dedup only, so near-duplicates stay) audits its kept records."""
+    from curate.config import parse_config
+    from curate.pipeline import Pipeline
+
+    rows = json.loads((shared_data / "alpaca" / "alpaca_data_first10k_excl_holdout.json").read_text())[:2000]
+    rng = random.Random(3)
+    for r in rng.sample(rows, 200):  # an edited copy: the answer's first word changed
+        w = r["output"].split(" ")
+        rows.append({**r, "output": " ".join(["Indeed,"] + w[1:])})
+    (tmp_path / "data.json").write_text(json.dumps(rows))
+    cfg = parse_config({"name": "leak", "inputs": [{"path": "data.json"}], "tokenizer": None, "stages": ["exact_dedup"]}, tmp_path)
+    res = Pipeline(cfg, progress=False).run(force=True)
+    leak = res.summary["leakage"]
+    assert leak["records"] == res.summary["kept"]
+    assert leak["max_similarity"] is not None and leak["max_similarity"] >= 0.9  # some copy fell into another split
+    assert leak["pairs_at_or_above"]["0.9"] >= 10
+    report = (res.output_dir / "report.md").read_text()
+    assert f"Largest similarity left between splits: **{leak['max_similarity']:.3f}**" in report
+    assert leak["closest"][0]["id_a"] in report
