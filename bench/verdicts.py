@@ -86,7 +86,7 @@ def check(rows: list[dict], reference: list[dict], tolerance: float) -> list[str
             a, b = old.get(metric), row.get(metric)
             if a is None or b is None:
                 continue
-            if (b - a) * worse > tolerance:
+            if (b - a) * worse > tolerance + 1e-9:
                 drops.append(f"DROP {row['stage']} / {row['set']} / {row['part']}: {metric} {a} -> {b}")
     return drops
 
