@@ -65,7 +65,7 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from curate.stages import GlobalDecision, GlobalStage, StageParams, empty_rejects, register
-from curate.stages.clusters import decide_clusters, quality_expr
+from curate.stages.clusters import decide_clusters, priority_order, quality_expr
 from curate.stages.ngrams import char_ngram_hashes, compile_kernels, ngram_hashes, word_hashes
 
 LINKS_PER_MEMBER = 8  # each bucket member is paired with this many first members of the bucket
@@ -154,12 +154,41 @@ def _similarity_kernel(sig, ia, ib, out):
         out[i] = eq / n_perm
 
 
+def _sort_segments_kernel(values, offsets, out):
+    # out[offsets[d]:offsets[d + 1]] = the sorted values of document d
+    for d in prange(offsets.size - 1):
+        out[offsets[d] : offsets[d + 1]] = np.sort(values[offsets[d] : offsets[d + 1]])
+
+
+def _overlap_kernel(values, offsets, ia, ib, inter, size_a, size_b):
+    # |set a & set b| by a merge of two sorted, duplicate-free segments
+    for i in prange(ia.size):
+        a0, a1 = offsets[ia[i]], offsets[ia[i] + 1]
+        b0, b1 = offsets[ib[i]], offsets[ib[i] + 1]
+        size_a[i] = a1 - a0
+        size_b[i] = b1 - b0
+        k = 0
+        while a0 < a1 and b0 < b1:
+            va, vb = values[a0], values[b0]
+            if va == vb:
+                k += 1
+                a0 += 1
+                b0 += 1
+            elif va < vb:
+                a0 += 1
+            else:
+                b0 += 1
+        inter[i] = k
+
+
 prange = range  # numba.prange once compiled (numba is imported only when a kernel is first needed)
 
 
 @functools.cache
 def _kernels():
-    return compile_kernels(globals(), _signature_kernel, _band_key_kernel, _similarity_kernel)
+    return compile_kernels(
+        globals(), _signature_kernel, _band_key_kernel, _similarity_kernel, _sort_segments_kernel, _overlap_kernel
+    )
 
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -230,6 +259,106 @@ def candidate_pairs(sig: np.ndarray, bands: int, rows: int, links: int = LINKS_P
 
 
 # ---------------------------------------------------------------------------------------------------------
+# exact verification
+# ---------------------------------------------------------------------------------------------------------
+def shingle_sets(shingles: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each document's shingle hashes as a set: sorted and without repeats, ``(values, offsets)``."""
+    shingles = np.ascontiguousarray(shingles, dtype=np.uint64)
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    values = np.empty_like(shingles)
+    if values.size:
+        _kernels()[3](shingles, offsets, values)
+    keep = np.ones(values.size, dtype=bool)
+    keep[1:] = values[1:] != values[:-1]
+    starts = offsets[:-1][np.diff(offsets) > 0]
+    keep[starts] = True  # a document's first value is never a repeat of the previous document's last
+    kept_before = np.zeros(values.size + 1, dtype=np.int64)
+    np.cumsum(keep, out=kept_before[1:])
+    return values[keep], kept_before[offsets]
+
+
+def set_overlap(values: np.ndarray, offsets: np.ndarray, ia: np.ndarray, ib: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(|A & B|, |A|, |B|)`` for the sets of documents ``ia[i]`` and ``ib[i]`` (from :func:`shingle_sets`)."""
+    n = ia.size
+    inter, size_a, size_b = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64)
+    if n:
+        _kernels()[4](values, offsets, np.ascontiguousarray(ia, dtype=np.int64), np.ascontiguousarray(ib, dtype=np.int64), inter, size_a, size_b)
+    return inter, size_a, size_b
+
+
+def jaccard(inter: np.ndarray, size_a: np.ndarray, size_b: np.ndarray) -> np.ndarray:
+    """|A & B| / |A | B| (1.0 for two empty sets)."""
+    union = size_a + size_b - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+def containment(inter: np.ndarray, size_a: np.ndarray, size_b: np.ndarray) -> np.ndarray:
+    """|A & B| / min(|A|, |B|): the share of the smaller set found in the larger (1.0 for two empty sets,
+    0.0 when only one is empty)."""
+    small = np.minimum(size_a, size_b)
+    both_empty = (size_a == 0) & (size_b == 0)
+    return np.where(both_empty, 1.0, np.where(small > 0, inter / np.maximum(small, 1), 0.0))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# boilerplate
+# ---------------------------------------------------------------------------------------------------------
+def _line_key() -> pl.Expr:
+    # a line as the shingles see it (lowercased, punctuation and whitespace runs as one space), hashed
+    return pl.element().str.to_lowercase().str.replace_all(r"\W+", " ").str.strip_chars()
+
+
+def discount_boilerplate(parts: list[pl.Series], min_records: int, share: float) -> tuple[list[pl.Series], dict]:
+    """Remove the lines that many records share (tool headers, system prompts, templates) from ``parts``.
+
+    ``parts`` are aligned text columns of the same records (e.g. prompt and response). A line (compared
+    lowercased, punctuation and whitespace collapsed, as the shingles see it) is *boilerplate* when at least
+    ``max(min_records, share * records)`` records contain it, in any part. Boilerplate lines are removed from
+    every part of every record that has some other line; a record made only of boilerplate keeps all its
+    text, so it is compared on everything and merges only with records like it as a whole, never with every
+    record of its template. Returns the new parts and counts for the stage's stats.
+    """
+    n = parts[0].len()
+    cutoff = max(int(min_records), math.ceil(share * n))
+    stats = {"boilerplate_cutoff_records": cutoff, "boilerplate_lines": 0, "records_discounted": 0}
+    if n < cutoff:
+        return parts, stats
+    keys = pl.DataFrame(
+        {f"k{j}": s.fill_null("").str.split("\n").list.eval(_line_key()) for j, s in enumerate(parts)}
+    ).with_row_index("row")
+    lines = pl.concat(
+        [keys.select("row", key=pl.col(f"k{j}")).explode("key") for j in range(len(parts))]
+    ).filter(pl.col("key").is_not_null() & (pl.col("key") != ""))
+    frequency = lines.unique().group_by("key").len()
+    boiler = frequency.filter(pl.col("len") >= cutoff).select("key")
+    stats["boilerplate_lines"] = boiler.height
+    if boiler.height == 0:
+        return parts, stats
+    per_row = lines.with_columns(bp=pl.col("key").is_in(boiler["key"].implode())).group_by("row").agg(
+        any_bp=pl.col("bp").any(), all_bp=pl.col("bp").all()
+    )
+    rows = per_row.filter(pl.col("any_bp") & ~pl.col("all_bp"))["row"].sort()
+    stats["records_discounted"] = rows.len()
+    if rows.len() == 0:
+        return parts, stats
+    boiler_keys = boiler["key"].implode()
+    out = []
+    for j, s in enumerate(parts):
+        sub = pl.DataFrame({"text": s.gather(rows).fill_null("")}).with_row_index("i")
+        kept = (
+            sub.select("i", line=pl.col("text").str.split("\n"))
+            .explode("line")
+            .with_columns(key=pl.col("line").fill_null("").str.to_lowercase().str.replace_all(r"\W+", " ").str.strip_chars())
+            .filter(~pl.col("key").is_in(boiler_keys))
+            .group_by("i", maintain_order=True)
+            .agg(pl.col("line").str.join("\n"))
+        )
+        new = sub.join(kept, on="i", how="left")["line"].fill_null("")
+        out.append(s.fill_null("").scatter(rows, new))
+    return out, stats
+
+
+# ---------------------------------------------------------------------------------------------------------
 # the stage
 # ---------------------------------------------------------------------------------------------------------
 def _text_expr(fields: str) -> pl.Expr:
@@ -240,13 +369,22 @@ def _text_expr(fields: str) -> pl.Expr:
     return pl.concat_str([pl.col("prompt_text").fill_null(""), pl.col("response_text").fill_null("")], separator="\n")
 
 
+SIGNATURE_CHUNK = 100_000  # records shingled at once in decide (memory: their shingles only)
+EXACT_CHUNK = 100_000  # candidate pairs verified at once (memory: the shingle sets of their records only)
+
+
 @register
 class MinHashDedup(GlobalStage):
-    """Near-duplicate removal by MinHash + LSH with every candidate pair verified (estimated Jaccard).
+    """Near-duplicate removal: MinHash + LSH proposes pairs, every pair is verified by its EXACT Jaccard.
 
-    Defaults: prompt + response text, 5-character shingles (``shingle: word`` uses 5-word ones),
-    128 permutations, threshold 0.7 (estimated Jaccard, verified down to one standard error below),
-    bands/rows chosen for 99 % recall at the threshold (17 x 4 at the defaults), ``keep: first``,
+    A record is rejected only as the duplicate of a kept record (its representative, named in
+    ``duplicate_of``) whose exact Jaccard to it, over the 5-character shingle sets of their texts after the
+    boilerplate discount, is at or above ``threshold``, and whose response it shares (``response_containment``;
+    off with ``passage_level``). Clusters are stars around kept records (``linkage: star``): no chains.
+
+    Defaults: prompt + response text, 5-character shingles (``shingle: word`` uses 5-word ones), 128
+    permutations, threshold 0.7, bands/rows chosen for 99 % recall at the threshold, lines shared by at
+    least max(50, 0.1 % of the records) discounted, response containment 0.5, ``keep: first``,
     ``action: reject``. See the module docstring for the details.
     """
 
@@ -254,18 +392,52 @@ class MinHashDedup(GlobalStage):
     reasons = ("near_duplicate",)
 
     class Params(StageParams):
-        fields: Literal["all", "prompt", "response"] = "all"
-        shingle: Literal["word", "char"] = "char"
+        fields: Literal["all", "prompt", "response"] = Field(
+            "all", description="the text compared: prompt + response (all), the prompt turns (system, user) or the responses"
+        )
+        shingle: Literal["word", "char"] = Field("char", description="shingles of characters (default) or of words")
         ngram: int | None = Field(None, ge=1, le=64, description="shingle size; default 5 words or 5 characters")
-        num_perm: int = Field(128, ge=2, le=2048)
-        threshold: float = Field(0.7, gt=0.0, le=1.0)
-        bands: int | None = Field(None, ge=1)
-        rows: int | None = Field(None, ge=1)
-        keep: Literal["first", "last", "longest", "quality"] = "first"
-        action: Literal["reject", "group"] = "reject"
-        seed: int = 1
-        margin_sigmas: float = Field(1.0, ge=0.0, le=4.0, description="verification accepts estimates down to threshold - this many standard errors")
-        linkage: Literal["union_find", "star"] = "union_find"
+        num_perm: int = Field(128, ge=2, le=2048, description="MinHash permutations (signature slots); more: finer estimates, slower")
+        threshold: float = Field(
+            0.7, gt=0.0, le=1.0,
+            description="a reject's exact Jaccard to the kept record it names (shingle sets after the boilerplate discount) is at least this",
+        )
+        bands: int | None = Field(None, ge=1, description="LSH bands; default chosen with rows for 99 % candidate recall at the threshold")
+        rows: int | None = Field(None, ge=1, description="signature slots per LSH band; give with bands")
+        keep: Literal["first", "last", "longest", "quality"] = Field(
+            "first", description="which record of a cluster stays: input order first or last, the longest, the highest quality score"
+        )
+        action: Literal["reject", "group"] = Field(
+            "reject", description="reject the duplicates, or only keep each cluster in one train/validation/test split"
+        )
+        seed: int = Field(1, description="seed of the MinHash permutations")
+        margin_sigmas: float = Field(
+            3.0, ge=0.0, le=6.0,
+            description="candidate pairs whose MinHash estimate is more than this many standard errors below the threshold "
+            "are not checked exactly (they cannot reach it but by chance); the decision itself is always exact",
+        )
+        linkage: Literal["star", "union_find"] = Field(
+            "star",
+            description="star: a record is rejected only for a kept record it is itself similar to (no chains); union_find: "
+            "connected components (A~B, B~C merge A and C, however far apart: a reject may then be below the threshold to its representative)",
+        )
+        boilerplate_min_records: int = Field(
+            50, ge=2,
+            description="a line shared by at least this many records (and boilerplate_share of them) is boilerplate: removed "
+            "before shingling, so templated records are compared on what differs",
+        )
+        boilerplate_share: float = Field(
+            0.001, ge=0.0, le=1.0, description="the share of all records a line must be in to count as boilerplate (with boilerplate_min_records)"
+        )
+        discount_boilerplate: bool = Field(True, description="remove boilerplate lines before shingling (false: compare whole texts)")
+        response_containment: float = Field(
+            0.5, ge=0.0, le=1.0,
+            description="with fields all, two records merge only if this share of the smaller response's shingles are in the "
+            "other response: a different task on the same passage (same input, another instruction and answer) is no duplicate",
+        )
+        passage_level: bool = Field(
+            False, description="merge records on their whole text alone, whatever their responses (passage-level dedup: no response check)"
+        )
 
         @model_validator(mode="after")
         def _check_bands(self):
@@ -274,6 +446,10 @@ class MinHashDedup(GlobalStage):
             if self.bands is not None and self.bands * self.rows > self.num_perm:
                 raise ValueError(f"bands * rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
             return self
+
+    def __init__(self, params=None, context=None):
+        super().__init__(params, context)
+        self.stats: dict = {}
 
     @property
     def ngram(self) -> int:
@@ -287,12 +463,19 @@ class MinHashDedup(GlobalStage):
         return choose_bands_rows(p.num_perm, p.threshold)
 
     @property
-    def accept_at(self) -> float:
-        """The estimated Jaccard a verified pair needs: the threshold less ``margin_sigmas`` standard errors
-        of the estimate at the threshold, so that pairs whose true Jaccard is at the threshold are not lost
-        to the estimator's noise half of the time."""
+    def check_from(self) -> float:
+        """The MinHash estimate from which a candidate pair is checked exactly: the threshold less
+        ``margin_sigmas`` standard errors of the estimate at the threshold."""
         p = self.params
         return p.threshold - p.margin_sigmas * math.sqrt(p.threshold * (1.0 - p.threshold) / p.num_perm)
+
+    accept_at = check_from  # the name older callers use
+
+    @property
+    def response_check(self) -> bool:
+        """Whether pairs must also share their responses (fields all, not passage-level, containment > 0)."""
+        p = self.params
+        return p.fields == "all" and not p.passage_level and p.response_containment > 0
 
     def shingles(self, text: pl.Series) -> tuple[np.ndarray, np.ndarray]:
         """(uint64 shingle hashes, int64 offsets per document) of a Series of texts."""
@@ -303,46 +486,111 @@ class MinHashDedup(GlobalStage):
         return ngrams, ngram_offsets
 
     def prepare(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """The small columns, the keep policy's ``quality`` and the text of ``fields`` (signatures need the
+        whole run's boilerplate lines first, and verification needs the text of candidate pairs)."""
         p = self.params
-        text = batch.select(_text_expr(p.fields)).to_series()
-        shingles, offsets = self.shingles(text)
-        sig = signatures(shingles, offsets, p.num_perm, p.seed)
         cols = [pl.col(c) for c in ("uid", "id", "source_file", "source_line", "n_chars")]
         if p.keep == "quality":
             cols.append(quality_expr().alias("quality"))
-        out = batch.select(cols).with_columns(signature=pl.Series(sig, dtype=pl.Array(pl.UInt32, p.num_perm)))
-        has = np.diff(offsets) > 0
-        return out if has.all() else out.filter(pl.Series(has))
+        if p.fields in ("all", "prompt"):
+            cols.append(pl.col("prompt_text").fill_null(""))
+        if p.fields in ("all", "response"):
+            cols.append(pl.col("response_text").fill_null(""))
+        return batch.select(cols)
+
+    def texts(self, prepared: pl.DataFrame) -> tuple[pl.Series, pl.Series | None]:
+        """(the compared text, the response text or None) of each record, boilerplate discounted."""
+        p = self.params
+        names = [c for c in ("prompt_text", "response_text") if c in prepared.columns]
+        parts = [prepared[c] for c in names]
+        if p.discount_boilerplate:
+            parts, stats = discount_boilerplate(parts, p.boilerplate_min_records, p.boilerplate_share)
+            self.stats.update(stats)
+        whole = parts[0] if len(parts) == 1 else pl.DataFrame({"p": parts[0], "r": parts[1]}).select(pl.concat_str("p", "r", separator="\n")).to_series()
+        response = parts[1] if len(parts) == 2 and self.response_check else None
+        return whole, response
+
+    def _signatures(self, whole: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+        p = self.params
+        n = whole.len()
+        sig = np.empty((n, p.num_perm), dtype=np.uint32)
+        sizes = np.zeros(n, dtype=np.int64)
+        for lo in range(0, n, SIGNATURE_CHUNK):
+            shingles, offsets = self.shingles(whole.slice(lo, SIGNATURE_CHUNK))
+            sig[lo : lo + offsets.size - 1] = signatures(shingles, offsets, p.num_perm, p.seed)
+            sizes[lo : lo + offsets.size - 1] = np.diff(offsets)
+        return sig, sizes
+
+    def exact_scores(self, whole: pl.Series, response: pl.Series | None, ia: np.ndarray, ib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(exact Jaccard of the texts, containment of the responses or 1.0) of record pairs (row positions)."""
+        sim = np.empty(ia.size, dtype=np.float64)
+        resp = np.ones(ia.size, dtype=np.float64)
+        for lo in range(0, ia.size, EXACT_CHUNK):
+            a, b = ia[lo : lo + EXACT_CHUNK], ib[lo : lo + EXACT_CHUNK]
+            docs, local = np.unique(np.concatenate([a, b]), return_inverse=True)
+            la, lb = local[: a.size], local[a.size :]
+            idx = pl.Series(docs)
+            values, offsets = shingle_sets(*self.shingles(whole.gather(idx)))
+            sim[lo : lo + a.size] = jaccard(*set_overlap(values, offsets, la, lb))
+            if response is not None:
+                values, offsets = shingle_sets(*self.shingles(response.gather(idx)))
+                resp[lo : lo + a.size] = containment(*set_overlap(values, offsets, la, lb))
+        return sim, resp
 
     def decide(self, prepared: pl.DataFrame) -> GlobalDecision:
         p = self.params
-        if not prepared["uid"].is_sorted():
-            prepared = prepared.sort("uid")  # bucket order is input order
-        sig = np.ascontiguousarray(prepared["signature"].to_numpy())
-        prepared = prepared.drop("signature")
+        self.stats = {}
+        # best first by the keep policy: a bucket's first members (linked to every member) are the likely centres
+        prepared = priority_order(prepared, p.keep)
+        whole, response = self.texts(prepared)
+        sig, sizes = self._signatures(whole)
+        has = np.flatnonzero(sizes > 0)  # records without shingles (no word character) are nobody's duplicate
+        if has.size < prepared.height:
+            prepared, whole, sig = prepared[has], whole.gather(pl.Series(has)), sig[has]
+            response = response.gather(pl.Series(has)) if response is not None else None
         uids = prepared["uid"].to_numpy().astype(np.int64)
+        small = prepared.drop([c for c in ("prompt_text", "response_text") if c in prepared.columns])
         if sig.shape[0] < 2:
             return GlobalDecision(empty_rejects().drop("stage"))
         bands, rows = self.bands_rows
         ia, ib = candidate_pairs(sig, bands, rows)
-        sim = estimated_jaccard(sig, ia, ib)
-        floor = max(p.threshold - REPORT_MARGIN, 0.0)
-        near = np.flatnonzero(sim >= floor)
+        est = estimated_jaccard(sig, ia, ib)
+        report_floor = max(p.threshold - REPORT_MARGIN, 0.0)
+        check = np.flatnonzero(est >= min(report_floor, self.check_from) - 1e-9)
+        if check.size > REPORT_MAX_PAIRS:  # too many for the report: verify only what the decision needs
+            check = np.flatnonzero(est >= self.check_from - 1e-9)
+        ia, ib = ia[check], ib[check]
+        sim, resp = self.exact_scores(whole, response, ia, ib)
+        self.stats.update(candidate_pairs=int(est.size), pairs_verified=int(check.size))
+        near = np.flatnonzero(sim >= report_floor)
         if near.size > REPORT_MAX_PAIRS:
             near = near[np.argpartition(-sim[near], REPORT_MAX_PAIRS - 1)[:REPORT_MAX_PAIRS]]
         report = pl.DataFrame({"uid_a": uids[ia[near]], "uid_b": uids[ib[near]], "similarity": np.round(sim[near], 4)})
-        ok = sim >= self.accept_at - 1e-9  # slot shares are k / num_perm: no float fuzz at the threshold
-        pairs = pl.DataFrame({"uid_a": uids[ia[ok]], "uid_b": uids[ib[ok]]})
+        ok = (sim >= p.threshold - 1e-9) & (resp >= p.response_containment - 1e-9 if response is not None else True)
+        self.stats.update(pairs_accepted=int(ok.sum()), pairs_failing_response_check=int(((sim >= p.threshold - 1e-9) & ~ok).sum()))
+        ua, ub = uids[ia[ok]], uids[ib[ok]]
+        pairs = pl.DataFrame({"uid_a": np.minimum(ua, ub), "uid_b": np.maximum(ua, ub)}, schema={"uid_a": pl.Int64, "uid_b": pl.Int64})
+        edge_sim = pairs.with_columns(similarity=pl.Series(sim[ok], dtype=pl.Float64))
+        pos = pl.DataFrame({"uid": uids, "pos": np.arange(uids.size)})
 
         def similarity_to_rep(member: np.ndarray, rep: np.ndarray) -> np.ndarray:
-            return estimated_jaccard(sig, np.searchsorted(uids, member), np.searchsorted(uids, rep))
+            # star: every member's pair with its centre was verified (look it up); union_find: compute it
+            q = pl.DataFrame({"uid_a": np.minimum(member, rep), "uid_b": np.maximum(member, rep)}, schema={"uid_a": pl.Int64, "uid_b": pl.Int64})
+            found = q.join(edge_sim, on=["uid_a", "uid_b"], how="left", maintain_order="left")["similarity"]
+            out = found.to_numpy().copy()
+            missing = np.flatnonzero(found.is_null().to_numpy())
+            if missing.size:
+                pa = pl.DataFrame({"uid": member[missing]}).join(pos, on="uid", how="left", maintain_order="left")["pos"].to_numpy()
+                pb = pl.DataFrame({"uid": rep[missing]}).join(pos, on="uid", how="left", maintain_order="left")["pos"].to_numpy()
+                out[missing] = self.exact_scores(whole, None, pa, pb)[0]
+            return out
 
         return decide_clusters(
-            prepared,
+            small,
             pairs,
             keep=p.keep,
             reason="near_duplicate",
-            measure="estimated Jaccard",
+            measure="Jaccard",
             similarity_to_rep=similarity_to_rep,
             action=p.action,
             report_pairs=report,
