@@ -41,16 +41,31 @@ DEFAULT_ROLE_ALIASES: dict[str, str] = {
     "bing": "assistant",
 }
 
-# Values people put in an optional input field to mean "nothing" (Alpaca has thousands of them).
+# Values people put in an optional input field to mean "nothing" (Alpaca has thousands of them). They are
+# compared by their words only (see ``_placeholder_key``), so "<noinput>", "(noinput)", "< noinput >",
+# "\\<noinput\\>", "`<noinput>`" and "NoInput." are one entry, and "<N/A>", "N/A" and "n/a" another (so
+# "<blank>" also matches an input "Blank": short common words that may be data, "empty", "nothing", stay out).
 DEFAULT_PLACEHOLDERS = (
-    "<noinput>", "<no input>", "noinput", "no input", "<none>", "none", "n/a", "na", "null", "nan", "-",
-    "<input>", "input:", "(no input)", "no input required", "no input needed", "not applicable", "<blank>",
+    "<noinput>", "<no input>", "no input", "<none>", "none", "n/a", "na", "null", "nan", "nil", "-", "--", "...",
+    "<input>", "input:", "no input required", "no input needed", "no input necessary", "no input provided",
+    "no input given", "not applicable", "<blank>", "no additional input", "no context", "no context needed",
 )
-# Values standing for a missing answer (Alpaca has "<nooutput>", "No output required", "N/A", even "<noinput>")
+# Values standing for a missing answer (Alpaca has "<nooutput>", "No output required", "N/A", even "<noinput>").
+# "None" is not one: it is a real answer to many questions ("Which of these is prime?").
 DEFAULT_OUTPUT_PLACEHOLDERS = (
-    "<nooutput>", "<no output>", "nooutput", "no output", "no output required", "no output needed", "<noanswer>",
-    "n/a", "<noinput>", "noinput", "<no input>",
+    "<nooutput>", "<no output>", "no output", "no output required", "no output needed", "no output necessary",
+    "<noanswer>", "n/a", "<noinput>", "<no input>",
 )
+# Input placeholders that are also values in code ("None", "null", "NaN"): data, not a placeholder, when the
+# instruction is about code or values ("What does this function return for the input None?").
+_CODE_VALUE_PLACEHOLDERS = frozenset({"none", "null", "nan", "nil"})
+_CODE_INSTRUCTION = re.compile(
+    r"(?i)\b(?:code|coding|function|program|programming|python|javascript|java|c\+\+|sql|script|algorithm|variable"
+    r"|argument|parameter|method|class|return|returns|print|debug|compile|data ?type|json|value|values|null|none|nan)\b"
+)
+# A generator's "<noinput>" with a stray short token before or after it ("<noinput> 8", "The <noinput>"), as
+# a placeholder key: up to three word characters on either side of the marker.
+_MARKER_WITH_STRAY = re.compile(r"^(?:\w{1,3} )?(?:no ?input|no ?output)(?: \w{1,3})?$")
 DEFAULT_EOS_MARKERS = ("<|endoftext|>", "</s>", "<|im_end|>", "<|eot_id|>", "<|end|>", "<eos>")
 
 ALPACA_TEMPLATE = re.compile(
@@ -119,10 +134,10 @@ class Converter:
         if self.shape == "auto" and len(rec) == 3 and "instruction" in rec and "output" in rec and "input" in rec:
             ins, inp, out = rec["instruction"], rec["input"], rec["output"]
             if type(ins) is str and type(inp) is str and type(out) is str and ins:
-                if inp and (len(inp) < 40 and _placeholder_key(inp) in self.placeholders):
+                if inp and is_placeholder(inp, self.placeholders, ins):
                     fixes.append("placeholder_input")
                     inp = ""
-                if len(out) < 40 and _placeholder_key(out) in self.output_placeholders:
+                if is_placeholder(out, self.output_placeholders):
                     fixes.append("placeholder_output")
                     out = ""
                 elif out.rstrip().endswith(self.eos_markers):
@@ -250,7 +265,7 @@ class Converter:
             m = ALPACA_TEMPLATE.match(prompt)
             if m:
                 inp = (m.group("input") or "").strip()
-                if _placeholder_key(inp) in self.placeholders:
+                if is_placeholder(inp, self.placeholders, m.group("instruction")):
                     inp = ""
                 prompt = m.group("instruction").strip() + (f"\n\n{inp}" if inp else "")
                 fixes.append("template_unwrapped")
@@ -272,7 +287,7 @@ class Converter:
                     value = str(value)  # an explicit mapping says this column is text
                 value = _text(value, col)
                 used.add(col)
-                if role == "user" and parts and _placeholder_key(value) in self.placeholders:
+                if role == "user" and parts and is_placeholder(value, self.placeholders, parts[0]):
                     fixes.append("placeholder_input")
                     continue
                 if value.strip():
@@ -296,7 +311,7 @@ class Converter:
         if value is None:
             return ""
         value = _text(value, key)
-        if value.strip() and _placeholder_key(value) in self.placeholders:
+        if is_placeholder(value, self.placeholders, rec.get("instruction") if isinstance(rec.get("instruction"), str) else ""):
             fixes.append("placeholder_input")
             return ""
         return value
@@ -305,7 +320,7 @@ class Converter:
         if key not in rec:
             raise ShapeError(key, f"missing field {key!r}")
         value = _text(rec.get(key), key, required=True)
-        if _placeholder_key(value) in self.output_placeholders:
+        if is_placeholder(value, self.output_placeholders):
             fixes.append("placeholder_output")
             return ""
         return value
@@ -333,9 +348,31 @@ def _text(value: Any, where: str, required: bool = False) -> str:
     raise ShapeError(where, f"{where!r} must be a string, got {type(value).__name__}")
 
 
+_NOT_WORD = re.compile(r"[\W_]+")
+
+
 def _placeholder_key(value: str) -> str:
-    # '"<noinput>"', 'No input.' and '<NoInput>' all mean nothing
-    return " ".join(value.strip("\"'` \t\r\n").split()).lower().rstrip(".")
+    """The words of a short value, lower-cased and single-spaced, for comparison with the placeholder lists.
+
+    Brackets, quotes, slashes, backslashes and dots go: '"<noinput>"', '(noinput)', '< noinput >',
+    '\\<noinput\\>' and 'NoInput.' all give "noinput", '<N/A>' and 'N/A' give "n a". A value without any
+    word character keeps its stripped self ("-", "...").
+    """
+    key = " ".join(_NOT_WORD.sub(" ", value.lower()).split())
+    return key if key else value.strip()
+
+
+def is_placeholder(value: str, keys: set[str] | frozenset[str], instruction: str = "") -> bool:
+    """True when ``value`` (an optional input or an answer) stands for "nothing": its key is one of ``keys``
+    (keys made by ``_placeholder_key``), or it is a "<noinput>"/"<nooutput>" marker with a stray token of up to
+    three characters around it. A code value among the keys ("None", "null", "NaN") is data when
+    ``instruction`` is about code or values. Values of 40 characters or more are never placeholders."""
+    if len(value) >= 40 or not value.strip():
+        return False
+    key = _placeholder_key(value)
+    if key in keys:
+        return not (key in _CODE_VALUE_PLACEHOLDERS and instruction and _CODE_INSTRUCTION.search(instruction))
+    return bool(_MARKER_WITH_STRAY.match(key))
 
 
 # -- normalization, vectorized -------------------------------------------------------------------------------
