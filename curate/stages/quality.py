@@ -212,6 +212,69 @@ def _top_ngram_fracs(text: pl.Series, ns: Sequence[int], min_words: int) -> tupl
     return out, n_words
 
 
+# Markup tags ("<td>", "</div>", "<br/>") are structure, not words: word statistics read the text without them,
+# so a table's tags do not count as a repeated phrase.
+_MARKUP_TAG = r"</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>\n]{0,80})?/?>"
+
+
+def _without_markup(text: pl.Series) -> pl.Series:
+    """``text`` with markup tags replaced by a space (only the texts that hold a ``<`` are touched)."""
+    text = text.fill_null("")
+    has = text.str.contains("<", literal=True)
+    if not has.any():
+        return text
+    idx = has.arg_true()
+    return text.scatter(idx, text.gather(idx).str.replace_all(_MARKUP_TAG, " "))
+
+
+def _dup_ngram_char_frac(text: pl.Series, n: int, rows_to_judge: np.ndarray) -> np.ndarray:
+    """Per record: characters of the words inside a word n-gram that already occurred earlier in the same
+    record / characters of all its words (Gopher's "duplicate n-gram character fraction", as datatrove's
+    ``find_all_duplicate``: overlapping repeats count their words once). NaN for records not in
+    ``rows_to_judge``.
+
+    A text that repeats a passage of ``n`` or more words has the second and later copies counted; a list whose
+    items share a lead phrase shorter than ``n`` words ("What is the difference between a ... and a ...") has
+    few repeated n-grams, and a chorus sung three times in a song holds about a third of its words.
+
+    Implementation: every n-gram of the batch gets a 64-bit key (its words' hashes combined, mixed with its
+    record number); one stable sort puts equal keys together in text order, so every key but the first of
+    its run is a repeat; the words a repeat covers are marked with a +1/-1 difference array and a cumulative
+    sum, and summed per record with ``bincount``.
+    """
+    n_rows = len(text)
+    out = np.full(n_rows, np.nan)
+    if len(rows_to_judge) == 0:
+        return out
+    rows, hashes, lengths = _tokens(text.gather(rows_to_judge))
+    rows = rows_to_judge[rows]
+    out[rows_to_judge] = 0.0
+    m = len(rows)
+    if m < n:
+        return out
+    gram = hashes[: m - n + 1].copy()
+    for k in range(1, n):
+        gram *= _U(0x9E3779B97F4A7C15)
+        gram ^= hashes[k : m - n + 1 + k]
+    gram ^= rows[: m - n + 1].astype(np.uint64) * _U(0xD6E8FEB86659FD93)
+    inside = rows[: m - n + 1] == rows[n - 1 :]  # the n-gram does not run from one record into the next
+    order = np.argsort(gram, kind="stable")
+    sorted_keys = gram[order]
+    repeat = np.empty(len(gram), dtype=bool)
+    repeat[order] = np.r_[False, sorted_keys[1:] == sorted_keys[:-1]]
+    starts = np.flatnonzero(repeat & inside)
+    if len(starts) == 0:
+        return out
+    diff = np.bincount(starts, minlength=m + 1)[: m + 1] - np.bincount(starts + n, minlength=m + 1)[: m + 1]
+    covered = np.cumsum(diff)[:m] > 0
+    weights = lengths.astype(np.float64)
+    dup = np.bincount(rows, weights=weights * covered, minlength=n_rows)
+    total = np.bincount(rows, weights=weights, minlength=n_rows)
+    judged = rows_to_judge
+    out[judged] = dup[judged] / np.maximum(total[judged], 1.0)
+    return out
+
+
 def _duplicate_parts(text: pl.Series, kind: Literal["line", "paragraph"]) -> pl.DataFrame:
     """Per record: number of lines (paragraphs), duplicates among them, characters in the duplicates.
 
@@ -423,6 +486,11 @@ class Length(RecordStage):
 
 # -- unique_words --------------------------------------------------------------------------------------------
 
+# A word for the unique-word ratio: a token of two or more characters with at least one letter. Numbers,
+# symbols and grid cells are not words (a Sudoku grid is nine digits repeated; a truth table is 0s and 1s),
+# nor are single letters (notes "A A G G", variables, option letters "a." "b.").
+_WORD_WITH_LETTER = r"^(?:[^\W\d_]\w|\w[^\W\d_])"
+
 
 @register
 class UniqueWords(RecordStage):
@@ -432,20 +500,25 @@ class UniqueWords(RecordStage):
     a 500-word GPT-4 answer 25-50%), so a fixed floor on it either misses short loops or rejects long answers.
     The default rule is on the length-normalized ratio, Herdan's C = log(distinct) / log(words), which
     stays near 0.8-0.9 for prose of any length and drops for loops ("Eat a banana!" x 2000: 0.13).
-    C >= 0.6 is the same as a plain ratio floor of words^-0.4: 30% at 20 words, 16% at 100, 6% at 1000.
+    C >= 0.5 is the same as a plain ratio floor of words^-0.5: 18% at 30 words, 10% at 100, 3% at 1000.
 
-    On shared/data, C < 0.6 flags none of the 805 AlpacaEval GPT-4 or Llama-2-chat answers, 1 of 999
-    Alpaca-GPT-4 answers (a placeholder table), 6 of 9,807 Alpaca answers (chord charts, an HTML table, a
-    sudoku grid), 2 of 6,400 human Dolly answers, and the looping generations: 209 of 252 vanilla-davinci
-    self-instruct outputs, 8 flan-t5 loops in the Dolly generations, KTO's "Ooh ooh ah ah", the
-    cookbook's "Eat a banana!" answer. A plain floor of 0.3 would instead reject 6 and 9 of the 805
-    AlpacaEval GPT-4 and Llama-2-chat answers, all fine long answers.
+    Words are tokens of two or more characters with a letter, read without markup tags: numbers, symbols,
+    single letters (notes, variables, option letters) and ``<td>`` are not words, so a Sudoku grid, a truth table or a table of figures is not judged (they repeat digits by
+    design) and an HTML answer is judged on its text. Instruction answers repeat words for good reasons
+    (a list of labels, a chord chart, code's ``self.name = name``); the defaults judge only answers of 30 words
+    or more and take C < 0.5, where natural text does not go: on shared/data that flags 1 of the 9,807
+    Alpaca answers (an HTML table template whose 35 cells all say "Row N"), none of the 805 AlpacaEval GPT-4
+    or Llama-2-chat answers or of the 6,400 human Dolly answers, and catches the looping generations: the
+    cookbook's "Eat a banana!" answer, 168 of 252 vanilla-davinci self-instruct outputs, the flan-t5 loops
+    in the Dolly generations. (Before: every token a word, 20 words, C < 0.6; that rejected Sudoku grids,
+    truth tables, class definitions and label lists.)
 
     Params:
-        min_log_ratio: the lowest acceptable Herdan's C (default 0.6; null disables).
+        min_log_ratio: the lowest acceptable Herdan's C (default 0.5; null disables).
         min_ratio: the lowest acceptable plain distinct/words ratio (default null: off).
-        min_words: only responses with at least this many words are judged (default 20): short answers
-            repeat words naturally ("No, no, no.") and any ratio over a handful of words is noise.
+        min_words: only responses with at least this many words are judged (default 30): short answers
+            repeat words naturally ("No, no, no.", a list of five labels) and any ratio over a handful of
+            words is noise.
 
     Checks, in order: the log ratio, the plain ratio; both report ``low_unique_word_ratio``.
     Scores: ``unique_words_ratio``, ``unique_words_log_ratio`` (null under 2 words), ``unique_words_words``.
@@ -456,16 +529,20 @@ class UniqueWords(RecordStage):
     score_columns = ("unique_words_ratio", "unique_words_log_ratio", "unique_words_words")
 
     class Params(StageParams):
-        min_log_ratio: float | None = Field(0.6, ge=0.0, le=1.0)
-        min_ratio: float | None = Field(None, ge=0.0, le=1.0)
-        min_words: int = Field(20, ge=2)
+        min_log_ratio: float | None = Field(
+            0.5, ge=0.0, le=1.0, description="lowest acceptable Herdan's C = log(distinct words) / log(words); null disables"
+        )
+        min_ratio: float | None = Field(None, ge=0.0, le=1.0, description="lowest acceptable distinct/words ratio; null: off")
+        min_words: int = Field(30, ge=2, description="judge only responses with at least this many words (tokens with a letter)")
 
     def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
         p = self.params
-        words = batch.select(_split_words(pl.col("response_text").fill_null("").str.to_lowercase())).to_series()
-        empty = words.list.count_matches("")  # "" between adjacent separators is not a word
-        n_words = (words.list.len() - empty).cast(pl.Int64)
-        n_distinct = (words.list.n_unique() - (empty > 0).cast(pl.UInt32)).cast(pl.Int64)
+        text = _without_markup(batch["response_text"]).str.to_lowercase()
+        words = text.to_frame("t").select(_split_words(pl.col("t"))).to_series()
+        # only tokens with a letter are words ("" between adjacent separators, numbers and symbols are not)
+        words = words.list.eval(pl.element().filter(pl.element().str.contains(_WORD_WITH_LETTER)))
+        n_words = words.list.len().cast(pl.Int64)
+        n_distinct = words.list.n_unique().cast(pl.Int64)
         frame = pl.DataFrame({"d": n_distinct, "w": n_words}).select(
             unique_words_ratio=(pl.col("d") / pl.col("w").replace(0, None)).cast(pl.Float64),
             unique_words_log_ratio=pl.when(pl.col("w") >= 2).then(pl.col("d").log() / pl.col("w").log()).cast(pl.Float64),
@@ -490,39 +567,55 @@ class UniqueWords(RecordStage):
 
 @register
 class GopherRepetition(RecordStage):
-    """Repetition rules of Gopher (Rae et al. 2021, table A1), as datatrove's GopherRepetitionFilter, on the response.
+    """Degenerate repetition in the response: the Gopher repetition rules (Rae et al. 2021, table A1; as
+    datatrove's GopherRepetitionFilter), calibrated for instruction answers.
 
-    Checks, in order (datatrove's order):
+    Checks, in order:
 
     1. ``dup_para_frac``: duplicate paragraphs / paragraphs (split at two or more newlines)
     2. ``dup_para_char_frac``: characters in duplicate paragraphs / characters of the response
     3. ``dup_line_frac``: duplicate lines / lines (split at newlines)
     4. ``dup_line_char_frac``: characters in duplicate lines / characters of the response
-    5. ``top_2gram_frac``, ``top_3gram_frac``, ``top_4gram_frac``: characters covered by the most frequent
+    5. ``dup_ngram_char_frac``: characters of the words inside a repeated word n-gram (n = ``dup_ngram_n``,
+       default 10) / characters of all words: a passage said again, wherever the line breaks fall
+    6. ``top_2gram_frac``, ``top_3gram_frac``, ``top_4gram_frac``: characters covered by the most frequent
        word n-gram (count x length) / characters of the response
 
     A duplicate is an element equal to an earlier one (the first occurrence is not counted).
 
-    Params:
-        dup_para_frac, dup_line_frac (default 0.30), dup_para_char_frac, dup_line_char_frac (default 0.20),
-        top_ngram_fracs (default {2: 0.20, 3: 0.18, 4: 0.16}): Gopher's thresholds; null disables a rule.
-        min_words: the rules judge only responses with at least this many words (default 100). Gopher
-            used 50 (its minimum document length), but web pages are long and instruction answers are
-            not: under ~100 words every ratio hangs on a couple of elements (a 3-line answer with two
-            "- Yes" bullets is 33% duplicate lines; a 4-gram said three times in 60 words covers 20%).
-            On shared/data, 50 flags 38 of 6,400 human-written Dolly answers and 0.7% of Alpaca, nearly
-            all fine (lists repeating a product name, "Artificial Intelligence" in every bullet); 100
-            flags none of the Dolly answers and 0.2% of Alpaca. Short loops are ``unique_words``'s job
-            (it judges from 20 words).
+    Why the defaults differ from Gopher's. Gopher's thresholds were set for web pages, where repeated lines
+    are navigation and boilerplate. In instruction answers repetition is often the answer: a song repeats
+    its chorus (a third of the lines), a survey repeats "a. Very satisfied ... e. Very dissatisfied" under
+    every question (half the lines), an HTML form repeats its closing tags, a list of questions repeats
+    "What is the difference between" (the top 4-gram covers a third of the text). A degenerate generation
+    differs in degree: the loop takes over, and most of the text is copies. So the defaults keep only the
+    rules that weigh characters, at 0.5 ("more than half of the response repeats what it already said"),
+    and turn off the count-of-elements and top-n-gram rules (null; set them for web-like text). The
+    10-gram rule sees loops that do not follow line breaks ("Eat a banana!Eat a banana!...", a sentence
+    said over and over in one paragraph), and 10 words are longer than any lead phrase a list repeats.
+    Word statistics read the text without markup tags.
 
-    Scores: the seven fractions (the top n-gram ones null below ``min_words``; the line and paragraph
-    ones for every record, so the gate can be retuned) and ``gopher_repetition_words`` (null when the
-    response is too short, in bytes, to hold ``min_words`` words, so it was not split into words).
+    On shared/data the defaults flag 2 of 9,807 Alpaca answers (a JSON request template given twice, an
+    HTML table template) and none of the 999 Alpaca-GPT-4, 1,610 AlpacaEval GPT-4/Llama-2-chat or 6,400
+    human Dolly answers, and catch 98% of real answers made to loop (a sentence, a block of lines or a
+    phrase repeated until the copies are 60-80% of the text; bench/verdict_sets/filters.py) and the
+    cookbook's "Eat a banana!" answer. Gopher's own thresholds (and a 100-word gate) rejected 0.2% of
+    Alpaca, nearly all songs, surveys, forms and question lists.
+
+    Params:
+        dup_para_frac, dup_line_frac (default null), dup_para_char_frac, dup_line_char_frac (default 0.5),
+        dup_ngram_char_frac (default 0.5) with dup_ngram_n (default 10), top_ngram_fracs (default all null;
+        Gopher's were {2: 0.20, 3: 0.18, 4: 0.16}): null disables a rule.
+        min_words: the rules judge only responses with at least this many words (default 30). Under that
+            every ratio hangs on a couple of elements.
+
+    Scores: the eight fractions (the n-gram ones null below ``min_words``; the line and paragraph ones for
+    every record, so the gate can be retuned) and ``gopher_repetition_words`` (null when the response is
+    too short, in bytes, to hold ``min_words`` words, so it was not split into words).
 
     Differences from datatrove: words are split at whitespace and punctuation instead of NLTK's word
-    tokenizer (punctuation is not a token), a top n-gram must occur at least twice, and the 5-10-gram
-    "duplicate n-gram character fraction" rules are not implemented (the top n-gram rules and
-    ``unique_words`` catch the looping generations they target in instruction data).
+    tokenizer (punctuation is not a token), a top n-gram must occur at least twice, and one duplicate
+    n-gram length is checked instead of the six (5 to 10) Gopher checks.
     """
 
     name = "gopher_repetition"
@@ -531,6 +624,7 @@ class GopherRepetition(RecordStage):
         "dup_para_char_frac",
         "dup_line_frac",
         "dup_line_char_frac",
+        "dup_ngram_char_frac",
         "top_2gram_frac",
         "top_3gram_frac",
         "top_4gram_frac",
@@ -540,6 +634,7 @@ class GopherRepetition(RecordStage):
         "gopher_repetition_dup_para_char_frac",
         "gopher_repetition_dup_line_frac",
         "gopher_repetition_dup_line_char_frac",
+        "gopher_repetition_dup_ngram_char_frac",
         "gopher_repetition_top_2gram_frac",
         "gopher_repetition_top_3gram_frac",
         "gopher_repetition_top_4gram_frac",
@@ -547,12 +642,23 @@ class GopherRepetition(RecordStage):
     )
 
     class Params(StageParams):
-        dup_para_frac: float | None = Field(0.30, ge=0.0, le=1.0)
-        dup_para_char_frac: float | None = Field(0.20, ge=0.0, le=1.0)
-        dup_line_frac: float | None = Field(0.30, ge=0.0, le=1.0)
-        dup_line_char_frac: float | None = Field(0.20, ge=0.0, le=1.0)
-        top_ngram_fracs: dict[int, float | None] = Field(default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
-        min_words: int = Field(100, ge=0)
+        dup_para_frac: float | None = Field(None, ge=0.0, le=1.0, description="max duplicate paragraphs / paragraphs (Gopher: 0.30)")
+        dup_para_char_frac: float | None = Field(
+            0.5, ge=0.0, le=1.0, description="max characters in duplicate paragraphs / characters (Gopher: 0.20)"
+        )
+        dup_line_frac: float | None = Field(None, ge=0.0, le=1.0, description="max duplicate lines / lines (Gopher: 0.30)")
+        dup_line_char_frac: float | None = Field(
+            0.5, ge=0.0, le=1.0, description="max characters in duplicate lines / characters (Gopher: 0.20)"
+        )
+        dup_ngram_char_frac: float | None = Field(
+            0.5, ge=0.0, le=1.0, description="max characters of words inside a repeated word n-gram / characters of words"
+        )
+        dup_ngram_n: int = Field(10, ge=5, le=10, description="n of the duplicate n-gram rule (Gopher: 5 to 10)")
+        top_ngram_fracs: dict[int, float | None] = Field(
+            default_factory=lambda: {2: None, 3: None, 4: None},
+            description="max characters covered by the most frequent word n-gram, per n in 2, 3, 4 (Gopher: 0.20, 0.18, 0.16)",
+        )
+        min_words: int = Field(30, ge=0, description="judge only responses with at least this many words")
 
         @field_validator("top_ngram_fracs")
         @classmethod
@@ -568,8 +674,14 @@ class GopherRepetition(RecordStage):
     def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
         p = self.params
         text = batch["response_text"].fill_null("")
+        words_text = _without_markup(text)
         ns = sorted(n for n, t in p.top_ngram_fracs.items() if t is not None)
-        tops, n_words = _top_ngram_fracs(text, ns, p.min_words)
+        tops, n_words = _top_ngram_fracs(words_text, ns, p.min_words)
+        if p.dup_ngram_char_frac is not None:
+            judged = np.flatnonzero(n_words >= max(p.min_words, p.dup_ngram_n))
+            dup_ngram = _dup_ngram_char_frac(words_text, p.dup_ngram_n, judged)
+        else:
+            dup_ngram = np.full(batch.height, np.nan)
         chars = text.str.len_chars().cast(pl.Float64).clip(lower_bound=1.0)
         cols: dict[str, pl.Series] = {}
         for kind, short in (("paragraph", "para"), ("line", "line")):
@@ -578,6 +690,7 @@ class GopherRepetition(RecordStage):
             cols[f"gopher_repetition_dup_{short}_char_frac"] = (d["dup_chars"] / chars).clip(upper_bound=1.0)
             cols[f"_{short}_parts"] = d["parts"]
             cols[f"_{short}_dups"] = d["dups"]
+        cols["gopher_repetition_dup_ngram_char_frac"] = pl.Series(dup_ngram).fill_nan(None)
         for n in (2, 3, 4):
             cols[f"gopher_repetition_top_{n}gram_frac"] = (
                 pl.Series(tops[n]).fill_nan(None) if n in tops else pl.Series([None] * batch.height, dtype=pl.Float64)
@@ -615,6 +728,18 @@ class GopherRepetition(RecordStage):
                         ),
                     )
                 )
+        if p.dup_ngram_char_frac is not None:
+            frac = pl.col("gopher_repetition_dup_ngram_char_frac")
+            checks.append(
+                (
+                    gate & (frac > p.dup_ngram_char_frac),
+                    "dup_ngram_char_frac",
+                    pl.format(
+                        "repeated {}-word passages hold {}% of the words' characters (max {}%)",
+                        pl.lit(p.dup_ngram_n), _pct(frac), pl.lit(round(p.dup_ngram_char_frac * 100)),
+                    ),
+                )
+            )
         for n in ns:
             t = p.top_ngram_fracs[n]
             frac = pl.col(f"gopher_repetition_top_{n}gram_frac")
