@@ -301,6 +301,12 @@ def calibrate(args) -> None:
             prec, rec = pooled(rates(part, f, thr))
             line.append(f"{part}: P {prec:.3f} R {rec:.3f}")
         print("  ".join(line))
+    sensitivity = {}
+    for cap in (0.05, 0.10, 0.15, 0.20):
+        saved, args.max_false_merge = args.max_false_merge, cap
+        sensitivity[cap] = choose("all")
+        args.max_false_merge = saved
+    print("  the rule's constant: " + ", ".join(f"<= {cap:.2f} -> {thr:.2f}" for cap, thr in sensitivity.items()))
     thr_new = chosen["all"]
     print(f"\nper set, fields=all: merged at {args.threshold} (old) -> {thr_new:.2f} (chosen); MinHash = exact 5-char Jaccard >= 0.7; "
           "sem-only = merged by embeddings at the chosen threshold, missed by MinHash")
@@ -320,10 +326,41 @@ def calibrate(args) -> None:
             summary.append(row)
             print(f"{t['set']:<30}{t['part']:<9}{(row['n'] if lab == 'pos' else ''):>5}{(row['n'] if lab == 'neg' else ''):>5}"
                   f"{row['old']:>8.2f}{row['chosen']:>8.2f}{row['minhash']:>9.2f}{row['semantic_only']:>9.2f}{row['minhash_only']:>9.2f}")
+    population = population_check(data, args.population, (args.threshold, thr_new)) if args.population else None
     out = WORK / "embed_calibration.json"
     out.write_text(json.dumps({"rule_max_false_merge": args.max_false_merge, "old_threshold": args.threshold,
-                               "chosen": chosen, "per_set": summary}, indent=2))
+                               "chosen": chosen, "rule_sensitivity": sensitivity, "per_set": summary,
+                               "population": population}, indent=2))
     print(f"\n(written to {out})")
+
+
+def population_check(data: Path, n: int, thresholds: tuple[float, ...]) -> dict:
+    """Unlabeled: what the stage merges among ``n`` random rows of the holdout part of the Alpaca file
+    (rows 5,000 and on) at each threshold, with the merged pairs printed for reading."""
+    from curate.frames import canonical_frame
+    from curate.stages import StageContext
+    from curate.stages.semantic import EmbeddingDedup
+    from verdict_sets import semantic as sets_mod
+
+    rows = json.loads((data / sets_mod.ALPACA).read_text(encoding="utf-8"))
+    picked = sorted(random.Random(0).sample(range(sets_mod.ALPACA_TUNE_ROWS, len(rows)), n))
+    recs = [rows[i] for i in picked]
+    frame = canonical_frame([[("user", p), ("assistant", r)] for p, r in map(sets_mod.alpaca_record, recs)])
+    ws = sets_mod.workspace(WORK / "verdicts" / "semantic")
+    out = {}
+    try:
+        print(f"\n{n:,} random Alpaca rows (holdout part), unlabeled: records merged per threshold")
+        for thr in thresholds:
+            stage = EmbeddingDedup(EmbeddingDedup.Params(threshold=thr), StageContext(workspace=ws))
+            d = stage.decide(stage.prepare(frame))
+            out[str(thr)] = d.rejects.height
+            print(f"  {thr:.2f}: {d.rejects.height} merged")
+            for uid, dup, detail in d.rejects.select("uid", "duplicate_of", "detail").iter_rows():
+                rep = recs[int(dup.removeprefix("rec"))]
+                print(f"    {rep['instruction'][:60]!r} ~ {recs[uid]['instruction'][:60]!r} ({detail.rsplit('(', 1)[-1]}")
+    finally:
+        ws.close()
+    return out
 
 
 # -- comparison (CPU) --------------------------------------------------------------------------------------
@@ -477,6 +514,7 @@ def main() -> None:
     ap.add_argument("--calibrate", action="store_true", help="sweep the threshold over the labeled pairs of bench/verdict_sets/semantic.py")
     ap.add_argument("--max-false-merge", type=float, default=0.10, help="calibrate: the most of any tune negative set the chosen threshold may merge")
     ap.add_argument("--quick", action="store_true", help="calibrate: the small sets")
+    ap.add_argument("--population", type=int, default=2000, help="calibrate: also run on this many random Alpaca rows (unlabeled; 0: skip)")
     args = ap.parse_args()
     if args.calibrate:
         calibrate(args)
