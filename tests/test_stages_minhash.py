@@ -121,30 +121,32 @@ def test_planted_near_duplicates_caught_distinct_records_not(alpaca):
     rej = dec.rejects
     assert sorted(rej["uid"].to_list()) == list(range(n, n + 150))  # no original, no other record
     assert all(ids[origin[u]] == d for u, d in zip(rej["uid"].to_list(), rej["duplicate_of"].to_list()))
-    assert rej["detail"].str.contains("estimated Jaccard 1.0").all()
+    assert rej["detail"].str.contains("Jaccard 1.0").all()
 
     # 5 % of the output's words swapped. With 5-word shingles that leaves an exact Jaccard near 0.65, below
-    # 0.8: LSH makes many of them candidates and verification must turn them down. At thresholds that fit the
-    # edit (the defaults: 5-character shingles at 0.7), exactly the pairs clearly above the acceptance point
-    # are found (about 3 standard deviations either side).
+    # 0.8: LSH makes many of them candidates and the exact check must turn them down. Every verdict is exact:
+    # no pair below the threshold merges, and nearly every pair at or above it does (LSH finds 99 % of pairs
+    # at the threshold, more above it).
     both = pl.concat([frame.slice(0, n), frame.slice(n + 150)])
     texts = (frame["prompt_text"] + "\n" + frame["response_text"]).to_list()
     for params in ({"shingle": "word", "threshold": 0.8}, {"shingle": "word", "threshold": 0.55}, {}):
         stage = _stage(**params)
-        t, accept = stage.params.threshold, stage.accept_at
+        t = stage.params.threshold
         exact = _exact_jaccard(stage, texts[n + 150 :], [texts[i] for i in swap_src])
         dec = _run(stage, both)
         found = set(dec.rejects["uid"].to_list())
         assert found <= set(range(n + 150, n + 300)), params  # never an original
-        sure = {n + 150 + i for i in np.flatnonzero(exact >= t + 0.12)}
-        never = {n + 150 + i for i in np.flatnonzero(exact <= accept - 0.12)}
-        assert sure <= found and not (never & found), params
+        above = {n + 150 + i for i in np.flatnonzero(exact >= t)}
+        assert found <= above, params  # exact: nothing below the threshold
+        # a one-word answer with its word swapped ("Fiction." -> "apple") is another answer: not a duplicate
+        answer_kept = {n + 150 + i for i, o in enumerate(swap_src) if len(base[o]["output"].split()) >= 10}
+        assert len(found & answer_kept) >= 0.95 * len(above & answer_kept), params
         if params.get("threshold") != 0.8:
-            assert len(sure) > 60, params
+            assert len(above) > 60, params
         else:
-            assert len(never) > 40 and len(found) < 30
-            candidates = set(dec.pairs.filter(pl.col("similarity") < t)["uid_b"].to_list())
-            assert len(candidates & never) > 15  # scored (so LSH proposed them), then turned down
+            assert len(found) < 30
+            candidates = set(dec.pairs["uid_b"].to_list()) if dec.pairs is not None else set()
+            assert len(candidates - above) > 15  # scored (so LSH proposed them), then turned down
 
 
 def _keep_cluster(alpaca) -> list[dict]:
@@ -174,7 +176,7 @@ def test_keep_policies(alpaca, keep, rep):
     assert sorted(dec.rejects["uid"].to_list()) == sorted({0, 1, 2} - {rep})
     assert set(dec.rejects["duplicate_of"].to_list()) == {frame["id"][rep]}
     assert dec.clusters["rep_uid"].unique().to_list() == [rep]
-    sims = dec.rejects["detail"].str.extract(r"estimated Jaccard ([0-9.]+)").cast(pl.Float64)
+    sims = dec.rejects["detail"].str.extract(r"Jaccard ([0-9.]+)").cast(pl.Float64)
     assert sims.min() >= 0.8
 
 
@@ -189,9 +191,9 @@ def test_action_group_rejects_nothing_but_returns_clusters(alpaca):
 def test_records_without_words_never_duplicates():
     frame = canonical_frame([[("user", "?!"), ("assistant", "...")], [("user", "?!"), ("assistant", "...")], [("user", "Hi there"), ("assistant", "Hello.")], [("user", "hi there!"), ("assistant", "hello")]])
     stage = _stage()
-    prepared = stage.prepare(frame)
-    assert prepared["uid"].to_list() == [2, 3]  # no signature for the two without words
-    assert stage.decide(prepared).rejects["uid"].to_list() == [3]  # a short record is one shingle: still comparable
+    dec = stage.decide(stage.prepare(frame))
+    assert dec.rejects["uid"].to_list() == [3]  # a short record is one shingle: still comparable
+    assert sorted(dec.clusters["uid"].to_list()) == [2, 3]  # the two without words are in no cluster
 
 
 def test_params_are_checked():

@@ -432,8 +432,8 @@ class MinHashDedup(GlobalStage):
         discount_boilerplate: bool = Field(True, description="remove boilerplate lines before shingling (false: compare whole texts)")
         response_containment: float = Field(
             0.5, ge=0.0, le=1.0,
-            description="with fields all, two records merge only if this share of the smaller response's shingles are in the "
-            "other response: a different task on the same passage (same input, another instruction and answer) is no duplicate",
+            description="with fields all, two records merge only if this share of the smaller response's 5-character shingles "
+            "are in the other response: a different task on the same passage (same input, another instruction and answer) is no duplicate",
         )
         passage_level: bool = Field(
             False, description="merge records on their whole text alone, whatever their responses (passage-level dedup: no response check)"
@@ -532,8 +532,9 @@ class MinHashDedup(GlobalStage):
             idx = pl.Series(docs)
             values, offsets = shingle_sets(*self.shingles(whole.gather(idx)))
             sim[lo : lo + a.size] = jaccard(*set_overlap(values, offsets, la, lb))
-            if response is not None:
-                values, offsets = shingle_sets(*self.shingles(response.gather(idx)))
+            if response is not None:  # 5-character shingles whatever `shingle` is: a swapped word in a short
+                # answer breaks five word 5-grams of maybe twenty, but only a few of its character 5-grams
+                values, offsets = shingle_sets(*char_ngram_hashes(response.gather(idx), DEFAULT_NGRAM["char"]))
                 resp[lo : lo + a.size] = containment(*set_overlap(values, offsets, la, lb))
         return sim, resp
 
