@@ -256,7 +256,8 @@ def calibrate(args) -> None:
             label = np.array([dup for _, _, dup in ps.pairs], dtype=bool)
             jac = np.array([jaccard("\n".join(ps.records[a]), "\n".join(ps.records[b])) for a, b, _ in ps.pairs])
             sim = {"all": np.minimum(cos_p, cos_r), "prompt": cos_p, "response": cos_r}
-            table.append({"set": ps.name, "part": ps.part, "label": label, "sim": sim, "jaccard": jac})
+            table.append({"set": ps.name, "part": ps.part, "label": label, "sim": sim, "jaccard": jac,
+                          "minhash_stage": minhash_stage_merges(ps, sets_mod)})
     finally:
         ws.close()
     print(f"{sum(len(t['label']) for t in table):,} labeled pairs, similarities in {time.perf_counter() - t0:.1f} s", flush=True)
@@ -308,9 +309,10 @@ def calibrate(args) -> None:
         args.max_false_merge = saved
     print("  the rule's constant: " + ", ".join(f"<= {cap:.2f} -> {thr:.2f}" for cap, thr in sensitivity.items()))
     thr_new = chosen["all"]
-    print(f"\nper set, fields=all: merged at {args.threshold} (old) -> {thr_new:.2f} (chosen); MinHash = exact 5-char Jaccard >= 0.7; "
-          "sem-only = merged by embeddings at the chosen threshold, missed by MinHash")
-    print(f"{'set':<30}{'part':<9}{'pos':>5}{'neg':>5}{'old':>8}{'chosen':>8}{'minhash':>9}{'sem-only':>9}{'mh-only':>9}")
+    print(f"\nper set, fields=all: merged at {args.threshold} (old) -> {thr_new:.2f} (chosen); jaccard = exact 5-char Jaccard >= 0.7 "
+          "over prompt + response; sem-only / jac-only = merged by one of the two only; mh-stage = the minhash_dedup stage "
+          "in this checkout, defaults")
+    print(f"{'set':<30}{'part':<9}{'pos':>5}{'neg':>5}{'old':>8}{'chosen':>8}{'jaccard':>9}{'sem-only':>9}{'jac-only':>9}{'mh-stage':>9}")
     summary = []
     for t in table:
         y = t["label"]
@@ -320,18 +322,34 @@ def calibrate(args) -> None:
             old = (t["sim"]["all"][mask] >= args.threshold - 1e-9).mean()
             new_hit = t["sim"]["all"][mask] >= thr_new - 1e-9
             mh = t["jaccard"][mask] >= 0.7
+            stage_mh = t["minhash_stage"]
             row = {"set": t["set"], "part": t["part"], "label": lab, "n": int(mask.sum()), "old": round(float(old), 3),
-                   "chosen": round(float(new_hit.mean()), 3), "minhash": round(float(mh.mean()), 3),
-                   "semantic_only": round(float((new_hit & ~mh).mean()), 3), "minhash_only": round(float((mh & ~new_hit).mean()), 3)}
+                   "chosen": round(float(new_hit.mean()), 3), "jaccard": round(float(mh.mean()), 3),
+                   "semantic_only": round(float((new_hit & ~mh).mean()), 3), "jaccard_only": round(float((mh & ~new_hit).mean()), 3),
+                   "minhash_stage": round(float(stage_mh[mask].mean()), 3) if stage_mh is not None else None}
             summary.append(row)
             print(f"{t['set']:<30}{t['part']:<9}{(row['n'] if lab == 'pos' else ''):>5}{(row['n'] if lab == 'neg' else ''):>5}"
-                  f"{row['old']:>8.2f}{row['chosen']:>8.2f}{row['minhash']:>9.2f}{row['semantic_only']:>9.2f}{row['minhash_only']:>9.2f}")
+                  f"{row['old']:>8.2f}{row['chosen']:>8.2f}{row['jaccard']:>9.2f}{row['semantic_only']:>9.2f}{row['jaccard_only']:>9.2f}"
+                  f"{(format(row['minhash_stage'], '.2f') if row['minhash_stage'] is not None else '-'):>9}")
     population = population_check(data, args.population, (args.threshold, thr_new)) if args.population else None
     out = WORK / "embed_calibration.json"
     out.write_text(json.dumps({"rule_max_false_merge": args.max_false_merge, "old_threshold": args.threshold,
                                "chosen": chosen, "rule_sensitivity": sensitivity, "per_set": summary,
                                "population": population}, indent=2))
     print(f"\n(written to {out})")
+
+
+def minhash_stage_merges(ps, sets_mod):
+    """Per pair of ``ps``: did the minhash_dedup stage (this checkout's defaults) put both in one cluster?"""
+    import numpy as np
+
+    from curate.stages import StageContext
+    from curate.stages.minhash import MinHashDedup
+
+    stage = MinHashDedup(MinHashDedup.Params(), StageContext())
+    d = stage.decide(stage.prepare(sets_mod._frame(ps)))
+    rep = dict(zip(d.clusters["uid"].to_list(), d.clusters["rep_uid"].to_list())) if d.clusters is not None else {}
+    return np.array([a in rep and rep[a] == rep.get(b) for a, b, _ in ps.pairs], dtype=bool)
 
 
 def population_check(data: Path, n: int, thresholds: tuple[float, ...]) -> dict:
