@@ -453,7 +453,7 @@ def _p3_doc_key(row: dict) -> str:
 
 
 def _p3_question_key(row: dict) -> str:
-    m = re.search(r'(?:Question: "|question[^"\n]*\n*\s*")([^"]+)"', row["prompt"])
+    m = re.search(r'Question: "?([^"\n]+)"?', row["prompt"])
     return (m.group(1) if m else "").strip().lower()
 
 
@@ -464,7 +464,7 @@ def _p3_sets(shared: Path, quick: bool) -> list[dict]:
     convs = [[("user", r["prompt"]), ("assistant", r["completion"])] for r in rows]
     decision, _ = run_stage(convs, {})
     cluster = cluster_of(decision, len(rows))
-    part_of = lambda r: "tune" if zlib.crc32(_p3_doc_key(r).encode()) % 2 == 0 else "holdout"  # noqa: E731
+    part_of = lambda r: "tune" if zlib.crc32(("part " + _p3_doc_key(r)).encode()) % 2 == 0 else "holdout"  # noqa: E731
     out = []
     # positives: same document (and question), same reference, another template
     by_doc = defaultdict(list)
