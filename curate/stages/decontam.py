@@ -1,60 +1,80 @@
 """Decontamination: reject training records that contain text of an evaluation set.
 
-The evidence is word n-gram overlap (13-grams by default), with the tokenization of
-:mod:`curate.stages.ngrams` on both sides: lowercased ``\\w+`` runs, so case, punctuation and whitespace
-do not matter ("Question: What causes sound?" and "question what causes SOUND" are the same words).
+Evidence is word overlap after the same normalization on both sides (:func:`normalize`), so the way an eval
+item is written down does not decide whether its copy is found:
 
-Units of evidence. Every text (a training turn, an eval item's field) gives its word ``ngram``-grams, each
-text separately (an n-gram never spans two turns or two fields). On the eval side a short item adds one
-more unit:
+- Field labels are not words of the item: ``Question:``, ``Answer:``, ``Q:``, ``A:``, ``Options:``,
+  ``Choices:``, ``Context:``... (:data:`FIELD_LABELS`, anywhere, and any single word followed by a colon at the
+  start of a line). TriviaQA stores ``"Question: ... \\nAnswer:"`` and ARC ``"Question: ..."`` around the
+  question; a training copy without them is the same words.
+- Choice markers are not words either: ``A.``, ``(B)``, ``c)``, ``1.``, ``[2]``, ``-``, ``*``, ``•`` at the
+  start of a line, and ``(B)``, ``b)``, ``(2)``, ``B.``, ``B:`` inside one. Re-lettered, numbered, bulleted
+  and inline choice lists become the same word sequence.
+- Case, punctuation and whitespace never counted: words are lowercased ``\\w+`` runs
+  (:mod:`curate.stages.ngrams`).
 
-- Short-item rule. When an item's stem (its question, see below) has fewer than ``ngram`` words, each of
-  its lines of at least ``min_words`` words is hashed whole, as one unit, and it matches a training text
-  only where that text has the same words *as a whole line* (a turn of its own, or one line of a turn).
-  A quarter of ARC-Easy is shorter than a 13-gram ("Question: What causes sound?", 4 words counting the
-  label), so without this they could never be found. GPT-3 matched short items anywhere in the training
-  text, which needs every n-gram size on the training side and brings back the spurious collisions that
-  made it stop at N = 8; a whole line is specific enough at 4 words and costs one hash per training line.
-  Only the stem gets this unit: a short choice or answer ("A penny saved is a penny earned.", "1, 2, 3,
-  4.") inside a training text is not a copy of the item. (Labels are words: a stem stored as "Question:
-  ..." matches a training line that keeps the label; longer stems match through their n-grams anyway.)
+Labels, markers, line breaks and sentence punctuation (``.?!;:`` before a space, quotes, brackets, ``|``)
+also mark **segment boundaries**: a segment is a sentence, a line, a field, a choice. Turns of a training
+record are joined with a line break, so a unit may run from the prompt into the response.
+
+Two kinds of units are evidence:
+
+- ``ngram``-grams (13 words by default) of each eval item's text, read as its stem (the question) followed
+  by its other strings (choices, answers...), and as the stem followed by each one of them: a copy of the
+  question with its choices in order, or of the question with its answer, matches across the join.
+- Whole units, for what is shorter than one n-gram: the stem alone, the stem followed by one of the item's
+  other strings, and the stem followed by all of them, each when it has ``min_words`` to ``ngram - 1``
+  words. A whole unit matches a training text only where the text has the same words **from a segment
+  start to a segment end**: the question as a sentence (or a run of sentences) of its own, anywhere in
+  the record ("Answer this trivia question: Who wrote X? Give a short answer."), never as part of a longer
+  sentence ("Who wrote X" inside "Who wrote X's biography in 1990?"). Only the stem is a question: a
+  choice or an answer is never a whole unit on its own, however short the stem ("All of the above" or
+  "True" in a training text copies no item), and a stem shorter than ``min_words`` counts only together
+  with the item's other text.
+
+The stem is the string under the best-ranked key of :data:`STEM_KEYS` (question, query, stem, prompt...);
+in a file without such a key (MMLU's headerless CSV, MT-Bench's ``turns``) it is the first field, in
+reading order, whose values differ between nearly all items of the file (:data:`STEM_DISTINCT`) and are
+more than one word on average: MMLU's question column, TruthfulQA's ``Question`` column even when the
+header row is read as data, never a category or a choice column. Strings are NFC-normalized.
 
 Eval side. ``eval_sets`` names files in any format curate reads (JSONL, JSON, CSV/TSV, Parquet; paths,
 directories or globs, relative to the config's folder). An eval item is one record of such a file, and its
-text is every string value in it, nested lists and objects flattened (question, choices, answer...; keys,
-numbers and booleans are not text): MMLU's headerless CSV, ARC's ``{query, choices, gold}``, GSM8K's
-``{question, answer}`` and TruthfulQA's CSV all work without a mapping. The stem is the string under the
-best-ranked of :data:`STEM_KEYS` (question, query, stem, prompt, ...), failing that the first string of at
-least ``min_words`` words (the first column of MMLU). CSV files are read with the first row as data unless
-the eval set says ``csv_header: true`` (a header row read as data is one harmless extra item: column names
-are too short to be evidence). A unit found in more than ``max_eval_items`` eval items is a template of the
-eval set (MMLU's moral_scenarios repeats one 20-word question stem in all 895 items), not an item's
-content, and is left out of the index. Eval sets are read once, on the first batch.
+text is every string value in it, nested lists and objects flattened (keys, numbers and booleans are not
+text): MMLU's headerless CSV, ARC's ``{query, choices, gold}``, GSM8K's ``{question, answer}`` and
+TruthfulQA's CSV all work without a mapping. CSV files are read with the first row as data unless the eval
+set says ``csv_header: true``. A unit found in more than ``max_eval_items`` eval items is a template of the
+eval set (MMLU's moral_scenarios repeats one 20-word question stem in all 895 items; "Which of the
+following is true?" opens many MMLU items), not an item's content, and is left out of the index. Eval sets
+are read once, on the first batch.
 
 The index is three sorted NumPy arrays (unit hash, first eval item, unit length), looked up with a
-bitmap prefilter then ``np.searchsorted``: no Python object per n-gram.
+bitmap prefilter then ``np.searchsorted``. Whole units of a training text are hashed for every run of
+segments from a segment start, in one NumPy pass (a cumulative sum of position-weighted word hashes),
+so a record costs its n-grams plus about ``ngram`` hashes per segment: no Python object per unit.
 
 Training side. ``prepare(batch)`` hashes the units of the chosen turns (``fields``: all, prompt or
-response), vectorized, and keeps only the units found in the index: ``uid``, ``id``, the unit's hash,
-its turn and first word, and the matched words (rebuilt for the hits only, which are rare). It also emits
-one tally row per batch (``uid`` null, ``batch_records``) so that ``decide`` knows N, the number of
-records that reached the stage.
+response), vectorized, and keeps only the units found in the index: ``uid``, ``id``, the unit's hash, its
+first word and the matched words (rebuilt for the hits only, which are rare). It also emits one tally row
+per batch (``uid`` null, ``batch_records``) so that ``decide`` knows N, the number of records that reached
+the stage.
 
 Boilerplate. ``decide(prepared)`` counts, per matched unit, the distinct training records that contain it.
 A unit in more than ``max(boilerplate_max_records, boilerplate_fraction * N)`` records is boilerplate
 (a system prompt, a license header, an instruction template that an eval file happens to share), not
 evidence. Frequency is measured on the training side only, and only among the units that match an eval
-item: those are the only units ``prepare`` keeps, so memory grows with the hits, never with the number of
-distinct training n-grams (a billion for a million records). Defaults: 50 records or 0.1% of the
-records, whichever is larger, so an eval question copied a few dozen times (TruthfulQA's fine-tuning file
-has each question about 27 times) is still contamination, while a sentence in thousands of records is not.
+item, so memory grows with the hits, never with the number of distinct training n-grams. Defaults: 50
+records or 0.1% of the records, whichever is larger, so an eval question copied a few dozen times
+(TruthfulQA's fine-tuning file has each question about 27 times) is still contamination, while a sentence in
+thousands of records is not.
 
 A record with at least ``min_matches`` non-boilerplate units is rejected, reason ``contaminated``; the
 detail names the eval item with the most matched units (``file:line``, the file relative to the config's
-folder when it is inside it, or the eval set's ``name``), the number of units, and the matched span
-(the record's words from its first to its last matched unit of that item, truncated)::
+folder when it is inside it, or the eval set's ``name``), the number of units, and the matched span (the
+record's normalized words from its first to its last matched unit of that item, truncated)::
 
-    13-gram overlap with arc/arc_easy_shared.jsonl:2 (6 n-grams): "question which piece of safety equipment ..."
+    13-gram overlap with arc/arc_easy_shared.jsonl:2 (5 n-grams): "which piece of safety equipment ..."
+    whole-question overlap (3 words) with arc/arc_easy_shared.jsonl:31 (1 n-gram): "what causes sound"
 """
 
 from __future__ import annotations
@@ -72,118 +92,219 @@ from pydantic import Field, model_validator
 from curate.stages import GlobalStage, StageContext, StageParams, empty_rejects, register
 from curate.stages.ngrams import ngram_hashes, word_hashes, words
 
-# A word that stands for a line break while tokenizing, so lines are found in the same pass as words;
-# it is removed before hashing. (Text that contains it literally only gets an extra line break.)
-_BREAK_WORD = "zqxjcuratelinebreakzqxj"
+# A word that stands for a segment boundary while tokenizing, so boundaries are found in the same pass as
+# words; it is removed before hashing. (Text that contains it literally only gets an extra boundary.)
+_BREAK_WORD = "zqxjcuratebreakzqxj"
 _BREAK_HASH = word_hashes(pl.Series([_BREAK_WORD]))[0][0]
+_BREAK = f" {_BREAK_WORD} "
 
 SPAN_CHARS = 160  # characters of matched text shown in a detail
+
+# Field names that label a part of an eval item or a prompt template ("Question:", "A:"); followed by a
+# colon they are a boundary, not words.
+FIELD_LABELS = (
+    "question", "questions", "answer", "answers", "q", "a", "options", "option", "choices", "choice",
+    "context", "passage", "input", "output", "response", "instruction", "hint", "premise", "hypothesis",
+    "sentence", "goal", "solution", "query", "prompt", "ending", "endings", "problem", "explanation",
+)
+_LABEL_RE = r"(?i)\b(?:" + "|".join(FIELD_LABELS) + r")[ \t]*:"
+# any one word then a colon opens a line as a label ("Scenario:", "Note:")
+_LINE_LABEL_RE = r"(?m)^[ \t]*[^\W\d_][\w'-]{0,24}[ \t]*:(?:[ \t]|$)"
+# choice markers and bullets at the start of a line: "A.", "(b)", "c)", "1.", "10)", "iv.", "[2]", "-", "*", "•"
+_LINE_MARKER_RE = r"(?m)^[ \t]*(?:[-*•·▪◦‣>]+|\(?(?:[A-Za-z]|\d{1,2}|[ivxIVX]{1,4})[.):\]]|\[(?:[A-Za-z]|\d{1,2})\])[ \t]+"
+# choice markers inside a line: "(B) ", "b) ", "(2) ", "B. ", "B: " (capital A-H only with a period or
+# colon, so the article "a" and words like "Vitamin C" before a comma are untouched)
+_INLINE_MARKER_RE = r"(?:^|\s)(?:\(?[A-Ha-h]\)|\(\d{1,2}\)|[A-H][.:])\s"
+# sentence ends (punctuation before a space or the end), line breaks, quotes, brackets, table bars
+_BOUNDARY_RE = r"[.?!;:]+[)\"'”’\]]*(?:\s|$)|\n|[\"“”«»()\[\]{}|]"
+
+# Words that say nothing about which item a short question is ("who are you", "what is it"): a whole unit
+# needs `min_content_words` words outside this list. English function words plus the words of generic
+# answer choices ("all of the above", "none of these", "true", "false").
+FUNCTION_WORDS = (
+    "a an the and or but nor if then than so as of to in on at by for with from into onto about over under "
+    "is are was were be been being am do does did done have has had having can could will would shall should "
+    "may might must i me my mine you your yours he him his she her hers it its we us our ours they them their "
+    "theirs this that these those there here what which who whom whose when where why how not no yes all any "
+    "some one each every both either neither none other others such own same just very too also only more most "
+    "many much few up down out off again s t don above below true false following"
+).split()
+_FUNCTION_HASHES = np.unique(word_hashes(pl.Series([" ".join(FUNCTION_WORDS)]))[0])
 
 PREPARED_SCHEMA: dict[str, pl.DataType] = {
     "uid": pl.Int64,
     "id": pl.Utf8,
     "gram": pl.UInt64,
-    "turn": pl.Int32,
     "start": pl.Int32,
     "span": pl.Utf8,
     "batch_records": pl.Int64,
 }
 
+# one odd 64-bit multiplier per position in a whole unit (fixed: hashes are stable across runs and machines;
+# a different stream from the n-grams' so a whole unit never equals an n-gram)
+_UNIT_MULT = np.random.default_rng(20261205).integers(1 << 62, 1 << 63, size=64, dtype=np.uint64) | np.uint64(1)
+
 
 class EvalSet(StageParams):
     """One eval set: a file, directory or glob; ``name`` replaces the path in details."""
 
-    path: str
-    name: str | None = None
-    csv_header: bool | list[str] = False
+    path: str = Field(..., description="eval file, directory or glob, relative to the config's folder")
+    name: str | None = Field(None, description="shown instead of the path in details")
+    csv_header: bool | list[str] = Field(False, description="CSV/TSV: true when the first row names the columns (or the names)")
+
+
+def normalize(texts: pl.Series) -> pl.Series:
+    """Texts with field labels, choice markers, line breaks and sentence punctuation replaced by a boundary
+    word (see the module docstring); the words that remain are the evidence. Vectorized (Polars regex)."""
+    out = texts.fill_null("")
+    for pattern in (_LABEL_RE, _LINE_LABEL_RE, _LINE_MARKER_RE, _INLINE_MARKER_RE, _BOUNDARY_RE):
+        out = out.str.replace_all(pattern, _BREAK)
+    return out
+
+
+@dataclass
+class Tokens:
+    """Words of normalized texts: ``hash[offsets[d]:offsets[d + 1]]`` are text d's words (boundaries
+    dropped); ``seg_start``/``seg_end`` flag the words that open or close a segment."""
+
+    hash: np.ndarray
+    offsets: np.ndarray
+    seg_start: np.ndarray
+    seg_end: np.ndarray
+
+
+def tokens(texts: pl.Series) -> Tokens:
+    """Tokens of texts (normalized here with :func:`normalize`)."""
+    hashes, offsets = word_hashes(normalize(texts))
+    brk = hashes == _BREAK_HASH
+    keep = np.flatnonzero(~brk)
+    kept_before = np.zeros(hashes.size + 1, dtype=np.int64)
+    np.cumsum(~brk, out=kept_before[1:])
+    new_offsets = kept_before[offsets]
+    seg_start = np.zeros(keep.size, dtype=bool)
+    seg_end = np.zeros(keep.size, dtype=bool)
+    if keep.size:
+        gap = np.diff(keep) > 1  # a boundary was dropped between two kept words
+        seg_start[1:] = gap
+        seg_end[:-1] = gap
+        nonempty = np.diff(new_offsets) > 0
+        seg_start[new_offsets[:-1][nonempty]] = True
+        seg_end[new_offsets[1:][nonempty] - 1] = True
+    return Tokens(hashes[keep], new_offsets, seg_start, seg_end)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer on a uint64 array (a new array)."""
+    x = x ^ (x >> np.uint64(30))
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
+
+
+def prefix_hashes(hashes: np.ndarray, first: np.ndarray, width: int) -> np.ndarray:
+    """``out[i, j]``: the whole-unit hash of words ``first[i] .. first[i] + j`` of ``hashes``, for j < width
+    (``mix(sum_k hashes[first + k] * M_k)``); columns that run past the end of the array are meaningless,
+    callers mask them."""
+    if first.size == 0 or hashes.size == 0 or width == 0:
+        return np.zeros((first.size, width), dtype=np.uint64)
+    idx = np.minimum(first[:, None] + np.arange(width, dtype=np.int64), hashes.size - 1)
+    return _mix(np.cumsum(hashes[idx] * _UNIT_MULT[:width], axis=1, dtype=np.uint64))
 
 
 @dataclass
 class Units:
     """Units of a list of texts: ``hash[i]`` is unit i, of ``length[i]`` words starting at word ``start[i]``
-    of text ``doc[i]`` (``doc`` is filled only when asked for)."""
+    of text ``doc[i]``."""
 
     hash: np.ndarray
     doc: np.ndarray
     start: np.ndarray
     length: np.ndarray
 
-
-def _tokens(texts: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(word hashes, word offsets per text, line-start flag per word), line breaks dropped."""
-    marked = texts.fill_null("").str.replace_all("\n", f" {_BREAK_WORD} ", literal=True)
-    hashes, offsets = word_hashes(marked)
-    brk = hashes == _BREAK_HASH
-    if not brk.any():
-        line_start = np.zeros(hashes.size, dtype=bool)
-        line_start[offsets[:-1][np.diff(offsets) > 0]] = True
-        return hashes, offsets, line_start
-    keep = np.flatnonzero(~brk)
-    kept_before = np.zeros(hashes.size + 1, dtype=np.int64)
-    np.cumsum(~brk, out=kept_before[1:])
-    new_offsets = kept_before[offsets]
-    # a kept word starts a line when a break was dropped just before it, or when it starts its text
-    line_start = np.ones(keep.size, dtype=bool)
-    if keep.size:
-        line_start[1:] = np.diff(keep) > 1
-    starts = new_offsets[:-1][np.diff(new_offsets) > 0]
-    line_start[starts] = True
-    return hashes[keep], new_offsets, line_start
+    @staticmethod
+    def concat(parts: list["Units"]) -> "Units":
+        return Units(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("hash", "doc", "start", "length")))
 
 
-def text_units(texts: pl.Series, n: int, min_words: int, with_doc: bool = True) -> tuple[Units, np.ndarray, np.ndarray]:
-    """The n-grams of each text plus each line of ``min_words`` to ``n - 1`` words as one unit.
+def ngram_units(tok: Tokens, n: int) -> Units:
+    """Every word n-gram of each text."""
+    grams, gram_offsets, starts = ngram_hashes(tok.hash, tok.offsets, n, short_docs=False)
+    doc = np.repeat(np.arange(tok.offsets.size - 1, dtype=np.int64), np.diff(gram_offsets))
+    return Units(grams, doc, starts.astype(np.int64), np.full(grams.size, n, dtype=np.int64))
 
-    Units come n-grams first (text by text, ``gram_offsets`` delimit them), then short lines (``line_doc``
-    is the text of each). Returns ``(units, gram_offsets, line_doc)``; ``units.doc`` is filled only with
-    ``with_doc`` (the training side needs it for its few hits only).
-    """
-    hashes, offsets, line_start = _tokens(texts)
-    grams, gram_offsets, starts = ngram_hashes(hashes, offsets, n, short_docs=False)
-    n_grams = grams.size
-    # short lines: the words of each line of min_words..n-1 words, hashed whole (short_docs)
-    line_first = np.flatnonzero(line_start)
-    line_len = np.diff(np.append(line_first, hashes.size))
-    short = (line_len >= min_words) & (line_len < n)
-    s_first, s_len = line_first[short], line_len[short]
-    if s_first.size:
-        s_offsets = np.zeros(s_first.size + 1, dtype=np.int64)
-        np.cumsum(s_len, out=s_offsets[1:])
-        pos = np.repeat(s_first - s_offsets[:-1], s_len) + np.arange(s_offsets[-1], dtype=np.int64)
-        s_hash, _, _ = ngram_hashes(hashes[pos], s_offsets, n, short_docs=True)
-        s_doc = np.searchsorted(offsets, s_first, side="right") - 1
-        s_start = s_first - offsets[s_doc]
-    else:
-        s_hash = np.zeros(0, dtype=np.uint64)
-        s_doc = s_start = np.zeros(0, dtype=np.int64)
-    all_hash = np.concatenate([grams, s_hash])
-    start = np.concatenate([starts, s_start])
-    length = np.concatenate([np.full(n_grams, n, dtype=np.int64), s_len.astype(np.int64)])
-    doc = np.zeros(0, dtype=np.int64)
-    if with_doc:
-        g_doc = np.repeat(np.arange(offsets.size - 1, dtype=np.int64), np.diff(gram_offsets))
-        doc = np.concatenate([g_doc, s_doc])
-    return Units(all_hash, doc, start, length), gram_offsets, s_doc
+
+def whole_units(tok: Tokens, min_words: int, max_words: int, min_content: int = 0) -> Units:
+    """Each text of ``min_words`` to ``max_words`` words, at least ``min_content`` of them not
+    :data:`FUNCTION_WORDS`, hashed whole (the eval side's whole units)."""
+    length = np.diff(tok.offsets)
+    content = np.bincount(
+        np.repeat(np.arange(length.size), length), weights=~np.isin(tok.hash, _FUNCTION_HASHES), minlength=length.size
+    )
+    sel = np.flatnonzero((length >= min_words) & (length <= max_words) & (content >= min_content))
+    if sel.size == 0:
+        return Units(*(np.zeros(0, dtype=t) for t in (np.uint64, np.int64, np.int64, np.int64)))
+    mat = prefix_hashes(tok.hash, tok.offsets[sel], max_words)
+    return Units(mat[np.arange(sel.size), length[sel] - 1], sel.astype(np.int64), np.zeros(sel.size, dtype=np.int64), length[sel].astype(np.int64))
+
+
+def segment_run_units(tok: Tokens, min_words: int, max_words: int) -> Units:
+    """Every run of words from a segment start to a segment end, of ``min_words`` to ``max_words`` words
+    (the training side's candidates for whole units)."""
+    first = np.flatnonzero(tok.seg_start)
+    if first.size == 0 or max_words < min_words:
+        return Units(*(np.zeros(0, dtype=t) for t in (np.uint64, np.int64, np.int64, np.int64)))
+    doc = np.searchsorted(tok.offsets, first, side="right") - 1
+    end = tok.offsets[doc + 1]
+    mat = prefix_hashes(tok.hash, first, max_words)
+    idx = first[:, None] + np.arange(max_words, dtype=np.int64)
+    ok = (idx < end[:, None]) & tok.seg_end[np.minimum(idx, tok.hash.size - 1)]
+    ok[:, : min_words - 1] = False
+    r, k = np.nonzero(ok)
+    return Units(mat[r, k], doc[r], (first[r] - tok.offsets[doc[r]]).astype(np.int64), (k + 1).astype(np.int64))
+
+
+def display_words(texts: pl.Series) -> list[list[str]]:
+    """The words of each text as the units count them (normalized, lowercased, boundaries dropped), for
+    showing matched spans (a few texts: the hits)."""
+    return [[w for w in ws if w != _BREAK_WORD] for ws in words(normalize(texts)).to_list()]
 
 
 class EvalIndex:
     """Units of all eval items: sorted hashes, the first item holding each, and the unit's length."""
 
-    def __init__(self, files: list[str], item_file: np.ndarray, item_line: np.ndarray, units: Units, max_items: int):
+    def __init__(self, files: list[str], item_file: np.ndarray, item_line: np.ndarray, units: Units, max_items: int,
+                 count_only: Units | None = None):
+        """``units`` are the evidence; ``count_only`` units (the segment runs of the items' own texts) only count
+        towards how many items contain a unit: a whole question that is a sentence of many other items
+        ("Which of the following is true?") is a template even where it is the whole stem of only a few."""
         self.files = files
         self.item_file = item_file
         self.item_line = item_line
-        # one row per distinct (hash, item); the first item per hash is the one named in details
-        order = np.lexsort((units.doc, units.hash))
-        h, it, ln = units.hash[order], units.doc[order], units.length[order]
+        extra = count_only if count_only is not None else Units(*(np.zeros(0, dtype=t) for t in (np.uint64, np.int64, np.int64, np.int64)))
+        all_h = np.concatenate([units.hash, extra.hash])
+        all_it = np.concatenate([units.doc, extra.doc])
+        all_ln = np.concatenate([units.length, extra.length])
+        counting = np.concatenate([np.zeros(units.hash.size, dtype=bool), np.ones(extra.hash.size, dtype=bool)])
+        # one row per distinct (hash, item), an evidence row where the item has one; the first item per hash
+        # holding it as evidence is the one named in details
+        order = np.lexsort((counting, all_it, all_h))
+        h, it, ln, cnt = all_h[order], all_it[order], all_ln[order], counting[order]
         distinct = np.ones(h.size, dtype=bool)
         distinct[1:] = (h[1:] != h[:-1]) | (it[1:] != it[:-1])
-        h, it, ln = h[distinct], it[distinct], ln[distinct]
+        h, it, ln, cnt = h[distinct], it[distinct], ln[distinct], cnt[distinct]
         first = np.ones(h.size, dtype=bool)
         first[1:] = h[1:] != h[:-1]
         starts = np.flatnonzero(first)
         n_items = np.diff(np.append(starts, h.size))
-        keep = n_items <= max_items
+        row_items = np.repeat(n_items, n_items)
+        ev = ~cnt
+        h, it, ln, row_items = h[ev], it[ev], ln[ev], row_items[ev]
+        first = np.ones(h.size, dtype=bool)
+        first[1:] = h[1:] != h[:-1]
+        starts = np.flatnonzero(first)
+        keep = row_items[starts] <= max_items
         self.templates = int((~keep).sum())
         self.hash = h[starts][keep]
         self.item = it[starts][keep].astype(np.int64)
@@ -213,65 +334,85 @@ class EvalIndex:
         return np.searchsorted(self.hash, grams)
 
     def ref(self, item: int) -> str:
+        """``file:line`` of an item."""
         return f"{self.files[self.item_file[item]]}:{self.item_line[item]}"
 
 
 # Keys that name an eval item's stem (its question), best first; see _item_texts.
 STEM_KEYS = ("question", "query", "stem", "prompt", "problem", "instruction", "input", "goal", "ctx", "context", "sentence", "passage")
 _STEM_RANK = {k: i for i, k in enumerate(STEM_KEYS)}
+# A file without a stem key: its stem is the first field whose values differ in at least this share of the
+# items (a question column; a category, a type or an answer-letter column repeats)
+STEM_DISTINCT = 0.9
 _WORD = re.compile(r"\w+")
+ID_KEYS = ("id", "idx", "uid", "label", "answerkey", "answer_key", "gold_label")
 
 
-def _item_texts(rec: Any, min_words: int) -> tuple[list[str], int]:
-    """Every string inside a parsed eval record, depth first (keys, numbers and booleans are not text),
-    and the position of its stem among them (-1 if none).
-
-    The stem is the string under the best-ranked key of :data:`STEM_KEYS`; failing one, the first string
-    of at least ``min_words`` words (the question column of MMLU's headerless CSV).
-    """
+def _item_texts(rec: Any) -> tuple[list[str], list[str], int]:
+    """Every string inside a parsed eval record, depth first (keys, numbers and booleans are not text), the
+    field path of each (``question.stem``, ``choices[2]``, ``c0``), and the position of the string under
+    the best-ranked key of :data:`STEM_KEYS` (-1 if none)."""
     out: list[str] = []
+    slots: list[str] = []
     best = (len(STEM_KEYS), -1)
 
-    def walk(value: Any, key: str | None) -> None:
+    def walk(value: Any, key: str | None, path: str) -> None:
         nonlocal best
         if isinstance(value, str):
-            if value.strip():
+            # ids, choice labels and answer keys ("8-343", "B") are not text of the item
+            if len(value.strip()) > 1 and not (key and (key.lower() in ID_KEYS or key.lower().endswith("_id"))):
                 rank = _STEM_RANK.get(key.lower(), len(STEM_KEYS)) if key else len(STEM_KEYS)
                 if rank < best[0]:
                     best = (rank, len(out))
                 out.append(value if value.isascii() else unicodedata.normalize("NFC", value))
+                slots.append(path)
         elif isinstance(value, dict):
             for k, v in value.items():
-                walk(v, str(k))
+                walk(v, str(k), f"{path}.{k}" if path else str(k))
         elif isinstance(value, (list, tuple)):
-            for v in value:
-                walk(v, key if isinstance(v, str) else None)
+            for i, v in enumerate(value):
+                walk(v, key if isinstance(v, str) else None, f"{path}[{i}]")
 
-    walk(rec, None)
-    stem = best[1]
+    walk(rec, None, "")
+    return out, slots, best[1]
+
+
+def _file_stem_slot(items: list[tuple[list[str], list[str], int]]) -> str | None:
+    """For a file whose items have no stem key: the first field path (in reading order) whose values are
+    distinct in at least :data:`STEM_DISTINCT` of the items holding it and average more than one word."""
+    order: dict[str, None] = {}
+    values: dict[str, list[str]] = {}
+    for texts, slots, _ in items:
+        for t, s in zip(texts, slots):
+            order.setdefault(s)
+            values.setdefault(s, []).append(t)
+    for slot in order:
+        vals = values[slot]
+        distinct = len(set(vals)) / len(vals)
+        mean_words = sum(len(_WORD.findall(v)) for v in vals) / len(vals)
+        if distinct >= STEM_DISTINCT and mean_words > 1:
+            return slot
+    return None
+
+
+def _unit_texts(texts: list[str], stem: int) -> tuple[list[str], list[str]]:
+    """(texts whose n-grams are units, texts that are whole units when short) of one eval item: the stem
+    followed by all its other strings and by each one of them; the stem alone is a whole unit too. An item
+    without a stem gives its strings joined, for n-grams only."""
     if stem < 0:
-        stem = next((i for i, t in enumerate(out) if len(_WORD.findall(t)) >= min_words), -1)
-    return out, stem
+        return ["\n".join(texts)], []
+    head = texts[stem]
+    others = texts[:stem] + texts[stem + 1 :]
+    every = "\n".join([head, *others])
+    pairs = [f"{head}\n{o}" for o in others] if len(others) > 1 else []
+    return [every, *pairs], [head, every, *pairs] if others else [head]
 
 
 @register
 class Decontaminate(GlobalStage):
-    """Rejects training records that share word n-grams with an eval set (reason ``contaminated``).
-
-    Params:
-        eval_sets: eval files (JSONL/JSON/CSV/TSV/Parquet; file, directory or glob, relative to the
-            config's folder), each a path or ``{path, name, csv_header}``. A missing one is an error before
-            any work starts. CSV files are read with the first row as data unless ``csv_header: true``.
-        ngram: n-gram size in words (13).
-        min_words: short-item rule: an eval item's stem of fewer than ``ngram`` words is evidence on its
-            own when it has at least ``min_words`` words and a training text has it as a whole line (4).
-        fields: the training text checked: ``all`` turns (default), ``prompt`` (system and user) or
-            ``response`` (assistant).
-        boilerplate_max_records, boilerplate_fraction: a unit in more than
-            ``max(boilerplate_max_records, boilerplate_fraction * N)`` of the N training records reaching
-            the stage is boilerplate, not evidence (50 and 0.001).
-        max_eval_items: a unit found in more eval items than this is an eval template, not evidence (10).
-        min_matches: distinct units needed to call a record contaminated (1).
+    """Rejects training records that share words with an eval set (reason ``contaminated``): a word n-gram
+    of an eval item, or an item's whole short question as a segment of the record, after field labels and
+    choice markers are normalized away on both sides.
 
     See the module docstring for the rules and why they are so.
     """
@@ -280,14 +421,29 @@ class Decontaminate(GlobalStage):
     reasons = ("contaminated",)
 
     class Params(StageParams):
-        eval_sets: list[str | EvalSet] = Field(min_length=1)
-        ngram: int = Field(13, ge=2, le=64)
-        min_words: int = Field(4, ge=1)
-        fields: Literal["all", "prompt", "response"] = "all"
-        boilerplate_max_records: int = Field(50, ge=1)
-        boilerplate_fraction: float = Field(0.001, ge=0, le=1)
-        max_eval_items: int = Field(10, ge=1)
-        min_matches: int = Field(1, ge=1)
+        eval_sets: list[str | EvalSet] = Field(
+            ..., min_length=1,
+            description="eval files (JSONL/JSON/CSV/TSV/Parquet; file, directory or glob, relative to the config's "
+            "folder), each a path or {path, name, csv_header}; CSV files are read with the first row as data "
+            "unless csv_header: true",
+        )
+        ngram: int = Field(13, ge=2, le=64, description="n-gram size in words")
+        min_words: int = Field(
+            3, ge=1,
+            description="whole units (an item's question, alone or with its choices, shorter than ngram words) "
+            "need at least this many words; a training text must have them from a segment start to a segment end",
+        )
+        min_content_words: int = Field(
+            2, ge=0, description="whole units need at least this many words that are not function words "
+            "(FUNCTION_WORDS): 'who are you' or 'all of the above' say nothing about which item they copy",
+        )
+        fields: Literal["all", "prompt", "response"] = Field(
+            "all", description="training text checked: all turns, prompt (system and user) or response (assistant)"
+        )
+        boilerplate_max_records: int = Field(50, ge=1, description="a unit in more training records than max(this, boilerplate_fraction * N) is boilerplate")
+        boilerplate_fraction: float = Field(0.001, ge=0, le=1, description="see boilerplate_max_records")
+        max_eval_items: int = Field(10, ge=1, description="a unit in more eval items than this is an eval template, not evidence")
+        min_matches: int = Field(1, ge=1, description="distinct units needed to call a record contaminated")
 
         @model_validator(mode="after")
         def _min_words_below_ngram(self) -> "Decontaminate.Params":
@@ -320,6 +476,7 @@ class Decontaminate(GlobalStage):
     # -- eval side -------------------------------------------------------------------------------------------
     @property
     def index(self) -> EvalIndex:
+        """The eval sets' units (read on first use)."""
         if self._index is None:
             self._index = self._load()
         return self._index
@@ -336,12 +493,14 @@ class Decontaminate(GlobalStage):
         from curate.config import ConfigError
         from curate.readers import file_format, read_file
 
+        p = self.params
         files: list[str] = []
         item_file: list[int] = []
         item_line: list[int] = []
-        texts: list[str] = []
-        text_item: list[int] = []
-        text_stem: list[bool] = []
+        gram_texts: list[str] = []
+        gram_item: list[int] = []
+        whole_texts: list[str] = []
+        whole_item: list[int] = []
         seen: set[Path] = set()
         for spec, paths in self._sets:
             for path in paths:
@@ -354,61 +513,71 @@ class Decontaminate(GlobalStage):
                 fmt = file_format(path)
                 if fmt in ("csv", "tsv") and header is False:
                     header = _column_names(path, "\t" if fmt == "tsv" else ",")
-                n_items = 0
+                items, lines = [], []
                 for batch in read_file(path, csv_header=header):
                     for line, rec in zip(batch.lines, batch.records):
-                        parts, stem = _item_texts(rec, self.params.min_words)
-                        if not parts:
-                            continue
-                        item = len(item_line)
-                        item_file.append(fi)
-                        item_line.append(line)
-                        texts.extend(parts)
-                        text_item.extend([item] * len(parts))
-                        text_stem.extend(i == stem for i in range(len(parts)))
-                        n_items += 1
-                if n_items == 0:
+                        parsed = _item_texts(rec)
+                        if parsed[0]:
+                            items.append(parsed)
+                            lines.append(line)
+                if not items:
                     raise ConfigError(f"{self.name}.eval_sets: {files[fi]} has no readable eval item")
-        p = self.params
-        series = pl.Series(texts, dtype=pl.Utf8)
-        units, _, _ = text_units(series, p.ngram, p.min_words)
-        # Short lines count only in a short stem (the item's question, fewer than `ngram` words): a short
-        # choice or answer ("A penny saved is a penny earned.") or a short line of a long question ("[1, 2,
-        # 3, 4]" in a code listing) found in a training text is not a copy of the item.
-        short_stem = np.asarray(text_stem, dtype=bool) & (words(series).list.len().to_numpy() < p.ngram)
-        keep = (units.length == p.ngram) | short_stem[units.doc]
-        units = Units(units.hash[keep], np.asarray(text_item, dtype=np.int64)[units.doc[keep]], units.start[keep], units.length[keep])
-        return EvalIndex(files, np.asarray(item_file, dtype=np.int32), np.asarray(item_line, dtype=np.int64), units, p.max_eval_items)
+                slot = _file_stem_slot(items) if any(stem < 0 for _, _, stem in items) else None
+                for (texts, slots, stem), line in zip(items, lines):
+                    if stem < 0 and slot is not None and slot in slots:
+                        stem = slots.index(slot)
+                    item = len(item_line)
+                    item_file.append(fi)
+                    item_line.append(line)
+                    grams, wholes = _unit_texts(texts, stem)
+                    gram_texts += grams
+                    gram_item += [item] * len(grams)
+                    whole_texts += wholes
+                    whole_item += [item] * len(wholes)
+        gram_tok = tokens(pl.Series(gram_texts, dtype=pl.Utf8))
+        gram_units = ngram_units(gram_tok, p.ngram)
+        gram_units.doc = np.asarray(gram_item, dtype=np.int64)[gram_units.doc]
+        whole = whole_units(tokens(pl.Series(whole_texts, dtype=pl.Utf8)), p.min_words, p.ngram - 1, p.min_content_words)
+        whole.doc = np.asarray(whole_item, dtype=np.int64)[whole.doc]
+        # the items' own sentences, matched the way training text is: they count which items contain a whole unit
+        runs = segment_run_units(gram_tok, p.min_words, p.ngram - 1)
+        runs.doc = np.asarray(gram_item, dtype=np.int64)[runs.doc]
+        return EvalIndex(files, np.asarray(item_file, dtype=np.int32), np.asarray(item_line, dtype=np.int64),
+                         Units.concat([gram_units, whole]), p.max_eval_items, count_only=runs)
 
     # -- training side ---------------------------------------------------------------------------------------
+    def record_texts(self, batch: pl.DataFrame) -> pl.Series:
+        """The checked text of each record: its chosen turns (``fields``) joined by line breaks."""
+        roles = {"all": None, "prompt": ["system", "user"], "response": ["assistant"]}[self.params.fields]
+        turn = pl.element()
+        if roles is not None:
+            turn = turn.filter(pl.element().struct.field("role").is_in(roles))
+        content = pl.col("messages").list.eval(turn.struct.field("content").fill_null(""))
+        return batch.select(text=content.list.join("\n").fill_null(""))["text"]
+
     def prepare(self, batch: pl.DataFrame) -> pl.DataFrame:
-        """The batch's units that match an eval item (uid, id, gram, turn, start, span), plus one tally row
+        """The batch's units that match an eval item (uid, id, gram, start, span), plus one tally row
         (uid null, batch_records = the batch's height)."""
         p, index = self.params, self.index
-        roles = {"all": None, "prompt": ["system", "user"], "response": ["assistant"]}[p.fields]
-        turns = batch.select("uid", "id", m=pl.col("messages")).with_columns(
-            turn=pl.int_ranges(pl.col("m").list.len(), dtype=pl.Int32)
-        ).explode("m", "turn").drop_nulls("m")
-        turns = turns.select("uid", "id", "turn", role=pl.col("m").struct.field("role"), text=pl.col("m").struct.field("content"))
-        if roles is not None:
-            turns = turns.filter(pl.col("role").is_in(roles))
-        units, gram_offsets, short_doc = text_units(turns["text"], p.ngram, p.min_words, with_doc=False)
-        pos, _ = index.lookup(units.hash)
+        texts = self.record_texts(batch)
+        tok = tokens(texts)
+        grams, gram_offsets, gram_start = ngram_hashes(tok.hash, tok.offsets, p.ngram, short_docs=False)
+        runs = segment_run_units(tok, p.min_words, p.ngram - 1)
+        g_pos, _ = index.lookup(grams)
+        r_pos, _ = index.lookup(runs.hash)
         tally = pl.DataFrame({"batch_records": [batch.height]}, schema={"batch_records": pl.Int64})
-        if pos.size == 0:
+        if g_pos.size + r_pos.size == 0:
             return pl.concat([pl.DataFrame(schema=PREPARED_SCHEMA), tally], how="diagonal_relaxed").select(list(PREPARED_SCHEMA)).cast(PREPARED_SCHEMA)
-        n_grams = int(gram_offsets[-1])
-        is_gram = pos < n_grams
-        doc = np.empty(pos.size, dtype=np.int64)
-        doc[is_gram] = np.searchsorted(gram_offsets, pos[is_gram], side="right") - 1
-        doc[~is_gram] = short_doc[pos[~is_gram] - n_grams]
-        start, length = units.start[pos], units.length[pos]
-        # the matched words, rebuilt from the few turns with a hit
+        doc = np.concatenate([np.searchsorted(gram_offsets, g_pos, side="right") - 1, runs.doc[r_pos]])
+        start = np.concatenate([gram_start[g_pos], runs.start[r_pos]])
+        length = np.concatenate([np.full(g_pos.size, p.ngram, dtype=np.int64), runs.length[r_pos]])
+        gram = np.concatenate([grams[g_pos], runs.hash[r_pos]])
+        # the matched words, rebuilt from the few texts with a hit
         hit_docs, inverse = np.unique(doc, return_inverse=True)
-        hit_words = words(turns["text"].gather(hit_docs)).to_list()
+        hit_words = display_words(texts.gather(hit_docs))
         spans = [" ".join(hit_words[k][s : s + ln]) for k, s, ln in zip(inverse.tolist(), start.tolist(), length.tolist())]
-        hits = turns.select("uid", "id", "turn")[doc].with_columns(
-            gram=pl.Series(units.hash[pos], dtype=pl.UInt64),
+        hits = batch.select("uid", "id")[doc].with_columns(
+            gram=pl.Series(gram, dtype=pl.UInt64),
             start=pl.Series(start, dtype=pl.Int32),
             span=pl.Series(spans, dtype=pl.Utf8),
             batch_records=pl.lit(None, dtype=pl.Int64),
@@ -423,7 +592,7 @@ class Decontaminate(GlobalStage):
         """Rejects (uid, reason ``contaminated``, detail naming the eval item and the matched span)."""
         p, index = self.params, self.index
         n_records = int(prepared["batch_records"].sum() or 0)
-        hits = prepared.filter(pl.col("uid").is_not_null()).unique(["uid", "gram", "turn", "start"])
+        hits = prepared.filter(pl.col("uid").is_not_null()).unique(["uid", "gram", "start"])
         if hits.height == 0:
             return empty_rejects().select("uid", "reason", "detail", "duplicate_of")
         limit = self.boilerplate_threshold(n_records)
@@ -444,16 +613,16 @@ class Decontaminate(GlobalStage):
         if per_record.height == 0:
             return empty_rejects().select("uid", "reason", "detail", "duplicate_of")
         per_record = per_record.sort("uid")
-        best = hits.join(per_record.select("uid", item="best"), on=["uid", "item"]).sort("uid", "turn", "start")
+        best = hits.join(per_record.select("uid", item="best"), on=["uid", "item"]).sort("uid", "start", "length")
         # one pass over plain lists: the rows of each record are contiguous after the sort
-        cols = [best[c].to_list() for c in ("uid", "turn", "start", "length", "span")]
+        cols = [best[c].to_list() for c in ("start", "length", "span")]
         bounds = np.flatnonzero(np.diff(best["uid"].to_numpy())) + 1
         starts, ends = np.concatenate([[0], bounds]).tolist(), np.concatenate([bounds, [best.height]]).tolist()
         detail = []
         for a, b, item, units, k in zip(starts, ends, per_record["best"].to_list(), per_record["best_units"].to_list(), per_record["n_items"].to_list()):
-            text = _merged_span(cols[1][a:b], cols[2][a:b], cols[3][a:b], cols[4][a:b])
-            lengths = cols[3][a:b]
-            kind = f"{p.ngram}-gram overlap" if p.ngram in lengths else f"whole-line overlap ({lengths[0]} words)"
+            text = _merged_span(cols[0][a:b], cols[1][a:b], cols[2][a:b])
+            lengths = cols[1][a:b]
+            kind = f"{p.ngram}-gram overlap" if p.ngram in lengths else f"whole-question overlap ({max(lengths)} words)"
             more = f"; {k - 1} more eval item{'s' if k > 2 else ''} matched" if k > 1 else ""
             detail.append(f'{kind} with {index.ref(item)} ({units} n-gram{"s" if units != 1 else ""}): "{text}"{more}')
         return per_record.select(
@@ -464,14 +633,12 @@ class Decontaminate(GlobalStage):
         )
 
 
-def _merged_span(turns: list[int], starts: list[int], lengths: list[int], spans: list[str]) -> str:
-    """The matched words of a record's first matching turn, overlapping units merged, gaps shown as "…",
-    truncated to :data:`SPAN_CHARS`. Rows are sorted by turn then start."""
+def _merged_span(starts: list[int], lengths: list[int], spans: list[str]) -> str:
+    """The matched words of a record, overlapping units merged, gaps shown as "…", truncated to
+    :data:`SPAN_CHARS`. Rows are sorted by start."""
     out: list[str] = []
     end = -1
-    for turn, start, length, span in zip(turns, starts, lengths, spans):
-        if turn != turns[0]:
-            break
+    for start, length, span in zip(starts, lengths, spans):
         w = span.split(" ")
         if start >= end:
             if out:
@@ -499,4 +666,4 @@ def _column_names(path: Path, delimiter: str) -> list[str]:
     return [f"c{i}" for i in range(len(row))]
 
 
-__all__ = ["Decontaminate", "EvalIndex", "EvalSet", "text_units", "PREPARED_SCHEMA"]
+__all__ = ["Decontaminate", "EvalIndex", "EvalSet", "PREPARED_SCHEMA", "Tokens", "Units", "normalize", "tokens"]
