@@ -829,15 +829,20 @@ DEFAULT_REFUSAL_PHRASES: tuple[str, ...] = (
     "i'm only an ai",
     "i am an artificial intelligence",
     "i am not capable of",
-    "trained by openai",
-    "developed by openai",
-    "created by openai",
+    # the assistant's own identity, not a topic ("ChatGPT was developed by OpenAI" is a fact)
+    "i was trained by openai",
+    "i was developed by openai",
+    "i was created by openai",
+    "i am trained by openai",
+    "i am developed by openai",
+    "i'm trained by openai",
     "i am chatgpt",
     "i'm chatgpt",
     "as chatgpt",
     "openai's content policy",
     "openai's use case policy",
-    "content policy",
+    "violates my content policy",
+    "against my content policy",
     # knowledge cutoff / browsing
     "my knowledge cutoff",
     "my knowledge cut-off",
@@ -929,42 +934,62 @@ DEFAULT_REFUSAL_PHRASES: tuple[str, ...] = (
 class Refusal(RecordStage):
     """Refusals and AI boilerplate in the response ("As an AI language model", "I'm sorry, but I cannot").
 
-    Matching is case-insensitive, on whole words, with curly apostrophes read as straight ones. The
-    default list (``DEFAULT_REFUSAL_PHRASES``) takes the unambiguous core of the lists the
-    ShareGPT_Vicuna_unfiltered and WizardLM "unfiltered" cleaners used, adds the non-answers Alpaca's
-    text-davinci-003 gave to image tasks ("cannot be fulfilled by a GPT model", "<noinput>", "No output
-    required"), and leaves out their broad entries ("I'm sorry", "Please note", "It is important to",
-    "OpenAI", "GPT"), which hit ordinary answers (apology letters, dialogues, answers about GPT models).
-    AI self-descriptions ("I am a language model developed by ...") are flagged: they teach a fine-tuned
-    model someone else's identity. Add the broad entries back with ``extra_phrases`` for ChatGPT data.
-
-    On shared/data it flags 23 of 9,807 Alpaca answers (all junk), 49 of 805 Llama-2-chat AlpacaEval
-    answers, 20 of 805 GPT-4 ones, and 7 of 6,400 human Dolly answers (written to sound like an AI).
+    Matching is case-insensitive, on whole words, with curly apostrophes read as straight ones, and only in
+    the response's opening (its first ``opening_chars`` characters): an assistant declines or disclaims
+    before it answers, and a response that is mostly the disclaimer is short enough to be all opening. The
+    same words further into an answer are a topic, not a refusal ("... ChatGPT, as a large language model,
+    ...", a dialogue in which a character says "I'm sorry, but I can't"). The default list
+    (``DEFAULT_REFUSAL_PHRASES``) takes the unambiguous core of the lists the ShareGPT_Vicuna_unfiltered and
+    WizardLM "unfiltered" cleaners used, adds the non-answers Alpaca's text-davinci-003 gave to image tasks
+    ("cannot be fulfilled by a GPT model", "<noinput>", "No output required"), and leaves out their broad
+    entries ("I'm sorry", "Please note", "It is important to", "OpenAI", "GPT", "content policy",
+    "developed by OpenAI"), which hit ordinary answers (apology letters, dialogues, answers about GPT models).
+    AI self-descriptions ("I am a language model", "I was trained by OpenAI") are flagged: they teach a
+    fine-tuned model someone else's identity. Add the broad entries back with ``extra_phrases`` for ChatGPT
+    data, and set ``opening_chars`` to null to match anywhere.
 
     Params:
         phrases: the phrase list (default: ``DEFAULT_REFUSAL_PHRASES``); setting it replaces the default.
         extra_phrases: phrases appended to ``phrases``.
+        opening_chars: how much of the response is read (default 300 characters, two or three sentences);
+            null reads all of it.
 
     Reason: ``refusal_or_boilerplate``; the detail names the phrase.
+    Score: ``refusal_phrase``, the phrase found in the opening (null where none).
     """
 
     name = "refusal"
     reasons = ("refusal_or_boilerplate",)
-    score_columns = ()
+    score_columns = ("refusal_phrase",)
 
     class Params(StageParams):
-        phrases: list[str] = Field(default_factory=lambda: list(DEFAULT_REFUSAL_PHRASES))
-        extra_phrases: list[str] = Field(default_factory=list)
+        phrases: list[str] = Field(
+            default_factory=lambda: list(DEFAULT_REFUSAL_PHRASES), description="the phrase list; setting it replaces the default"
+        )
+        extra_phrases: list[str] = Field(default_factory=list, description="phrases appended to ``phrases``")
+        opening_chars: int | None = Field(
+            300, ge=1, description="characters of the response's opening that are read; null: the whole response"
+        )
 
     def __init__(self, params: StageParams | None = None, context: StageContext | None = None):
         super().__init__(params, context)
         self.matcher = _TermMatcher([*self.params.phrases, *self.params.extra_phrases])
 
     def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
-        hit = self.matcher.first_match(batch["response_text"])
-        batch = batch.with_columns(hit.alias("_refusal"))
-        checks = [(pl.col("_refusal").is_not_null(), "refusal_or_boilerplate", pl.format("response contains '{}'", pl.col("_refusal")))]
-        return _with_verdict(batch, checks).drop("_refusal")
+        text = batch["response_text"].fill_null("")
+        if self.params.opening_chars is not None:
+            # the phrase must start in the opening; the slice runs a phrase's length further so it is not cut
+            text = text.str.slice(0, self.params.opening_chars + 60)
+            hit = self.matcher.first_match(text)
+            offset = text.str.to_lowercase().str.replace_many(_APOSTROPHES).str.find(hit, literal=True)
+            hit = pl.select(pl.when(offset <= self.params.opening_chars).then(hit)).to_series()
+        else:
+            hit = self.matcher.first_match(text)
+        batch = batch.with_columns(hit.alias("refusal_phrase"))
+        checks = [
+            (pl.col("refusal_phrase").is_not_null(), "refusal_or_boilerplate", pl.format("response opens with '{}'", pl.col("refusal_phrase")))
+        ]
+        return _with_verdict(batch, checks)
 
 
 # -- unseeable_context ---------------------------------------------------------------------------------------
