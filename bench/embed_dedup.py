@@ -518,7 +518,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--records", type=int, default=20_000)
     ap.add_argument("--dup-fraction", type=float, default=0.05)
-    ap.add_argument("--threshold", type=float, default=0.95)
+    ap.add_argument("--threshold", type=float, default=0.95, help="comparison: the threshold; calibrate: the old default, shown beside the chosen one")
     ap.add_argument("--model", default="embedded", help="a sentence-transformers folder (default: the packaged MiniLM)")
     ap.add_argument("--max-seq-length", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=None, help="encode-only: SentenceTransformer.encode's batch size (default 32 on CPU, 512 on GPU)")
