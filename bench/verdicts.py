@@ -45,12 +45,13 @@ FAMILIES = ("filters", "dedup", "semantic", "decontam")
 
 def rates(row: dict) -> dict:
     """``row`` plus ``precision`` (tp / (tp + fp)), ``recall`` (tp / n_pos) and ``fp_rate`` (fp / n_neg),
-    each None where its denominator is 0."""
+    each None where its denominator is 0 (precision also on a set of negatives only: there it would be 0 by
+    construction, and the false-positive rate says what happened)."""
     tp, fp, fn = row["tp"], row["fp"], row["fn"]
     n_pos, n_neg = row.get("n_pos", tp + fn), row.get("n_neg", 0)
     return {
         **row,
-        "precision": round(tp / (tp + fp), 4) if tp + fp else None,
+        "precision": round(tp / (tp + fp), 4) if tp + fp and n_pos else None,
         "recall": round(tp / n_pos, 4) if n_pos else None,
         "fp_rate": round(fp / n_neg, 5) if n_neg else None,
     }
