@@ -527,6 +527,11 @@ class LanguageID(RecordStage):
                 )
             return v
 
+    def input_files(self) -> list[str]:
+        """Files the stage reads, for the run's cache key: none (the model ships in a package, and
+        ``language_task_pattern`` is a regex, not a path)."""
+        return []
+
     def _engine(self):
         return load_engine(self.params.engine)
 
