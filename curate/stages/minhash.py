@@ -292,14 +292,6 @@ def jaccard(inter: np.ndarray, size_a: np.ndarray, size_b: np.ndarray) -> np.nda
     return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
-def containment(inter: np.ndarray, size_a: np.ndarray, size_b: np.ndarray) -> np.ndarray:
-    """|A & B| / min(|A|, |B|): the share of the smaller set found in the larger (1.0 for two empty sets,
-    0.0 when only one is empty)."""
-    small = np.minimum(size_a, size_b)
-    both_empty = (size_a == 0) & (size_b == 0)
-    return np.where(both_empty, 1.0, np.where(small > 0, inter / np.maximum(small, 1), 0.0))
-
-
 # ---------------------------------------------------------------------------------------------------------
 # boilerplate
 # ---------------------------------------------------------------------------------------------------------
@@ -379,12 +371,12 @@ class MinHashDedup(GlobalStage):
 
     A record is rejected only as the duplicate of a kept record (its representative, named in
     ``duplicate_of``) whose exact Jaccard to it, over the 5-character shingle sets of their texts after the
-    boilerplate discount, is at or above ``threshold``, and whose response it shares (``response_containment``;
+    boilerplate discount, is at or above ``threshold``, and whose response is like its own (``response_similarity``;
     off with ``passage_level``). Clusters are stars around kept records (``linkage: star``): no chains.
 
     Defaults: prompt + response text, 5-character shingles (``shingle: word`` uses 5-word ones), 128
     permutations, threshold 0.7, bands/rows chosen for 99 % recall at the threshold, lines shared by at
-    least max(50, 0.1 % of the records) discounted, response containment 0.5, ``keep: first``,
+    least max(50, 0.1 % of the records) discounted, response Jaccard 0.3, ``keep: first``,
     ``action: reject``. See the module docstring for the details.
     """
 
@@ -430,10 +422,10 @@ class MinHashDedup(GlobalStage):
             0.001, ge=0.0, le=1.0, description="the share of all records a line must be in to count as boilerplate (with boilerplate_min_records)"
         )
         discount_boilerplate: bool = Field(True, description="remove boilerplate lines before shingling (false: compare whole texts)")
-        response_containment: float = Field(
-            0.5, ge=0.0, le=1.0,
-            description="with fields all, two records merge only if this share of the smaller response's 5-character shingles "
-            "are in the other response: a different task on the same passage (same input, another instruction and answer) is no duplicate",
+        response_similarity: float = Field(
+            0.3, ge=0.0, le=1.0,
+            description="with fields all, two records merge only if their responses alone have at least this exact Jaccard "
+            "(5-character shingles): a different task on the same passage (same input, another instruction and answer) is no duplicate",
         )
         passage_level: bool = Field(
             False, description="merge records on their whole text alone, whatever their responses (passage-level dedup: no response check)"
@@ -473,9 +465,9 @@ class MinHashDedup(GlobalStage):
 
     @property
     def response_check(self) -> bool:
-        """Whether pairs must also share their responses (fields all, not passage-level, containment > 0)."""
+        """Whether pairs must also share their responses (fields all, not passage-level, response_similarity > 0)."""
         p = self.params
-        return p.fields == "all" and not p.passage_level and p.response_containment > 0
+        return p.fields == "all" and not p.passage_level and p.response_similarity > 0
 
     def shingles(self, text: pl.Series) -> tuple[np.ndarray, np.ndarray]:
         """(uint64 shingle hashes, int64 offsets per document) of a Series of texts."""
@@ -522,7 +514,7 @@ class MinHashDedup(GlobalStage):
         return sig, sizes
 
     def exact_scores(self, whole: pl.Series, response: pl.Series | None, ia: np.ndarray, ib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(exact Jaccard of the texts, containment of the responses or 1.0) of record pairs (row positions)."""
+        """(exact Jaccard of the texts, exact Jaccard of the responses or 1.0) of record pairs (row positions)."""
         sim = np.empty(ia.size, dtype=np.float64)
         resp = np.ones(ia.size, dtype=np.float64)
         for lo in range(0, ia.size, EXACT_CHUNK):
@@ -535,7 +527,7 @@ class MinHashDedup(GlobalStage):
             if response is not None:  # 5-character shingles whatever `shingle` is: a swapped word in a short
                 # answer breaks five word 5-grams of maybe twenty, but only a few of its character 5-grams
                 values, offsets = shingle_sets(*char_ngram_hashes(response.gather(idx), DEFAULT_NGRAM["char"]))
-                resp[lo : lo + a.size] = containment(*set_overlap(values, offsets, la, lb))
+                resp[lo : lo + a.size] = jaccard(*set_overlap(values, offsets, la, lb))
         return sim, resp
 
     def decide(self, prepared: pl.DataFrame) -> GlobalDecision:
@@ -567,7 +559,7 @@ class MinHashDedup(GlobalStage):
         if near.size > REPORT_MAX_PAIRS:
             near = near[np.argpartition(-sim[near], REPORT_MAX_PAIRS - 1)[:REPORT_MAX_PAIRS]]
         report = pl.DataFrame({"uid_a": uids[ia[near]], "uid_b": uids[ib[near]], "similarity": np.round(sim[near], 4)})
-        ok = (sim >= p.threshold - 1e-9) & (resp >= p.response_containment - 1e-9 if response is not None else True)
+        ok = (sim >= p.threshold - 1e-9) & (resp >= p.response_similarity - 1e-9 if response is not None else True)
         self.stats.update(pairs_accepted=int(ok.sum()), pairs_failing_response_check=int(((sim >= p.threshold - 1e-9) & ~ok).sum()))
         ua, ub = uids[ia[ok]], uids[ib[ok]]
         pairs = pl.DataFrame({"uid_a": np.minimum(ua, ub), "uid_b": np.maximum(ua, ub)}, schema={"uid_a": pl.Int64, "uid_b": pl.Int64})
