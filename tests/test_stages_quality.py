@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from curate.frames import canonical_frame
 from curate.stages import REGISTRY, StageContext
 from curate.stages.quality import (
+    _MARKUP_TAG,
     _SEPARATORS,
     DEFAULT_REFUSAL_PHRASES,
     Blocklist,
@@ -189,15 +190,21 @@ def test_length_tokens_chars_and_prompt_order():
 
 
 def test_unique_words_hand_cases():
-    loop = " ".join(["I hate you too much."] * 6)  # 30 words, 5 distinct
+    loop = " ".join(["I hate you too much."] * 8)  # 32 words ("I" is a single letter, not counted), 4 distinct
     prose = " ".join(f"word{i}" for i in range(40))
     short = "No, no, no, no, no."  # 5 words: under min_words
     out = UniqueWords().evaluate(canonical_frame([_chat("q", loop), _chat("q", prose), _chat("q", short)]))
     assert out["reason"].to_list() == ["low_unique_word_ratio", None, None]
-    assert out["unique_words_words"].to_list() == [30, 40, 5]
-    assert out["unique_words_ratio"][0] == pytest.approx(5 / 30)
-    assert out["unique_words_log_ratio"][0] == pytest.approx(0.4732, abs=1e-3)  # log 5 / log 30
-    assert out["detail"][0] == "5 distinct in 30 words (17%, log ratio 0.47); min log ratio 0.6"
+    assert out["unique_words_words"].to_list() == [32, 40, 5]
+    assert out["unique_words_ratio"][0] == pytest.approx(4 / 32)
+    assert out["unique_words_log_ratio"][0] == pytest.approx(0.4, abs=1e-3)  # log 4 / log 32
+    assert out["detail"][0] == "4 distinct in 32 words (12%, log ratio 0.4); min log ratio 0.5"
+    # numbers, single letters and markup tags are not words: grids, truth tables and HTML tables are not judged
+    grid = "\n".join(" ".join(str((i * 3 + j) % 9 + 1) for j in range(9)) for i in range(9))
+    notes = "Verse 1:\n" + "\n".join(["A A G G A"] * 12)
+    html = "<table>\n" + "\n".join(f"  <tr><td>{i}</td><td>{i * i}</td></tr>" for i in range(30)) + "\n</table>"
+    out = UniqueWords().evaluate(canonical_frame([_chat("q", grid), _chat("q", notes), _chat("q", html)]))
+    assert out["reason"].to_list() == [None, None, None] and out["unique_words_words"].to_list() == [0, 1, 0]
     # case and punctuation do not make words distinct
     out = UniqueWords().evaluate(canonical_frame([_chat("q", "The. the, THE! " * 10)]))
     assert out["unique_words_ratio"][0] == pytest.approx(1 / 30)
@@ -214,10 +221,15 @@ def test_unique_words_on_real_answers():
     assert gpt4.filter((pl.col("unique_words_words") >= 20) & (pl.col("unique_words_ratio") < 0.3)).height >= 5
     assert UniqueWords().evaluate(_frame("eval_llama2"))["reason"].is_not_null().sum() == 0
     assert UniqueWords().evaluate(_frame("alpaca_gpt4"))["reason"].is_not_null().sum() <= 2
-    assert UniqueWords().evaluate(_frame("alpaca10k"))["reason"].is_not_null().sum() <= 10
+    alpaca = UniqueWords().evaluate(_frame("alpaca10k"))
+    assert alpaca["reason"].is_not_null().sum() <= 2  # an HTML table template whose cells all say "Row N"
+    # the real structured answers the old rule rejected: a Sudoku grid, a truth table, a song in notes, a class
+    for start in ("Create a Sudoku board", "Design a logic gate with", "Compose a song using only the notes", "Design a class that represents a clothing"):
+        idx = alpaca["prompt_text"].str.starts_with(start).arg_true()
+        assert len(idx) == 1 and alpaca["reason"][idx[0]] is None, start
     # loops are
     assert UniqueWords().evaluate(_frame("toy"))["reason"].to_list()[4] == "low_unique_word_ratio"
-    assert UniqueWords().evaluate(_frame("davinci"))["reason"].is_not_null().sum() >= 200
+    assert UniqueWords().evaluate(_frame("davinci"))["reason"].is_not_null().sum() >= 150
 
 
 # -- gopher_repetition ---------------------------------------------------------------------------------------
@@ -244,7 +256,19 @@ def _gopher_reference(text: str, min_words: int) -> dict[str, float | None]:
         n, chars = dups(parts)
         out[f"dup_{name}_frac"] = n / len(parts)
         out[f"dup_{name}_char_frac"] = min(chars / max(len(text), 1), 1.0)
-    words = [w for w in _SEP.split(text) if w]
+    text_of_words = re.sub(_MARKUP_TAG, " ", text)  # word statistics read the text without markup tags
+    words = [w for w in _SEP.split(text_of_words) if w]
+    if len(words) < max(min_words, 10):
+        out["dup_ngram_char_frac"] = None
+    else:  # datatrove's find_all_duplicate: the words of every 10-gram seen before
+        seen, covered = set(), [False] * len(words)
+        for i in range(len(words) - 9):
+            gram = tuple(words[i : i + 10])
+            if gram in seen:
+                covered[i : i + 10] = [True] * 10
+            seen.add(gram)
+        sizes = [len(w.encode()) for w in words]
+        out["dup_ngram_char_frac"] = sum(s for s, c in zip(sizes, covered) if c) / sum(sizes)
     for n in (2, 3, 4):
         if len(words) < max(min_words, 2):
             out[f"top_{n}gram_frac"] = None
@@ -255,7 +279,7 @@ def _gopher_reference(text: str, min_words: int) -> dict[str, float | None]:
             continue
         top = max(counts.values())
         longest = max(len(" ".join(g).encode()) for g, c in counts.items() if c == top)
-        out[f"top_{n}gram_frac"] = min(top * longest / len(text.encode()), 1.0) if top >= 2 else 0.0
+        out[f"top_{n}gram_frac"] = min(top * longest / len(text_of_words.encode()), 1.0) if top >= 2 else 0.0
     return out
 
 
@@ -263,7 +287,8 @@ def _gopher_reference(text: str, min_words: int) -> dict[str, float | None]:
 @pytest.mark.parametrize("min_words", [100, 2])
 def test_gopher_matches_plain_reference_on_real_data(min_words):
     texts = list(_frame("alpaca10k")["response_text"][:1500]) + list(_frame("davinci")["response_text"]) + list(_frame("toy")["response_text"])
-    out = GopherRepetition(GopherRepetition.Params(min_words=min_words)).evaluate(canonical_frame([_chat("q", t) for t in texts]))
+    params = GopherRepetition.Params(min_words=min_words, top_ngram_fracs={2: 0.2, 3: 0.18, 4: 0.16})
+    out = GopherRepetition(params).evaluate(canonical_frame([_chat("q", t) for t in texts]))
     for i, text in enumerate(texts):
         for key, want in _gopher_reference(text, min_words).items():
             got = out[i, f"gopher_repetition_{key}"]
@@ -290,18 +315,28 @@ def test_gopher_every_reason():
         "top_3gram_frac": _filler(300) + " " + " ".join(f"aaaaaaaa bbbbbbbb cccccccc x{i}" for i in range(20)),
         "top_4gram_frac": _filler(420) + " " + " ".join(f"aaaaaaaa bbbbbbbb cccccccc dddddddd x{i}" for i in range(15)),
     }
-    stage = GopherRepetition()
+    # Gopher's own thresholds (web pages), the 10-gram rule off
+    gopher = dict(dup_para_frac=0.3, dup_line_frac=0.3, dup_para_char_frac=0.2, dup_line_char_frac=0.2, dup_ngram_char_frac=None,
+                  top_ngram_fracs={2: 0.2, 3: 0.18, 4: 0.16}, min_words=100)
+    stage = GopherRepetition(GopherRepetition.Params(**gopher))
     out = stage.evaluate(canonical_frame([_chat("q", t) for t in cases.values()]))
     assert out["reason"].to_list() == list(cases), out.select("reason", "detail", pl.col("^gopher.*$")).to_dicts()
     details = dict(zip(cases, out["detail"]))
     assert details["dup_para_frac"] == "2 of 4 paragraphs repeat an earlier one (50%, max 30%)"
     assert details["top_2gram_frac"].startswith("the most frequent 2-gram covers ")
-    assert set(stage.reasons) == set(cases)
+    assert set(stage.reasons) == {*cases, "dup_ngram_char_frac"}
     # a disabled rule does not fire; the next failing one in order does (the paragraphs are lines too)
-    p = GopherRepetition.Params(dup_para_frac=None)
+    p = GopherRepetition.Params(**{**gopher, "dup_para_frac": None})
     assert GopherRepetition(p).evaluate(canonical_frame([_chat("q", cases["dup_para_frac"])]))["reason"][0] == "dup_line_frac"
-    p = GopherRepetition.Params(dup_para_frac=None, dup_line_frac=None)
+    p = GopherRepetition.Params(**{**gopher, "dup_para_frac": None, "dup_line_frac": None})
     assert GopherRepetition(p).evaluate(canonical_frame([_chat("q", cases["dup_para_frac"])]))["reason"][0] is None
+    # the defaults (instruction answers): none of those fire but the half-the-text rules; a sentence looped in
+    # one paragraph is the 10-gram rule's
+    out = GopherRepetition().evaluate(canonical_frame([_chat("q", t) for t in cases.values()]))
+    assert out["reason"].is_not_null().sum() == 0
+    looped = _filler(60) + " " + " ".join(["The cat sat on the warm mat by the door today."] * 12)
+    out = GopherRepetition().evaluate(canonical_frame([_chat("q", looped)]))
+    assert out["reason"][0] == "dup_ngram_char_frac" and out["detail"][0].startswith("repeated 10-word passages hold ")
 
 
 def test_gopher_min_words_gate():
@@ -310,19 +345,26 @@ def test_gopher_min_words_gate():
     assert out["reason"][0] is None
     assert out["gopher_repetition_dup_line_frac"][0] == pytest.approx(0.8)  # scored even when not judged
     assert out["gopher_repetition_top_2gram_frac"][0] is None and out["gopher_repetition_words"][0] is None
-    out = GopherRepetition(GopherRepetition.Params(min_words=0)).evaluate(canonical_frame([_chat("q", short_loop)]))
+    out = GopherRepetition(GopherRepetition.Params(min_words=0, dup_line_frac=0.3)).evaluate(canonical_frame([_chat("q", short_loop)]))
     assert out["reason"][0] == "dup_line_frac" and out["detail"][0] == "4 of 5 lines repeat an earlier one (80%, max 30%)"
 
 
 @needs_data
 def test_gopher_on_real_data():
     toy = GopherRepetition().evaluate(_frame("toy"))
-    assert toy["reason"].to_list()[4] == "top_2gram_frac"  # "Eat a banana!" x 2000
+    assert toy["reason"].to_list()[4] == "dup_ngram_char_frac"  # "Eat a banana!" x 2000
     assert toy["reason"].is_not_null().sum() == 1
     davinci = GopherRepetition().evaluate(_frame("davinci"))
     assert davinci["reason"].is_not_null().sum() >= 240  # vanilla GPT-3 runs on into new "Input:" blocks
     assert GopherRepetition().evaluate(_frame("dolly_human"))["reason"].is_not_null().sum() == 0
-    assert GopherRepetition().evaluate(_frame("alpaca10k"))["reason"].is_not_null().sum() <= 30
+    alpaca = GopherRepetition().evaluate(_frame("alpaca10k"))
+    assert alpaca["reason"].is_not_null().sum() <= 3
+    # what Gopher's web-page thresholds rejected: songs with a chorus, a survey, a form, a list of questions
+    for start in ("Generate a rap song about a challenging situation", "Compose a song using only these two words",
+                  "Design a survey to measure customer satisfaction", "Generate a sample form template",
+                  "Generate a list of questions beginning with"):
+        idx = alpaca["prompt_text"].str.starts_with(start).arg_true()
+        assert len(idx) >= 1 and alpaca["reason"].gather(idx).is_null().all(), start
 
 
 # -- blocklist -----------------------------------------------------------------------------------------------
@@ -384,14 +426,19 @@ def test_refusal_hand_cases():
         _chat("q", "I am sorry to hear that. Here is a plan."),  # an apology is not a refusal
         _chat("q", "OpenAI released GPT-3 in 2020."),  # not in the default list
         _chat("As an AI language model, rewrite this.", "Done."),  # the prompt is not checked
+        _chat("Who made ChatGPT?", "ChatGPT was developed by OpenAI, an AI research company, and released in 2022."),  # a fact
+        # a refusal phrase deep inside an answer is a topic (a dialogue, an essay about chatbots)
+        _chat("q", "A" * 400 + " The bot replied: as an AI language model, I cannot feel."),
     ]
     out = Refusal().evaluate(canonical_frame(convs))
-    assert out["reason"].to_list() == ["refusal_or_boilerplate", "refusal_or_boilerplate", None, None, None]
-    assert out["detail"].to_list()[:2] == ["response contains 'as an ai language model'", "response contains 'i'm sorry, but i can't'"]
+    assert out["reason"].to_list() == ["refusal_or_boilerplate", "refusal_or_boilerplate", None, None, None, None, None]
+    assert out["detail"].to_list()[:2] == ["response opens with 'as an ai language model'", "response opens with 'i'm sorry, but i can't'"]
+    assert out["refusal_offset"].to_list()[:2] == [0, 0] and out["refusal_offset"][6] is None  # not in the part read
+    assert _reasons(Refusal(Refusal.Params(opening_chars=None)), convs)[6] == "refusal_or_boilerplate"
     extra = Refusal(Refusal.Params(extra_phrases=["OpenAI"]))
     assert _reasons(extra, convs)[3] == "refusal_or_boilerplate"
     replaced = Refusal(Refusal.Params(phrases=["openai"]))
-    assert _reasons(replaced, convs) == [None, None, None, "refusal_or_boilerplate", None]
+    assert _reasons(replaced, convs) == [None, None, None, "refusal_or_boilerplate", None, "refusal_or_boilerplate", None]
     assert "as an ai language model" in DEFAULT_REFUSAL_PHRASES
 
 
@@ -400,7 +447,7 @@ def test_refusal_on_real_data():
     alpaca = Refusal().evaluate(_frame("alpaca10k"))
     hits = alpaca.filter(pl.col("reason").is_not_null())
     assert 15 <= hits.height <= 40  # davinci-003's "cannot be fulfilled by a GPT model", "<noinput>" leftovers
-    assert "response contains 'involves creating visual output'" in hits["detail"].to_list()
+    assert "response opens with 'involves creating visual output'" in hits["detail"].to_list()
     assert hits["response_text"].str.contains("cannot be fulfilled by a GPT model", literal=True).sum() == 1
     llama = Refusal().evaluate(_frame("eval_llama2"))
     assert llama["detail"].str.contains("i apologize, but i cannot").sum() >= 10

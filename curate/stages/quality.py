@@ -955,12 +955,13 @@ class Refusal(RecordStage):
             null reads all of it.
 
     Reason: ``refusal_or_boilerplate``; the detail names the phrase.
-    Score: ``refusal_phrase``, the phrase found in the opening (null where none).
+    Score: ``refusal_offset``, where the first phrase found starts (characters into the response; null where
+    none was found in the opening plus 60 characters).
     """
 
     name = "refusal"
     reasons = ("refusal_or_boilerplate",)
-    score_columns = ("refusal_phrase",)
+    score_columns = ("refusal_offset",)
 
     class Params(StageParams):
         phrases: list[str] = Field(
@@ -976,20 +977,18 @@ class Refusal(RecordStage):
         self.matcher = _TermMatcher([*self.params.phrases, *self.params.extra_phrases])
 
     def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
+        opening = self.params.opening_chars
         text = batch["response_text"].fill_null("")
-        if self.params.opening_chars is not None:
-            # the phrase must start in the opening; the slice runs a phrase's length further so it is not cut
-            text = text.str.slice(0, self.params.opening_chars + 60)
-            hit = self.matcher.first_match(text)
-            offset = text.str.to_lowercase().str.replace_many(_APOSTROPHES).str.find(hit, literal=True)
-            hit = pl.select(pl.when(offset <= self.params.opening_chars).then(hit)).to_series()
-        else:
-            hit = self.matcher.first_match(text)
-        batch = batch.with_columns(hit.alias("refusal_phrase"))
-        checks = [
-            (pl.col("refusal_phrase").is_not_null(), "refusal_or_boilerplate", pl.format("response opens with '{}'", pl.col("refusal_phrase")))
-        ]
-        return _with_verdict(batch, checks)
+        if opening is not None:  # a phrase's length past the opening, so a phrase starting in it is not cut
+            text = text.str.slice(0, opening + 60)
+        hit = self.matcher.first_match(text)
+        # where the phrase starts (characters into the response): the score the opening rule keeps by
+        offset = text.str.to_lowercase().str.replace_many(_APOSTROPHES).str.find(hit, literal=True).cast(pl.Int64)
+        batch = batch.with_columns(offset.alias("refusal_offset"), hit.alias("_refusal"))
+        where = pl.col("refusal_offset")
+        found = where.is_not_null() if opening is None else where <= opening
+        checks = [(found, "refusal_or_boilerplate", pl.format("response opens with '{}'", pl.col("_refusal")))]
+        return _with_verdict(batch, checks).drop("_refusal")
 
 
 # -- unseeable_context ---------------------------------------------------------------------------------------
