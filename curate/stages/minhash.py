@@ -295,9 +295,11 @@ def jaccard(inter: np.ndarray, size_a: np.ndarray, size_b: np.ndarray) -> np.nda
 # ---------------------------------------------------------------------------------------------------------
 # boilerplate
 # ---------------------------------------------------------------------------------------------------------
-def _line_key() -> pl.Expr:
-    # a line as the shingles see it (lowercased, punctuation and whitespace runs as one space), hashed
-    return pl.element().str.to_lowercase().str.replace_all(r"\W+", " ").str.strip_chars()
+def _line_key(line: pl.Expr) -> pl.Expr:
+    # a line as the shingles see it (lowercased, punctuation and whitespace runs as one space), hashed;
+    # null for a line without word characters (never boilerplate: it has no shingles anyway)
+    norm = line.str.to_lowercase().str.replace_all(r"\W+", " ").str.strip_chars()
+    return pl.when(norm != "").then(norm.hash(seed=0))
 
 
 def discount_boilerplate(parts: list[pl.Series], min_records: int, share: float) -> tuple[list[pl.Series], dict]:
@@ -315,12 +317,15 @@ def discount_boilerplate(parts: list[pl.Series], min_records: int, share: float)
     stats = {"boilerplate_cutoff_records": cutoff, "boilerplate_lines": 0, "records_discounted": 0}
     if n < cutoff:
         return parts, stats
-    keys = pl.DataFrame(
-        {f"k{j}": s.fill_null("").str.split("\n").list.eval(_line_key()) for j, s in enumerate(parts)}
-    ).with_row_index("row")
     lines = pl.concat(
-        [keys.select("row", key=pl.col(f"k{j}")).explode("key") for j in range(len(parts))]
-    ).filter(pl.col("key").is_not_null() & (pl.col("key") != ""))
+        [
+            pl.DataFrame({"key": s.fill_null("").str.split("\n").list.eval(_line_key(pl.element()))})
+            .with_row_index("row")
+            .explode("key")
+            .drop_nulls("key")
+            for s in parts
+        ]
+    )
     frequency = lines.unique().group_by("key").len()
     boiler = frequency.filter(pl.col("len") >= cutoff).select("key")
     stats["boilerplate_lines"] = boiler.height
@@ -340,8 +345,8 @@ def discount_boilerplate(parts: list[pl.Series], min_records: int, share: float)
         kept = (
             sub.select("i", line=pl.col("text").str.split("\n"))
             .explode("line")
-            .with_columns(key=pl.col("line").fill_null("").str.to_lowercase().str.replace_all(r"\W+", " ").str.strip_chars())
-            .filter(~pl.col("key").is_in(boiler_keys))
+            .with_columns(key=_line_key(pl.col("line").fill_null("")))
+            .filter(~pl.col("key").is_in(boiler_keys).fill_null(False))
             .group_by("i", maintain_order=True)
             .agg(pl.col("line").str.join("\n"))
         )
@@ -490,43 +495,54 @@ class MinHashDedup(GlobalStage):
             cols.append(pl.col("response_text").fill_null(""))
         return batch.select(cols)
 
-    def texts(self, prepared: pl.DataFrame) -> tuple[pl.Series, pl.Series | None]:
-        """(the compared text, the response text or None) of each record, boilerplate discounted."""
+    def parts(self, prepared: pl.DataFrame) -> pl.DataFrame:
+        """The compared text columns (``prompt_text`` and/or ``response_text`` per ``fields``) of each record,
+        boilerplate discounted."""
         p = self.params
         names = [c for c in ("prompt_text", "response_text") if c in prepared.columns]
         parts = [prepared[c] for c in names]
         if p.discount_boilerplate:
             parts, stats = discount_boilerplate(parts, p.boilerplate_min_records, p.boilerplate_share)
             self.stats.update(stats)
-        whole = parts[0] if len(parts) == 1 else pl.DataFrame({"p": parts[0], "r": parts[1]}).select(pl.concat_str("p", "r", separator="\n")).to_series()
-        response = parts[1] if len(parts) == 2 and self.response_check else None
-        return whole, response
+        return pl.DataFrame(dict(zip(names, parts)))
 
-    def _signatures(self, whole: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    @staticmethod
+    def compared(parts: pl.DataFrame) -> pl.Series:
+        """The text that is shingled: the parts joined by a newline (built per chunk: no copy of the whole run)."""
+        return parts.to_series() if parts.width == 1 else parts.select(pl.concat_str(parts.columns, separator="\n")).to_series()
+
+    def texts(self, prepared: pl.DataFrame) -> tuple[pl.Series, pl.Series | None]:
+        """(the compared text, the response text or None) of each record, boilerplate discounted."""
+        parts = self.parts(prepared)
+        return self.compared(parts), parts["response_text"] if self.response_check else None
+
+    def _signatures(self, parts: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         p = self.params
-        n = whole.len()
+        n = parts.height
         sig = np.empty((n, p.num_perm), dtype=np.uint32)
         sizes = np.zeros(n, dtype=np.int64)
         for lo in range(0, n, SIGNATURE_CHUNK):
-            shingles, offsets = self.shingles(whole.slice(lo, SIGNATURE_CHUNK))
+            shingles, offsets = self.shingles(self.compared(parts.slice(lo, SIGNATURE_CHUNK)))
             sig[lo : lo + offsets.size - 1] = signatures(shingles, offsets, p.num_perm, p.seed)
             sizes[lo : lo + offsets.size - 1] = np.diff(offsets)
         return sig, sizes
 
-    def exact_scores(self, whole: pl.Series, response: pl.Series | None, ia: np.ndarray, ib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(exact Jaccard of the texts, exact Jaccard of the responses or 1.0) of record pairs (row positions)."""
+    def exact_scores(self, parts: pl.DataFrame, ia: np.ndarray, ib: np.ndarray, response: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(exact Jaccard of the compared texts, exact Jaccard of the responses or 1.0 without the response
+        check) of record pairs, given as row positions in ``parts``."""
         sim = np.empty(ia.size, dtype=np.float64)
         resp = np.ones(ia.size, dtype=np.float64)
+        response = response and self.response_check
         for lo in range(0, ia.size, EXACT_CHUNK):
             a, b = ia[lo : lo + EXACT_CHUNK], ib[lo : lo + EXACT_CHUNK]
             docs, local = np.unique(np.concatenate([a, b]), return_inverse=True)
             la, lb = local[: a.size], local[a.size :]
-            idx = pl.Series(docs)
-            values, offsets = shingle_sets(*self.shingles(whole.gather(idx)))
+            sub = parts[docs]
+            values, offsets = shingle_sets(*self.shingles(self.compared(sub)))
             sim[lo : lo + a.size] = jaccard(*set_overlap(values, offsets, la, lb))
-            if response is not None:  # 5-character shingles whatever `shingle` is: a swapped word in a short
-                # answer breaks five word 5-grams of maybe twenty, but only a few of its character 5-grams
-                values, offsets = shingle_sets(*char_ngram_hashes(response.gather(idx), DEFAULT_NGRAM["char"]))
+            if response:  # 5-character shingles whatever `shingle` is: a swapped word in a short answer
+                # breaks five word 5-grams of maybe twenty, but only a few of its character 5-grams
+                values, offsets = shingle_sets(*char_ngram_hashes(sub["response_text"], DEFAULT_NGRAM["char"]))
                 resp[lo : lo + a.size] = jaccard(*set_overlap(values, offsets, la, lb))
         return sim, resp
 
@@ -534,15 +550,15 @@ class MinHashDedup(GlobalStage):
         p = self.params
         self.stats = {}
         # best first by the keep policy: a bucket's first members (linked to every member) are the likely centres
-        prepared = priority_order(prepared, p.keep)
-        whole, response = self.texts(prepared)
-        sig, sizes = self._signatures(whole)
+        if not (p.keep == "first" and prepared["uid"].is_sorted()):  # (sorting would copy every text)
+            prepared = priority_order(prepared, p.keep)
+        parts = self.parts(prepared)
+        prepared = prepared.drop([c for c in ("prompt_text", "response_text") if c in prepared.columns])
+        sig, sizes = self._signatures(parts)
         has = np.flatnonzero(sizes > 0)  # records without shingles (no word character) are nobody's duplicate
         if has.size < prepared.height:
-            prepared, whole, sig = prepared[has], whole.gather(pl.Series(has)), sig[has]
-            response = response.gather(pl.Series(has)) if response is not None else None
+            prepared, parts, sig = prepared[has], parts[has], sig[has]
         uids = prepared["uid"].to_numpy().astype(np.int64)
-        small = prepared.drop([c for c in ("prompt_text", "response_text") if c in prepared.columns])
         if sig.shape[0] < 2:
             return GlobalDecision(empty_rejects().drop("stage"))
         bands, rows = self.bands_rows
@@ -553,13 +569,13 @@ class MinHashDedup(GlobalStage):
         if check.size > REPORT_MAX_PAIRS:  # too many for the report: verify only what the decision needs
             check = np.flatnonzero(est >= self.check_from - 1e-9)
         ia, ib = ia[check], ib[check]
-        sim, resp = self.exact_scores(whole, response, ia, ib)
+        sim, resp = self.exact_scores(parts, ia, ib)
         self.stats.update(candidate_pairs=int(est.size), pairs_verified=int(check.size))
         near = np.flatnonzero(sim >= report_floor)
         if near.size > REPORT_MAX_PAIRS:
             near = near[np.argpartition(-sim[near], REPORT_MAX_PAIRS - 1)[:REPORT_MAX_PAIRS]]
         report = pl.DataFrame({"uid_a": uids[ia[near]], "uid_b": uids[ib[near]], "similarity": np.round(sim[near], 4)})
-        ok = (sim >= p.threshold - 1e-9) & (resp >= p.response_similarity - 1e-9 if response is not None else True)
+        ok = (sim >= p.threshold - 1e-9) & (resp >= p.response_similarity - 1e-9)
         self.stats.update(pairs_accepted=int(ok.sum()), pairs_failing_response_check=int(((sim >= p.threshold - 1e-9) & ~ok).sum()))
         ua, ub = uids[ia[ok]], uids[ib[ok]]
         pairs = pl.DataFrame({"uid_a": np.minimum(ua, ub), "uid_b": np.maximum(ua, ub)}, schema={"uid_a": pl.Int64, "uid_b": pl.Int64})
@@ -575,11 +591,11 @@ class MinHashDedup(GlobalStage):
             if missing.size:
                 pa = pl.DataFrame({"uid": member[missing]}).join(pos, on="uid", how="left", maintain_order="left")["pos"].to_numpy()
                 pb = pl.DataFrame({"uid": rep[missing]}).join(pos, on="uid", how="left", maintain_order="left")["pos"].to_numpy()
-                out[missing] = self.exact_scores(whole, None, pa, pb)[0]
+                out[missing] = self.exact_scores(parts, pa, pb, response=False)[0]
             return out
 
         return decide_clusters(
-            small,
+            prepared,
             pairs,
             keep=p.keep,
             reason="near_duplicate",
