@@ -63,11 +63,11 @@ def test_arc_test_questions_used_as_training_are_all_flagged(shared_data, run_co
     for row in ledger.to_dicts():
         line = _ref_line(row["detail"], "arc_easy_shared.jsonl")
         assert json.loads(evals[line - 1])["query"].strip() == train[row["source_line"] - 1]["query"].strip(), row["detail"]
-    # the report shows the matched span
+    # the report shows the matched span (the "Question:" label is not part of it)
     example = ledger.filter(pl.col("source_line") == 2)["detail"][0]
-    assert example.startswith("13-gram overlap with ") and '"question which piece of safety equipment is used to keep mold spores' in example
+    assert example.startswith("13-gram overlap with ") and '"which piece of safety equipment is used to keep mold spores' in example
     short = ledger.filter(pl.col("detail").str.contains("what causes sound"))["detail"][0]
-    assert short.startswith("whole-line overlap (4 words)")
+    assert short.startswith("whole-question overlap (3 words)")
 
 
 def test_clean_alpaca_has_almost_no_hits_against_four_benchmarks(shared_data):
@@ -181,7 +181,7 @@ def test_curate_run_ledger_names_eval_file_and_item(shared_data, tmp_path, run_c
     # Alpaca's line 41 asks "What is your favorite color?", which is, word for word, a TruthfulQA question
     assert hit["source_line"].to_list() == [41, 301, 302], hit["detail"].to_list()
     assert hit["stage"].unique().to_list() == ["decontaminate"]
-    assert hit["detail"][0] == 'whole-line overlap (5 words) with truthfulqa:105 (1 n-gram): "what is your favorite color"'
+    assert hit["detail"][0] == 'whole-question overlap (5 words) with truthfulqa:105 (1 n-gram): "what is your favorite color"'
     assert re.search(r"with truthfulqa:\d+ ", hit["detail"][1])
     assert _ref_line(hit["detail"][1], "truthfulqa") == tqa_batch.lines[40]
     assert _ref_line(hit["detail"][2], "evals/sociology_test.csv") == soc_batch.lines[10]
@@ -202,3 +202,68 @@ def test_editing_an_eval_file_reruns(tmp_path, run_config):
     write_jsonl(tmp_path / "eval.jsonl", [{"question": "What is the tallest mountain in the solar system?", "answer": "Olympus Mons"}])
     again = run_config(cfg)
     assert not again.skipped and again.summary["stages"][0]["reasons"] == {"contaminated": 1}
+
+
+def _items(shared: Path, path: str, n: int) -> list[dict]:
+    return [json.loads(x) for x in (shared / path).read_text().splitlines()[:n]]
+
+
+def test_arc_and_triviaqa_questions_found_without_their_labels(shared_data, tmp_path):
+    # The eval files store "Question: ..." (ARC) and "Question: ...\nAnswer:" (TriviaQA) around the question;
+    # training copies without the labels, alone or inside a longer instruction, are the same item.
+    arc = _items(shared_data, ARC_EVAL, 60)
+    tqa = _items(shared_data, "triviaqa/triviaqa_sm_sub_shared.jsonl", 60)
+    arc_q = [r["query"].removeprefix("Question: ").strip() for r in arc]
+    tqa_q = [r["context"].removeprefix("Question: ").removesuffix("\nAnswer:").strip() for r in tqa]
+    convs = [[("user", q), ("assistant", r["choices"][r["gold"]])] for q, r in zip(arc_q, arc)]
+    convs += [[("user", f"Answer this trivia question: {q.rstrip('?')}? Give a short answer."), ("assistant", r["answer"])] for q, r in zip(tqa_q, tqa)]
+    rejects = _run(_stage(shared_data, [ARC_EVAL, "triviaqa/triviaqa_sm_sub_shared.jsonl"]), canonical_frame(convs))
+    by_uid = dict(zip(rejects["uid"].to_list(), rejects["detail"].to_list()))
+    assert sorted(by_uid) == list(range(120))
+    for i in range(60):  # each names its own item (file lines are 1-based)
+        assert _ref_line(by_uid[i], "arc_easy_shared.jsonl") == i + 1, by_uid[i]
+        assert _ref_line(by_uid[60 + i], "triviaqa_sm_sub_shared.jsonl") == i + 1, by_uid[60 + i]
+    assert "question" not in by_uid[60].split('"')[1].split()[:1]  # the span starts at the question, not a label
+    # a short question is a sentence of its own, not a prefix of a longer one
+    what_causes = next(i for i, q in enumerate(arc_q) if q == "What causes sound?")
+    near = canonical_frame([[("user", "What causes sound waves to bend around corners?"), ("assistant", "Diffraction.")]])
+    assert _run(_stage(shared_data, [ARC_EVAL]), near).height == 0
+    assert by_uid[what_causes].startswith("whole-question overlap (") and '"what causes sound' in by_uid[what_causes]
+
+
+def test_generic_choices_of_short_mmlu_stems_are_not_evidence(shared_data):
+    # "Neural networks:" (machine_learning) and "Structural interventions typically target:" (virology) have
+    # short stems: their choices ("None of the above", "Policies", "Optimize a convex objective function")
+    # must never be indexed as the question.
+    lines = ["All of the above.", "None of the above", "all of the above", "Policies", "True", "Optimize a convex objective function",
+             "Can use a mix of different activation functions"]
+    frame = canonical_frame([[("user", "Pick the best option."), ("assistant", x)] for x in lines])
+    stage = _stage(shared_data, ["mmlu/machine_learning_test.csv", "mmlu/virology_test.csv", "mmlu/sociology_test.csv"])
+    assert _run(stage, frame).height == 0
+    # the same short stem together with its choices is the item
+    copy = canonical_frame([[("user", "Neural networks:\n(a) Optimize a convex objective function\n(b) Can only be trained with stochastic "
+                                      "gradient descent\n(c) Can use a mix of different activation functions\n(d) None of the above"), ("assistant", "(c)")]])
+    found = _run(stage, copy)
+    assert _ref_line(found["detail"][0], "mmlu/machine_learning_test.csv") == 31
+
+
+def test_reformatted_mmlu_choices_are_found(shared_data):
+    # an item of college_mathematics and one of global_facts ask "Which of the following is true?", a
+    # sentence of many MMLU items (a template on its own): the item is its question followed by its choices,
+    # whatever the layout (bullets, inline letters, numbered lines).
+    def item(name: str, first_choice_word: str) -> tuple[dict, int]:
+        batch = next(read_file(shared_data / "mmlu" / f"{name}_test.csv", csv_header=list("qabcdx")))
+        return next((r, ln) for r, ln in zip(batch.records, batch.lines) if r["q"] == "Which of the following is true?" and r["a"].startswith(first_choice_word))
+
+    (math, math_line), (facts, facts_line) = item("college_mathematics", "Every"), item("global_facts", "males")
+    bullets = math["q"] + "\n" + "\n".join(f"* {math[k]}" for k in "abcd")
+    inline = facts["q"] + " " + " ".join(f"{L}) {facts[k]}" for L, k in zip("ABCD", "abcd"))
+    numbered = facts["q"] + "\n" + "\n".join(f"{i}. {facts[k]}" for i, k in enumerate("abcd", 1))
+    frame = canonical_frame([[("user", t), ("assistant", "B")] for t in (bullets, inline, numbered)]
+                            + [[("user", "Which of the following is true?"), ("assistant", "The sky is blue.")]])
+    rejects = _run(_stage(shared_data, ["mmlu/*_test.csv"]), frame)
+    by_uid = dict(zip(rejects["uid"].to_list(), rejects["detail"].to_list()))
+    assert sorted(by_uid) == [0, 1, 2], by_uid  # the bare template sentence is no item
+    assert _ref_line(by_uid[0], "mmlu/college_mathematics_test.csv") == math_line
+    assert _ref_line(by_uid[1], "mmlu/global_facts_test.csv") == facts_line
+    assert _ref_line(by_uid[2], "mmlu/global_facts_test.csv") == facts_line

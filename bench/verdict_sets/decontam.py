@@ -139,12 +139,17 @@ def _norm(text: str) -> str:
 
 
 def _pieces(item: dict) -> set[str]:
-    """The item's texts that another item may repeat word for word: its question (and each of MMLU moral
-    scenarios' two scenarios), and every choice or answer of at least 8 words."""
-    parts = [p for p in re.split(r"Scenario \d \|", item["plain"]) if p.strip()]
-    out = {_norm(p) for p in parts}
-    out |= {_norm(c) for c in [*(item["choices"] or []), item["answer"] or ""] if len(re.findall(r"\w+", c)) >= 8}
-    return out - {""}
+    """The item's texts that another item may repeat word for word: each line of its question of at least 8
+    words (a shared reading passage, a repeated question; MMLU moral scenarios' two scenarios), and every
+    choice or answer of at least 8 words."""
+    parts = [*re.split(r"\n|Scenario \d \|", item["plain"]), *(item["choices"] or []), item["answer"] or ""]
+    return {n for n in map(_norm, parts) if len(n.split()) >= 8}
+
+
+# A piece shared by more items than this is the set's template (an instruction, a question stem), not content
+# that a few items share (a passage with its questions: at most 5 items in MMLU); a training row that repeats a
+# template is a negative, one that repeats shared content is not.
+SHARED_CONTENT_ITEMS = 5
 
 
 def write_part(spec: dict, items: list[dict], path: Path) -> Path:
@@ -302,7 +307,11 @@ def measure(shared: Path, work: Path, *, quick: bool = False) -> list[dict]:
             # the other part's items are negatives unless they share a source or a piece of text with an
             # indexed item (the eval set's own duplicates: MMLU repeats questions and moral scenarios)
             sources = {it["source"] for it in mine if "source" in it}
-            indexed = set().union(*(_pieces(it) for it in mine))
+            counts: dict[str, int] = {}
+            for it in spec["items"]:
+                for piece in _pieces(it):
+                    counts[piece] = counts.get(piece, 0) + 1
+            indexed = {x for it in mine for x in _pieces(it) if counts[x] <= SHARED_CONTENT_ITEMS}
             other = [it for i, it in enumerate(spec["items"]) if i % 2 != p_idx]
             dup = sum(1 for it in other if it.get("source", -1) in sources or _pieces(it) & indexed)
             excluded[name] = dup
@@ -343,7 +352,7 @@ def measure(shared: Path, work: Path, *, quick: bool = False) -> list[dict]:
                 t[1] += uid in flagged
         for (name, form), (n, hit) in tally.items():
             if form in ("same-template", "negative"):
-                note = f"other part's items of the set, same template ({excluded.get(name.split(':')[0], 0)} left out: they share a question, a long answer or a source with an indexed item)" if form == "same-template" else "clean Alpaca rows vs every eval set"
+                note = f"other part's items of the set, same template ({excluded.get(name.split(':')[0], 0)} left out: they share a passage, a question, a long answer or a source with an indexed item)" if form == "same-template" else "clean Alpaca rows vs every eval set"
                 if form == "negative":
                     note += f"; {hit * 5000 / max(n, 1):.2f} false hits per 5,000"
                     examples = [flagged[u] for u, m in enumerate(meta) if m[0] == "alpaca_clean" and u in flagged][:3]

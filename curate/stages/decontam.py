@@ -442,7 +442,7 @@ class Decontaminate(GlobalStage):
         )
         boilerplate_max_records: int = Field(50, ge=1, description="a unit in more training records than max(this, boilerplate_fraction * N) is boilerplate")
         boilerplate_fraction: float = Field(0.001, ge=0, le=1, description="see boilerplate_max_records")
-        max_eval_items: int = Field(10, ge=1, description="a unit in more eval items than this is an eval template, not evidence")
+        max_eval_items: int = Field(5, ge=1, description="a unit in more eval items than this is an eval template, not evidence")
         min_matches: int = Field(1, ge=1, description="distinct units needed to call a record contaminated")
 
         @model_validator(mode="after")
