@@ -238,9 +238,9 @@ def _dup_ngram_char_frac(text: pl.Series, n: int, rows_to_judge: np.ndarray) -> 
     few repeated n-grams, and a chorus sung three times in a song holds about a third of its words.
 
     Implementation: every n-gram of the batch gets a 64-bit key (its words' hashes combined, mixed with its
-    record number); one stable sort puts equal keys together in text order, so every key but the first of
-    its run is a repeat; the words a repeat covers are marked with a +1/-1 difference array and a cumulative
-    sum, and summed per record with ``bincount``.
+    record number); Polars' ``is_first_distinct`` (one hash pass) finds every key equal to an earlier one;
+    the words a repeat covers are marked with a +1/-1 difference array and a cumulative sum, and summed per
+    record with ``bincount``.
     """
     n_rows = len(text)
     out = np.full(n_rows, np.nan)
@@ -258,10 +258,8 @@ def _dup_ngram_char_frac(text: pl.Series, n: int, rows_to_judge: np.ndarray) -> 
         gram ^= hashes[k : m - n + 1 + k]
     gram ^= rows[: m - n + 1].astype(np.uint64) * _U(0xD6E8FEB86659FD93)
     inside = rows[: m - n + 1] == rows[n - 1 :]  # the n-gram does not run from one record into the next
-    order = np.argsort(gram, kind="stable")
-    sorted_keys = gram[order]
-    repeat = np.empty(len(gram), dtype=bool)
-    repeat[order] = np.r_[False, sorted_keys[1:] == sorted_keys[:-1]]
+    # a key equal to an earlier one (in text order) is a repeat: one hash pass, no sort
+    repeat = ~pl.Series(gram).is_first_distinct().to_numpy()
     starts = np.flatnonzero(repeat & inside)
     if len(starts) == 0:
         return out
