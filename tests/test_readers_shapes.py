@@ -181,3 +181,32 @@ def test_normalization_nfc_whitespace_and_stable_ids():
     assert build_frame([9], "g", [5], ["openai"], [["user", "assistant"]], [["other", "text"]], ["{}"], [[]])["id"][0] == ids[2]
     nfc = Converter().convert({"messages": [{"role": "user", "content": "Cafe\u0301"}, {"role": "assistant", "content": "x"}]})
     assert nfc[2][0] == "Caf\u00e9"
+
+
+@pytest.mark.parametrize(
+    "placeholder",
+    ["<N/A>", "N/A", "(noinput)", "< noinput >", "<no input>", "None", "No input", "No input.", "<noinput> 8",
+     "The <noinput>", "\\<noinput\\>", "{\\noinput}", "`<noinput>`", '"<noinput>"', "<Noinput>.", "<noinput", "-"],
+)
+def test_placeholder_input_forms_are_blanked(placeholder):
+    # every form seen in Alpaca's input field (alpaca_data_first10k_excl_holdout.json, alpaca_4000.json)
+    for shape_fields in ({"instruction": "Name a landmark in the United States", "input": placeholder, "output": "Statue of Liberty"},
+                         {"instruction": "Name a landmark in the United States", "input": placeholder, "output": "Statue of Liberty", "id": 1}):
+        _, _, contents, _, fixes = Converter().convert(shape_fields)  # the fast path and the general one
+        assert contents[0] == "Name a landmark in the United States" and fixes == ["placeholder_input"], placeholder
+
+
+def test_placeholder_inputs_of_real_alpaca_rows_and_data_that_looks_like_one(shared_data):
+    rows = [r for name in ("alpaca_data_first10k_excl_holdout.json", "alpaca_4000.json") for r in json.loads((shared_data / "alpaca" / name).read_text())]
+    c = Converter()
+    blanked = [r["input"] for r in rows if "placeholder_input" in c.convert(r)[4]]
+    assert len(blanked) >= 170 and "None" in blanked and {"<no input>", "< noinput >", "<noinput> 8", "The <noinput>", "<noinput", "N/A"} <= set(blanked)
+    # real inputs that are data stay ("Night, empty street.", "+")
+    assert not [r["input"] for r in rows if r["input"] in ("Night, empty street.", "+") and "placeholder_input" in c.convert(r)[4]]
+    # "None" is data in a task about code or values; "None" as an answer is an answer
+    code = c.convert({"instruction": "What does this Python function return for the input below?", "input": "None", "output": "0"})
+    assert code[2][0].endswith("\n\nNone") and code[4] == []
+    assert c.convert({"instruction": "Which of these numbers is prime: 4, 6, 8?", "input": "", "output": "None"})[2][1] == "None"
+    # placeholder answers: "<N/A>", "(no output)" are blanked (and then rejected as empty by the filters)
+    for out in ("<N/A>", "(no output)", "<nooutput>", "No output required."):
+        assert c.convert({"instruction": "Design a logo.", "input": "", "output": out})[4] == ["placeholder_output"], out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -209,3 +210,66 @@ def test_params_are_validated():
         LanguageID.Params(field="instruction")
     with pytest.raises(ValidationError):
         LanguageID.Params(min_confidence=1.5)
+
+
+# -- instruction data: short prompts, tasks about other languages ------------------------------------------------
+
+
+def _wmt(name: str) -> list[str]:
+    folder = "sources" if ".src." in name else "references"
+    return (DATA / "wmt22" / "txt" / folder / f"generaltest2022.{name}").read_text().splitlines()
+
+
+def test_short_math_prompts_are_not_called_foreign():
+    # prompts the old defaults (12 letters, confidence 0.65, digits read) called French and Italian
+    convs = [
+        [("user", "Calculate 5 plus 2"), ("assistant", "7")],
+        [("user", "Evaluate the expression 3x - 3 when x = 4."), ("assistant", "9")],
+        [("user", "Convert 58 Fahrenheit to Celsius.\n\n58 Fahrenheit"), ("assistant", "14.44 Celsius")],
+    ]
+    batch = canonical_frame(convs)
+    assert LanguageID().evaluate(batch)["reason"].to_list() == [None, None, None]
+    old = LanguageID(LanguageID.Params(min_letters=12, min_confidence=0.65, language_tasks=False))
+    assert old.evaluate(batch.head(1))["reason"][0] == "wrong_language"  # "Calculate 5 plus 2": fr 0.75, 13 letters
+
+
+@needs_data
+def test_gsm8k_and_short_alpaca_math_and_code_prompts_are_kept():
+    gsm = [json.loads(x) for x in (DATA / "gsm8k" / "test.jsonl").read_text().splitlines()]
+    alpaca = json.loads((DATA / "alpaca" / "alpaca_data_first10k_excl_holdout.json").read_text())
+    short = [r for r in alpaca if len(r["instruction"]) <= 60 and re.search(r"\d|\b(?:code|python|function|calculate|compute)\b", r["instruction"], re.I)]
+    assert len(short) > 300
+    convs = [[("user", g["question"]), ("assistant", g["answer"])] for g in gsm] + _alpaca_rows(short)
+    assert LanguageID().evaluate(canonical_frame(convs))["reason"].is_not_null().sum() == 0
+
+
+def _alpaca_rows(rows: list[dict]) -> list[list[tuple[str, str]]]:
+    return [[("user", r["instruction"] + ("\n\n" + r["input"] if r["input"] else "")), ("assistant", r["output"])] for r in rows]
+
+
+@needs_data
+def test_translation_and_identify_the_language_tasks_are_kept_german_records_rejected():
+    de_src, en_ref = _wmt("de-en.src.de")[:300], _wmt("de-en.ref.A.en")[:300]
+    en_src, de_ref = _wmt("en-de.src.en")[:300], _wmt("en-de.ref.A.de")[:300]
+    tasks = (
+        [[("user", f"Translate into English:\n\n{d}"), ("assistant", e)] for d, e in zip(de_src, en_ref)]
+        + [[("user", f"Translate the following sentence into German.\n\n{e}"), ("assistant", d)] for e, d in zip(en_src, de_ref)]
+        + [[("user", f"Identify the language of this text: {d}"), ("assistant", "German")] for d in de_src]
+        + [[("user", f'How do you say "{e}" in German?'), ("assistant", d)] for e, d in zip(en_src, de_ref)]
+    )
+    out = LanguageID().evaluate(canonical_frame(tasks))
+    assert out["reason"].is_not_null().sum() == 0
+    # judged on the prompt alone (what the old rule did when the answer was too short), they read as German
+    assert LanguageID(LanguageID.Params(field="prompt")).evaluate(canonical_frame(tasks))["reason"].is_not_null().sum() > 200
+    # the same German text as a German record (instruction and answer) goes
+    german = [[("user", a), ("assistant", b)] for a, b in zip(de_src[0::2], de_src[1::2])]
+    assert LanguageID().evaluate(canonical_frame(german))["reason"].is_not_null().mean() > 0.95
+
+
+def test_a_prompt_about_another_language_keeps_the_record():
+    # the instruction comes after the foreign sample and the answer is one word: every side reads as Spanish
+    conv = [("user", "¿Cómo estás, mi querido amigo? ¿Qué tal tu día en la oficina? Which language is this?"), ("assistant", "Spanish")]
+    batch = canonical_frame([conv])
+    out = LanguageID().evaluate(batch)
+    assert out["reason"][0] is None and out["language_task"][0] is True
+    assert LanguageID(LanguageID.Params(language_tasks=False)).evaluate(batch)["reason"][0] == "wrong_language"
