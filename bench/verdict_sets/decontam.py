@@ -327,6 +327,15 @@ def measure(shared: Path, work: Path, *, quick: bool = False) -> list[dict]:
             for it in other:
                 records.append({"instruction": it["question"], "input": "", "output": it["answer"] or ""})
                 meta.append((name, "same-template", it.get("subject")))
+        # moral_scenarios' shared stem with two scenarios that are no eval text (sentences of clean Alpaca outputs)
+        moral = [it for i, it in enumerate(sets["mmlu"]["items"]) if i % 2 == p_idx and it.get("subject") == "moral_scenarios"]
+        sentences = [x.strip() for r in clean for x in re.split(r"(?<=[.!?])\s+", r["output"]) if 6 <= len(x.split()) <= 25]
+        rng = random.Random(zlib.crc32(f"moral/{part}".encode()))
+        for it in moral[:200]:
+            stem = it["question"].split("Scenario 1")[0].strip()
+            a, b = rng.sample(sentences, 2)
+            records.append({"instruction": f"{stem} Scenario 1 | {a} Scenario 2 | {b}", "input": "", "output": rng.choice(it["choices"])})
+            meta.append(("mmlu:moral_scenarios", "shared-stem", None))
         for k, r in enumerate(clean):
             if k % 2 == p_idx:
                 records.append({"instruction": r["instruction"], "input": r["input"], "output": r["output"]})
@@ -337,7 +346,7 @@ def measure(shared: Path, work: Path, *, quick: bool = False) -> list[dict]:
         # every flagged negative and every missed positive, for reading (not part of the numbers)
         with open(pdir / "review.jsonl", "w", encoding="utf-8") as fh:
             for uid, (name, form, _) in enumerate(meta):
-                negative = form in ("same-template", "negative")
+                negative = form in ("same-template", "negative", "shared-stem")
                 if negative == (uid in flagged):
                     fh.write(json.dumps({"set": name, "form": form, "flagged": uid in flagged, "detail": flagged.get(uid),
                                          "instruction": records[uid]["instruction"][:400], "output": records[uid]["output"][:200]}) + "\n")
@@ -351,8 +360,8 @@ def measure(shared: Path, work: Path, *, quick: bool = False) -> list[dict]:
                 t[0] += 1
                 t[1] += uid in flagged
         for (name, form), (n, hit) in tally.items():
-            if form in ("same-template", "negative"):
-                note = f"other part's items of the set, same template ({excluded.get(name.split(':')[0], 0)} left out: they share a passage, a question, a long answer or a source with an indexed item)" if form == "same-template" else "clean Alpaca rows vs every eval set"
+            if form in ("same-template", "negative", "shared-stem"):
+                note = "the shared question stem of this part's items with two scenarios of clean Alpaca text" if form == "shared-stem" else f"other part's items of the set, same template ({excluded.get(name.split(':')[0], 0)} left out: they share a passage, a question, a long answer or a source with an indexed item)" if form == "same-template" else "clean Alpaca rows vs every eval set"
                 if form == "negative":
                     note += f"; {hit * 5000 / max(n, 1):.2f} false hits per 5,000"
                     examples = [flagged[u] for u, m in enumerate(meta) if m[0] == "alpaca_clean" and u in flagged][:3]
@@ -360,7 +369,7 @@ def measure(shared: Path, work: Path, *, quick: bool = False) -> list[dict]:
                         note += "; e.g. " + " | ".join(e[:120] for e in examples)
                 rows.append({"stage": "decontaminate", "set": f"{name}/{form}" if form != "negative" else name, "part": part,
                              "n_pos": 0, "n_neg": n, "tp": 0, "fp": hit, "fn": 0,
-                             "labels": "eval file's own items (other part)" if form == "same-template" else "assumed clean: real Alpaca rows, nothing pasted",
+                             "labels": "eval file's own items (other part)" if form == "same-template" else "construction: an eval stem around real Alpaca sentences" if form == "shared-stem" else "assumed clean: real Alpaca rows, nothing pasted",
                              "note": note})
             else:
                 rows.append({"stage": "decontaminate", "set": f"{name}/{form}", "part": part, "n_pos": n, "n_neg": 0,
@@ -368,7 +377,7 @@ def measure(shared: Path, work: Path, *, quick: bool = False) -> list[dict]:
                              "note": "light paraphrase: recall expected lower" if form == "paraphrase" else ""})
         arc_file = next(f for f in eval_files if f.stem == "arc_easy")
         rows.append(_arc_first100(shared, pdir, part, arc_file, len(sets["arc_easy"]["items"])))
-    order = {f: i for i, f in enumerate((*FORMS, "same-template"))}
+    order = {f: i for i, f in enumerate((*FORMS, "same-template", "shared-stem"))}
     rows.sort(key=lambda r: (r["part"] != "tune", r["set"].split("/")[0], order.get(r["set"].split("/")[-1], 99)))
     return rows
 

@@ -265,6 +265,41 @@ def segment_run_units(tok: Tokens, min_words: int, max_words: int) -> Units:
     return Units(mat[r, k], doc[r], (first[r] - tok.offsets[doc[r]]).astype(np.int64), (k + 1).astype(np.int64))
 
 
+def _drop_template_edges(units: Units, pos: np.ndarray, n_words: int, max_items: int, share: float) -> Units:
+    """The n-grams (``units``, ``doc`` = item, first word at ``pos`` of ``n_words`` words in all) of which at
+    most ``share`` of the words lie inside template n-grams (n-grams of more than ``max_items`` items).
+
+    An n-gram that straddles a template's edge ("... do something clearly morally wrong? Scenario 1 | He")
+    repeats the template plus a word or two of the item: any text that uses the template and starts the
+    same way has it, so it is not evidence of the item."""
+    if units.hash.size == 0:
+        return units
+    n = int(units.length[0])
+    # items per hash (distinct (hash, item) pairs)
+    order = np.lexsort((units.doc, units.hash))
+    h, it = units.hash[order], units.doc[order]
+    new_pair = np.ones(h.size, dtype=bool)
+    new_pair[1:] = (h[1:] != h[:-1]) | (it[1:] != it[:-1])
+    new_hash = np.ones(h.size, dtype=bool)
+    new_hash[1:] = h[1:] != h[:-1]
+    group = np.cumsum(new_hash) - 1
+    items_per_hash = np.bincount(group, weights=new_pair).astype(np.int64)
+    template = np.empty(h.size, dtype=bool)
+    template[order] = items_per_hash[group] > max_items
+    if not template.any():
+        return units
+    # words covered by a template n-gram (a difference array over all words)
+    cover = np.zeros(n_words + 1, dtype=np.int64)
+    np.add.at(cover, pos[template], 1)
+    np.add.at(cover, pos[template] + n, -1)
+    covered = np.cumsum(cover)[:-1] > 0
+    covered_before = np.zeros(n_words + 1, dtype=np.int64)
+    np.cumsum(covered, out=covered_before[1:])
+    inside = covered_before[pos + n] - covered_before[pos]
+    keep = inside <= share * n
+    return Units(units.hash[keep], units.doc[keep], units.start[keep], units.length[keep])
+
+
 def display_words(texts: pl.Series) -> list[list[str]]:
     """The words of each text as the units count them (normalized, lowercased, boundaries dropped), for
     showing matched spans (a few texts: the hits)."""
@@ -444,6 +479,11 @@ class Decontaminate(GlobalStage):
         boilerplate_fraction: float = Field(0.001, ge=0, le=1, description="see boilerplate_max_records")
         max_eval_items: int = Field(5, ge=1, description="a unit in more eval items than this is an eval template, not evidence")
         min_matches: int = Field(1, ge=1, description="distinct units needed to call a record contaminated")
+        template_share: float = Field(
+            0.7, ge=0, le=1,
+            description="an n-gram with more than this share of its words inside eval templates (n-grams of more than "
+            "max_eval_items items) is not evidence: it straddles the template's edge",
+        )
 
         @model_validator(mode="after")
         def _min_words_below_ngram(self) -> "Decontaminate.Params":
@@ -536,7 +576,9 @@ class Decontaminate(GlobalStage):
                     whole_item += [item] * len(wholes)
         gram_tok = tokens(pl.Series(gram_texts, dtype=pl.Utf8))
         gram_units = ngram_units(gram_tok, p.ngram)
+        gram_pos = gram_tok.offsets[gram_units.doc] + gram_units.start  # first word, in all texts' words
         gram_units.doc = np.asarray(gram_item, dtype=np.int64)[gram_units.doc]
+        gram_units = _drop_template_edges(gram_units, gram_pos, gram_tok.hash.size, p.max_eval_items, p.template_share)
         whole = whole_units(tokens(pl.Series(whole_texts, dtype=pl.Utf8)), p.min_words, p.ngram - 1, p.min_content_words)
         whole.doc = np.asarray(whole_item, dtype=np.int64)[whole.doc]
         # the items' own sentences, matched the way training text is: they count which items contain a whole unit
