@@ -30,7 +30,8 @@ Sets:
   code, grids, surveys, recipes); positives are real Alpaca answers of 40+ words made to loop the way models
   degenerate (seeded): a sentence or a block of one to three sentences, a block of one to three lines, or a
   phrase of two to six words, repeated after its first occurrence until the copies are 1.5 to 4 times the
-  text before them (60-80% of the result), plus the OpenAI cookbook's real 26 KB "Eat a banana!" answer
+  text before them (60-80% of the result), or a phrase of two to six words of the answer repeated 10 to 60
+  times on its own (a model looping from its first words), plus the OpenAI cookbook's real 26 KB "Eat a banana!" answer
   (in both parts). Tune/holdout by ``raw_pos`` as above.
 - ``refusal`` (labels: construction; no external refusal labels exist in shared/data): positives are real
   Alpaca instructions whose answer opens with a real refusal sentence that Llama-2-7b-chat wrote for
@@ -172,8 +173,9 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 def make_loop(answer: str, rng: random.Random) -> str | None:
     """A real answer made to degenerate: a sentence/line block or a short phrase repeated after its first
-    occurrence until the copies are 1.5-4x the text before them. None when the answer has no usable unit."""
-    kind = rng.choice(("sentence", "lines", "phrase"))
+    occurrence until the copies are 1.5-4x the text before them, or a short phrase of it repeated 10-60 times
+    alone. None when the answer has no usable unit."""
+    kind = rng.choice(("sentence", "lines", "phrase", "phrase only"))
     lines = [x for x in answer.split("\n") if x.strip()]
     sentences = _SENTENCE_END.split(answer.strip())
     if kind == "lines" and len(lines) < 3:
@@ -193,8 +195,13 @@ def make_loop(answer: str, rng: random.Random) -> str | None:
         n = rng.randint(2, 6)
         k = rng.randrange(0, len(ws) - n + 1)
         prefix, unit, sep = " ".join(ws[: k + n]), " ".join(ws[k : k + n]), rng.choice((" ", "", "\n"))
+        if kind == "phrase only":  # a model that loops from its first words ("Ooh ooh ah ah ...")
+            prefix = unit
     if len(re.findall(r"[^\W\d_]{2,}", unit)) < 2:
         return None
+    if kind == "phrase only":
+        copies = rng.randint(10, 60)
+        return sep.join([unit] * copies)
     copies = max(4, math.ceil(len(prefix) * rng.uniform(1.5, 4.0) / (len(unit) + len(sep))))
     return prefix + sep + sep.join([unit] * copies)
 

@@ -507,8 +507,10 @@ class UniqueWords(RecordStage):
     or more and take C < 0.5, where natural text does not go: on shared/data that flags 1 of the 9,807
     Alpaca answers (an HTML table template whose 35 cells all say "Row N"), none of the 805 AlpacaEval GPT-4
     or Llama-2-chat answers or of the 6,400 human Dolly answers, and catches the looping generations: the
-    cookbook's "Eat a banana!" answer, 168 of 252 vanilla-davinci self-instruct outputs, the flan-t5 loops
-    in the Dolly generations. (Before: every token a word, 20 words, C < 0.6; that rejected Sudoku grids,
+    cookbook's "Eat a banana!" answer, 167 of 252 vanilla-davinci self-instruct outputs, 3 flan-t5 loops
+    in the Dolly generations. Passage loops with a large vocabulary (a sentence said over and over after a
+    real answer) are ``gopher_repetition``'s: on the looped real answers of bench/verdict_sets/filters.py
+    this rule alone catches about 22%. (Before: every token a word, 20 words, C < 0.6; that rejected Sudoku grids,
     truth tables, class definitions and label lists.)
 
     Params:
@@ -595,9 +597,10 @@ class GopherRepetition(RecordStage):
 
     On shared/data the defaults flag 2 of 9,807 Alpaca answers (a JSON request template given twice, an
     HTML table template) and none of the 999 Alpaca-GPT-4, 1,610 AlpacaEval GPT-4/Llama-2-chat or 6,400
-    human Dolly answers, and catch 98% of real answers made to loop (a sentence, a block of lines or a
-    phrase repeated until the copies are 60-80% of the text; bench/verdict_sets/filters.py) and the
-    cookbook's "Eat a banana!" answer. Gopher's own thresholds (and a 100-word gate) rejected 0.2% of
+    human Dolly answers, and catch 97% of real answers made to loop (a sentence, a block of lines or a
+    phrase repeated until the copies are 60-80% of the text, or a phrase looped alone;
+    bench/verdict_sets/filters.py: 97.2% tune, 96.4% holdout, the misses being loops under 30 words) and
+    the cookbook's "Eat a banana!" answer. Gopher's own thresholds (and a 100-word gate) rejected 0.2% of
     Alpaca, nearly all songs, surveys, forms and question lists.
 
     Params:
@@ -908,6 +911,10 @@ DEFAULT_REFUSAL_PHRASES: tuple[str, ...] = (
     "it's not appropriate for me to",
     "i cannot provide a response",
     "i can't provide a response",
+    "i cannot provide an answer",
+    "i can't provide an answer",
+    "i cannot provide a definitive answer",
+    "i can't provide a definitive answer",
     "i'm unable to provide a response",
     # Alpaca (text-davinci-003) non-answers to image/design tasks
     "cannot be fulfilled by a gpt model",
@@ -945,6 +952,11 @@ class Refusal(RecordStage):
     AI self-descriptions ("I am a language model", "I was trained by OpenAI") are flagged: they teach a
     fine-tuned model someone else's identity. Add the broad entries back with ``extra_phrases`` for ChatGPT
     data, and set ``opening_chars`` to null to match anywhere.
+
+    On shared/data it flags 20 of 9,807 Alpaca answers (all non-answers: "<nooutput>", "<noinput>",
+    "requires visual creative output"), 42 of 805 Llama-2-chat and 20 of 805 GPT-4 AlpacaEval answers, 27
+    of 999 Alpaca-GPT-4 answers and 7 of 6,400 human Dolly answers, all opening with AI boilerplate ("As an
+    AI, I don't have ...").
 
     Params:
         phrases: the phrase list (default: ``DEFAULT_REFUSAL_PHRASES``); setting it replaces the default.
@@ -1045,7 +1057,8 @@ _PLACEHOLDER_FILE = (
 _PLACEHOLDER_LINK = r"<\s*(?:link|url)\b[^>]*>|\[\s*(?:input:\s*)?(?:an? |the )?(?:link|url|hyperlink)\b[^\]\n]{0,80}\]"
 # Phrases that always point at something outside the text
 _MEDIA_MENTION = (
-    r"\b(?:(?:" + _ATTACHED + r"|provided|shown) (?:[a-z0-9'-]+ ){0,1}?(?:" + _MEDIA_NOUNS + r")"
+    # not a count in between: "she uploaded 72 pictures" is a story, "the attached photo" a pointer
+    r"\b(?:(?:" + _ATTACHED + r"|provided|shown) (?:[a-z'-]+ ){0,1}?(?:" + _MEDIA_NOUNS + r")"
     r"|(?:" + _MEDIA_NOUNS + r") (?:attached|uploaded|provided|shown|above|below|here)"
     r"|\b(?:in|from|on|of) (?:this|these) (?:image|photo|photograph|picture|pic|video|clip|recording|audio"
     r"|screenshot|painting|drawing|artwork|figure)s?"
@@ -1072,6 +1085,10 @@ _TRIGGER = (
     r"|excel|csv|word file|word doc|presentation|slide|zip|folder|link|url|web|site|transcribe|listen|watch"
     r"|upload|enclosed"
 )
+
+
+# Tasks whose text is the object, not a pointer: the words are to be translated or their language named
+DEFAULT_TEXT_TASK_PATTERN = r"\btranslat|\b(?:identify|detect|determine|which|what|name) (?:is )?(?:the )?languages?\b|\blanguage (?:of|is)\b"
 
 
 def _deictic(nouns: str, gap: int = 2, in_the: bool = True) -> str:
@@ -1116,6 +1133,10 @@ class UnseeableContext(RecordStage):
             a reference to something missing (default 6: "Describe this photo in one sentence." is one,
             "Write a caption for this photo: a dog runs on a beach at sunset" describes it).
         check_media, check_files, check_urls: turn a family of checks off (all default true).
+        text_task_pattern: a regex over the lower-cased user turns; records that match are not judged,
+            because the text is the object of the task, not a reference to something outside it (default:
+            translation and identify-the-language tasks: "Translate into German: ... the attached photo
+            ..." asks for the words, not the photo).
     """
 
     name = "unseeable_context"
@@ -1123,15 +1144,23 @@ class UnseeableContext(RecordStage):
     score_columns = ()
 
     class Params(StageParams):
-        max_tail_words: int = Field(6, ge=0)
-        check_media: bool = True
-        check_files: bool = True
-        check_urls: bool = True
+        max_tail_words: int = Field(6, ge=0, description="words that may follow a pointer ('this photo') for it to count")
+        check_media: bool = Field(True, description="run the media_dependent checks")
+        check_files: bool = Field(True, description="run the file_dependent checks")
+        check_urls: bool = Field(True, description="run the url_dependent checks")
+        text_task_pattern: str | None = Field(
+            DEFAULT_TEXT_TASK_PATTERN,
+            description="regex over the lower-cased user turns marking tasks whose text is data (translation, "
+            "identify-the-language); matching records are not judged; null judges every record",
+        )
 
     def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
         # Every check needs one of a few literal stems; the regexes run only on records that have one.
         user = batch.select(turns_text_expr(("user",)).fill_null("").str.to_lowercase()).to_series()
-        idx = user.str.contains(_TRIGGER).arg_true()
+        judged = user.str.contains(_TRIGGER)
+        if self.params.text_task_pattern:
+            judged = judged & ~user.str.contains(self.params.text_task_pattern)
+        idx = judged.arg_true()
         reason = pl.Series("reason", [None] * batch.height, dtype=pl.Utf8)
         detail = pl.Series("detail", [None] * batch.height, dtype=pl.Utf8)
         if len(idx):
@@ -1142,6 +1171,10 @@ class UnseeableContext(RecordStage):
             sub = sub.with_columns(**parts).select(*_first_failing(checks))
             reason, detail = reason.scatter(idx, sub["reason"]), detail.scatter(idx, sub["detail"])
         return batch.with_columns(reason, detail)
+
+    def input_files(self) -> list[str]:
+        """Files the stage reads, for the run's cache key: none (``text_task_pattern`` is a regex, not a path)."""
+        return []
 
     def _checks(self) -> tuple[dict[str, pl.Expr], list[tuple[pl.Expr, str, pl.Expr]]]:
         """The regex results over ``_u`` (the lower-cased user turns) as named expressions, and the ordered
