@@ -66,7 +66,7 @@ from pydantic import Field, model_validator
 
 from curate.stages import GlobalDecision, GlobalStage, StageParams, empty_rejects, register
 from curate.stages.clusters import decide_clusters, priority_order, quality_expr
-from curate.stages.ngrams import char_ngram_hashes, compile_kernels, ngram_hashes, word_hashes
+from curate.stages.ngrams import char_ngram_hashes, compile_kernels, line_hashes, ngram_hashes, word_hashes
 
 LINKS_PER_MEMBER = 8  # each bucket member is paired with this many first members of the bucket
 REPORT_MARGIN = 0.2  # candidate pairs down to threshold - this go to the report
@@ -154,10 +154,26 @@ def _similarity_kernel(sig, ia, ib, out):
         out[i] = eq / n_perm
 
 
-def _sort_segments_kernel(values, offsets, out):
-    # out[offsets[d]:offsets[d + 1]] = the sorted values of document d
+def _sort_unique_kernel(values, offsets, out, counts):
+    # out[offsets[d]:offsets[d] + counts[d]] = the distinct values of document d, sorted
     for d in prange(offsets.size - 1):
-        out[offsets[d] : offsets[d + 1]] = np.sort(values[offsets[d] : offsets[d + 1]])
+        lo, hi = offsets[d], offsets[d + 1]
+        if hi == lo:
+            counts[d] = 0
+            continue
+        seg = np.sort(values[lo:hi])
+        k = lo
+        out[k] = seg[0]
+        for i in range(1, seg.size):
+            if seg[i] != seg[i - 1]:
+                k += 1
+                out[k] = seg[i]
+        counts[d] = k - lo + 1
+
+
+def _compact_kernel(src, offsets, counts, new_offsets, dst):
+    for d in prange(offsets.size - 1):
+        dst[new_offsets[d] : new_offsets[d] + counts[d]] = src[offsets[d] : offsets[d] + counts[d]]
 
 
 def _overlap_kernel(values, offsets, ia, ib, inter, size_a, size_b):
@@ -187,7 +203,7 @@ prange = range  # numba.prange once compiled (numba is imported only when a kern
 @functools.cache
 def _kernels():
     return compile_kernels(
-        globals(), _signature_kernel, _band_key_kernel, _similarity_kernel, _sort_segments_kernel, _overlap_kernel
+        globals(), _signature_kernel, _band_key_kernel, _similarity_kernel, _sort_unique_kernel, _overlap_kernel, _compact_kernel
     )
 
 
@@ -265,16 +281,18 @@ def shingle_sets(shingles: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray,
     """Each document's shingle hashes as a set: sorted and without repeats, ``(values, offsets)``."""
     shingles = np.ascontiguousarray(shingles, dtype=np.uint64)
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-    values = np.empty_like(shingles)
-    if values.size:
-        _kernels()[3](shingles, offsets, values)
-    keep = np.ones(values.size, dtype=bool)
-    keep[1:] = values[1:] != values[:-1]
-    starts = offsets[:-1][np.diff(offsets) > 0]
-    keep[starts] = True  # a document's first value is never a repeat of the previous document's last
-    kept_before = np.zeros(values.size + 1, dtype=np.int64)
-    np.cumsum(keep, out=kept_before[1:])
-    return values[keep], kept_before[offsets]
+    n = offsets.size - 1
+    counts = np.zeros(n, dtype=np.int64)
+    new_offsets = np.zeros(n + 1, dtype=np.int64)
+    if shingles.size == 0:
+        return shingles, new_offsets
+    k = _kernels()
+    work = np.empty_like(shingles)
+    k[3](shingles, offsets, work, counts)
+    np.cumsum(counts, out=new_offsets[1:])
+    values = np.empty(new_offsets[-1], dtype=np.uint64)
+    k[5](work, offsets, counts, new_offsets, values)
+    return values, new_offsets
 
 
 def set_overlap(values: np.ndarray, offsets: np.ndarray, ia: np.ndarray, ib: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -295,61 +313,52 @@ def jaccard(inter: np.ndarray, size_a: np.ndarray, size_b: np.ndarray) -> np.nda
 # ---------------------------------------------------------------------------------------------------------
 # boilerplate
 # ---------------------------------------------------------------------------------------------------------
-def _line_key(line: pl.Expr) -> pl.Expr:
-    # a line as the shingles see it (lowercased, punctuation and whitespace runs as one space), hashed;
-    # null for a line without word characters (never boilerplate: it has no shingles anyway)
-    norm = line.str.to_lowercase().str.replace_all(r"\W+", " ").str.strip_chars()
-    return pl.when(norm != "").then(norm.hash(seed=0))
-
-
 def discount_boilerplate(parts: list[pl.Series], min_records: int, share: float) -> tuple[list[pl.Series], dict]:
     """Remove the lines that many records share (tool headers, system prompts, templates) from ``parts``.
 
     ``parts`` are aligned text columns of the same records (e.g. prompt and response). A line (compared
-    lowercased, punctuation and whitespace collapsed, as the shingles see it) is *boilerplate* when at least
-    ``max(min_records, share * records)`` records contain it, in any part. Boilerplate lines are removed from
-    every part of every record that has some other line; a record made only of boilerplate keeps all its
-    text, so it is compared on everything and merges only with records like it as a whole, never with every
-    record of its template. Returns the new parts and counts for the stage's stats.
+    lowercased, its words joined by single spaces, as the shingles see it: :func:`line_hashes`) is
+    *boilerplate* when at least ``max(min_records, share * records)`` records contain it, in any part.
+    Boilerplate lines are removed from every part of every record that has some other line; a record made
+    only of boilerplate keeps all its text, so it is compared on everything and merges only with records like
+    it as a whole, never with every record of its template. Returns the new parts and counts for the stage's
+    stats.
     """
     n = parts[0].len()
     cutoff = max(int(min_records), math.ceil(share * n))
     stats = {"boilerplate_cutoff_records": cutoff, "boilerplate_lines": 0, "records_discounted": 0}
     if n < cutoff:
         return parts, stats
-    lines = pl.concat(
-        [
-            pl.DataFrame({"key": s.fill_null("").str.split("\n").list.eval(_line_key(pl.element()))})
-            .with_row_index("row")
-            .explode("key")
-            .drop_nulls("key")
-            for s in parts
-        ]
+    per_part = [line_hashes(s) for s in parts]
+    lines = pl.DataFrame(
+        {
+            "row": np.concatenate([np.repeat(np.arange(n, dtype=np.int64), np.diff(o)) for _, o in per_part]),
+            "key": np.concatenate([h for h, _ in per_part]),
+        }
     )
-    frequency = lines.unique().group_by("key").len()
-    boiler = frequency.filter(pl.col("len") >= cutoff).select("key")
-    stats["boilerplate_lines"] = boiler.height
-    if boiler.height == 0:
+    boiler = lines.unique().group_by("key").len().filter(pl.col("len") >= cutoff)["key"]
+    stats["boilerplate_lines"] = boiler.len()
+    if boiler.len() == 0:
         return parts, stats
-    per_row = lines.with_columns(bp=pl.col("key").is_in(boiler["key"].implode())).group_by("row").agg(
+    per_row = lines.with_columns(bp=pl.col("key").is_in(boiler.implode())).group_by("row").agg(
         any_bp=pl.col("bp").any(), all_bp=pl.col("bp").all()
     )
     rows = per_row.filter(pl.col("any_bp") & ~pl.col("all_bp"))["row"].sort()
     stats["records_discounted"] = rows.len()
     if rows.len() == 0:
         return parts, stats
-    boiler_keys = boiler["key"].implode()
+    boiler_set = np.sort(boiler.to_numpy())
     out = []
-    for j, s in enumerate(parts):
+    for s in parts:
         sub = pl.DataFrame({"text": s.gather(rows).fill_null("")}).with_row_index("i")
-        kept = (
-            sub.select("i", line=pl.col("text").str.split("\n"))
-            .explode("line")
-            .with_columns(key=_line_key(pl.col("line").fill_null("")))
-            .filter(~pl.col("key").is_in(boiler_keys).fill_null(False))
-            .group_by("i", maintain_order=True)
-            .agg(pl.col("line").str.join("\n"))
-        )
+        split = sub.select("i", line=pl.col("text").str.split("\n")).explode("line")
+        h, o = line_hashes(split["line"])
+        one = np.diff(o) == 1  # a line has one hash, or none (no word character: never boilerplate)
+        key = np.zeros(split.height, dtype=np.uint64)
+        key[one] = h
+        at = np.minimum(np.searchsorted(boiler_set, key), boiler_set.size - 1)
+        is_bp = one & (boiler_set[at] == key)
+        kept = split.filter(pl.Series(~is_bp)).group_by("i", maintain_order=True).agg(pl.col("line").str.join("\n"))
         new = sub.join(kept, on="i", how="left")["line"].fill_null("")
         out.append(s.fill_null("").scatter(rows, new))
     return out, stats
@@ -528,8 +537,9 @@ class MinHashDedup(GlobalStage):
         return sig, sizes
 
     def exact_scores(self, parts: pl.DataFrame, ia: np.ndarray, ib: np.ndarray, response: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """(exact Jaccard of the compared texts, exact Jaccard of the responses or 1.0 without the response
-        check) of record pairs, given as row positions in ``parts``."""
+        """(exact Jaccard of the compared texts, exact Jaccard of the responses) of record pairs, given as row
+        positions in ``parts``. The second is 1.0 without the response check and for pairs below the threshold
+        (whose verdict it cannot change)."""
         sim = np.empty(ia.size, dtype=np.float64)
         resp = np.ones(ia.size, dtype=np.float64)
         response = response and self.response_check
@@ -540,10 +550,14 @@ class MinHashDedup(GlobalStage):
             sub = parts[docs]
             values, offsets = shingle_sets(*self.shingles(self.compared(sub)))
             sim[lo : lo + a.size] = jaccard(*set_overlap(values, offsets, la, lb))
-            if response:  # 5-character shingles whatever `shingle` is: a swapped word in a short answer
-                # breaks five word 5-grams of maybe twenty, but only a few of its character 5-grams
-                values, offsets = shingle_sets(*char_ngram_hashes(sub["response_text"], DEFAULT_NGRAM["char"]))
-                resp[lo : lo + a.size] = jaccard(*set_overlap(values, offsets, la, lb))
+            # the responses, of the pairs that reach the threshold only (the others are decided): 5-character
+            # shingles whatever `shingle` is (a swapped word in a short answer breaks five word 5-grams of
+            # maybe twenty, but only a few of its character 5-grams)
+            reach = np.flatnonzero(sim[lo : lo + a.size] >= self.params.threshold - 1e-9) if response else np.zeros(0, np.int64)
+            if reach.size:
+                docs2, local2 = np.unique(np.concatenate([la[reach], lb[reach]]), return_inverse=True)
+                values, offsets = shingle_sets(*char_ngram_hashes(sub["response_text"][docs2], DEFAULT_NGRAM["char"]))
+                resp[lo + reach] = jaccard(*set_overlap(values, offsets, local2[: reach.size], local2[reach.size :]))
         return sim, resp
 
     def decide(self, prepared: pl.DataFrame) -> GlobalDecision:

@@ -157,6 +157,114 @@ def _ngram_kernel(hashes, offsets, n, short_docs, mult, ngram_offsets, out, star
             start[o] = 0
 
 
+def _char_count_kernel(data, byte_off, is_word, counts):
+    # counts[d] = characters of document d once normalized: word characters, one space between their runs
+    for d in prange(byte_off.size - 1):
+        pos, end = byte_off[d], byte_off[d + 1]
+        k = 0
+        started = False
+        gap = False
+        while pos < end:
+            b = data[pos]
+            if b < 0x80:
+                w = is_word[b]
+                n = 1
+            else:
+                cp, n = _char_nb(data, pos)
+                w = is_word[cp]
+            if w:
+                k += 1 + (gap and started)
+                started = True
+                gap = False
+            else:
+                gap = True
+            pos += n
+        counts[d] = k
+
+
+def _char_value_kernel(data, byte_off, is_word, out_off, out):
+    # out[out_off[d]:out_off[d + 1]] = mixed values of document d's normalized characters (a character's
+    # value: its UTF-8 bytes packed little-endian into one integer; the separator is a space, 0x20)
+    for d in prange(byte_off.size - 1):
+        pos, end = byte_off[d], byte_off[d + 1]
+        k = out_off[d]
+        started = False
+        gap = False
+        while pos < end:
+            b = data[pos]
+            if b < 0x80:
+                w = is_word[b]
+                n = 1
+            else:
+                cp, n = _char_nb(data, pos)
+                w = is_word[cp]
+            if w:
+                if gap and started:
+                    out[k] = _mix_nb(np.uint64(32))
+                    k += 1
+                v = np.uint64(0)
+                for j in range(n):
+                    v |= np.uint64(data[pos + j]) << np.uint64(8 * j)
+                out[k] = _mix_nb(v)
+                k += 1
+                started = True
+                gap = False
+            else:
+                gap = True
+            pos += n
+
+
+def _newline_count_kernel(data, byte_off, counts):
+    for d in prange(byte_off.size - 1):
+        k = 0
+        for pos in range(byte_off[d], byte_off[d + 1]):
+            k += data[pos] == 10
+        counts[d] = k
+
+
+def _line_hash_kernel(data, byte_off, is_word, out_off, out, counts):
+    # out[out_off[d]:out_off[d] + counts[d]] = the hashes of document d's lines that have a word character:
+    # FNV-1a over the line's word characters, one separator byte between runs of them (so a line is hashed
+    # as its words joined by single spaces: punctuation, whitespace and the ends do not count)
+    for d in prange(byte_off.size - 1):
+        pos, end = byte_off[d], byte_off[d + 1]
+        k = out_off[d]
+        h = np.uint64(_FNV_OFFSET)
+        has_word = False
+        gap = False
+        while pos < end:
+            b = data[pos]
+            if b == 10:  # "\n": the line ends
+                if has_word:
+                    out[k] = _mix_nb(h)
+                    k += 1
+                h = np.uint64(_FNV_OFFSET)
+                has_word = False
+                gap = False
+                pos += 1
+                continue
+            if b < 0x80:
+                w = is_word[b]
+                n = 1
+            else:
+                cp, n = _char_nb(data, pos)
+                w = is_word[cp]
+            if w:
+                if gap and has_word:
+                    h = (h ^ np.uint64(32)) * np.uint64(_FNV_PRIME)
+                gap = False
+                for j in range(pos, pos + n):
+                    h = (h ^ np.uint64(data[j])) * np.uint64(_FNV_PRIME)
+                has_word = True
+            else:
+                gap = True
+            pos += n
+        if has_word:
+            out[k] = _mix_nb(h)
+            k += 1
+        counts[d] = k - out_off[d]
+
+
 _mix_nb, _char_nb = _mix64, _char  # the kernels' helpers: compiled by _kernels() before the kernels
 
 
@@ -167,6 +275,12 @@ def _kernels():
     globals()["_mix_nb"] = numba.njit(cache=True, inline="always")(_mix64)
     globals()["_char_nb"] = numba.njit(cache=True)(_char)
     return compile_kernels(globals(), _count_kernel, _hash_kernel, _ngram_kernel)
+
+
+@functools.cache
+def _line_kernels():
+    _kernels()  # compiles the helpers first
+    return compile_kernels(globals(), _newline_count_kernel, _line_hash_kernel, _char_count_kernel, _char_value_kernel)
 
 
 @functools.cache
@@ -265,20 +379,48 @@ def char_ngram_hashes(text: pl.Series, n: int) -> tuple[np.ndarray, np.ndarray]:
     (punctuation, whitespace) collapsed to one space, ends stripped; so "Hello,  World!" and
     "hello world" have the same n-grams. Characters are Unicode code points (UTF-8 decoded here, not
     bytes). A document of 1 to n-1 characters gets one n-gram of all of them; an empty one gets none.
+    Normalizing and decoding run in compiled code (numba, parallel over documents), without a regex pass
+    or per-byte arrays.
     """
-    norm = text.fill_null("").str.to_lowercase().str.replace_all(r"\W+", " ").str.strip_chars()
-    data, byte_off = _utf8(norm)
-    # a code point starts at every byte that is not a UTF-8 continuation byte (10xxxxxx)
-    is_start = (data & 0xC0) != 0x80
-    starts = np.flatnonzero(is_start)
-    char_len = np.diff(np.append(starts, data.size))
-    # a character's value: its (at most 4) UTF-8 bytes packed into one integer, then mixed
-    value = data[starts].astype(np.uint64)
-    for k in range(1, 4):
-        more = char_len > k
-        value[more] |= data[starts[more] + k].astype(np.uint64) << np.uint64(8 * k)
-    chars_before = np.zeros(data.size + 1, dtype=np.int64)
-    np.cumsum(is_start, out=chars_before[1:])
-    offsets = chars_before[byte_off]
-    hashes, ngram_offsets, _ = ngram_hashes(_mix(value), offsets, n)
+    lower = text.fill_null("").str.to_lowercase()
+    data, byte_off = _utf8(lower)
+    docs = byte_off.size - 1
+    offsets = np.zeros(docs + 1, dtype=np.int64)
+    if docs:
+        _, _, count_chars, char_values = _line_kernels()
+        table = word_char_table()
+        count_chars(data, byte_off, table, offsets[1:])
+        np.cumsum(offsets, out=offsets)
+        values = np.empty(offsets[-1], dtype=np.uint64)
+        char_values(data, byte_off, table, offsets, values)
+    else:
+        values = np.zeros(0, dtype=np.uint64)
+    hashes, ngram_offsets, _ = ngram_hashes(values, offsets, n)
     return hashes, ngram_offsets
+
+
+def line_hashes(text: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Hashes of each text's lines, per document: ``(uint64 hashes, int64 offsets)``.
+
+    A line is compared as the shingles see it: lowercased, its words (``\\w+`` runs) joined by single spaces,
+    so punctuation, whitespace and case do not make two lines differ. Lines without a word character get
+    no hash. Used to find boilerplate (lines that many records share)."""
+    lower = text.fill_null("").str.to_lowercase()
+    data, byte_off = _utf8(lower)
+    n = byte_off.size - 1
+    count_newlines, hash_lines, _, _ = _line_kernels()
+    per_doc = np.zeros(n, dtype=np.int64)
+    if n:
+        count_newlines(data, byte_off, per_doc)
+    room = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(per_doc + 1, out=room[1:])  # lines per document, at most
+    out = np.empty(room[-1], dtype=np.uint64)
+    counts = np.zeros(n, dtype=np.int64)
+    if n:
+        hash_lines(data, byte_off, word_char_table(), room, out, counts)
+    keep = np.zeros(room[-1], dtype=bool)
+    starts = np.repeat(room[:-1], counts)
+    keep[starts + (np.arange(starts.size) - np.repeat(np.cumsum(counts) - counts, counts))] = True
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return out[keep], offsets
