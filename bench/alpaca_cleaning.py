@@ -7,7 +7,8 @@ report:
 - of the rows the cleaners removed, how many we reject (and why);
 - of the rows whose placeholder input ("<noinput>", "No input.") the cleaners blanked, how many we fixed the
   same way; of the rows whose empty/placeholder output they replaced, how many we reject as empty;
-- how many rows the cleaners kept unchanged that we reject, by reason, with examples.
+- how many rows the cleaners kept unchanged that we reject, by reason, with examples;
+- both, for the tune part (raw_pos < 2,185, which the filter defaults were tuned on) and the holdout part.
 
 Usage: python bench/alpaca_cleaning.py [--shared ../shared/data] [--work bench/_work/alpaca_cleaning]
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 import polars as pl
 
 REPO = Path(__file__).resolve().parents[1]
+TUNE_RAW_POS = 2185  # raw_pos below: the part the filter defaults were tuned on; the rest is held out
 
 
 def compare(shared: Path, work: Path, examples: int = 3) -> dict:
@@ -87,6 +89,16 @@ def compare(shared: Path, work: Path, examples: int = 3) -> dict:
             for a in un_rej[: examples * 3]
         ],
     }
+    # the same two numbers per part: rows before raw_pos 2,185 tuned the defaults, the rest is the holdout
+    out["by_part"] = {
+        part: {
+            "removed": sum(1 for a in removed if keep(a)),
+            "removed_rejected_by_us": sum(1 for a in removed if keep(a) and by_pos[a["raw_pos"]]["status"] == "rejected"),
+            "unchanged": sum(1 for a in unchanged if keep(a)),
+            "unchanged_rejected_by_us": sum(1 for a in un_rej if keep(a)),
+        }
+        for part, keep in (("tune", lambda a: a["raw_pos"] < TUNE_RAW_POS), ("holdout", lambda a: a["raw_pos"] >= TUNE_RAW_POS))
+    }
     fixed_only_by_us = [a for a in unchanged if "placeholder_input" in fix_by_pos.get(a["raw_pos"], set())]
     out["placeholder_fixed_by_us_left_by_cleaners"] = {"rows": len(fixed_only_by_us), "examples": [raw[a["raw_pos"]]["input"] for a in fixed_only_by_us[:examples]]}
     return out
@@ -114,6 +126,11 @@ def main() -> None:
     print(f"\nrows the cleaners kept UNCHANGED: {un['rows']}; we reject {un['rejected_by_us']} ({un['rejected_by_us'] / max(un['rows'], 1):.1%}): {un['by_reason']}")
     for ex in un["examples"]:
         print(f"  {ex['reason']}: {ex['detail']} | {json.dumps(ex['record'])[:180]}")
+    for part, n in r["by_part"].items():
+        print(
+            f"  {part}: removed {n['removed_rejected_by_us']}/{n['removed']} rejected, "
+            f"unchanged {n['unchanged_rejected_by_us']}/{n['unchanged']} rejected ({n['unchanged_rejected_by_us'] / max(n['unchanged'], 1):.2%})"
+        )
     fo = r["placeholder_fixed_by_us_left_by_cleaners"]
     print(f"\nplaceholder inputs we blanked that the cleaners left: {fo['rows']} {fo['examples']}")
 

@@ -567,8 +567,9 @@ class UniqueWords(RecordStage):
 
 @register
 class GopherRepetition(RecordStage):
-    """Degenerate repetition in the response: the Gopher repetition rules (Rae et al. 2021, table A1; as
-    datatrove's GopherRepetitionFilter), calibrated for instruction answers.
+    """Degenerate repetition in the response (Gopher's repetition rules, calibrated for instruction answers).
+
+    The rules are those of Gopher (Rae et al. 2021, table A1), as datatrove's GopherRepetitionFilter.
 
     Checks, in order:
 
