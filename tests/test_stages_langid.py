@@ -273,3 +273,15 @@ def test_a_prompt_about_another_language_keeps_the_record():
     out = LanguageID().evaluate(batch)
     assert out["reason"][0] is None and out["language_task"][0] is True
     assert LanguageID(LanguageID.Params(language_tasks=False)).evaluate(batch)["reason"][0] == "wrong_language"
+
+
+@needs_data
+def test_dolly_human_answers_only_foreign_records_rejected():
+    rows = [json.loads(x) for x in (DATA / "dolly_generations" / "google_flan-t5-base_decode_output.jsonl").read_text().splitlines()]
+    batch = canonical_frame([[("user", r["instruction"]), ("assistant", r["text"])] for r in rows])
+    out = LanguageID().evaluate(batch)
+    rejected = out.filter(pl.col("reason").is_not_null())
+    assert 1 <= rejected.height <= 3 and (rejected["language_lang"] != "en").all()  # a French and a Dutch record
+    # a short English question with a German name for an answer: the question (17 letters) keeps it
+    idx = out["prompt_text"].str.starts_with("What does BMW stand for").arg_true()
+    assert len(idx) == 1 and out["reason"][idx[0]] is None

@@ -442,8 +442,9 @@ class LanguageID(RecordStage):
     Each judged text is *in language* (the model's top language is in ``languages``), *foreign* (top language
     outside ``languages`` with probability >= ``min_confidence``) or *undecided* (a foreign top language below
     ``min_confidence``: mixed, list-like or odd text is no evidence of another language). A text with fewer than
-    ``min_letters`` letters (numbers, symbols, code, "Yes", "Calculate 5 plus 2") is undecided whatever the
-    model says: the lite model takes short English for French or Italian ("Calculate 5 plus 2": French 0.75).
+    ``min_letters`` letters (numbers, symbols, code, "Yes", "Calculate 5 plus 2") is never foreign: the lite
+    model takes short English for French or Italian ("Calculate 5 plus 2": French 0.75). It counts as in
+    language from ``min_letters_in_language`` letters.
 
     ``field`` picks what is judged:
 
@@ -464,7 +465,9 @@ class LanguageID(RecordStage):
     human German sources and references (positives), and English records from Alpaca, GSM8K and WMT22's
     English side, translation tasks in both directions and identify-the-language tasks included (negatives).
     ``min_letters`` 20 and ``min_confidence`` 0.8 keep every short math prompt and lose under 1% of the German
-    records (one-line records of a few words).
+    records (one-line records of a few words). On 6,400 Dolly instructions with their human answers the
+    stage rejects 2 (a French and a Dutch record); on 9,807 + 4,000 Alpaca, 999 Alpaca-GPT-4, 7,673
+    GPTeacher and 5,000 TruthfulQA records, none.
 
     Scores (kept for every record): ``language_lang`` and ``language_confidence`` (the top language and its
     probability for the text the verdict rests on: the first foreign side of a reject, else the first side in
@@ -494,6 +497,13 @@ class LanguageID(RecordStage):
             ge=0,
             description="letters a text needs to be judged at all. The lite model is unreliable on short text: "
             "'Calculate 5 plus 2' (13 letters) reads as French",
+        )
+        min_letters_in_language: int = Field(
+            12,
+            ge=0,
+            description="letters a text needs to count as written in a kept language (which keeps the record). Lower "
+            "than min_letters: keeping on weaker evidence is the cheaper mistake ('What does BMW stand for?', 17 "
+            "letters, answered 'Bayerische Motoren Werke')",
         )
         field: Literal["both", "joined", "prompt", "response"] = Field("both", description="what is judged (see the class doc)")
         language_tasks: bool = Field(
@@ -552,11 +562,12 @@ class LanguageID(RecordStage):
         p = self.params
         ident = self.identify(texts)
         lang_ok = ident["lang"].is_in(p.languages).fill_null(False).to_numpy()
-        long_enough = ident["letters"].to_numpy() >= p.min_letters
+        letters = ident["letters"].to_numpy()
+        long_enough = letters >= p.min_letters
         confident = (ident["conf"] >= p.min_confidence).fill_null(False).to_numpy()
         return {
             "ident": ident,
-            "in_lang": lang_ok & long_enough,
+            "in_lang": lang_ok & (letters >= p.min_letters_in_language),
             "foreign": ~lang_ok & confident & long_enough,
         }
 
