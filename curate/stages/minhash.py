@@ -1,55 +1,62 @@
-"""MinHash near-duplicate detection: signatures while records stream, LSH candidates, verified pairs.
+"""MinHash near-duplicate detection: LSH proposes pairs, every verdict is an exact Jaccard to the kept record.
 
-``prepare(batch)`` turns each record's text into shingles (word or character n-grams, see
-:mod:`curate.stages.ngrams`) and min-reduces them into a MinHash signature of ``num_perm`` 32-bit
-slots, in compiled code (numba, parallel over documents). ``decide`` sees only ids, lengths, the
-``quality`` score and the signatures, never text:
+**What the threshold means.** A record is rejected as ``near_duplicate`` only for a kept record (its
+representative, named in ``duplicate_of``) whose *exact* Jaccard to it is at or above ``threshold``: the
+Jaccard of the two records' shingle sets (5-character shingles by default) of the text compared, after the
+boilerplate discount. ``detail`` gives that number. There are no chains: the representative is the record
+the reject was compared with, never a third record reached through it.
 
-1. **LSH.** The signature is cut into ``bands`` bands of ``rows`` slots (datasketch's scheme); records
-   whose band hashes agree in some band are candidate pairs. A pair of Jaccard ``s`` becomes a candidate
-   with probability ``1 - (1 - s**rows)**bands``. By default the split is chosen for recall, not
-   datasketch's balance of errors: the ``bands * rows <= num_perm`` split with
-   ``P(candidate | s = threshold) >= 0.99`` and the fewest false candidates (the smallest integral of
-   the curve below the threshold). At 128 permutations and 0.8 that is 16 bands of 6 rows: 99.2 % of
-   pairs at 0.8 become candidates (datasketch's 9 x 13 catches about 40 %), 53 % at 0.6, 22 % at 0.5;
-   at the default 0.7 it is 17 bands of 4 rows (99.1 % at 0.7, 67 % at 0.5, 13 % at 0.3).
-2. **Verification.** Every candidate pair is scored by its estimated Jaccard, the share of equal slots
-   over the *whole* signature (all ``num_perm``). False candidates cost only this check. The estimate
-   is noisy (standard error ``sqrt(s (1 - s) / num_perm)``, 0.04 at 0.7): accepting at ``>= threshold``
-   would lose half the pairs whose true Jaccard is the threshold, so a pair is accepted down to
-   ``threshold - margin_sigmas`` standard errors (1 by default: 0.659 at 0.7). bench/dedup_quality.py
-   measures the result against exact Jaccard: 0.99 of the pairs at or above the threshold merged, 0.8 %
-   of the accepted pairs below threshold - 0.1.
-3. **Buckets.** A bucket of m records would give m (m - 1) / 2 pairs; instead each member is paired
-   with the first ``LINKS_PER_MEMBER`` (8) members of its bucket (input order), so a band yields at most
-   8 n pairs whatever the data (a boilerplate answer shared by 100,000 records gives 800,000 candidates,
-   not 5 billion). Buckets of up to 9 members still get all their pairs; in a larger one, two late
-   members are compared only through the early ones, which is enough for clustering when the bucket
-   really is one cluster. Pairs repeated across bands are counted once.
-4. **Clusters.** Accepted pairs go to :func:`curate.stages.clusters.decide_clusters`: connected
-   components (union-find; ``linkage: star`` instead rejects a record only for a kept record it is
-   directly similar to, never through a chain), the ``keep`` policy's representative, and rejects naming
-   it (``duplicate_of``) with the member's estimated Jaccard to it; ``action: group`` rejects nothing and only keeps each cluster in
-   one split. Candidate pairs scoring ``>= threshold - 0.2`` (at most 500,000, the highest) go to the
-   report.
+``prepare(batch)`` keeps the small columns and the text of ``fields`` (signatures need the whole run's
+boilerplate lines first, and verification needs the text of candidate pairs: keeping it costs memory of the
+order of the text itself, about 0.7 GB for a million Alpaca-sized records, and saves reading the
+workspace back). ``decide``:
+
+1. **Boilerplate discount.** Lines (compared lowercased, their words joined by single spaces) that at least
+   ``max(boilerplate_min_records, boilerplate_share * records)`` records contain (50 and 0.1 % by default) are
+   boilerplate: tool headers, system prompts, templates. They are removed from the text before shingling, so
+   templated records are compared on what differs (GPTeacher-Toolformer's 7,673 rows share ~10 headers of
+   ~300 characters; compared whole, any two questions under one header look alike). A record made only of
+   boilerplate keeps its whole text: it merges only with records equal to it as a whole, not with its template.
+2. **Signatures and LSH.** Shingles (word or character n-grams, :mod:`curate.stages.ngrams`) are min-reduced
+   into MinHash signatures of ``num_perm`` 32-bit slots in compiled code (numba, parallel over documents),
+   100,000 records at a time. The signature is cut into ``bands`` bands of ``rows`` slots (datasketch's
+   scheme); records whose band hashes agree in some band are candidate pairs. A pair of Jaccard ``s`` becomes
+   a candidate with probability ``1 - (1 - s**rows)**bands``. By default the split is chosen for recall: the
+   ``bands * rows <= num_perm`` split with ``P(candidate | s = threshold) >= 0.99`` and the fewest false
+   candidates (17 bands of 4 rows at 0.7: 99.1 % at 0.7; 16 x 6 at 0.8, where datasketch's 9 x 13 catches
+   about 40 %). A bucket of m records is not expanded into m (m - 1) / 2 pairs: each member is paired with the
+   first ``LINKS_PER_MEMBER`` (8) members of its bucket, in the keep policy's order (best first), so the
+   likely representatives are compared with everyone.
+3. **Exact verification.** Candidates whose MinHash estimate is within ``margin_sigmas`` (3) standard errors
+   below the threshold, or at least ``threshold - 0.2`` (for the report), are checked exactly: both records'
+   shingle sets are rebuilt, sorted and intersected in compiled code, 25,000 pairs at a time. A pair is
+   *similar* when its exact Jaccard is ``>= threshold`` and, with ``fields: all``, its two responses alone
+   have an exact Jaccard (5-character shingles) ``>= response_similarity`` (0.3): a different task on the
+   same passage (same long input, another instruction and answer) is not a duplicate, unless
+   ``passage_level: true`` asks for passage-level dedup.
+4. **Clusters.** ``linkage: star`` (default): records are visited best first by the ``keep`` policy; an
+   unclaimed record is kept and claims its unclaimed similar records, which are rejected naming it. So every
+   reject is similar to the record it names, and no two kept records are similar.
+   ``linkage: union_find`` gives connected components instead (a reject may then be below the threshold to
+   its representative; ``detail`` still gives the exact number). ``action: group`` rejects nothing and only
+   keeps each cluster in one split. Verified pairs scoring ``>= threshold - 0.2`` (at most 500,000) go to the
+   report with their exact Jaccard.
 
 **Permutations.** Slot ``p`` of a signature is ``min over shingles x of (a_p * x + b_p) mod 2**64 >> 32``
-with ``x`` the shingle's 64-bit hash folded to 32 bits and ``a_p``, ``b_p`` random 64-bit constants
-from ``seed``: Dietzfelbinger's multiply-add-shift, a strongly universal family from 32 to 32 bits
-that costs one 64-bit multiply-add per shingle and slot (datasketch and datatrove use
-``(a x + b) mod (2**61 - 1)``, which needs a modulo). Shingle hashes are already well mixed, so
-the estimates match exact Jaccard (the tests check it against exact shingle sets).
+with ``x`` the shingle's 64-bit hash folded to 32 bits and ``a_p``, ``b_p`` random 64-bit constants from
+``seed``: Dietzfelbinger's multiply-add-shift (datasketch and datatrove use ``(a x + b) mod (2**61 - 1)``).
 
-**Records without shingles** (no word characters at all, or empty text in the chosen fields) get no
-signature: ``prepare`` drops them, so they are never anyone's duplicate.
+**Records without shingles** (no word characters in the compared text) are never anyone's duplicate.
 
-**Defaults** (5-character shingles, threshold 0.7) are chosen on bench/dedup_quality.py's ground truth
-of real Alpaca records: they catch 0.98 of the near-duplicates with 5 % of the words replaced or swapped
-and all case/punctuation/whitespace variants, at 0.994 precision with same-instruction answers by another
-teacher as negatives. 5-word shingles at 0.8 (datatrove's habit) catch only exact-ish copies: one replaced
-word in twenty breaks five shingles, and such a pair's Jaccard falls near 0.6. Character shingles cost
-more per record (about 5x the shingles of word 5-grams); ``shingle: word`` is the fast choice for very
-large sets where only near-verbatim copies matter.
+**Defaults** (5-character shingles, threshold 0.7, response Jaccard 0.3) are chosen on
+``bench/verdict_sets/dedup.py``: one edited copy of each real Alpaca row (typos, chatty prefix/suffix,
+markdown, reordering, reworded instruction, changed numbers, case/punctuation/whitespace, 5 % words replaced
+or swapped) against hard negatives (another teacher's answer, other tasks on one passage in Alpaca and
+AdversarialQA, GPTeacher-Toolformer's shared headers, a shared system prompt). Tuned on Alpaca rows 0-4,999,
+checked on rows 5,000+: at least 0.98 of the copies of every kind whose exact Jaccard is >= 0.7 merge. Below
+0.7, records under one template start to merge across subjects ("history of the Taj Mahal" / "of the
+iPhone" at 0.61); a response threshold above 0.3 starts to lose edited copies. 5-word shingles
+(``shingle: word``) are the faster near-verbatim setting.
 
 **quality** (for ``keep: quality``): :func:`curate.stages.clusters.quality_expr`, shared by the dedup stages.
 """
@@ -376,7 +383,7 @@ def _text_expr(fields: str) -> pl.Expr:
 
 
 SIGNATURE_CHUNK = 100_000  # records shingled at once in decide (memory: their shingles only)
-EXACT_CHUNK = 100_000  # candidate pairs verified at once (memory: the shingle sets of their records only)
+EXACT_CHUNK = 25_000  # candidate pairs verified at once (memory: the shingle sets of their records only)
 
 
 @register
