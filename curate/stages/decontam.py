@@ -110,8 +110,9 @@ FIELD_LABELS = (
 _LABEL_RE = r"(?i)\b(?:" + "|".join(FIELD_LABELS) + r")[ \t]*:"
 # any one word then a colon opens a line as a label ("Scenario:", "Note:")
 _LINE_LABEL_RE = r"(?m)^[ \t]*[^\W\d_][\w'-]{0,24}[ \t]*:(?:[ \t]|$)"
-# choice markers and bullets at the start of a line: "A.", "(b)", "c)", "1.", "10)", "iv.", "[2]", "-", "*", "•"
-_LINE_MARKER_RE = r"(?m)^[ \t]*(?:[-*•·▪◦‣>]+|\(?(?:[A-Za-z]|\d{1,2}|[ivxIVX]{1,4})[.):\]]|\[(?:[A-Za-z]|\d{1,2})\])[ \t]+"
+# choice markers and bullets at the start of a line or right after a label ("Question: 7. What..."): "A.",
+# "(b)", "c)", "1.", "10)", "iv.", "[2]", "-", "*", "•"
+_LINE_MARKER_RE = r"(?m)(?:^|" + _BREAK_WORD + r")[ \t]*(?:[-*•·▪◦‣>]+|\(?(?:[A-Za-z]|\d{1,2}|[ivxIVX]{1,4})[.):\]]|\[(?:[A-Za-z]|\d{1,2})\])[ \t]+"
 # choice markers inside a line: "(B) ", "b) ", "(2) ", "B. ", "B: " (capital A-H only with a period or
 # colon, so the article "a" and words like "Vitamin C" before a comma are untouched)
 _INLINE_MARKER_RE = r"(?:^|\s)(?:\(?[A-Ha-h]\)|\(\d{1,2}\)|[A-H][.:])\s"
@@ -430,17 +431,26 @@ def _file_stem_slot(items: list[tuple[list[str], list[str], int]]) -> str | None
     return None
 
 
-def _unit_texts(texts: list[str], stem: int) -> tuple[list[str], list[str]]:
-    """(texts whose n-grams are units, texts that are whole units when short) of one eval item: the stem
-    followed by all its other strings and by each one of them; the stem alone is a whole unit too. An item
-    without a stem gives its strings joined, for n-grams only."""
+@dataclass
+class ItemTexts:
+    """The texts one eval item contributes to the index (see :func:`_unit_texts`)."""
+
+    every: str  # the stem followed by all the item's other strings: n-grams
+    stem: str | None  # the stem alone: a whole unit when short
+    pairs: list[str]  # the stem followed by each other string: n-grams, only for a stem that cannot count alone
+    wholes: list[str]  # the stem followed by each other string, and by all of them: whole units when short
+
+
+def _unit_texts(texts: list[str], stem: int) -> ItemTexts:
+    """The texts of one eval item whose units go into the index. An item without a stem gives its strings
+    joined, for n-grams only."""
     if stem < 0:
-        return ["\n".join(texts)], []
+        return ItemTexts("\n".join(texts), None, [], [])
     head = texts[stem]
     others = texts[:stem] + texts[stem + 1 :]
     every = "\n".join([head, *others])
     pairs = [f"{head}\n{o}" for o in others] if len(others) > 1 else []
-    return [every, *pairs], [head, every, *pairs] if others else [head]
+    return ItemTexts(every, head, pairs, [every, *pairs] if others else [])
 
 
 @register
@@ -533,14 +543,10 @@ class Decontaminate(GlobalStage):
         from curate.config import ConfigError
         from curate.readers import file_format, read_file
 
-        p = self.params
         files: list[str] = []
         item_file: list[int] = []
         item_line: list[int] = []
-        gram_texts: list[str] = []
-        gram_item: list[int] = []
-        whole_texts: list[str] = []
-        whole_item: list[int] = []
+        parts: list[ItemTexts] = []
         seen: set[Path] = set()
         for spec, paths in self._sets:
             for path in paths:
@@ -566,26 +572,63 @@ class Decontaminate(GlobalStage):
                 for (texts, slots, stem), line in zip(items, lines):
                     if stem < 0 and slot is not None and slot in slots:
                         stem = slots.index(slot)
-                    item = len(item_line)
                     item_file.append(fi)
                     item_line.append(line)
-                    grams, wholes = _unit_texts(texts, stem)
-                    gram_texts += grams
-                    gram_item += [item] * len(grams)
-                    whole_texts += wholes
-                    whole_item += [item] * len(wholes)
-        gram_tok = tokens(pl.Series(gram_texts, dtype=pl.Utf8))
-        gram_units = ngram_units(gram_tok, p.ngram)
-        gram_pos = gram_tok.offsets[gram_units.doc] + gram_units.start  # first word, in all texts' words
-        gram_units.doc = np.asarray(gram_item, dtype=np.int64)[gram_units.doc]
-        gram_units = _drop_template_edges(gram_units, gram_pos, gram_tok.hash.size, p.max_eval_items, p.template_share)
-        whole = whole_units(tokens(pl.Series(whole_texts, dtype=pl.Utf8)), p.min_words, p.ngram - 1, p.min_content_words)
-        whole.doc = np.asarray(whole_item, dtype=np.int64)[whole.doc]
+                    parts.append(_unit_texts(texts, stem))
+        return self._build_index(parts, files, np.asarray(item_file, dtype=np.int32), np.asarray(item_line, dtype=np.int64))
+
+    def _build_index(self, parts: list[ItemTexts], files: list[str], item_file: np.ndarray, item_line: np.ndarray) -> EvalIndex:
+        """The index of the items' units, in two passes: a question followed by one of its answers is a unit
+        only for items whose question cannot count alone (shorter than ``min_words``, too few content words,
+        or only template units), so that a paraphrased question with one of the eval set's answers after it
+        is not a hit while an item like "Which of the following is true?" + its answer still is."""
+        p = self.params
+        n_items = len(parts)
+        items = np.arange(n_items, dtype=np.int64)
+        every_tok = tokens(pl.Series([x.every for x in parts], dtype=pl.Utf8))
+        has_stem = np.array([x.stem is not None for x in parts], dtype=bool)
+        stem_tok = tokens(pl.Series([x.stem for x in parts if x.stem is not None], dtype=pl.Utf8))
+        stem_item = items[has_stem]
+        stem_len = np.zeros(n_items, dtype=np.int64)
+        stem_len[has_stem] = np.diff(stem_tok.offsets)
+        whole_texts = [w for x in parts for w in x.wholes]
+        whole_item = np.repeat(items, [len(x.wholes) for x in parts])
+
+        grams = ngram_units(every_tok, p.ngram)  # doc = item: one `every` text per item
+        gram_pos = every_tok.offsets[grams.doc] + grams.start
+        stem_own = grams.start + p.ngram <= stem_len[grams.doc]  # n-grams of the question alone
+        stem_whole = whole_units(stem_tok, p.min_words, p.ngram - 1, p.min_content_words)
+        stem_whole.doc = stem_item[stem_whole.doc]
+        others = whole_units(tokens(pl.Series(whole_texts, dtype=pl.Utf8)), p.min_words, p.ngram - 1, p.min_content_words)
+        others.doc = whole_item[others.doc]
         # the items' own sentences, matched the way training text is: they count which items contain a whole unit
-        runs = segment_run_units(gram_tok, p.min_words, p.ngram - 1)
-        runs.doc = np.asarray(gram_item, dtype=np.int64)[runs.doc]
-        return EvalIndex(files, np.asarray(item_file, dtype=np.int32), np.asarray(item_line, dtype=np.int64),
-                         Units.concat([gram_units, whole]), p.max_eval_items, count_only=runs)
+        runs = segment_run_units(every_tok, p.min_words, p.ngram - 1)
+        n_words = every_tok.hash.size
+
+        def build(extra: Units | None = None, extra_pos: np.ndarray | None = None, extra_words: int = 0) -> tuple[EvalIndex, Units]:
+            # extra n-grams (the pairs) live in a word space of their own, after the `every` texts' words
+            g, pos = grams, gram_pos
+            if extra is not None:
+                g, pos = Units.concat([grams, extra]), np.concatenate([gram_pos, extra_pos + n_words])
+            kept = _drop_template_edges(g, pos, n_words + extra_words, p.max_eval_items, p.template_share)
+            units = Units.concat([kept, stem_whole, others])
+            return EvalIndex(files, item_file, item_line, units, p.max_eval_items, count_only=runs), kept
+
+        first, kept = build()
+        standalone = np.zeros(n_items, dtype=bool)
+        own = np.isin(kept.hash, grams.hash[stem_own])
+        standalone[kept.doc[own]] = True
+        found, _ = first.lookup(stem_whole.hash)
+        standalone[stem_whole.doc[found]] = True
+        need = [i for i in np.flatnonzero(~standalone & has_stem).tolist() if parts[i].pairs]
+        if not need:
+            return first
+        pair_tok = tokens(pl.Series([t for i in need for t in parts[i].pairs], dtype=pl.Utf8))
+        pair_item = np.repeat(np.asarray(need, dtype=np.int64), [len(parts[i].pairs) for i in need])
+        pairs = ngram_units(pair_tok, p.ngram)
+        pair_pos = pair_tok.offsets[pairs.doc] + pairs.start
+        pairs.doc = pair_item[pairs.doc]
+        return build(pairs, pair_pos, pair_tok.hash.size)[0]
 
     # -- training side ---------------------------------------------------------------------------------------
     def record_texts(self, batch: pl.DataFrame) -> pl.Series:
