@@ -21,7 +21,8 @@ Sets:
   consecutive German lines of ``wmt22`` (a source of the de-en set or a reference of the en-de set) as
   instruction and answer; negatives are English records: translation tasks in both directions built from
   WMT22 pairs (an English instruction such as "Translate into German:" with the source as input and the
-  human reference as answer), identify-the-language tasks (a German line, answer "German"), GSM8K test
+  human reference as answer), identify-the-language tasks (a German line, answer "German"), "How do you say
+  "<English line>" in German?" with the German reference as answer, GSM8K test
   questions with their answers, and real short math and code prompts of Alpaca (an instruction of at most 60
   characters with a digit or a code word). Tune: WMT lines in the first half of each file, GSM8K items at
   even positions, Alpaca rows with ``raw_pos`` < 2,185; holdout: the rest.
@@ -84,6 +85,14 @@ SETS_OF = {
     "unique_words": (DEV, "repetition"),
     "gopher_repetition": (DEV, "repetition"),
     ALL: (DEV, "language", "repetition", "refusal"),
+}
+
+
+NOTES = {
+    ("unique_words", "repetition"): "passage loops are gopher_repetition's; this rule catches loops of a small vocabulary",
+    ("language", DEV): "the cleaners removed no foreign record here",
+    ("refusal", DEV): "the cleaners' removals are URL/image tasks; refusals they replaced are not removals",
+    ("refusal", "refusal"): "the tune part's rejected negative is a '<nooutput> ... cannot be fulfilled by a GPT model' row the cleaners kept",
 }
 
 
@@ -158,6 +167,8 @@ def language_set(shared: Path, dev_rows: list[dict], cap: int | None) -> list[di
                     add({"instruction": rng.choice(identify), "input": a, "output": "German"}, False, i < half)
             else:  # English source -> German reference
                 add({"instruction": rng.choice(to_de), "input": a, "output": b}, False, i < half)
+                if i % 4 == 1 and len(a) <= 120:
+                    add({"instruction": f'How do you say "{a}" in German?', "input": "", "output": b}, False, i < half)
     gsm = [json.loads(x) for x in (shared / "gsm8k" / "test.jsonl").read_text().splitlines()]
     for i, g in enumerate(gsm):
         add({"instruction": g["question"], "input": "", "output": g["answer"]}, False, i % 2 == 0)
@@ -332,7 +343,7 @@ def measure(shared: Path, work: Path, *, quick: bool = False) -> list[dict]:
                 neg = [i for i, r in group if not r["label"]]
                 tp = sum(i in rejected for i in pos)
                 fp_reasons = Counter(rejected[i] for i in neg if i in rejected)
-                note = ""
+                note = NOTES.get((stage, set_name), "")
                 if fp_reasons and stage == ALL:
                     note = "negatives rejected by: " + ", ".join(f"{k} {v}" for k, v in fp_reasons.most_common())
                 out.append(
