@@ -546,18 +546,20 @@ def toolformer_comparison(shared: Path, params: dict | None = None) -> dict:
 
 
 def _toolformer_rows(shared: Path) -> list[dict]:
-    res = toolformer_comparison(shared)
     out = []
-    half = len(res["rows"]) // 2
-    for part, span in (("tune", range(0, half)), ("holdout", range(half, len(res["rows"])))):
-        pos = [u for u in span if not res["they_keep"][u]]
-        neg = [u for u in span if res["they_keep"][u]]
-        tp = sum(not res["we_keep"][u] for u in pos)
-        fp = sum(not res["we_keep"][u] for u in neg)
-        note = (f"threshold {res['threshold']:g}; rejects below it (exact Jaccard to duplicate_of, compared text): "
-                f"{len(res['below'])} of {res['rejects']} (whole text: {res['below_whole_text']}); largest cluster {res['largest']}")
-        out.append(_row("GPTeacher-Toolformer, author's 0.8 dedup", part, n_pos=len(pos), n_neg=len(neg), tp=tp, fp=fp, fn=len(pos) - tp,
-                        labels="the author's dedup (toolformer-similarity-0.8-dataset.json)", note=note))
+    for name, params in (("GPTeacher-Toolformer, author's 0.8 dedup", {"threshold": 0.8}),
+                         ("GPTeacher-Toolformer, author's 0.8 dedup (stage defaults)", {})):
+        res = toolformer_comparison(shared, params)
+        half = len(res["rows"]) // 2
+        for part, span in (("tune", range(0, half)), ("holdout", range(half, len(res["rows"])))):
+            pos = [u for u in span if not res["they_keep"][u]]
+            neg = [u for u in span if res["they_keep"][u]]
+            tp = sum(not res["we_keep"][u] for u in pos)
+            fp = sum(not res["we_keep"][u] for u in neg)
+            note = (f"threshold {res['threshold']:g}; rejects below it (exact Jaccard to duplicate_of, compared text): "
+                    f"{len(res['below'])} of {res['rejects']} (whole text: {res['below_whole_text']}); largest cluster {res['largest']}")
+            out.append(_row(name, part, n_pos=len(pos), n_neg=len(neg), tp=tp, fp=fp, fn=len(pos) - tp,
+                            labels="the author's dedup (toolformer-similarity-0.8-dataset.json)", note=note))
     return out
 
 
