@@ -10,7 +10,8 @@ several forms, one labeled positive each:
 - ``reformatted``: multiple-choice sets only: the question followed by its choices in another layout,
   by item in turn: numbered ``1.``, bulleted ``-``, inline ``(a) ... (b) ...``, ``A) ...`` lines;
 - ``embedded``: the question (no labels) inside a longer real Alpaca instruction (before it, after it,
-  or after "For example:"), the carrier's own output kept;
+  or after "For example:"), the carrier's own output kept (a question of one or two words, PIQA's
+  "dresser", names no item alone: it is embedded with its answer);
 - ``in_response``: ``Q: question / A: answer`` appended to a real Alpaca row's output;
 - ``paraphrase`` (reported apart, recall expected lower): the question with up to two words swapped
   for a synonym from a small fixed table, or its clauses swapped around a comma.
@@ -21,9 +22,17 @@ Negatives:
   in the tune part, odd rows in the holdout part), checked against every eval set at once; the target is at
   most one false hit per 5,000 rows;
 - ``<set>/same-template``: the other part's items of the same eval set, written as ``verbatim`` training
-  rows: different items in the same template (an MMLU question not in the indexed part, moral_scenarios'
-  shared stem, GSM8K-style word problems). The shared data has no GSM8K train split, so the GSM8K
-  test items of the other part stand in for GSM8K-train-like data (same writers, same template).
+  rows: different items in the same template (an MMLU question not in the indexed part, GSM8K-style word
+  problems). Items that share content with an indexed item are left out (counted in the note): the same
+  line of at least 8 words (a reading passage with several questions, a repeated question, a moral scenario)
+  or the same long answer, where that line is in at most 5 items of the set (more is a template and stays a
+  negative), and HellaSwag rows of the same source caption (consecutive rows with one activity label: a row's
+  context continues the previous row's gold ending). What is left still holds the sets' minimal pairs
+  (moral scenarios differing in two words, "... GDP per capita ... in Japan / in South Korea", PIQA recipes),
+  which share 13 and more words with an indexed item. The shared data has no GSM8K train split, so the
+  GSM8K test items of the other part stand in for GSM8K-train-like data (same writers, same template).
+- ``mmlu:moral_scenarios/shared-stem``: moral_scenarios' shared question stem with two scenarios made of
+  clean Alpaca sentences;
 - ``arc_first100_as_train``: ``decontamination/arc_easy_test_first100_as_train.jsonl`` (a real training
   file made of ARC-Easy test questions) through ``curate run``, mapped ``query`` → user, ``gold`` →
   assistant: every row must be flagged.

@@ -20,18 +20,29 @@ record are joined with a line break, so a unit may run from the prompt into the 
 Two kinds of units are evidence:
 
 - ``ngram``-grams (13 words by default) of each eval item's text, read as its stem (the question) followed
-  by its other strings (choices, answers...), and as the stem followed by each one of them: a copy of the
-  question with its choices in order, or of the question with its answer, matches across the join.
+  by its other strings (choices, answers...): a copy of the question with its choices in order matches
+  across the join. For an item whose question cannot count alone (see below), also the stem followed by
+  each one of its other strings, so "Which of the following is true?" + its answer is still the item; for
+  the others not, so a paraphrased question followed by one of the eval set's answers is not a hit.
 - Whole units, for what is shorter than one n-gram: the stem alone, the stem followed by one of the item's
   other strings, and the stem followed by all of them, each when it has ``min_words`` to ``ngram - 1``
-  words. A whole unit matches a training text only where the text has the same words **from a segment
-  start to a segment end**: the question as a sentence (or a run of sentences) of its own, anywhere in
-  the record ("Answer this trivia question: Who wrote X? Give a short answer."), never as part of a longer
-  sentence ("Who wrote X" inside "Who wrote X's biography in 1990?"). Only the stem is a question: a
-  choice or an answer is never a whole unit on its own, however short the stem ("All of the above" or
-  "True" in a training text copies no item), and a stem shorter than ``min_words`` counts only together
-  with the item's other text.
+  words of which at least ``min_content_words`` are not :data:`FUNCTION_WORDS` ("who are you", "what is
+  it" say nothing about an item). A whole unit matches a training text only where the text has the same
+  words **from a segment start to a segment end**: the question as a sentence (or a run of sentences) of
+  its own, anywhere in the record ("Answer this trivia question: Who wrote X? Give a short answer."), never
+  as part of a longer sentence ("What causes sound" inside "What causes sound waves to bend?"). Only the
+  stem is a question: a choice or an answer is never a whole unit on its own, however short the stem ("All
+  of the above" or "True" in a training text copies no item), and a stem that is too short or too generic
+  counts only together with the item's other text.
 
+Templates. A unit contained in more than ``max_eval_items`` (5) eval items is a template of the eval
+sets, not an item's content, and is left out of the index: MMLU's moral_scenarios repeats one 20-word stem
+in all 895 items, formal_logic opens 15 items with "Construct a complete truth table...", and "Which of the
+following is true?" is a sentence of many items (a whole unit counts the items that contain it as a
+sentence, not only those whose whole stem it is). Five is the most questions that share one reading passage
+in MMLU, so a passage copied with one of its questions is still evidence. An n-gram with more than
+``template_share`` (70 %) of its words inside template n-grams straddles the template's edge ("... clearly
+morally wrong? Scenario 1 | He") and is not evidence either.
 The stem is the string under the best-ranked key of :data:`STEM_KEYS` (question, query, stem, prompt...);
 in a file without such a key (MMLU's headerless CSV, MT-Bench's ``turns``) it is the first field, in
 reading order, whose values differ between nearly all items of the file (:data:`STEM_DISTINCT`) and are
@@ -42,11 +53,9 @@ Eval side. ``eval_sets`` names files in any format curate reads (JSONL, JSON, CS
 directories or globs, relative to the config's folder). An eval item is one record of such a file, and its
 text is every string value in it, nested lists and objects flattened (keys, numbers and booleans are not
 text): MMLU's headerless CSV, ARC's ``{query, choices, gold}``, GSM8K's ``{question, answer}`` and
-TruthfulQA's CSV all work without a mapping. CSV files are read with the first row as data unless the eval
-set says ``csv_header: true``. A unit found in more than ``max_eval_items`` eval items is a template of the
-eval set (MMLU's moral_scenarios repeats one 20-word question stem in all 895 items; "Which of the
-following is true?" opens many MMLU items), not an item's content, and is left out of the index. Eval sets
-are read once, on the first batch.
+TruthfulQA's CSV all work without a mapping; ids, choice labels and answer keys (``8-343``, ``B``) are not
+text. CSV files are read with the first row as data unless the eval set says ``csv_header: true``. Eval
+sets are read once, on the first batch.
 
 The index is three sorted NumPy arrays (unit hash, first eval item, unit length), looked up with a
 bitmap prefilter then ``np.searchsorted``. Whole units of a training text are hashed for every run of
@@ -74,7 +83,7 @@ folder when it is inside it, or the eval set's ``name``), the number of units, a
 record's normalized words from its first to its last matched unit of that item, truncated)::
 
     13-gram overlap with arc/arc_easy_shared.jsonl:2 (5 n-grams): "which piece of safety equipment ..."
-    whole-question overlap (3 words) with arc/arc_easy_shared.jsonl:31 (1 n-gram): "what causes sound"
+    whole-question overlap (4 words) with arc/arc_easy_shared.jsonl:30 (2 n-grams): "what causes sound vibrations"
 """
 
 from __future__ import annotations
