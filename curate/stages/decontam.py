@@ -235,6 +235,7 @@ class Units:
 
     @staticmethod
     def concat(parts: list["Units"]) -> "Units":
+        """The units of ``parts``, one after the other."""
         return Units(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("hash", "doc", "start", "length")))
 
 
