@@ -19,7 +19,7 @@ workspace back). ``decide``:
    boilerplate keeps its whole text: it merges only with records equal to it as a whole, not with its template.
 2. **Signatures and LSH.** Shingles (word or character n-grams, :mod:`curate.stages.ngrams`) are min-reduced
    into MinHash signatures of ``num_perm`` 32-bit slots in compiled code (numba, parallel over documents),
-   100,000 records at a time. The signature is cut into ``bands`` bands of ``rows`` slots (datasketch's
+   50,000 records at a time. The signature is cut into ``bands`` bands of ``rows`` slots (datasketch's
    scheme); records whose band hashes agree in some band are candidate pairs. A pair of Jaccard ``s`` becomes
    a candidate with probability ``1 - (1 - s**rows)**bands``. By default the split is chosen for recall: the
    ``bands * rows <= num_perm`` split with ``P(candidate | s = threshold) >= 0.99`` and the fewest false
@@ -29,7 +29,7 @@ workspace back). ``decide``:
    likely representatives are compared with everyone.
 3. **Exact verification.** Candidates whose MinHash estimate is within ``margin_sigmas`` (3) standard errors
    below the threshold, or at least ``threshold - 0.2`` (for the report), are checked exactly: both records'
-   shingle sets are rebuilt, sorted and intersected in compiled code, 25,000 pairs at a time. A pair is
+   shingle sets are rebuilt, sorted and intersected in compiled code, 10,000 pairs at a time. A pair is
    *similar* when its exact Jaccard is ``>= threshold`` and, with ``fields: all``, its two responses alone
    have an exact Jaccard (5-character shingles) ``>= response_similarity`` (0.3): a different task on the
    same passage (same long input, another instruction and answer) is not a duplicate, unless
@@ -382,8 +382,8 @@ def _text_expr(fields: str) -> pl.Expr:
     return pl.concat_str([pl.col("prompt_text").fill_null(""), pl.col("response_text").fill_null("")], separator="\n")
 
 
-SIGNATURE_CHUNK = 100_000  # records shingled at once in decide (memory: their shingles only)
-EXACT_CHUNK = 25_000  # candidate pairs verified at once (memory: the shingle sets of their records only)
+SIGNATURE_CHUNK = 50_000  # records shingled at once in decide (memory: their shingles only)
+EXACT_CHUNK = 10_000  # candidate pairs verified at once (memory: the shingle sets of their records only)
 
 
 @register
