@@ -390,3 +390,22 @@ def test_edited_copies_of_every_kind_are_merged(alpaca):
 def test_params_are_documented():
     for name, field in MinHashDedup.Params.model_fields.items():
         assert field.description and len(field.description) > 20, name
+
+
+def test_a_boilerplate_label_still_tells_answers_apart(alpaca):
+    """300 real passages under one instruction, answered "Positive" or "Negative": the instruction and both
+    labels are boilerplate (shared by 150+ records) and do not count in the records' similarity, but the
+    response check reads the answers as written: the same passage with the other label is not a duplicate,
+    an exact copy is."""
+    rows = [
+        {"instruction": "Classify the sentiment of the following review as Positive or Negative.", "input": r["output"][:200],
+         "output": "Positive" if i % 2 else "Negative"}
+        for i, r in enumerate(r for r in alpaca[:2000] if len(r["output"]) >= 200)
+        if i < 300
+    ]
+    rows += [{**rows[0], "output": "Positive"}, dict(rows[1])]
+    stage = _stage()
+    dec = _run(stage, _frame(rows))
+    assert stage.stats["boilerplate_lines"] >= 3
+    assert 300 not in dec.rejects["uid"].to_list()  # the other label
+    assert 301 in dec.rejects["uid"].to_list()
