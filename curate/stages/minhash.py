@@ -31,8 +31,8 @@ workspace back). ``decide``:
    below the threshold, or at least ``threshold - 0.2`` (for the report), are checked exactly: both records'
    shingle sets are rebuilt, sorted and intersected in compiled code, 10,000 pairs at a time. A pair is
    *similar* when its exact Jaccard is ``>= threshold`` and, with ``fields: all``, its two responses alone
-   (as written, boilerplate included) have an exact Jaccard (5-character shingles)
-   ``>= response_similarity`` (0.3): a different task on the
+   (discounted; as written where nothing is left, so "Positive" and "Negative" stay two answers) have an
+   exact Jaccard (5-character shingles) ``>= response_similarity`` (0.3): a different task on the
    same passage (same long input, another instruction and answer) is not a duplicate, unless
    ``passage_level: true`` asks for passage-level dedup.
 4. **Clusters.** ``linkage: star`` (default): records are visited best first by the ``keep`` policy; an
@@ -514,7 +514,8 @@ class MinHashDedup(GlobalStage):
 
     def parts(self, prepared: pl.DataFrame) -> pl.DataFrame:
         """The compared text columns (``prompt_text`` and/or ``response_text`` per ``fields``) of each record,
-        boilerplate discounted, plus ``response_raw`` (the response as written) for the response check."""
+        boilerplate discounted, plus ``response_check``: the text the response check compares (the discounted
+        response, or the response as written where nothing of it is left)."""
         p = self.params
         names = [c for c in ("prompt_text", "response_text") if c in prepared.columns]
         parts = [prepared[c] for c in names]
@@ -523,10 +524,14 @@ class MinHashDedup(GlobalStage):
             self.stats.update(stats)
         out = pl.DataFrame(dict(zip(names, parts)))
         if self.response_check:
-            # the response check reads the responses as written: a one-line label shared by thousands of
-            # records ("Positive") is boilerplate for the record's similarity, but "Positive" and "Negative"
-            # after the same input are still two answers
-            out = out.with_columns(response_raw=prepared["response_text"])
+            # the response check reads the discounted response (a frequent chatty line does not count), or the
+            # response as written where the discount left nothing of it: a one-line label shared by thousands
+            # of records ("Positive") is boilerplate, but "Positive" and "Negative" are still two answers
+            out = out.with_columns(
+                response_check=pl.when(pl.col("response_text").str.strip_chars() == "")
+                .then(prepared["response_text"])
+                .otherwise(pl.col("response_text"))
+            )
         return out
 
     @staticmethod
@@ -536,10 +541,10 @@ class MinHashDedup(GlobalStage):
         return parts[cols[0]] if len(cols) == 1 else parts.select(pl.concat_str(cols, separator="\n")).to_series()
 
     def texts(self, prepared: pl.DataFrame) -> tuple[pl.Series, pl.Series | None]:
-        """(the compared text, boilerplate discounted; the response as written, or None without the response
-        check) of each record."""
+        """(the compared text, boilerplate discounted; the response the response check compares, or None
+        without the check) of each record."""
         parts = self.parts(prepared)
-        return self.compared(parts), parts["response_raw"] if self.response_check else None
+        return self.compared(parts), parts["response_check"] if self.response_check else None
 
     def _signatures(self, parts: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         p = self.params
@@ -572,7 +577,7 @@ class MinHashDedup(GlobalStage):
             reach = np.flatnonzero(sim[lo : lo + a.size] >= self.params.threshold - 1e-9) if response else np.zeros(0, np.int64)
             if reach.size:
                 docs2, local2 = np.unique(np.concatenate([la[reach], lb[reach]]), return_inverse=True)
-                values, offsets = shingle_sets(*char_ngram_hashes(sub["response_raw"][docs2], DEFAULT_NGRAM["char"]))
+                values, offsets = shingle_sets(*char_ngram_hashes(sub["response_check"][docs2], DEFAULT_NGRAM["char"]))
                 resp[lo + reach] = jaccard(*set_overlap(values, offsets, local2[: reach.size], local2[reach.size :]))
         return sim, resp
 
