@@ -81,7 +81,6 @@ REPORT_MARGIN = 0.2  # candidate pairs down to threshold - this go to the report
 REPORT_MAX_PAIRS = 500_000
 DEFAULT_NGRAM = {"word": 5, "char": 5}
 TARGET_RECALL = 0.99
-_EMPTY = np.uint32(0xFFFFFFFF)
 
 
 # ---------------------------------------------------------------------------------------------------------
