@@ -101,6 +101,11 @@ def test_near_duplicates_are_clustered_and_reviewed(quickstart):
     assert near.filter(pl.col("source_file").str.ends_with("sharegpt_fastchat.json")).height >= 20
     kept_ids = set(ledger.filter(pl.col("status") == "kept")["id"].to_list())
     assert set(near["duplicate_of"].to_list()) <= kept_ids  # every reject names a record that was kept
+    # every reject is at or above the threshold (0.7) to the record it names, measured exactly
+    assert near["detail"].str.extract(r"Jaccard ([0-9.]+)").cast(pl.Float64).min() >= 0.7
     md = (quickstart.output_dir / "report.md").read_text()
-    assert "## Duplicate clusters" in md and "largest similarity left between splits" in md
+    leak = s["leakage"]
+    assert "## Duplicate clusters" in md
+    assert (f"Largest similarity left between splits: **{leak['max_similarity']:.3f}**" in md if leak["max_similarity"] is not None
+            else "No two kept records in different splits reach" in md)
     assert (quickstart.output_dir / "similarity.png").is_file()
