@@ -5,7 +5,7 @@
     .venv/bin/python bench/verdicts.py --quick               # small sets (about a minute)
     .venv/bin/python bench/verdicts.py --write               # store this run's numbers as the new reference
     PYTHONPATH=/path/to/old/checkout .venv/bin/python bench/verdicts.py --json before.json --no-check
-    .venv/bin/python bench/verdicts.py --before before.json  # print "before -> after" columns
+    .venv/bin/python bench/verdicts.py --before before.json  # print "before -> after" columns (several files allowed)
 
 Each family lives in ``bench/verdict_sets/<family>.py`` and exposes ``STAGES`` and
 ``measure(shared, work, quick=False) -> rows``; a row counts one stage's verdicts on one labeled set:
@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shared", type=Path, default=SHARED)
     ap.add_argument("--work", type=Path, default=HERE / "_work" / "verdicts")
     ap.add_argument("--json", type=Path, help="also write the rows here")
-    ap.add_argument("--before", type=Path, help="rows of an earlier run (--json): printed as old → new")
+    ap.add_argument("--before", type=Path, nargs="+", help="rows of earlier runs (--json files): printed as old → new")
+    ap.add_argument("--markdown", type=Path, help="also write the tables here")
     ap.add_argument("--reference", type=Path, default=MEASURED)
     ap.add_argument("--tolerance", type=float, default=0.01)
     ap.add_argument("--no-check", action="store_true", help="print only; do not compare with the reference")
@@ -169,8 +170,12 @@ def main(argv: list[str] | None = None) -> int:
             errors.append(err)
         else:
             print(f"{family}: {len(got)} rows in {got[0]['seconds'] if got else 0} s", flush=True)
-    before = load_reference(args.before) if args.before else None
-    print(table(rows, before))
+    before = [r for path in args.before for r in load_reference(path)] if args.before else None
+    tables = table(rows, before)
+    print(tables)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(tables.lstrip() + "\n")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"rows": rows, "errors": errors}, indent=1) + "\n")
