@@ -9,7 +9,10 @@
 
 Each family lives in ``bench/verdict_sets/<family>.py`` and exposes ``STAGES`` and
 ``measure(shared, work, quick=False) -> rows``; a row counts one stage's verdicts on one labeled set:
-``stage, set, part (tune | holdout), n_pos, n_neg, tp, fp, fn, labels, note``. Positives are records the
+``stage, set, part (tune | holdout), n_pos, n_neg, tp, fp, fn, labels, note, scope``. ``scope`` says what the
+row claims: ``target`` (default: its recall and false-positive rate are the stage's), ``negatives`` (only its
+false-positive rate: one filter alone is not meant to catch every row a cleaner removed) or ``context``
+(reported, never summarized: copies below the dedup threshold, paraphrases for n-gram matching). Positives are records the
 stage should reject (a removed row, an edited copy, a contaminated record), negatives records it should keep.
 The labels always come from someone other than the stage's author: a human cleaner's verdicts, a data set's
 own annotations (MRPC paraphrase labels, the eval files' items), or construction (an edited copy of a real
@@ -123,10 +126,10 @@ def table(rows: list[dict], before: list[dict] | None = None) -> str:
 
 def measured_reference(rows: list[dict]) -> dict:
     """The form stored in ``curate/stages/measured.json``: per stage, its rows without bookkeeping columns."""
-    keep = ("set", "part", "n_pos", "n_neg", "tp", "fp", "fn", "precision", "recall", "fp_rate", "labels", "note")
+    keep = ("set", "part", "n_pos", "n_neg", "tp", "fp", "fn", "precision", "recall", "fp_rate", "labels", "note", "scope")
     by_stage: dict[str, list[dict]] = {}
     for r in rows:
-        by_stage.setdefault(r["stage"], []).append({k: r.get(k) for k in keep})
+        by_stage.setdefault(r["stage"], []).append({**{k: r.get(k) for k in keep}, "scope": r.get("scope") or "target"})
     return {"how": "bench/verdicts.py (full sets); see its docstring", "stages": by_stage}
 
 

@@ -129,20 +129,35 @@ def inspect(
 
 
 @app.command()
-def stages() -> None:
-    """List the registered stages, their parameters and reason codes."""
-    from curate.stages import all_stages, measured
+def stages(
+    name: str = typer.Argument(None, help="one stage: its parameters, with descriptions, and every labeled set it was measured on"),
+) -> None:
+    """List the registered stages: parameters, reason codes and measured precision/recall (bench/verdicts.py)."""
+    from curate.stages import UnknownStageError, all_stages, get_stage, measured
 
-    for name, cls in all_stages().items():
+    if name is not None:
+        try:
+            chosen = {name: get_stage(name)}
+        except UnknownStageError as exc:
+            _fail(str(exc))
+    else:
+        chosen = all_stages()
+    for stage, cls in chosen.items():
         kind = "global" if cls.is_global else "per-record"
-        typer.echo(f"{name} ({kind}): {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}")
+        typer.echo(f"{stage} ({kind}): {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}")
         for field, info in cls.Params.model_fields.items():
             default = "(required)" if info.is_required() else repr(info.get_default(call_default_factory=True))
             typer.echo(f"    {field} = {default[:100]}{'…' if len(default) > 100 else ''}")
+            if name is not None and info.description:
+                typer.echo(f"        {info.description}")
         if cls.reasons:
             typer.echo(f"    reasons: {', '.join(cls.reasons)}")
-        for m in measured(name):
-            typer.echo(f"    measured on {m['set']} ({m['part']}): {_measured_line(m)}")
+        rows = measured(stage)
+        if name is not None:
+            for m in rows:
+                typer.echo(f"    measured on {m['set']} ({m['part']}): {_measured_line(m)}")
+        elif rows and (line := _summary_line(rows)):
+            typer.echo(f"    measured at these defaults, held-out labels: {line} (`curate stages {stage}` lists each set)")
 
 
 def _measured_line(m: dict) -> str:
@@ -151,6 +166,23 @@ def _measured_line(m: dict) -> str:
              f"recall {m['recall']:.3f} of {m['n_pos']:,}" if m.get("recall") is not None else None,
              f"false positives {m['fp']:,} of {m['n_neg']:,} ({m['fp_rate']:.2%})" if m.get("fp_rate") is not None else None]
     return ", ".join(p for p in parts if p)
+
+
+def _summary_line(rows: list[dict]) -> str | None:
+    """The stage's measured claim in one line, over its held-out sets: the lowest recall among the sets it is
+    meant to catch and the highest false-positive rate among the sets it must keep, each naming its set.
+    Rows of scope ``context`` (reported, not claimed) are left out; None when nothing is left."""
+    held = [m for m in rows if m["part"] == "holdout" and m.get("scope") != "context"]
+    pos = [m for m in held if (m.get("scope") or "target") == "target" and m["n_pos"]]
+    neg = [m for m in held if m.get("n_neg")]
+    parts = []
+    if pos:
+        low = min(pos, key=lambda m: m["recall"])
+        parts.append(f"recall >= {low['recall']:.3f} on {len(pos)} set{'s' if len(pos) > 1 else ''} (lowest: {low['set']})")
+    if neg:
+        high = max(neg, key=lambda m: m["fp_rate"])
+        parts.append(f"false positives <= {high['fp_rate']:.2%} on {len(neg)} set{'s' if len(neg) > 1 else ''} (highest: {high['set']}, {high['fp']:,} of {high['n_neg']:,})")
+    return "; ".join(parts) or None
 
 
 @app.command("app")

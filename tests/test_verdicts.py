@@ -37,7 +37,9 @@ def test_check_flags_drops_beyond_tolerance_only():
 
 
 def test_reference_roundtrip_and_curate_stages_prints_it(tmp_path, monkeypatch):
-    rows = [_row(stage="minhash_dedup", set="edited copies", labels="construction")]
+    rows = [_row(stage="minhash_dedup", set="edited copies", labels="construction"),
+            _row(stage="minhash_dedup", set="other teacher", n_pos=0, tp=0, fn=0, fp=5, n_neg=50),
+            _row(stage="minhash_dedup", set="below the threshold", tp=0, fn=100, scope="context")]
     path = tmp_path / "measured.json"
     path.write_text(json.dumps(verdicts.measured_reference(rows)))
     assert verdicts.check(rows, verdicts.load_reference(path), 0.0) == []
@@ -46,6 +48,12 @@ def test_reference_roundtrip_and_curate_stages_prints_it(tmp_path, monkeypatch):
     from curate.cli import app
 
     monkeypatch.setattr(stages, "MEASURED_FILE", path)
-    out = CliRunner().invoke(app, ["stages"]).output
-    block = out.split("minhash_dedup (global)")[1].split("\n\n")[0]
-    assert "measured on edited copies (holdout): precision 0.978, recall 0.900 of 100, false positives 2 of 1,000 (0.20%)" in block
+    one = CliRunner().invoke(app, ["stages", "minhash_dedup"]).output
+    assert "measured on edited copies (holdout): precision 0.978, recall 0.900 of 100, false positives 2 of 1,000 (0.20%)" in one
+    assert "measured on below the threshold (holdout): precision –" not in one and "recall 0.000 of 100" in one
+    every = CliRunner().invoke(app, ["stages"]).output
+    line = next(x for x in every.splitlines() if "measured at these defaults" in x)
+    # the context row (recall 0) is reported per set, never summarized; the worst negative set is named
+    assert "recall >= 0.900 on 1 set (lowest: edited copies)" in line
+    assert "false positives <= 10.00% on 2 sets (highest: other teacher, 5 of 50)" in line
+    assert CliRunner().invoke(app, ["stages", "minhash"]).exit_code == 2  # unknown: did-you-mean, exit 2

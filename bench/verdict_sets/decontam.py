@@ -383,7 +383,9 @@ def measure(shared: Path, work: Path, *, quick: bool = False) -> list[dict]:
             else:
                 rows.append({"stage": "decontaminate", "set": f"{name}/{form}", "part": part, "n_pos": n, "n_neg": 0,
                              "tp": hit, "fp": 0, "fn": n - hit, "labels": LABELS,
-                             "note": "light paraphrase: recall expected lower" if form == "paraphrase" else ""})
+                             "note": "light paraphrase: recall expected lower" if form == "paraphrase" else "",
+                             # n-gram matching does not claim paraphrases: reported, not part of the stage's numbers
+                             "scope": "context" if form == "paraphrase" else "target"})
         arc_file = next(f for f in eval_files if f.stem == "arc_easy")
         rows.append(_arc_first100(shared, pdir, part, arc_file, len(sets["arc_easy"]["items"])))
     order = {f: i for i, f in enumerate((*FORMS, "same-template", "shared-stem"))}

@@ -316,8 +316,11 @@ def cluster_of(decision, n: int) -> list[int]:
 
 
 def _row(set_name: str, part: str, *, n_pos=0, n_neg=0, tp=0, fp=0, fn=0, labels: str, note: str = "") -> dict:
+    # copies below the threshold are reported, but merging them is not the stage's claim (its threshold says so);
+    # the Toolformer author's 0.8 is a paraphrase-level measure: compared row by row, not a claim either
+    scope = "context" if "[J<0.7]" in set_name or "author's" in set_name else "target"
     return {"stage": STAGE, "set": set_name, "part": part, "n_pos": n_pos, "n_neg": n_neg, "tp": tp, "fp": fp, "fn": fn,
-            "labels": labels, "note": note}
+            "labels": labels, "note": note, "scope": scope}
 
 
 # ---------------------------------------------------------------------------------------------------------
