@@ -20,8 +20,6 @@ them. What it cannot see: a pair below ``floor``, and (with probability <= 1 %) 
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import polars as pl
 
@@ -36,56 +34,17 @@ TOP_PAIRS = 10
 def shingle_sets(texts: pl.Series, ngram: int = NGRAM) -> tuple[np.ndarray, np.ndarray]:
     """Each text's set of character ``ngram`` hashes, sorted and without repeats: ``(hashes, offsets)`` with
     ``hashes[offsets[d]:offsets[d + 1]]`` the set of text ``d`` (the shingles of ``minhash_dedup``)."""
+    from curate.stages import minhash
     from curate.stages.ngrams import char_ngram_hashes
 
-    hashes, offsets = char_ngram_hashes(texts, ngram)
-    doc = np.repeat(np.arange(offsets.size - 1, dtype=np.int64), np.diff(offsets))
-    order = np.lexsort((hashes, doc))
-    hashes, doc = hashes[order], doc[order]
-    keep = np.ones(hashes.size, dtype=bool)
-    keep[1:] = (hashes[1:] != hashes[:-1]) | (doc[1:] != doc[:-1])
-    hashes, doc = hashes[keep], doc[keep]
-    new_offsets = np.searchsorted(doc, np.arange(offsets.size, dtype=np.int64))
-    return hashes, new_offsets.astype(np.int64)
+    return minhash.shingle_sets(*char_ngram_hashes(texts, ngram))
 
 
-def _jaccard_kernel(hashes, offsets, ia, ib, out):
-    for i in prange(ia.size):
-        a0, a1 = offsets[ia[i]], offsets[ia[i] + 1]
-        b0, b1 = offsets[ib[i]], offsets[ib[i] + 1]
-        both = 0
-        while a0 < a1 and b0 < b1:  # merge of two sorted sets
-            x, y = hashes[a0], hashes[b0]
-            if x == y:
-                both += 1
-                a0 += 1
-                b0 += 1
-            elif x < y:
-                a0 += 1
-            else:
-                b0 += 1
-        union = (offsets[ia[i] + 1] - offsets[ia[i]]) + (offsets[ib[i] + 1] - offsets[ib[i]]) - both
-        out[i] = both / union if union > 0 else 0.0
+def exact_jaccard(hashes: np.ndarray, offsets: np.ndarray, ia, ib) -> np.ndarray:
+    """Exact Jaccard of the sets ``ia[i]`` and ``ib[i]`` of :func:`shingle_sets` output (float64)."""
+    from curate.stages.minhash import jaccard, set_overlap
 
-
-prange = range  # numba.prange once compiled
-
-
-@functools.cache
-def _kernels():
-    from curate.stages.ngrams import compile_kernels
-
-    return compile_kernels(globals(), _jaccard_kernel)
-
-
-def exact_jaccard(hashes: np.ndarray, offsets: np.ndarray, ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
-    """Exact Jaccard of the sets ``ia[i]`` and ``ib[i]`` of :func:`shingle_sets` output (float64; 0.0 for
-    two empty sets)."""
-    ia, ib = np.asarray(ia, dtype=np.int64), np.asarray(ib, dtype=np.int64)
-    out = np.empty(ia.size, dtype=np.float64)
-    if ia.size:
-        _kernels()[0](hashes, offsets, np.ascontiguousarray(ia, dtype=np.int64), np.ascontiguousarray(ib, dtype=np.int64), out)
-    return out
+    return jaccard(*set_overlap(hashes, offsets, np.asarray(ia, dtype=np.int64), np.asarray(ib, dtype=np.int64)))
 
 
 def split_leakage(kept: pl.DataFrame, *, floor: float = FLOOR) -> dict:

@@ -595,7 +595,7 @@ if __name__ == "__main__":
 
     t0 = time.time()
     rows = measure(REPO.parent / "shared" / "data", REPO / "bench" / "_work", quick="--quick" in sys.argv)
-    print(f"| set | part | n_pos | n_neg | tp | fp | fn | recall | note |\n|---|---|---:|---:|---:|---:|---:|---:|---|")
+    print("| set | part | n_pos | n_neg | tp | fp | fn | recall | note |\n|---|---|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         rec = f"{r['tp'] / r['n_pos']:.3f}" if r["n_pos"] else ""
         print(f"| {r['set']} | {r['part']} | {r['n_pos']} | {r['n_neg']} | {r['tp']} | {r['fp']} | {r['fn']} | {rec} | {r['note']} |")
