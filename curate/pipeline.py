@@ -420,24 +420,31 @@ class Pipeline:
             ws.append("clusters", self.run_id, decision.clusters.select(stage=name, uid="uid", rep_uid="rep_uid", similarity="similarity"))
         if decision.pairs is not None and decision.pairs.height:
             ws.append("similar_pairs", self.run_id, decision.pairs.select(stage=name, uid_a="uid_a", uid_b="uid_b", similarity="similarity"))
+        if decision.links is not None and decision.links.height:
+            ws.append("split_links", self.run_id, decision.links.select(stage=name, uid_a="uid_a", uid_b="uid_b", similarity="similarity"))
 
     def _assign_cluster_splits(self, ws: Workspace) -> None:
-        """Give every member of a duplicate cluster the same split.
+        """Give every member of a duplicate cluster, and both records of a split link, the same split.
 
-        Clusters of all dedup stages are joined into connected components (a record an exact duplicate
-        of one member and a near-duplicate of another links the three); a component's split is the split
-        its smallest content id gives (from digits of that id that the minimum does not skew), so it does
-        not depend on input order either.
+        Clusters of all dedup stages and their split links (two tasks on one passage) are joined into
+        connected components (a record an exact duplicate of one member and a near-duplicate of another
+        links the three); a component's split is the split its smallest content id gives (from digits of
+        that id that the minimum does not skew), so it does not depend on input order either.
         """
         from curate.stages.clusters import component_labels
 
-        edges = ws.sql("SELECT uid, rep_uid FROM clusters WHERE run_id = ?", [self.run_id])
+        edges = ws.sql(
+            """SELECT uid, rep_uid FROM clusters WHERE run_id = $1
+               UNION ALL SELECT uid_a AS uid, uid_b AS rep_uid FROM split_links WHERE run_id = $1""",
+            [self.run_id],
+        )
         if edges.height == 0:
             return
         members = ws.sql(
-            """SELECT uid, id, split FROM records WHERE run_id = ? AND uid IN (
-                 SELECT uid FROM clusters WHERE run_id = ? UNION SELECT rep_uid FROM clusters WHERE run_id = ?)""",
-            [self.run_id, self.run_id, self.run_id],
+            """SELECT uid, id, split FROM records WHERE run_id = $1 AND uid IN (
+                 SELECT uid FROM clusters WHERE run_id = $1 UNION SELECT rep_uid FROM clusters WHERE run_id = $1
+                 UNION SELECT uid_a FROM split_links WHERE run_id = $1 UNION SELECT uid_b FROM split_links WHERE run_id = $1)""",
+            [self.run_id],
         )
         labels = component_labels(members["uid"].to_numpy(), edges["uid"].to_numpy(), edges["rep_uid"].to_numpy())
         members = members.with_columns(component=pl.Series(labels, dtype=pl.Int64))
@@ -551,6 +558,7 @@ class Pipeline:
                GROUP BY stage ORDER BY stage""",
             [run_id],
         )
+        links = ws.sql("SELECT stage, count(*) AS n FROM split_links WHERE run_id = ? GROUP BY stage ORDER BY stage", [run_id])
         # The closest kept records in different splits, by exact similarity: what a validation loss could
         # still memorize from the training split (curate.leakage says how it searches and what it can miss).
         from curate.leakage import kept_texts, split_leakage
@@ -579,6 +587,7 @@ class Pipeline:
             "fixes": dict(zip(fixes["f"].to_list(), fixes["n"].to_list())),
             "splits": {k: int(dict(zip(splits["split"].to_list(), splits["n"].to_list())).get(k, 0)) for k in ("train", "validation", "test")},
             "clusters": {r.pop("stage"): r for r in clusters.to_dicts()},
+            "split_links": dict(zip(links["stage"].to_list(), links["n"].to_list())),
             "leakage": leakage,
             "timings": {k: round(v, 3) for k, v in sorted(self.timer.seconds.items(), key=lambda kv: -kv[1])},
             "workspace": str(ws.path),

@@ -503,12 +503,14 @@ def _review_context(summary: dict, review: dict) -> dict[str, Any]:
         for r in review.get("contamination") or []
         if isinstance(r, dict)
     ]
-    return {"dedup": dedup, "similarity_bins": bins, "contamination": contamination, "leakage": _leakage_context(summary.get("leakage")),
+    links = sum(_int(v) for v in (summary.get("split_links") or {}).values())
+    return {"dedup": dedup, "similarity_bins": bins, "contamination": contamination, "leakage": _leakage_context(summary.get("leakage"), links),
             "_similarities": [s for s in similarities if s["_values"].size]}
 
 
-def _leakage_context(leak: Any) -> dict[str, Any] | None:
-    """The split-leakage audit (curate.leakage) as display strings; None when the run has none."""
+def _leakage_context(leak: Any, links: int = 0) -> dict[str, Any] | None:
+    """The split-leakage audit (curate.leakage) as display strings, with the number of split links (pairs
+    kept both but in one split); None when the run has no audit."""
     if not isinstance(leak, dict) or "measure" not in leak:
         return None
     levels = leak.get("pairs_at_or_above") or {}
@@ -519,6 +521,7 @@ def _leakage_context(leak: Any) -> dict[str, Any] | None:
         "pairs": _int(leak.get("pairs_scored")),
         "floor": _fmt_sim(leak.get("floor")),
         "recall": _pct_str(leak.get("search_recall_at_floor")),
+        "links": links,
         "levels": [{"level": _fmt_sim(k), "pairs": _int(v)} for k, v in levels.items()],
         "closest": [
             {"a": _oneline(c.get("id_a"), 40), "b": _oneline(c.get("id_b"), 40), "splits": f"{_str(c.get('split_a'))} / {_str(c.get('split_b'))}",
@@ -536,10 +539,18 @@ def _pct_str(x: Any) -> str:
 
 
 def leakage_sentence(lk: dict[str, Any]) -> str:
-    """One sentence on the split-leakage audit, for the Markdown and HTML reports."""
-    if lk["max"] is None:
-        return (f"No two kept records in different splits reach {lk['floor']} ({lk['measure']}; the search finds a pair "
-                f"at {lk['floor']} with probability {lk['recall']}, higher similarities more surely).")
+    """One or two sentences on the split-leakage audit, for the Markdown and HTML reports."""
+    n = lk.get("links") or 0
+    linked = (f" {n:,} pair{'s' if n != 1 else ''} of records share{'s' if n == 1 else ''} a passage but not a task: both records "
+              "are kept, in one split.") if n else ""
+    return _leakage_first(lk) + linked
+
+
+def _leakage_first(lk: dict[str, Any]) -> str:
+    if lk["max"] is None or float(lk["max"]) < float(lk["floor"]):
+        largest = f"; the closest pair scored is at {lk['max']}" if lk["max"] is not None else ""
+        return (f"No two kept records in different splits reach {lk['floor']} ({lk['measure']}{largest}; the search finds "
+                f"a pair at {lk['floor']} with probability {lk['recall']}, higher similarities more surely).")
     return (f"Largest similarity left between splits: **{lk['max']}** ({lk['measure']}, scored exactly on {lk['pairs']:,} "
             f"candidate pairs across splits among {lk['records']:,} kept records; the search finds a pair at {lk['floor']} "
             f"with probability {lk['recall']}, higher similarities more surely).")

@@ -9,7 +9,8 @@ Every write goes through this small API (the app and the CLIs read through it to
 - ``stage_counts``  per stage: records in, rejected, out, and counts by reason
 - ``clusters``      duplicate clusters of a run per dedup stage: uid, its representative, similarity to it
 - ``similar_pairs`` scored candidate pairs of the near-dup stages (near the threshold and above), for the
-                    report's similarity histogram and the largest similarity left between splits
+                    report's similarity histogram
+- ``split_links``   pairs a dedup stage keeps both of but puts in one split (two tasks on one passage)
 - ``train_metrics`` per logged step of a train run (kind 'train' in ``runs``): loss, eval_loss, learning rate...
 - ``eval_examples`` per example of an eval run (kind 'eval'): prompt, reference, output, per-example scores,
                     annotations (the judge's verdicts and rationales)
@@ -51,6 +52,8 @@ CREATE TABLE IF NOT EXISTS clusters (
     run_id VARCHAR, stage VARCHAR, uid BIGINT, rep_uid BIGINT, similarity DOUBLE);
 CREATE TABLE IF NOT EXISTS similar_pairs (
     run_id VARCHAR, stage VARCHAR, uid_a BIGINT, uid_b BIGINT, similarity DOUBLE);
+CREATE TABLE IF NOT EXISTS split_links (
+    run_id VARCHAR, stage VARCHAR, uid_a BIGINT, uid_b BIGINT, similarity DOUBLE);
 CREATE TABLE IF NOT EXISTS train_metrics (
     run_id VARCHAR, step BIGINT, epoch DOUBLE, name VARCHAR, value DOUBLE);
 CREATE TABLE IF NOT EXISTS eval_examples (
@@ -73,7 +76,7 @@ CREATE OR REPLACE VIEW ledger AS
     FROM records r LEFT JOIN rejects j ON r.run_id = j.run_id AND r.uid = j.uid;
 """
 
-RUN_TABLES = ("records", "rejects", "quarantine", "stage_counts", "clusters", "similar_pairs", "train_metrics", "eval_examples")
+RUN_TABLES = ("records", "rejects", "quarantine", "stage_counts", "clusters", "similar_pairs", "split_links", "train_metrics", "eval_examples")
 
 
 def _now() -> datetime:

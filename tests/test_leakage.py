@@ -93,3 +93,39 @@ def test_run_reports_exact_leakage_between_splits(tmp_path, shared_data):
     report = (res.output_dir / "report.md").read_text()
     assert f"Largest similarity left between splits: **{leak['max_similarity']:.3f}**" in report
     assert leak["closest"][0]["id_a"] in report
+
+
+def test_two_tasks_on_one_passage_are_kept_in_one_split(tmp_path, shared_data):
+    """Real Alpaca rows with the same long input and another task: minhash_dedup keeps both (not duplicates)
+    and links them, so they land in one split; the audit then finds no such pair across splits."""
+    from collections import defaultdict
+
+    from curate.config import parse_config
+    from curate.pipeline import Pipeline
+    from curate.workspace import Workspace
+
+    rows = json.loads((shared_data / "alpaca" / "alpaca_data_first10k_excl_holdout.json").read_text())
+    by_input = defaultdict(list)
+    for r in rows:
+        if len(r["input"]) >= 80:
+            by_input[r["input"]].append(r)
+    groups = [g for g in by_input.values() if len({r["instruction"] for r in g}) == len(g) > 1]
+    assert len(groups) >= 2
+    shared_inputs = {g[0]["input"] for g in groups}
+    data = [r for g in groups for r in g] + [r for r in rows[:1500] if r["input"] not in shared_inputs]
+    (tmp_path / "data.json").write_text(json.dumps(data))
+    cfg = parse_config({"name": "passages", "inputs": [{"path": "data.json"}], "tokenizer": None, "stages": ["minhash_dedup"]}, tmp_path)
+    res = Pipeline(cfg, progress=False).run(force=True)
+    assert res.summary["split_links"].get("minhash_dedup", 0) >= 1
+    with Workspace(res.workspace, read_only=True) as ws:
+        links = ws.sql(
+            """SELECT l.similarity, a.split AS split_a, b.split AS split_b,
+                      (SELECT count(*) FROM rejects j WHERE j.run_id = l.run_id AND j.uid IN (l.uid_a, l.uid_b)) AS rejected
+               FROM split_links l JOIN records a ON a.run_id = l.run_id AND a.uid = l.uid_a
+               JOIN records b ON b.run_id = l.run_id AND b.uid = l.uid_b WHERE l.run_id = ?""",
+            [res.run_id],
+        )
+    assert links.height >= 1 and (links["similarity"] >= 0.7).all()
+    assert (links["split_a"] == links["split_b"]).all()
+    assert links["rejected"].sum() == 0  # not duplicates: both kept
+    assert "a passage but not a task: both records are kept, in one split" in (res.output_dir / "report.md").read_text()

@@ -90,13 +90,15 @@ class GlobalDecision:
       The runner stores them and assigns train/validation/test per cluster, so a cluster never straddles
       splits.
     - ``pairs``: ``uid_a``, ``uid_b``, ``similarity``: scored candidate pairs, those below the threshold
-      included (down to a floor the stage picks), for the report's histogram near the threshold and the
-      largest similarity left between splits.
+      included (down to a floor the stage picks), for the report's histogram near the threshold.
+    - ``links``: ``uid_a``, ``uid_b``, ``similarity``: pairs the stage keeps both of but that must share a
+      split (two tasks on one passage: not duplicates, but a test question on a passage seen in training).
     """
 
     rejects: pl.DataFrame
     clusters: pl.DataFrame | None = None
     pairs: pl.DataFrame | None = None
+    links: pl.DataFrame | None = None
 
 
 class GlobalStage(Stage):

@@ -34,7 +34,8 @@ workspace back). ``decide``:
    (discounted; as written where nothing is left, so "Positive" and "Negative" stay two answers) have an
    exact Jaccard (5-character shingles) ``>= response_similarity`` (0.3): a different task on the
    same passage (same long input, another instruction and answer) is not a duplicate, unless
-   ``passage_level: true`` asks for passage-level dedup.
+   ``passage_level: true`` asks for passage-level dedup. Such a pair is returned as a split link: both
+   records are kept, in one split (a test question on a passage seen in training is not held out).
 4. **Clusters.** ``linkage: star`` (default): records are visited best first by the ``keep`` policy; an
    unclaimed record is kept and claims its unclaimed similar records, which are rejected naming it. So every
    reject is similar to the record it names, and no two kept records are similar.
@@ -628,7 +629,7 @@ class MinHashDedup(GlobalStage):
                 out[missing] = self.exact_scores(parts, pa, pb, response=False)[0]
             return out
 
-        return decide_clusters(
+        decision = decide_clusters(
             prepared,
             pairs,
             keep=p.keep,
@@ -639,3 +640,12 @@ class MinHashDedup(GlobalStage):
             report_pairs=report,
             linkage=p.linkage,
         )
+        # pairs similar as a whole whose responses differ (two tasks on one passage) are both kept, but in one
+        # split: a test question on a passage the model trained on is not a held-out question
+        linked = (sim >= p.threshold - 1e-9) & ~ok
+        if linked.any():
+            decision.links = pl.DataFrame(
+                {"uid_a": uids[ia[linked]], "uid_b": uids[ib[linked]], "similarity": np.round(sim[linked], 4)},
+                schema={"uid_a": pl.Int64, "uid_b": pl.Int64, "similarity": pl.Float64},
+            )
+        return decision
