@@ -267,3 +267,18 @@ def test_reformatted_mmlu_choices_are_found(shared_data):
     assert _ref_line(by_uid[0], "mmlu/college_mathematics_test.csv") == math_line
     assert _ref_line(by_uid[1], "mmlu/global_facts_test.csv") == facts_line
     assert _ref_line(by_uid[2], "mmlu/global_facts_test.csv") == facts_line
+
+
+def test_gsm8k_train_problems_are_not_flagged_against_gsm8k_test(shared_data):
+    # GSM8K's train split (a committed sample spread over openai/grade-school-math's train.jsonl) was written
+    # by the same people in the same template as the test split: same-template, different problems, none of
+    # which is contamination. The sample's near-copies of a test item (the same text with another name and
+    # other numbers, e.g. "Bella bought stamps at the post office. ..." = test line 633 with "Max") are left out.
+    from bench.verdict_sets.decontam import GSM8K_TRAIN_NEAR_COPIES, GSM8K_TRAIN_SAMPLE
+
+    sample = [json.loads(x) for x in GSM8K_TRAIN_SAMPLE.read_text(encoding="utf-8").splitlines()]
+    negatives = [r for r in sample if not r["question"].startswith(tuple(GSM8K_TRAIN_NEAR_COPIES))]
+    assert len(negatives) >= 300 and len(sample) - len(negatives) == len(GSM8K_TRAIN_NEAR_COPIES)
+    frame = canonical_frame([[("user", r["question"]), ("assistant", r["answer"])] for r in negatives])
+    rejects = _run(_stage(shared_data, ["gsm8k/test.jsonl"]), frame)
+    assert rejects.height == 0, rejects["detail"].to_list()

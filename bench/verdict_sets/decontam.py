@@ -31,6 +31,11 @@ Negatives:
   (moral scenarios differing in two words, "... GDP per capita ... in Japan / in South Korea", PIQA recipes),
   which share 13 and more words with an indexed item. The shared data has no GSM8K train split, so the
   GSM8K test items of the other part stand in for GSM8K-train-like data (same writers, same template).
+- ``gsm8k_train_sample``: GSM8K's own train problems (``bench/data/gsm8k_train_sample.jsonl``, a sample of
+  openai/grade-school-math's train.jsonl, see ``bench/data/README.md``) as training rows (question as the
+  instruction, worked answer as the output) against the whole GSM8K test file: none may be flagged
+  (even sample positions in the tune part, odd in the holdout part). A train problem that is a near-copy
+  of a test item (the same text with another name and other numbers) is left out (``GSM8K_TRAIN_NEAR_COPIES``).
 - ``mmlu:moral_scenarios/shared-stem``: moral_scenarios' shared question stem with two scenarios made of
   clean Alpaca sentences;
 - ``arc_first100_as_train``: ``decontamination/arc_easy_test_first100_as_train.jsonl`` (a real training
@@ -289,6 +294,44 @@ def _arc_first100(shared: Path, work: Path, part: str, eval_file: Path, n_items:
             "note": "curate run, mapping query -> user, gold -> assistant; this part's items of the 100"}
 
 
+GSM8K_TRAIN_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "gsm8k_train_sample.jsonl"
+# Train problems of the sample that are near-copies of a GSM8K test item (GSM8K has a few: the same problem
+# text with another name and other numbers), so no negative: opening of the train question -> test.jsonl line.
+# "Bella bought stamps at the post office. Some of the stamps had a snowflake design, ..." is test line 633
+# ("Max bought stamps at the post office. ...") word for word except the name and the three numbers.
+GSM8K_TRAIN_NEAR_COPIES = {"Bella bought stamps at the post office.": 633}
+
+
+def _gsm8k_train(shared: Path, work: Path, part: str) -> dict | None:
+    """GSM8K's own train problems (a committed sample) checked against the whole GSM8K test file.
+
+    The train split was written by the same people in the same template as the test split, so it is the real
+    "same-template, different item" negative; every problem should stay. Even sample positions are the tune
+    part, odd the holdout part. The stage indexes the full test file (the train and test splits are disjoint,
+    so no part of it needs to be held back). None when the sample file is missing."""
+    from curate.stages import StageContext
+    from curate.stages.decontam import Decontaminate
+
+    if not GSM8K_TRAIN_SAMPLE.exists():
+        return None
+    sample = _jsonl(GSM8K_TRAIN_SAMPLE)
+    mine = [r for i, r in enumerate(sample) if i % 2 == (0 if part == "tune" else 1)]
+    near = [r for r in mine if r["question"].startswith(tuple(GSM8K_TRAIN_NEAR_COPIES))]
+    mine = [r for r in mine if r not in near]
+    records = [{"instruction": r["question"], "input": "", "output": r["answer"]} for r in mine]
+    frame = _frame(records, work / "gsm8k_train_sample.json")
+    stage = Decontaminate(Decontaminate.Params(eval_sets=[str(shared / "gsm8k/test.jsonl")]), StageContext(config_dir=work))
+    flagged = _flagged(stage, frame)
+    note = "question as instruction, worked answer as output, vs the whole gsm8k/test.jsonl"
+    if near:
+        note += f"; {len(near)} left out: near-copy of a test item (another name and other numbers)"
+    if flagged:
+        note += "; e.g. " + " | ".join(d[:120] for d in list(flagged.values())[:3])
+    return {"stage": "decontaminate", "set": "gsm8k_train_sample", "part": part, "n_pos": 0, "n_neg": len(mine),
+            "tp": 0, "fp": len(flagged), "fn": 0, "labels": "GSM8K's own train split (openai/grade-school-math)",
+            "note": note, "scope": "target"}
+
+
 def measure(shared: Path, work: Path, *, quick: bool = False) -> list[dict]:
     """Rows per (set/form, part) and for the negatives; see the module docstring."""
     import polars as pl
@@ -388,6 +431,9 @@ def measure(shared: Path, work: Path, *, quick: bool = False) -> list[dict]:
                              "scope": "context" if form == "paraphrase" else "target"})
         arc_file = next(f for f in eval_files if f.stem == "arc_easy")
         rows.append(_arc_first100(shared, pdir, part, arc_file, len(sets["arc_easy"]["items"])))
+        gsm_train = _gsm8k_train(shared, pdir, part)
+        if gsm_train is not None:
+            rows.append(gsm_train)
     order = {f: i for i, f in enumerate((*FORMS, "same-template", "shared-stem"))}
     rows.sort(key=lambda r: (r["part"] != "tune", r["set"].split("/")[0], order.get(r["set"].split("/")[-1], 99)))
     return rows
