@@ -175,6 +175,7 @@ class Pipeline:
 
     def __init__(self, cfg: CurateConfig, *, progress: bool | None = None, strict: bool | None = None):
         self.timer = _Timer()
+        self.stage_stats: dict[str, dict] = {}  # global stages' own counts (GlobalDecision.stats), for the summary
         self.cfg = cfg
         self.strict = cfg.strict if strict is None else strict
         self.progress = sys.stderr.isatty() if progress is None else progress
@@ -405,6 +406,8 @@ class Pipeline:
                     if isinstance(decision, pl.DataFrame):
                         decision = GlobalDecision(decision)
                     self._store_decision(ws, gstage.name, decision)
+                    if decision.stats:
+                        self.stage_stats[gstage.name] = decision.stats
                     rejected.append(decision.rejects.select(pl.col("uid").cast(pl.Int64)))
             prepared = {}
         with self.timer("cluster splits"):
@@ -588,6 +591,7 @@ class Pipeline:
             "splits": {k: int(dict(zip(splits["split"].to_list(), splits["n"].to_list())).get(k, 0)) for k in ("train", "validation", "test")},
             "clusters": {r.pop("stage"): r for r in clusters.to_dicts()},
             "split_links": dict(zip(links["stage"].to_list(), links["n"].to_list())),
+            "stage_stats": self.stage_stats,
             "leakage": leakage,
             "timings": {k: round(v, 3) for k, v in sorted(self.timer.seconds.items(), key=lambda kv: -kv[1])},
             "workspace": str(ws.path),

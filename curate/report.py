@@ -504,7 +504,12 @@ def _review_context(summary: dict, review: dict) -> dict[str, Any]:
         if isinstance(r, dict)
     ]
     links = sum(_int(v) for v in (summary.get("split_links") or {}).values())
+    stage_stats = [
+        {"stage": _str(stage), "text": ", ".join(f"{_str(k).replace('_', ' ')}: {_fmt_int(v) if isinstance(v, int) else _str(v)}" for k, v in st.items())}
+        for stage, st in sorted((summary.get("stage_stats") or {}).items()) if isinstance(st, dict) and st
+    ]
     return {"dedup": dedup, "similarity_bins": bins, "contamination": contamination, "leakage": _leakage_context(summary.get("leakage"), links),
+            "stage_stats": stage_stats,
             "_similarities": [s for s in similarities if s["_values"].size]}
 
 
@@ -704,6 +709,10 @@ def _markdown(c: dict) -> str:
         L.append("")
         L.append("Splits are assigned per cluster: members of one cluster never straddle train/validation/test.")
         L.append("")
+        for st in c["stage_stats"]:
+            L.append(f"- {_code(st['stage'], True)}: {st['text']}")
+        if c["stage_stats"]:
+            L.append("")
         if c["_similarities"]:
             L.append("### Similarity of candidate pairs near the threshold")
             L.append("")
@@ -888,6 +897,7 @@ quarantined <b>{{ fi(c.quarantined) }}</b> ({{ pct(c.quarantined, c.inputs) }}).
 {% for d in c.dedup %}<tr><td class="mono">{{ d.stage }}</td><td class="n">{{ fi(d.clusters) }}</td><td class="n">{{ fi(d.members) }}</td><td class="n">{{ fi(d.largest) }}</td></tr>
 {% endfor %}</table>
 <p>Splits are assigned per cluster: members of one cluster never straddle train/validation/test.</p>
+{% if c.stage_stats %}<ul>{% for st in c.stage_stats %}<li><span class="mono">{{ st.stage }}</span>: {{ st.text }}</li>{% endfor %}</ul>{% endif %}
 {% if img.get('similarity') %}
 <h3>Similarity of candidate pairs near the threshold</h3>
 <table><tr><th>stage</th><th>similarity</th><th class="n">pairs</th><th>merged</th></tr>
@@ -1016,6 +1026,7 @@ def _json_report(c: dict, summary: dict, examples: dict) -> dict[str, Any]:
         "examples": _jsonable(examples, JSON_TURN_CHARS),
         "duplicates": [{k: v for k, v in d.items()} for d in c["dedup"]],
         "split_leakage": c["leakage"],
+        "stage_stats": c["stage_stats"],
         "similarity_bins": c["similarity_bins"],
         "contamination": c["contamination"],
         "files": {k: v for k, v in REPORT_FILES.items()},

@@ -126,6 +126,7 @@ def test_two_tasks_on_one_passage_are_kept_in_one_split(tmp_path, shared_data):
             [res.run_id],
         )
     assert links.height >= 1 and (links["similarity"] >= 0.7).all()
+    assert res.summary["stage_stats"]["minhash_dedup"]["pairs_linked"] == links.height  # the stage's own count
     assert (links["split_a"] == links["split_b"]).all()
     assert links["rejected"].sum() == 0  # not duplicates: both kept
     assert "a passage but not a task: both records are kept, in one split" in (res.output_dir / "report.md").read_text()

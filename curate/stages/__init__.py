@@ -93,12 +93,14 @@ class GlobalDecision:
       included (down to a floor the stage picks), for the report's histogram near the threshold.
     - ``links``: ``uid_a``, ``uid_b``, ``similarity``: pairs the stage keeps both of but that must share a
       split (two tasks on one passage: not duplicates, but a test question on a passage seen in training).
+    - ``stats``: counts the stage wants in the run summary (pairs checked, boilerplate lines discounted...).
     """
 
     rejects: pl.DataFrame
     clusters: pl.DataFrame | None = None
     pairs: pl.DataFrame | None = None
     links: pl.DataFrame | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
 
 
 class GlobalStage(Stage):

@@ -648,4 +648,5 @@ class MinHashDedup(GlobalStage):
                 {"uid_a": uids[ia[linked]], "uid_b": uids[ib[linked]], "similarity": np.round(sim[linked], 4)},
                 schema={"uid_a": pl.Int64, "uid_b": pl.Int64, "similarity": pl.Float64},
             )
+        decision.stats = {**self.stats, "pairs_linked": int(linked.sum())}
         return decision
