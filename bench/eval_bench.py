@@ -8,7 +8,7 @@ instructions, rendered with the model's chat template for both), same ``max_new_
 
 - seeds' loop (``../shared/seeds``): one ``model.generate`` call per example, sampling on
   (temperature 0.7, top-p 0.9) as written there; ``--seed-greedy`` makes it greedy instead;
-- ours: :func:`evalsuite.generate.generate`, length-sorted left-padded batches, greedy.
+- ours: :func:`chat.generate.generate`, length-sorted left-padded batches, greedy.
 
 Both stop at the chat template's end-of-turn. Printed: wall time, examples/s, generated tokens/s (the
 tokens each method actually produced), and with ``--seed-greedy`` how many answers are identical.
@@ -45,7 +45,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from curate.models import smollm2_model_dir
-    from evalsuite.generate import generate, render_prompts, stop_token_ids
+    from chat.generate import generate, render_prompts, stop_token_ids
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=64)

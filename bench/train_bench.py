@@ -114,7 +114,7 @@ def _recipe_eval_rows(tokenizer, records: list[dict]) -> list[tuple[list[int], l
 
 def _our_eval_rows(tokenizer, records: list[dict], max_len: int) -> list[tuple[list[int], list[int]]]:
     from curate.shapes import Converter
-    from train.data import ChatEncoder
+    from chat.template import ChatEncoder
 
     conv, enc, rows = Converter("alpaca", None), ChatEncoder(tokenizer, max_len), []
     for r in records:
@@ -208,7 +208,8 @@ def run_ours(args, variant: str, base: str, tokenizer_path: str) -> dict:
     from peft import PeftModel
 
     from train.config import parse_train_config
-    from train.trainer import _dtype, load_model, load_tokenizer, run_training
+    from chat.conversations import load_tokenizer
+    from train.trainer import _dtype, load_model, run_training
 
     train, held_out = _records(args)
     work = Path(tempfile.mkdtemp(prefix=f"{variant}-"))

@@ -1,5 +1,5 @@
-"""evalsuite: evaluation, compare and CI gates (issue #5).
+"""evalsuite: evaluation runs, metrics, compare and CI gates.
 
-The metric registry is in :mod:`evalsuite.metrics` and batched generation in :mod:`evalsuite.generate`;
-the runner (`evalsuite run`), compare and gates are not implemented yet.
+The metric registry is in :mod:`evalsuite.metrics`; batched generation, shared with training's sample
+generations, is in :mod:`chat.generate`.
 """

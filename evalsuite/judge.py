@@ -2,7 +2,7 @@
 A/B preference run in both orders.
 
 Backends (:class:`JudgeConfig`): ``local``, a transformers model (default: the embedded SmolLM2), greedy,
-batched through :func:`evalsuite.generate.generate`; ``openai``, any OpenAI-compatible chat endpoint (vLLM,
+batched through :func:`chat.generate.generate`; ``openai``, any OpenAI-compatible chat endpoint (vLLM,
 Ollama, llama.cpp's server, hosted APIs) by URL and model name, the key read from the environment variable
 ``api_key_env`` names (never from a file that could be committed). ``EVALSUITE_JUDGE_URL`` and
 ``EVALSUITE_JUDGE_MODEL`` fill in a URL or model the config leaves out.
@@ -184,7 +184,7 @@ class LocalJudge:
         self.description = {"backend": "local", "model": desc["model"], "device": desc["device"]}
 
     def complete(self, conversations: list[list[dict[str, str]]]) -> list[tuple[str | None, str | None]]:
-        from evalsuite.generate import generate
+        from chat.generate import generate
 
         texts = generate(self.model, self.tokenizer, conversations, max_new_tokens=self.cfg.max_new_tokens,
                          batch_size=self.cfg.batch_size)

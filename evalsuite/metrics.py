@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from train.data import IGNORE_INDEX, ChatEncoder  # the training side's template spans: scored alike
+from chat.template import IGNORE_INDEX, ChatEncoder  # the training side's template spans: scored alike
 
 
 @dataclass
@@ -477,9 +477,9 @@ def perplexity(
     message (str) or a list of chat messages; the conversation ``prompt + [assistant: reference]`` is
     rendered with the tokenizer's chat template, and the response tokens are those of the assistant
     span: from the end of the generation prompt (``add_generation_prompt=True``) through the end of the
-    turn, so the end-of-turn marker is scored. This is the span that ``train.data.ChatEncoder`` trains on,
+    turn, so the end-of-turn marker is scored. This is the span that ``chat.template.ChatEncoder`` trains on,
     rendered by the same code (a template that is not prefix-stable raises
-    ``train.data.TemplateMismatch``), so eval perplexity and training loss measure the same tokens.
+    ``chat.template.TemplateMismatch``), so eval perplexity and training loss measure the same tokens.
 
     ``per_example`` is each example's mean NLL per response token (``details["tokens_per_example"]``
     gives the weights). Batched with right padding: the batch size does not change the numbers beyond

@@ -28,7 +28,7 @@ def load_model(model: str = "embedded", adapter: str | None = None, device: str 
     from transformers import AutoModelForCausalLM
 
     from curate.models import resolve_device, smollm2_model_dir
-    from train.trainer import load_tokenizer
+    from chat.conversations import load_tokenizer
 
     device = resolve_device(device)
     base = str(smollm2_model_dir()) if model == "embedded" else model
@@ -47,12 +47,9 @@ def load_model(model: str = "embedded", adapter: str | None = None, device: str 
 def task_examples(suite: SuiteConfig, task: TaskConfig) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """(examples, skipped): each record's turns before its last assistant turn (the prompt) and that turn's
     text (the reference); records without an assistant turn, or unreadable, are skipped with a reason."""
-    from train.config import DataSource
-    from train.trainer import read_conversations
+    from chat.conversations import read_conversations
 
-    convs, bad = read_conversations(
-        suite.resolve(task.path), DataSource(path=task.path, shape=task.shape, mapping=task.mapping, limit=task.limit)
-    )
+    convs, bad = read_conversations(suite.resolve(task.path), task.shape, task.mapping, task.limit)
     examples, skipped = [], [{"where": b["where"], "reason": b["reason"]} for b in bad]
     for where, messages in convs:
         last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
@@ -72,7 +69,7 @@ def run_suite(suite: SuiteConfig, model: str = "embedded", adapter: str | None =
     """Run every task; returns the results dict written to ``out_dir/results.json``."""
     import polars as pl
 
-    from evalsuite.generate import generate
+    from chat.generate import generate
     from evalsuite.metrics import get_metric
 
     net, tok, desc = load_model(model, adapter, device)

@@ -1,4 +1,4 @@
-"""Batched generation (evalsuite/generate.py) on the embedded SmolLM2: left-padded batches give each prompt
+"""Batched generation (chat/generate.py) on the embedded SmolLM2: left-padded batches give each prompt
 the answer it gets alone, in input order, and stop at the chat template's end-of-turn."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def smol():
 
 
 def test_batched_greedy_answers_equal_one_at_a_time(smol, shared_data):
-    from evalsuite.generate import generate, render_prompts, stop_token_ids
+    from chat.generate import generate, render_prompts, stop_token_ids
 
     model, tok = smol
     rows = json.loads((shared_data / "alpaca" / "alpaca_4000.json").read_text())[:6]
@@ -36,7 +36,7 @@ def test_batched_greedy_answers_equal_one_at_a_time(smol, shared_data):
 
 
 def test_end_of_turn_stops_generation(smol):
-    from evalsuite.generate import stop_token_ids
+    from chat.generate import stop_token_ids
 
     model, tok = smol
     assert tok.convert_tokens_to_ids("<|im_end|>") in stop_token_ids(tok, model)

@@ -61,7 +61,7 @@ def test_flat_packed_examples_match_alone_forward_and_backward(models):
 
 def test_generation_goes_through_sdpa_unchanged(models):
     from curate.models import smollm2_tokenizer_dir
-    from evalsuite.generate import generate
+    from chat.generate import generate
 
     varlen, sdpa = models
     from transformers import AutoTokenizer

@@ -8,7 +8,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from curate.models import smollm2_tokenizer_dir
-from train.data import IGNORE_INDEX, ChatEncoder, TemplateMismatch, mask_audit
+from chat.template import IGNORE_INDEX, ChatEncoder, TemplateMismatch, mask_audit
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ class SampleGenerations(TrainerCallback):
         self.last_step = -1
 
     def generate(self, model: Any) -> list[dict[str, str]]:
-        from evalsuite.generate import generate  # the one batched, greedy generation path
+        from chat.generate import generate  # the one batched, greedy generation path
 
         outputs = generate(model, self.tokenizer, self.prompts, max_new_tokens=self.max_new_tokens, batch_size=len(self.prompts))
         return [{"prompt": m[-1]["content"], "output": o} for m, o in zip(self.prompts, outputs)]

@@ -3,7 +3,7 @@
 What this module adds around TRL's ``SFTTrainer`` (everything else is transformers, peft and bitsandbytes):
 
 - records come from any file curate reads (curate's export, or raw alpaca/ShareGPT/... files), mixed by
-  weight, and are encoded by :class:`train.data.ChatEncoder` with the tokenizer's own template and an
+  weight, and are encoded by :class:`chat.template.ChatEncoder` with the tokenizer's own template and an
   assistant-only loss mask; records with no trainable token are rejected with a reason before training;
 - padding-free packing (TRL's best-fit-decreasing packing, position ids restart per example), so no
   compute goes to padding;
@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chat.conversations import load_tokenizer, read_conversations
+from chat.template import ChatEncoder, TemplateMismatch, marked_text
 from train.config import DataSource, TrainConfig
-from train.data import ChatEncoder, TemplateMismatch, marked_text
 
 
 @dataclass
@@ -44,28 +45,6 @@ class PreparedData:
     digest: str = ""
     sample_prompts: list[list[dict[str, str]]] = field(default_factory=list)  # for SampleGenerations
     audit: list[str] = field(default_factory=list)  # the first training records with their trained spans marked
-
-
-def read_conversations(path: Path, source: DataSource) -> tuple[list[tuple[str, list[dict[str, str]]]], list[dict]]:
-    """(``[(where, messages)]``, ``[bad]``) from one file of any shape curate reads."""
-    from curate.readers import expand_paths, read_file
-    from curate.shapes import Converter, ShapeError
-
-    conv = Converter(source.shape, source.mapping)
-    out, bad = [], []
-    for file in expand_paths(str(path), Path("/")):
-        for batch in read_file(file):
-            bad += [{"where": f"{file}:{b.line}", "reason": b.error} for b in batch.bad]
-            for line, rec in zip(batch.lines, batch.records):
-                try:
-                    _shape, roles, contents, _meta, _fixes = conv.convert(rec)
-                except ShapeError as exc:
-                    bad.append({"where": f"{file}:{line}", "reason": exc.message})
-                    continue
-                out.append((f"{file}:{line}", [{"role": r, "content": c} for r, c in zip(roles, contents)]))
-                if source.limit and len(out) >= source.limit:
-                    return out, bad
-    return out, bad
 
 
 def mix(sources: list[tuple[DataSource, list]], seed: int) -> tuple[list, dict[str, int]]:
@@ -96,7 +75,7 @@ def prepare_data(cfg: TrainConfig, tokenizer) -> PreparedData:
     rejected: list[dict] = []
     per_source = []
     for source in cfg.data:
-        convs, bad = read_conversations(cfg.resolve(source.path), source)
+        convs, bad = read_conversations(cfg.resolve(source.path), source.shape, source.mapping, source.limit)
         rejected += [{**b, "stage": "read"} for b in bad]
         per_source.append((source, convs))
     mixed, counts = mix(per_source, cfg.seed)
@@ -129,7 +108,7 @@ def prepare_data(cfg: TrainConfig, tokenizer) -> PreparedData:
     train, t_trunc = encode(mixed, "train")
     validation, v_trunc = [], 0
     if cfg.validation:
-        convs, bad = read_conversations(cfg.resolve(cfg.validation), DataSource(path=cfg.validation))
+        convs, bad = read_conversations(cfg.resolve(cfg.validation))
         rejected += [{**b, "stage": "read", "split": "validation"} for b in bad]
         validation, v_trunc = encode(convs, "validation")
     prompts = (_prompt_of(m) for _w, m in (convs if cfg.validation else mixed))
@@ -162,15 +141,6 @@ def _prompt_of(messages: list[dict[str, str]]) -> list[dict[str, str]] | None:
 
 def _base_id(cfg: TrainConfig) -> str:
     return "embedded:SmolLM2-135M-Instruct" if cfg.base_model == "embedded" else cfg.base_model
-
-
-def load_tokenizer(base: str):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    if tokenizer.pad_token is None:  # padding is never a label here (masks come from spans), so eos is safe
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def load_model(cfg: TrainConfig, base: str, dtype, attn_implementation: str | None = None):
