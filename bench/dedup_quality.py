@@ -46,6 +46,8 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data"
 
+from verdict_sets.dedup import case_punct_ws  # noqa: E402 - the verdict benchmark's edit, one implementation
+
 EDITS = ("case_punct_ws", "replace_5", "replace_10", "replace_20", "swap_5", "swap_10", "swap_20", "append_sentence")
 WORD = re.compile(r"\S+")
 
@@ -53,23 +55,6 @@ WORD = re.compile(r"\S+")
 # ---------------------------------------------------------------------------------------------------------
 # ground truth
 # ---------------------------------------------------------------------------------------------------------
-def _case_punct_ws(text: str, rng: random.Random) -> str:
-    out = []
-    for w in text.split():
-        r = rng.random()
-        if r < 0.15:
-            w = w.upper()
-        elif r < 0.3:
-            w = w.lower()
-        elif r < 0.4:
-            w = w.capitalize()
-        if rng.random() < 0.15:
-            w = w.rstrip(".,;:!?") if w[-1:] in ".,;:!?" else w + rng.choice(",.;")
-        out.append(w)
-    seps = [rng.choice([" ", " ", " ", "  ", "\n", " \t"]) for _ in out]
-    return "".join(w + s for w, s in zip(out, seps)).strip()
-
-
 def _replace(text: str, share: float, vocab: list[str], rng: random.Random) -> str:
     words = text.split()
     k = max(1, round(share * len(words)))
@@ -90,7 +75,7 @@ def _edit(rec: dict, kind: str, vocab: list[str], sentences: list[str], rng: ran
     """A near-duplicate of an Alpaca record; the edit applies to every field, as a re-crawl or a copy would."""
     fields = ("instruction", "input", "output")
     if kind == "case_punct_ws":
-        return {f: _case_punct_ws(rec[f], rng) if rec[f] else "" for f in fields}
+        return {f: case_punct_ws(rec[f], rng) if rec[f] else "" for f in fields}
     if kind.startswith(("replace", "swap")):
         share = int(kind.split("_")[1]) / 100
         # the share is of the record's words, spread over its fields in proportion to their length

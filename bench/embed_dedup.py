@@ -216,20 +216,6 @@ def encode_only(args) -> None:
 # -- threshold calibration on labeled pairs (CPU) ----------------------------------------------------------
 
 
-def char_shingles(text: str, n: int = 5) -> set[str]:
-    """minhash_dedup's character shingles: lowercased, non-word runs as one space, n-character windows."""
-    import re
-
-    t = re.sub(r"\W+", " ", text.lower()).strip()
-    return {t[i : i + n] for i in range(max(1, len(t) - n + 1))}
-
-
-def jaccard(a: str, b: str) -> float:
-    """Exact Jaccard of the 5-character shingle sets of two texts."""
-    sa, sb = char_shingles(a), char_shingles(b)
-    return len(sa & sb) / max(1, len(sa | sb))
-
-
 def calibrate(args) -> None:
     """Sweeps the threshold over the labeled pairs of ``bench/verdict_sets/semantic.py``, picks it on tune.
 
@@ -245,6 +231,7 @@ def calibrate(args) -> None:
 
     sys.path.insert(0, str(HERE))
     from verdict_sets import semantic as sets_mod
+    from verdict_sets.dedup import exact_jaccard
 
     data = find_data(args.data)
     ws = sets_mod.workspace(WORK / "verdicts" / "semantic")
@@ -254,7 +241,7 @@ def calibrate(args) -> None:
         for ps in sets_mod.labeled_sets(data, quick=args.quick):
             cos_p, cos_r = sets_mod.pair_cosines(ps, ws)
             label = np.array([dup for _, _, dup in ps.pairs], dtype=bool)
-            jac = np.array([jaccard("\n".join(ps.records[a]), "\n".join(ps.records[b])) for a, b, _ in ps.pairs])
+            jac = np.array([exact_jaccard("\n".join(ps.records[a]), "\n".join(ps.records[b])) for a, b, _ in ps.pairs])
             sim = {"all": np.minimum(cos_p, cos_r), "prompt": cos_p, "response": cos_r}
             table.append({"set": ps.name, "part": ps.part, "label": label, "sim": sim, "jaccard": jac,
                           "minhash_stage": minhash_stage_merges(ps, sets_mod)})

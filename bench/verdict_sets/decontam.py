@@ -334,8 +334,6 @@ def _gsm8k_train(shared: Path, work: Path, part: str) -> dict | None:
 
 def measure(shared: Path, work: Path, *, quick: bool = False) -> list[dict]:
     """Rows per (set/form, part) and for the negatives; see the module docstring."""
-    import polars as pl
-
     from curate.stages import StageContext
     from curate.stages.decontam import Decontaminate
 

@@ -141,7 +141,9 @@ def _typos(text: str, rng: random.Random, every: int = 25) -> str:
     return "".join(out)
 
 
-def _case_punct_ws(text: str, rng: random.Random) -> str:
+def case_punct_ws(text: str, rng: random.Random) -> str:
+    """``text`` with words' case flipped, end punctuation dropped or added, and whitespace changed (seeded by
+    ``rng``): the edit every dedup method must see through (also bench/dedup_quality.py's)."""
     out = []
     for w in text.split():
         r = rng.random()
@@ -269,7 +271,7 @@ def edit(rec: dict, kind: str, rng: random.Random, vocab: list[str]) -> dict:
     if kind == "numbers_changed":
         return {"instruction": _numbers(ins, rng), "input": _numbers(inp, rng), "output": _numbers(out, rng)}
     if kind == "case_punct_ws":
-        return {f: _case_punct_ws(rec[f], rng) if rec[f] else "" for f in ("instruction", "input", "output")}
+        return {f: case_punct_ws(rec[f], rng) if rec[f] else "" for f in ("instruction", "input", "output")}
     if kind == "replace_5":
         return {f: _replace(rec[f], 0.05, vocab, rng) if rec[f].strip() else rec[f] for f in ("instruction", "input", "output")}
     if kind == "swap_5":

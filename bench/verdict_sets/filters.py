@@ -60,16 +60,22 @@ from pathlib import Path
 
 DEV = "alpaca_cleaning_dev"
 TUNE_RAW_POS = 2185
-PER_RECORD_STAGES = (
-    "conversation_structure",
-    "response_length",
-    "length",
-    "unseeable_context",
-    "language",
-    "refusal",
-    "unique_words",
-    "gopher_repetition",
-)
+
+
+def _filter_stages() -> tuple[str, ...]:
+    """The stages of the default list that filter record by record: not global (dedup), not flag-only (PII)."""
+    from curate.config import DEFAULT_STAGES
+    from curate.stages import get_stage
+
+    out = []
+    for spec in DEFAULT_STAGES:
+        name, params = (spec, {}) if isinstance(spec, str) else next(iter(spec.items()))
+        if not get_stage(name).is_global and params.get("action") != "flag":
+            out.append(name)
+    return tuple(out)
+
+
+PER_RECORD_STAGES = _filter_stages()
 ALL = "filters (all)"
 STAGES = (*PER_RECORD_STAGES, ALL)
 LABELS = {

@@ -437,15 +437,11 @@ def measure(shared: Path, work: Path, *, quick: bool = False) -> list[dict]:
     return rows
 
 
-def char_jaccard(a: str, b: str, n: int = 5) -> float:
-    """Exact Jaccard of minhash_dedup's character shingles (lowercased, non-word runs as one space)."""
+def char_jaccard(a: str, b: str) -> float:
+    """Exact Jaccard of minhash_dedup's 5-character shingles (the dedup family's one implementation)."""
+    from verdict_sets.dedup import exact_jaccard
 
-    def shingles(text: str) -> set[str]:
-        t = re.sub(r"\W+", " ", text.lower()).strip()
-        return {t[i : i + n] for i in range(max(1, len(t) - n + 1))}
-
-    sa, sb = shingles(a), shingles(b)
-    return len(sa & sb) / max(1, len(sa | sb))
+    return exact_jaccard(a, b)
 
 
 if __name__ == "__main__":
@@ -454,6 +450,7 @@ if __name__ == "__main__":
 
     repo = Path(__file__).resolve().parents[2]
     sys.path.append(str(repo))  # appended: PYTHONPATH (an old checkout) wins
+    sys.path.insert(0, str(repo / "bench"))  # verdict_sets.dedup
     t0 = time.perf_counter()
     for r in measure(repo.parent / "shared" / "data", repo / "bench" / "_work" / "verdicts" / "semantic", quick="--quick" in sys.argv):
         print(r["set"], r["part"], r["n_pos"], r["n_neg"], "tp", r["tp"], "fp", r["fp"], "fn", r["fn"])

@@ -90,6 +90,15 @@ def _char(data, pos):
     return cp, n
 
 
+def _word_at(data, pos, is_word):
+    # (is the character at data[pos] a word character, its byte length): ASCII by table, else decoded
+    b = data[pos]
+    if b < 0x80:
+        return is_word[b], 1
+    cp, n = _char_nb(data, pos)
+    return is_word[cp], n
+
+
 def _count_kernel(data, byte_off, is_word, counts):
     # counts[d] = number of words of document d (branch-free: a word ends where a non-word char follows)
     for d in prange(byte_off.size - 1):
@@ -97,14 +106,8 @@ def _count_kernel(data, byte_off, is_word, counts):
         k = 0
         in_word = False
         while pos < end:
-            b = data[pos]
-            if b < 0x80:
-                w = is_word[b]
-                pos += 1
-            else:
-                cp, n = _char_nb(data, pos)
-                w = is_word[cp]
-                pos += n
+            w, n = _word_at_nb(data, pos, is_word)
+            pos += n
             k += in_word and not w
             in_word = w
         counts[d] = k + in_word
@@ -118,13 +121,7 @@ def _hash_kernel(data, byte_off, is_word, out_off, out):
         in_word = False
         h = np.uint64(0)
         while pos < end:
-            b = data[pos]
-            if b < 0x80:
-                w = is_word[b]
-                n = 1
-            else:
-                cp, n = _char_nb(data, pos)
-                w = is_word[cp]
+            w, n = _word_at_nb(data, pos, is_word)
             if w:
                 if not in_word:
                     h = np.uint64(_FNV_OFFSET)
@@ -165,13 +162,7 @@ def _char_count_kernel(data, byte_off, is_word, counts):
         started = False
         gap = False
         while pos < end:
-            b = data[pos]
-            if b < 0x80:
-                w = is_word[b]
-                n = 1
-            else:
-                cp, n = _char_nb(data, pos)
-                w = is_word[cp]
+            w, n = _word_at_nb(data, pos, is_word)
             if w:
                 k += 1 + (gap and started)
                 started = True
@@ -191,13 +182,7 @@ def _char_value_kernel(data, byte_off, is_word, out_off, out):
         started = False
         gap = False
         while pos < end:
-            b = data[pos]
-            if b < 0x80:
-                w = is_word[b]
-                n = 1
-            else:
-                cp, n = _char_nb(data, pos)
-                w = is_word[cp]
+            w, n = _word_at_nb(data, pos, is_word)
             if w:
                 if gap and started:
                     out[k] = _mix_nb(np.uint64(32))
@@ -243,12 +228,7 @@ def _line_hash_kernel(data, byte_off, is_word, out_off, out, counts):
                 gap = False
                 pos += 1
                 continue
-            if b < 0x80:
-                w = is_word[b]
-                n = 1
-            else:
-                cp, n = _char_nb(data, pos)
-                w = is_word[cp]
+            w, n = _word_at_nb(data, pos, is_word)
             if w:
                 if gap and has_word:
                     h = (h ^ np.uint64(32)) * np.uint64(_FNV_PRIME)
@@ -265,7 +245,7 @@ def _line_hash_kernel(data, byte_off, is_word, out_off, out, counts):
         counts[d] = k - out_off[d]
 
 
-_mix_nb, _char_nb = _mix64, _char  # the kernels' helpers: compiled by _kernels() before the kernels
+_mix_nb, _char_nb, _word_at_nb = _mix64, _char, _word_at  # the kernels' helpers: compiled by _kernels() first
 
 
 @functools.cache
@@ -274,6 +254,7 @@ def _kernels():
 
     globals()["_mix_nb"] = numba.njit(cache=True, inline="always")(_mix64)
     globals()["_char_nb"] = numba.njit(cache=True)(_char)
+    globals()["_word_at_nb"] = numba.njit(cache=True, inline="always")(_word_at)
     return compile_kernels(globals(), _count_kernel, _hash_kernel, _ngram_kernel)
 
 
