@@ -410,6 +410,24 @@ def _pct(values: list[float], q: float) -> float | None:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
 
 
+def _rss_mb(pids: list[int]) -> float:
+    """Resident memory (MB) of these processes and all their children."""
+    import psutil
+
+    total = 0
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            for p in [proc, *proc.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            pass
+    return total / 2**20
+
+
 def _cpu_s(pids: list[int]) -> float:
     """CPU seconds so far of these processes and all their children (Chromium's, the servers')."""
     import psutil
@@ -481,6 +499,7 @@ def run_scenario(code: Path, work: Path, *, window_s: float = 60.0, n_records: i
         bg_now = _cpu_s([bg["proc"].pid]) if "proc" in bg else 0.0
         cpu["chromium"] = (_cpu_s([me]) - servers_now - bg_now) - (cpu["tree0"] - cpu["servers0"])
         cpu["servers"] = servers_now - cpu["servers0"]
+        cpu["chromium_rss_mb"] = _rss_mb([me]) - _rss_mb([s.pid for s, _ in servers]) - (_rss_mb([bg["proc"].pid]) if "proc" in bg else 0.0)
 
     try:
         servers.extend(start_app(ws, work / f"app{i + 1}.log") for i in range(n_servers))
@@ -529,6 +548,7 @@ def run_scenario(code: Path, work: Path, *, window_s: float = 60.0, n_records: i
         "error_texts": sorted(texts.items(), key=lambda kv: -kv[1])[:8],
         "store": store, "run": run,
         "cpu_s": {"chromium_and_harness": round(cpu["chromium"], 1), "servers": round(cpu["servers"], 1)},
+        "chromium_and_harness_rss_mb": round(cpu["chromium_rss_mb"]),
     }
 
 
@@ -565,6 +585,7 @@ def table(results: list[tuple[str, dict]]) -> str:
         ("background `curate run`", _run_cell),
         ("background run: wall / CPU seconds", lambda r: f"{r['run']['seconds']:.1f} / {r['run']['cpu_s']:.1f}" if r["run"] else "-"),
         ("CPU s: Chromium + harness / the servers", lambda r: f"{r['cpu_s']['chromium_and_harness']:.0f} / {r['cpu_s']['servers']:.0f}"),
+        ("memory of Chromium + harness at the end (MB)", lambda r: str(r["chromium_and_harness_rss_mb"])),
     ]
     head = "| | " + " | ".join(name for name, _ in results) + " |\n|---|" + "---|" * len(results) + "\n"
     return head + "".join(f"| {label} | " + " | ".join(fn(r) for _, r in results) + " |\n" for label, fn in rows)
