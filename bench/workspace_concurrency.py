@@ -52,6 +52,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -248,12 +249,13 @@ def _ack_text(code: Path) -> str:
 
 
 async def _select_run(page, run_id: str) -> None:
-    """Pick ``run_id`` in the labeling page's run select box (new runs come first in it)."""
-    box = page.get_by_test_id("stSelectbox").filter(has=page.get_by_text("run", exact=True)).first
-    if run_id in await box.inner_text():
+    """Pick ``run_id`` in the labeling page's run select box (the newest run comes first in it)."""
+    combo = page.get_by_role("combobox", name="run", exact=True)
+    if await combo.input_value() == run_id:
         return
-    await box.click()
-    await page.get_by_role("option", name=run_id).click()
+    await combo.click()
+    await page.get_by_role("option", name=run_id, exact=True).click()
+    await page.wait_for_function("([el, v]) => el.value === v", arg=[await combo.element_handle(), run_id], timeout=STUCK_S * 1000)
     await page.wait_for_selector(SETTLED, timeout=120_000)
 
 
@@ -447,18 +449,11 @@ def _cpu_s(pids: list[int]) -> float:
     return total
 
 
-def _wait_rusage(proc: subprocess.Popen, timeout_s: float) -> tuple[int, float]:
-    """Wait for ``proc`` (killing it after ``timeout_s``); its exit status and CPU seconds (``os.wait4``)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return proc.returncode, ru.ru_utime + ru.ru_stime
-        if time.monotonic() > deadline:
-            proc.kill()
-            deadline = float("inf")
-        time.sleep(0.2)
+def _reap(proc: subprocess.Popen, into: dict) -> None:
+    """Wait for ``proc`` (in a thread): its exit status, CPU seconds (``os.wait4``) and when it exited."""
+    _, status, ru = os.wait4(proc.pid, 0)
+    proc.returncode = into["rc"] = os.waitstatus_to_exitcode(status)
+    into["cpu"], into["t_exit"] = ru.ru_utime + ru.ru_stime, time.monotonic()
 
 
 def _error_key(text: str) -> str:
@@ -492,6 +487,8 @@ def run_scenario(code: Path, work: Path, *, window_s: float = 60.0, n_records: i
             bg["out"] = open(work / "background.log", "w")
             bg["proc"] = subprocess.Popen([sys.executable, "-m", "curate.cli", "run", str(bg_cfg), "--no-progress"], cwd=code,
                                           env={**os.environ, "PYTHONPATH": str(code)}, stdout=bg["out"], stderr=subprocess.STDOUT)
+            bg["reaper"] = threading.Thread(target=_reap, args=(bg["proc"], bg), daemon=True)
+            bg["reaper"].start()
         bg["t0"] = time.monotonic()
 
     def stop_window() -> None:  # Chromium's CPU: this process's tree less the servers and the background run
@@ -508,8 +505,11 @@ def run_scenario(code: Path, work: Path, *, window_s: float = 60.0, n_records: i
         results, elapsed = asyncio.run(_label_window(urls, run_id, _ack_text(code), window_s, browsers, annotators,
                                                      start_background, stop_window))
         if "proc" in bg:
-            bg["rc"], bg["cpu"] = _wait_rusage(bg["proc"], timeout_s=900)
-            bg["seconds"] = time.monotonic() - bg["t0"]
+            bg["reaper"].join(timeout=900)
+            if bg["reaper"].is_alive():
+                bg["proc"].kill()
+                bg["reaper"].join()
+            bg["seconds"] = bg["t_exit"] - bg["t0"]
     finally:
         for proc, _ in servers:
             proc.terminate()
@@ -518,7 +518,7 @@ def run_scenario(code: Path, work: Path, *, window_s: float = 60.0, n_records: i
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        if "proc" in bg and bg["proc"].poll() is None:
+        if "reaper" in bg and bg["reaper"].is_alive():
             bg["proc"].kill()
         if "out" in bg:
             bg["out"].close()
