@@ -1,8 +1,13 @@
 """``curate app``'s server process: the libraries the pages use are imported before Streamlit starts, so
 that the first visitor does not wait for them (polars, DuckDB, pyarrow, pandas, numpy, scikit-learn's
-kappa, the comparison code, the pages); then Streamlit's own command line runs with the arguments given.
+kappa, the comparison code, the pages); Streamlit's lookups of this machine's addresses are switched off
+(one asks an outside service, checkip.amazonaws.com, for the public IP); then Streamlit's own command line
+runs with the arguments given.
 
     python -m app.serve run app/main.py --server.address 127.0.0.1 ... -- --workspace PATH
+
+The access token, when there is one, comes in the environment (``FTW_APP_TOKEN``), never on the command
+line, where every user of the machine could read it (``ps``).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,8 +35,37 @@ def main() -> int:
     import app.views  # noqa: F401  (the pages, their queries and charts)
     import evalsuite.compare  # noqa: F401
 
+    no_address_lookups()
     sys.argv = ["streamlit", *sys.argv[1:]]
     return cli.main()
+
+
+def no_address_lookups() -> None:
+    """Streamlit, bound to every interface and headless, prints this machine's public address, which it
+    asks of checkip.amazonaws.com, and its LAN address, found by pointing a UDP socket at 8.8.8.8; both also
+    serve as fallbacks in its check of a websocket's origin, where a same-origin page (the app's own) needs
+    neither. Both lookups answer "unknown" from here on, so the server contacts nothing outside and prints
+    no External or Network URL (``curate app --expose`` prints the URL to open itself)."""
+    from streamlit import net_util
+
+    net_util.get_external_ip = lambda: None
+    net_util.get_internal_ip = lambda: None
+
+
+def workspace_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be served, in one line naming it, or None when it is a workspace: nothing there,
+    a file that is not a workspace (not a DuckDB file, or a single-file workspace of an earlier version),
+    a folder of other files. ``curate app`` exits 2 with this line; the app shows it as its one error."""
+    from curate.workspace import Workspace, WorkspaceError
+
+    try:
+        with Workspace(path, create=False):
+            return None
+    except WorkspaceError as e:
+        return str(e).splitlines()[0] if str(e) else f"{path} is not a workspace"
+    except Exception as e:  # noqa: BLE001  (whatever the file is, the answer is one line, not a traceback)
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        return f"{path} is not a usable workspace: {first}"
 
 
 def free_port() -> int:
@@ -53,13 +88,16 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float =
     raise RuntimeError(f"the app did not come up at {url}: {Path(log).read_text()[-2000:]}")
 
 
-def start_app(workspace: str | Path, log: str | Path) -> tuple[subprocess.Popen, str]:
-    """`curate app` on ``workspace`` at a free loopback port, as a child process writing to ``log``; returns
-    it and its URL once it answers (for tests and benchmarks; stop it with ``terminate()``)."""
+def start_app(workspace: str | Path, log: str | Path, *, args: Sequence[str] = (),
+              env: Mapping[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """`curate app` on ``workspace`` at a free port, as a child process writing to ``log``; returns it and
+    its loopback URL once it answers (for tests and benchmarks; stop it with ``terminate()``). ``args`` go
+    to `curate app` (``--host 0.0.0.0 --expose``); ``env`` replaces the child's environment (a token in
+    ``FTW_APP_TOKEN``)."""
     port = free_port()
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "curate.cli", "app", "--workspace", str(workspace), "--port", str(port)],
-                                cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-m", "curate.cli", "app", "--workspace", str(workspace), "--port", str(port), *args],
+                                cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=None if env is None else dict(env))
     url = f"http://127.0.0.1:{port}"
     wait_healthy(url, proc, Path(log))
     return proc, url

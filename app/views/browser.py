@@ -1,5 +1,6 @@
 """Data browser: kept and rejected records of a curate run, filtered and searched in DuckDB, page by page;
-a chat-style view of each record and its duplicate cluster side by side with the kept representative."""
+a chat-style view of each record and its duplicate cluster side by side with the kept representative.
+Everything taken from records and file names is shown through app.render's plain-text helpers."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import polars as pl
 import streamlit as st
 
 from app import queries as q
-from app.render import chat, pick_curate_run, run_query
+from app.render import chat, escape_controls, literal, pick_curate_run, plain_frame, plain_json, run_query
 
 
 def render(path: str) -> None:
@@ -21,40 +22,41 @@ def render(path: str) -> None:
         opts = run_query(ws, path, run, "filter_options")
         c = st.columns(5)
         status = c[0].selectbox("status", ["all", "kept", "rejected"], key="browse_status")
-        stage = c[1].selectbox("stage", ["all", *opts["stage"]], key="browse_stage")
-        reason = c[2].selectbox("reason", ["all", *opts["reason"]], key="browse_reason")
-        source = c[3].selectbox("source", ["all", *opts["source"]], key="browse_source")
-        shape = c[4].selectbox("shape", ["all", *opts["shape"]], key="browse_shape")
+        stage = c[1].selectbox("stage", ["all", *opts["stage"]], key="browse_stage", format_func=escape_controls)
+        reason = c[2].selectbox("reason", ["all", *opts["reason"]], key="browse_reason", format_func=escape_controls)
+        source = c[3].selectbox("source", ["all", *opts["source"]], key="browse_source", format_func=escape_controls)
+        shape = c[4].selectbox("shape", ["all", *opts["shape"]], key="browse_shape", format_func=escape_controls)
         search = st.text_input("search (every turn, case-insensitive)", key="browse_search")
         page_no = st.number_input("page", min_value=1, value=1, step=1, key="browse_page")
         none = lambda v: None if v == "all" else v  # noqa: E731
         page, total = q.records_page(ws, run, status=none(status), stage=none(stage), reason=none(reason), source=none(source),
                                      shape=none(shape), search=search or None, offset=(page_no - 1) * q.PAGE)
         st.caption(f"{total:,} records match; page {page_no} of {max(1, -(-total // q.PAGE))}")
-        st.dataframe(page.select("uid", "status", "stage", "reason", "detail", "shape", "source_file", "source_line",
-                                 first_turn=pl.col("messages").list.first().struct.field("content").str.slice(0, 120)), hide_index=True)
+        st.dataframe(plain_frame(page.select("uid", "status", "stage", "reason", "detail", "shape", "source_file", "source_line",
+                                             first_turn=pl.col("messages").list.first().struct.field("content").str.slice(0, 120))), hide_index=True)
         if page.is_empty():
             return
         uid = st.selectbox("record", page["uid"].to_list(), key="browse_uid")
         rec = page.filter(pl.col("uid") == uid).row(0, named=True)
         left, right = st.columns(2)
         with left:
-            st.subheader(f"record {uid}: {rec['status']}" + (f" ({rec['stage']}: {rec['reason']})" if rec["reason"] else ""))
-            st.text(f"{rec['source_file']}:{rec['source_line']} · {rec['shape']} · split {rec['split']}")
+            st.subheader(f"record {uid}: {literal(rec['status'])}" + (f" ({literal(rec['stage'])}: {literal(rec['reason'])})" if rec["reason"] else ""),
+                         anchor=False)
+            st.text(escape_controls(f"{rec['source_file']}:{rec['source_line']} · {rec['shape']} · split {rec['split']}"))
             if rec["detail"]:
-                st.text(rec["detail"])
+                st.text(escape_controls(rec["detail"]))
             chat(rec["messages"])
             if rec["scores"]:
-                st.json(json.loads(rec["scores"]), expanded=False)
+                st.json(plain_json(json.loads(rec["scores"])), expanded=False)
         with right:
             cluster = q.cluster_of(ws, run, uid, limit=5)
             if cluster.height > 1:
-                st.subheader(f"duplicate cluster ({cluster['stage'][0]}, {cluster['size'][0]:,} members)")
+                st.subheader(f"duplicate cluster ({literal(cluster['stage'][0])}, {cluster['size'][0]:,} members)", anchor=False)
                 if cluster["size"][0] > cluster.height:
                     st.caption(f"the representative and the {cluster.height - 1} most similar")
                 for m in cluster.iter_rows(named=True):
                     label = "kept representative" if m["representative"] else f"similarity {m['similarity']:.3f}"
-                    st.caption(f"uid {m['uid']} · {label} · {m['source_file']}:{m['source_line']}")
+                    st.caption(f"uid {m['uid']} · {label} · {literal(m['source_file'])}:{m['source_line']}")
                     chat(m["messages"])
             else:
                 st.caption("not in a duplicate cluster")

@@ -1,4 +1,5 @@
-"""Runs: curate runs with their funnel, train runs with their loss curves, eval runs with headline metrics."""
+"""Runs: curate runs with their funnel, train runs with their loss curves, eval runs with headline metrics.
+Run names and ids come from users' configs: shown with control characters escaped."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import streamlit as st
 
 from app import charts
 from app import queries as q
-from app.render import run_query
+from app.render import escape_controls, plain_frame, run_query
 
 
 def render(path: str) -> None:
@@ -19,15 +20,15 @@ def render(path: str) -> None:
         if all_runs.is_empty():
             st.info("no runs in this workspace yet: `curate run`, `train run` and `evalsuite run` register theirs here")
             return
-        st.dataframe(all_runs.select("run_id", "kind", "name", "status", "started", "finished"), hide_index=True)
+        st.dataframe(plain_frame(all_runs.select("run_id", "kind", "name", "status", "started", "finished")), hide_index=True)
         curate_runs = all_runs.filter(pl.col("kind") == "curate")["run_id"].to_list()
         if curate_runs:
             st.header("Curation funnel")
-            run = st.selectbox("curate run", curate_runs, key="runs_curate")
+            run = st.selectbox("curate run", curate_runs, key="runs_curate", format_func=escape_controls)
             f = q.funnel(ws, run)
             charts.funnel(f)
-            st.dataframe(f.with_columns(pl.col("reasons").map_elements(lambda s: ", ".join(f"{k}: {v}" for k, v in json.loads(s or "{}").items()),
-                                                                        return_dtype=pl.Utf8)), hide_index=True)
+            st.dataframe(plain_frame(f.with_columns(pl.col("reasons").map_elements(lambda s: ", ".join(f"{k}: {v}" for k, v in json.loads(s or "{}").items()),
+                                                                                    return_dtype=pl.Utf8))), hide_index=True)
             h = run_query(ws, path, run, "length_histogram")
             if h.height:
                 st.caption("record length (characters), kept and rejected")
@@ -35,7 +36,7 @@ def render(path: str) -> None:
         train_runs = all_runs.filter(pl.col("kind") == "train")["run_id"].to_list()
         if train_runs:
             st.header("Training")
-            run = st.selectbox("train run", train_runs, key="runs_train")
+            run = st.selectbox("train run", train_runs, key="runs_train", format_func=escape_controls)
             curves = q.train_curves(ws, run)
             if curves.height:
                 charts.loss_curves(curves)
@@ -45,4 +46,4 @@ def render(path: str) -> None:
         if eval_runs.height:
             st.header("Evaluations")
             rows = [{"run_id": r["run_id"], **q.eval_headline(ws, r["run_id"])} for r in eval_runs.iter_rows(named=True)]
-            st.dataframe(pl.DataFrame(rows), hide_index=True)
+            st.dataframe(plain_frame(pl.DataFrame(rows)), hide_index=True)
