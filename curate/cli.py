@@ -185,26 +185,87 @@ def _summary_line(rows: list[dict]) -> str | None:
     return "; ".join(parts) or None
 
 
+def _is_loopback(host: str) -> bool:
+    """Whether binding ``host`` serves this machine alone: ``localhost`` or a loopback address
+    (127.0.0.0/8, ``::1``)."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: whatever it resolves to, it is not known to be loopback
+        return False
+
+
+def _app_url(host: str, port: int) -> str:
+    """The address to open for a server bound to ``host``: this machine's name for a wildcard bind, where
+    no address would be right for every visitor; brackets around an IPv6 address."""
+    import socket
+
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104
+        host = socket.gethostname()
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}/"
+
+
+MIN_TOKEN_CHARS = 16
+
+
 @app.command("app")
 def review_app(
-    workspace: str = typer.Option("out/workspace.duckdb", "--workspace", help="the DuckDB workspace to review"),
-    host: str = typer.Option("127.0.0.1", "--host", help="address to bind (loopback by default: records may be private)"),
+    workspace: str = typer.Option("out/workspace", "--workspace", help="the workspace to review"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to bind; loopback by default (records may be private): any other needs --expose"),
     port: int = typer.Option(8501, "--port"),
+    expose: bool = typer.Option(False, "--expose", help="allow a --host other than loopback; the app then asks for an access token"),
+    token: Optional[str] = typer.Option(None, "--token", envvar="FTW_APP_TOKEN", show_envvar=True,
+                                        help=f"the access token (at least {MIN_TOKEN_CHARS} characters); with --expose and none given, one is generated and printed"),
 ) -> None:
-    """Start the review app (Streamlit): runs, data browser, labeling, eval review."""
+    """Start the review app (Streamlit): runs, data browser, labeling, eval review.
+
+    Binds loopback unless ``--expose`` is given with another ``--host``; then a warning goes to stderr
+    and every visitor needs the token (``?token=`` in the URL, or typed into the page). The token reaches
+    the server in its environment, not its command line."""
     import os
+    import secrets
     import sys
     from pathlib import Path
 
-    if not Path(workspace).is_file():
-        _fail(f"no workspace at {workspace}: run `curate run CONFIG` first, or pass --workspace")
+    from app.serve import workspace_problem
+
+    if not _is_loopback(host) and not expose:
+        _fail(f"--host {host} is not a loopback address: it would serve the workspace's records to the network; "
+              f"add --expose to do that (the app then asks for an access token)")
+    token = token or None  # an empty FTW_APP_TOKEN is no token
+    if token is not None and len(token) < MIN_TOKEN_CHARS:
+        _fail(f"the access token is too short: at least {MIN_TOKEN_CHARS} characters (or leave it out and --expose generates one)")
+    problem = workspace_problem(workspace)
+    if problem:
+        _fail(problem)
+    generated = expose and token is None
+    if generated:
+        token = secrets.token_urlsafe(24)
+    env = {k: v for k, v in os.environ.items() if k != "FTW_APP_TOKEN"}
+    if token:
+        env["FTW_APP_TOKEN"] = token
+    if expose:
+        where = "every network interface of this machine" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
+        typer.secho(f"warning: serving the review app on {where}, port {port}: anyone who can reach it and has the token "
+                    f"can read every record of {Path(workspace).resolve()} and add labels; the connection is plain HTTP",
+                    fg=typer.colors.YELLOW, err=True)
+        url = _app_url(host, port)
+        typer.echo(f"open: {url}?token={token}" if generated else f"open: {url}?token=<your token>  (or type the token into the page)")
     main = Path(__file__).resolve().parents[1] / "app" / "main.py"
     cmd = [sys.executable, "-m", "app.serve", "run", str(main), "--server.address", host, "--server.port", str(port),
            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal", "--", "--workspace", str(Path(workspace).resolve())]
-    # the server replaces this process (so stopping `curate app` stops the server, no orphan); app.serve
-    # imports the app package from the repository root
+    # the server replaces this process (so stopping `curate app` stops the server, no orphan; and the
+    # command line holding a --token is gone from `ps`); app.serve imports the app package from the
+    # repository root
+    sys.stdout.flush()
+    sys.stderr.flush()
     os.chdir(main.parents[1])
-    os.execv(sys.executable, cmd)
+    os.execve(sys.executable, cmd, env)
 
 
 if __name__ == "__main__":
