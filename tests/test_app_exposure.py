@@ -222,7 +222,7 @@ def test_exposed_server_in_chromium_token_first_then_everything_literal(workspac
             browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
             page = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
             page.goto(f"{url}/?page=Data+browser")
-            page.get_by_label("access token").wait_for(timeout=120_000)
+            page.get_by_label("access token", exact=True).wait_for(timeout=120_000)
             _settled(page)
             body = page.evaluate("document.body.textContent")
             assert "Data browser" not in body and "workspace" not in body and "ws [w]" not in body and str(workspace["tmp"]) not in body
