@@ -273,8 +273,10 @@ async def _start_labeling(page, url: str, name: str, run_id: str, out: dict, att
             out["error_texts"].extend(t.strip().splitlines()[0][:200] for t in texts if t.strip())
             if not texts:
                 out["error_texts"].append(f"setup: {type(exc).__name__}: {str(exc).splitlines()[0][:150]}")
+            if out.get("shots"):
+                await page.screenshot(path=str(Path(out["shots"]) / f"{name}-setup-{attempt}.png"))
             if attempt == attempts - 1:
-                raise
+                raise RuntimeError(f"{name} could not open the Labeling page at {url}: {out['error_texts'][-attempts:]}") from exc
 
 
 async def _open_labeling(page, url: str, name: str, run_id: str) -> None:
@@ -298,11 +300,12 @@ async def _settled_or_error(page, ready_js: str) -> None:
 
 
 async def _annotator(ctx, url: str, name: str, run_id: str, ack_tpl: str, ready: list[str], start: asyncio.Event,
-                     stop_at: list[float]) -> dict:
-    """One annotator labeling until the window closes; returns its counts and timings."""
+                     stop_at: list[float], shots: Path | None = None) -> dict:
+    """One annotator labeling until the window closes; returns its counts and timings. A screenshot of the
+    first few errors goes to ``shots``."""
     page = await ctx.new_page()
     out = {"name": name, "url": url, "presses": 0, "acked": [], "pressed": [], "errors": 0, "error_texts": [],
-           "key_to_next_s": [], "stuck": 0, "no_ack": 0, "setup_errors": 0}
+           "key_to_next_s": [], "stuck": 0, "no_ack": 0, "setup_errors": 0, "shots": str(shots) if shots else None}
     await _start_labeling(page, url, name, run_id, out)
     ready.append(name)
     await start.wait()
@@ -343,6 +346,8 @@ async def _annotator(ctx, url: str, name: str, run_id: str, ack_tpl: str, ready:
             error = await page.locator('[data-testid="stException"]').count() > 0
         if error:
             out["errors"] += 1
+            if shots and out["errors"] <= 3:
+                await page.screenshot(path=str(shots / f"{name}-error-{out['errors']}.png"))
             errs = await page.evaluate("(n) => window.__errs.slice(n).map(e => e.text)", nerr)
             exc = await page.locator('[data-testid="stException"]').all_inner_texts()
             out["error_texts"].extend(t.strip().splitlines()[0][:200] for t in [*errs, *exc] if t.strip())
@@ -352,7 +357,7 @@ async def _annotator(ctx, url: str, name: str, run_id: str, ack_tpl: str, ready:
 
 
 async def _label_window(urls: list[str], run_id: str, ack_tpl: str, window_s: float, browsers: int, annotators: int,
-                        on_start, on_stop) -> tuple[list[dict], float]:
+                        on_start, on_stop, shots: Path | None = None) -> tuple[list[dict], float]:
     """``annotators`` annotators (taking the servers in turn: two per server for four) labeling ``run_id`` for
     ``window_s``; ``on_start()`` is called as the window opens (it starts the background run), ``on_stop()``
     once every annotator has finished, before Chromium closes. Returns each annotator's result and the
@@ -381,7 +386,7 @@ async def _label_window(urls: list[str], run_id: str, ack_tpl: str, window_s: fl
             await ctx.add_init_script(ERROR_OBSERVER)
             contexts.append(ctx)
         ready, start, stop_at = [], asyncio.Event(), [float("inf")]
-        tasks = [asyncio.create_task(_annotator(c, url, n, run_id, ack_tpl, ready, start, stop_at))
+        tasks = [asyncio.create_task(_annotator(c, url, n, run_id, ack_tpl, ready, start, stop_at, shots))
                  for c, (n, url) in zip(contexts, names)]
         # every page has its first record before the window opens
         while len(ready) < len(tasks) and not any(t.done() for t in tasks):
@@ -502,8 +507,9 @@ def run_scenario(code: Path, work: Path, *, window_s: float = 60.0, n_records: i
         servers.extend(start_app(ws, work / f"app{i + 1}.log") for i in range(n_servers))
         urls = [u for _, u in servers]
         log(f"[{code.name}] servers at {urls}")
+        (work / "shots").mkdir(exist_ok=True)
         results, elapsed = asyncio.run(_label_window(urls, run_id, _ack_text(code), window_s, browsers, annotators,
-                                                     start_background, stop_window))
+                                                     start_background, stop_window, work / "shots"))
         if "proc" in bg:
             bg["reaper"].join(timeout=900)
             if bg["reaper"].is_alive():
