@@ -274,7 +274,7 @@ async def _start_labeling(page, url: str, name: str, run_id: str, out: dict, att
             if not texts:
                 out["error_texts"].append(f"setup: {type(exc).__name__}: {str(exc).splitlines()[0][:150]}")
             if out.get("shots"):
-                await page.screenshot(path=str(Path(out["shots"]) / f"{name}-setup-{attempt}.png"))
+                await page.screenshot(path=str(Path(out["shots"]) / f"{name}-setup-{attempt}.png"), full_page=True)
             if attempt == attempts - 1:
                 raise RuntimeError(f"{name} could not open the Labeling page at {url}: {out['error_texts'][-attempts:]}") from exc
 
@@ -299,13 +299,25 @@ async def _settled_or_error(page, ready_js: str) -> None:
         raise RuntimeError("the page shows an error")
 
 
+async def _reopen(page, url: str, name: str, run_id: str, out: dict) -> bool:
+    """Open the Labeling page again after a stuck or empty page; False (the annotator gives up, counted)
+    when it cannot be opened."""
+    try:
+        await _start_labeling(page, url, name, run_id, out)
+        return True
+    except Exception as exc:
+        out["gave_up"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        return False
+
+
 async def _annotator(ctx, url: str, name: str, run_id: str, ack_tpl: str, ready: list[str], start: asyncio.Event,
                      stop_at: list[float], shots: Path | None = None) -> dict:
     """One annotator labeling until the window closes; returns its counts and timings. A screenshot of the
     first few errors goes to ``shots``."""
     page = await ctx.new_page()
     out = {"name": name, "url": url, "presses": 0, "acked": [], "pressed": [], "errors": 0, "error_texts": [],
-           "key_to_next_s": [], "stuck": 0, "no_ack": 0, "setup_errors": 0, "shots": str(shots) if shots else None}
+           "key_to_next_s": [], "stuck": 0, "no_ack": 0, "setup_errors": 0, "gave_up": None,
+           "shots": str(shots) if shots else None}
     await _start_labeling(page, url, name, run_id, out)
     ready.append(name)
     await start.wait()
@@ -313,8 +325,8 @@ async def _annotator(ctx, url: str, name: str, run_id: str, ack_tpl: str, ready:
         heading = await page.evaluate(HEADING_JS)
         m = re.match(r"record (\d+)", heading or "")
         if not m:  # no record on the page (an error page, or the queue ran out): reload and start again
-            await page.reload()
-            await _start_labeling(page, url, name, run_id, out)
+            if not await _reopen(page, url, name, run_id, out):
+                break
             continue
         uid = int(m.group(1))
         nerr = await page.evaluate("window.__errs.length")
@@ -339,15 +351,15 @@ async def _annotator(ctx, url: str, name: str, run_id: str, ack_tpl: str, ready:
         except Exception:  # playwright's TimeoutError: nothing moved for STUCK_S
             out["stuck"] += 1
             error = error or await page.evaluate("window.__errs.length") > nerr
-            await page.reload()
-            await _start_labeling(page, url, name, run_id, out)
+            if not await _reopen(page, url, name, run_id, out):
+                break
             nerr = 0  # a reload starts a fresh observer
         if not error:
             error = await page.locator('[data-testid="stException"]').count() > 0
         if error:
             out["errors"] += 1
             if shots and out["errors"] <= 3:
-                await page.screenshot(path=str(shots / f"{name}-error-{out['errors']}.png"))
+                await page.screenshot(path=str(shots / f"{name}-error-{out['errors']}.png"), full_page=True)
             errs = await page.evaluate("(n) => window.__errs.slice(n).map(e => e.text)", nerr)
             exc = await page.locator('[data-testid="stException"]').all_inner_texts()
             out["error_texts"].extend(t.strip().splitlines()[0][:200] for t in [*errs, *exc] if t.strip())
@@ -549,7 +561,8 @@ def run_scenario(code: Path, work: Path, *, window_s: float = 60.0, n_records: i
         "setup_errors": sum(r["setup_errors"] for r in results),
         "stuck": sum(r["stuck"] for r in results), "no_ack": sum(r["no_ack"] for r in results),
         "key_to_next_p50_s": _round(_pct(lat, 50)), "key_to_next_p95_s": _round(_pct(lat, 95)), "key_to_next_n": len(lat),
-        "per_annotator": [{k: r[k] for k in ("name", "url", "presses", "errors", "setup_errors", "stuck", "no_ack")}
+        "gave_up": sum(1 for r in results if r["gave_up"]),
+        "per_annotator": [{k: r[k] for k in ("name", "url", "presses", "errors", "setup_errors", "stuck", "no_ack", "gave_up")}
                           | {"acknowledged": len(r["acked"])} for r in results],
         "error_texts": sorted(texts.items(), key=lambda kv: -kv[1])[:8],
         "store": store, "run": run,
@@ -584,7 +597,7 @@ def table(results: list[tuple[str, dict]]) -> str:
         ("acknowledged labels", lambda r: str(r["acknowledged"])),
         ("presses with an error shown", lambda r: str(r["errors_shown"])),
         ("page opens with an error shown", lambda r: str(r["setup_errors"])),
-        ("pages stuck (no new record for 30 s, reloaded)", lambda r: str(r["stuck"])),
+        ("pages stuck (no new record for 30 s, reloaded) / annotators who gave up", lambda r: f"{r['stuck']} / {r['gave_up']}"),
         ("key press to next record, p50 / p95 (s)", lambda r: f"{_f(r['key_to_next_p50_s'])} / {_f(r['key_to_next_p95_s'])}"),
         ("acknowledged labels lost / duplicated", _lost_dup),
         ("stored without an acknowledgement", lambda r: str(r["store"]["saved_without_ack"])),
