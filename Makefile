@@ -35,10 +35,10 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/curate run configs/quickstart.yaml --force
 	$(VENV)/bin/train run configs/train_quickstart.yaml --fresh
-	$(VENV)/bin/evalsuite run --suite configs/eval_quickstart.yaml --out out/eval/base --workspace out/workspace.duckdb
-	$(VENV)/bin/evalsuite run --suite configs/eval_quickstart.yaml --adapter out/train/quickstart-qlora/adapter --out out/eval/ft --workspace out/workspace.duckdb
+	$(VENV)/bin/evalsuite run --suite configs/eval_quickstart.yaml --out out/eval/base --workspace out/workspace
+	$(VENV)/bin/evalsuite run --suite configs/eval_quickstart.yaml --adapter out/train/quickstart-qlora/adapter --out out/eval/ft --workspace out/workspace
 	$(VENV)/bin/evalsuite compare out/eval/base out/eval/ft
-	@echo "review it all in the app: $(VENV)/bin/curate app --workspace out/workspace.duckdb   (http://127.0.0.1:8501)"
+	@echo "review it all in the app: $(VENV)/bin/curate app --workspace out/workspace   (http://127.0.0.1:8501)"
 
 test: setup
 	$(PY) -m pytest -q

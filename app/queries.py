@@ -1,41 +1,43 @@
 """What the review app reads and writes, over :class:`curate.workspace.Workspace`: plain functions that the
-pages call and the tests call directly. Every record query is paged (LIMIT/OFFSET in DuckDB): nothing
-loads a whole dataset into memory."""
+pages call and the tests call directly. A run's records are queried in that run's own DuckDB file, opened
+read-only for the moment of the query; labels, votes and skips come from the SQLite catalog. Every record
+query is paged (LIMIT/OFFSET in DuckDB): nothing loads a whole dataset into memory."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from curate.workspace import Workspace
+from curate.workspace import Workspace, normalize_annotator
 
 PAGE = 25
 
 
-def open_workspace(path: str | Path, read_only: bool = False) -> Workspace:
-    """A short-lived connection: the app opens one per interaction, so `curate run` or another tab can
-    use the file between them."""
-    return Workspace(path, read_only=read_only)
+def open_workspace(path: str | Path, read_only: bool = True) -> Workspace:
+    """The workspace at ``path`` (never created here: a path that is not one raises WorkspaceError). It
+    holds no connection open between calls, so runs, other tabs and other servers use it alongside."""
+    return Workspace(path, create=False)
 
 
 # ---------------------------------------------------------------------------------------------- runs
 
 def runs(ws: Workspace, kind: str | None = None) -> pl.DataFrame:
-    sql = "SELECT run_id, kind, name, status, started, finished, output_dir, summary FROM runs"
-    return ws.sql(sql + (" WHERE kind = ?" if kind else "") + " ORDER BY started DESC", [kind] if kind else None)
+    """run_id, kind, name, status, started, finished, output_dir, summary of the runs (of one kind), newest first."""
+    return ws.runs(kind)
 
 
 def funnel(ws: Workspace, run_id: str) -> pl.DataFrame:
     """Per stage, in order: records in, rejected, out, and the reasons with their counts."""
-    return ws.sql("SELECT position, stage, n_in, n_rejected, n_out, reasons FROM stage_counts WHERE run_id = ? ORDER BY position", [run_id])
+    return ws.query(run_id, "SELECT position, stage, n_in, n_rejected, n_out, reasons FROM stage_counts WHERE run_id = ? ORDER BY position", [run_id])
 
 
 def train_curves(ws: Workspace, run_id: str) -> pl.DataFrame:
     """step, loss, eval_loss (null where not measured)."""
-    return ws.sql(
+    return ws.query(run_id,
         """SELECT step, max(value) FILTER (WHERE name = 'loss') AS loss, max(value) FILTER (WHERE name = 'eval_loss') AS eval_loss
            FROM train_metrics WHERE run_id = ? GROUP BY step ORDER BY step""", [run_id])
 
@@ -48,7 +50,7 @@ def eval_headline(ws: Workspace, run_id: str) -> dict[str, float]:
 def length_histogram(ws: Workspace, run_id: str, bins: int = 30) -> pl.DataFrame:
     """Kept and rejected record lengths (characters), binned in DuckDB: chars_from, chars_to, status,
     records. Rejected counts are all minus kept: one anti-join, the cheapest way over a million records."""
-    return ws.sql(
+    return ws.query(run_id,
         f"""WITH b AS (SELECT max(n_chars) + 1 AS hi FROM records WHERE run_id = $1),
                 binned AS (SELECT r.uid, least(floor(r.n_chars * {bins} / b.hi), {bins - 1}) AS bin FROM records r, b WHERE r.run_id = $1),
                 all_ AS (SELECT bin, count(*) AS n FROM binned GROUP BY bin),
@@ -63,12 +65,13 @@ def length_histogram(ws: Workspace, run_id: str, bins: int = 30) -> pl.DataFrame
 
 def filter_options(ws: Workspace, run_id: str) -> dict[str, list[str]]:
     """The values the data browser's filters offer for a curate run."""
-    stages = ws.sql("SELECT stage, reasons FROM stage_counts WHERE run_id = ? ORDER BY position", [run_id])
-    reasons = sorted({r for js in stages["reasons"] for r in json.loads(js or "{}")})
-    col = lambda sql: [x for x in ws.sql(sql, [run_id]).to_series().to_list() if x is not None]  # noqa: E731
-    return {"stage": stages["stage"].to_list(), "reason": reasons,
-            "source": col("SELECT DISTINCT source_file FROM records WHERE run_id = ? ORDER BY 1"),
-            "shape": col("SELECT DISTINCT shape FROM records WHERE run_id = ? ORDER BY 1")}
+    with ws.run_data(run_id) as rd:
+        stages = rd.sql("SELECT stage, reasons FROM stage_counts WHERE run_id = ? ORDER BY position", [run_id])
+        reasons = sorted({r for js in stages["reasons"] for r in json.loads(js or "{}")})
+        col = lambda sql: [x for x in rd.sql(sql, [run_id]).to_series().to_list() if x is not None]  # noqa: E731
+        return {"stage": stages["stage"].to_list(), "reason": reasons,
+                "source": col("SELECT DISTINCT source_file FROM records WHERE run_id = ? ORDER BY 1"),
+                "shape": col("SELECT DISTINCT shape FROM records WHERE run_id = ? ORDER BY 1")}
 
 
 def _record_filter(run_id: str, status: str | None, stage: str | None, reason: str | None, source: str | None,
@@ -116,8 +119,9 @@ def records_page(ws: Workspace, run_id: str, *, status: str | None = None, stage
     """(one page of records with their outcome, total matching): uid, id, source_file, source_line, shape,
     split, messages, status, stage, reason, detail, duplicate_of, scores."""
     where, args = _record_filter(run_id, status, stage, reason, source, shape, search)
-    total = ws.sql(f"SELECT count(*) AS n FROM records r WHERE {where}", args)["n"][0]
-    page = ws.sql(
+    with ws.run_data(run_id) as rd:
+        total = rd.sql(f"SELECT count(*) AS n FROM records r WHERE {where}", args)["n"][0]
+        page = rd.sql(
         f"""WITH picked AS (SELECT r.uid, r.uid AS pos FROM records r WHERE {where} ORDER BY pos LIMIT ? OFFSET ?)
             """ + _with_outcome("picked", "r.uid, r.id, r.source_file, r.source_line, r.shape, r.split, r.messages, r.scores"),
         [*args, limit, offset, run_id, run_id])
@@ -127,7 +131,7 @@ def records_page(ws: Workspace, run_id: str, *, status: str | None = None, stage
 def cluster_of(ws: Workspace, run_id: str, uid: int, limit: int = 50) -> pl.DataFrame:
     """The duplicate cluster holding ``uid``: up to ``limit`` members (representative first, then by
     similarity) with their messages, and ``size``, the whole cluster's. The members are found first and only they are joined with records."""
-    return ws.sql(
+    return ws.query(run_id,
         """WITH c AS (SELECT stage, rep_uid FROM clusters WHERE run_id = $1 AND uid = $2 LIMIT 1),
                 mem AS (SELECT m.uid, m.uid = c.rep_uid AS representative, m.similarity, c.stage, count(*) OVER () AS size
                         FROM clusters m JOIN c ON m.stage = c.stage AND m.rep_uid = c.rep_uid WHERE m.run_id = $1
@@ -138,20 +142,29 @@ def cluster_of(ws: Workspace, run_id: str, uid: int, limit: int = 50) -> pl.Data
 
 def score_names(ws: Workspace, run_id: str) -> list[str]:
     """The filters' score columns stored for a run (from a sample of records)."""
-    rows = ws.sql("SELECT scores FROM records WHERE run_id = ? AND scores IS NOT NULL LIMIT 200", [run_id])["scores"]
+    rows = ws.query(run_id, "SELECT scores FROM records WHERE run_id = ? AND scores IS NOT NULL LIMIT 200", [run_id])["scores"]
     return sorted({k for s in rows for k, v in json.loads(s).items() if isinstance(v, (int, float))})
 
 
 # ---------------------------------------------------------------------------------------------- labeling
 
+def annotator_seed(annotator: str) -> int:
+    """The seed of an annotator's random queue: stable across sessions, different between annotators (so
+    two people labeling at once do not work through the same records in the same order)."""
+    return int.from_bytes(hashlib.sha256(normalize_annotator(annotator).encode()).digest()[:4], "little")
+
+
 def label_queue(ws: Workspace, run_id: str, annotator: str, *, mode: str = "random", status: str | None = None,
                 reason: str | None = None, search: str | None = None, score: str | None = None,
-                threshold: float | None = None, seed: int = 0, limit: int = 1) -> pl.DataFrame:
-    """Records this annotator has not labelled yet: in a seeded random order, in input order for a filter,
-    or ``uncertain``: closest first to ``threshold`` on the filter score ``score``."""
+                threshold: float | None = None, seed: int | None = None, limit: int = 1) -> pl.DataFrame:
+    """Records this annotator has neither labelled nor skipped: in a random order of their own (``seed``,
+    default :func:`annotator_seed`), in input order for ``filter``, or ``uncertain``: closest first to
+    ``threshold`` on the filter score ``score``."""
+    import pyarrow as pa
+
+    done = pa.table({"id": pa.array(ws.labelled_ids(annotator) + ws.skips(annotator, run_id), pa.string())})
     where, args = _record_filter(run_id, status, None, reason, None, None, search)
-    where += " AND r.id NOT IN (SELECT record_id FROM labels WHERE annotator = ?)"
-    args.append(annotator)
+    where += " AND r.id NOT IN (SELECT id FROM done_ids)"
     if mode == "uncertain":
         if not score or threshold is None:
             raise ValueError("the uncertain queue needs a score name and a threshold")
@@ -159,30 +172,40 @@ def label_queue(ws: Workspace, run_id: str, annotator: str, *, mode: str = "rand
         args.append(f"$.{score}")
         order, order_args = "abs(CAST(json_extract(r.scores, ?) AS DOUBLE) - ?)", [f"$.{score}", threshold]
     elif mode == "random":
-        order, order_args = "hash(r.id, ?)", [seed]
+        order, order_args = "hash(r.id, ?)", [annotator_seed(annotator) if seed is None else seed]
     else:
         order, order_args = "r.uid", []
-    return ws.sql(
-        f"""WITH picked AS (SELECT r.uid, {order} AS pos FROM records r WHERE {where} ORDER BY pos, r.uid LIMIT ?)
-            """ + _with_outcome("picked", "r.uid, r.id, r.source_file, r.source_line, r.shape, r.messages, r.scores"),
-        [*order_args, *args, limit, run_id, run_id])
+    with ws.run_data(run_id) as rd:
+        rd.con.register("done_ids", done)
+        try:
+            return rd.sql(
+                f"""WITH picked AS (SELECT r.uid, {order} AS pos FROM records r WHERE {where} ORDER BY pos, r.uid LIMIT ?)
+                    """ + _with_outcome("picked", "r.uid, r.id, r.source_file, r.source_line, r.shape, r.messages, r.scores"),
+                [*order_args, *args, limit, run_id, run_id])
+        finally:
+            rd.con.unregister("done_ids")
 
 
 def annotators(ws: Workspace) -> list[str]:
-    return ws.sql("SELECT DISTINCT annotator FROM labels ORDER BY 1")["annotator"].to_list()
+    """Everyone who has labelled, sorted."""
+    return [r["annotator"] for r in ws.sql_rows("SELECT DISTINCT annotator FROM labels ORDER BY 1")]
 
 
 def label_counts(ws: Workspace) -> tuple[int, int]:
     """(current labels: latest per record and annotator, annotators)."""
-    return ws.sql("SELECT count(DISTINCT (record_id, annotator)) AS n, count(DISTINCT annotator) AS a FROM labels").row(0)
+    row = ws.sql_rows("SELECT (SELECT count(*) FROM (SELECT DISTINCT record_id, annotator FROM labels)) AS n, "
+                      "count(DISTINCT annotator) AS a FROM labels")[0]
+    return int(row["n"]), int(row["a"])
 
 
 def recent_labels(ws: Workspace, annotator: str, n: int = 5) -> pl.DataFrame:
-    """An annotator's ``n`` latest labels: record uid, verdict, tags, when."""
-    return ws.sql(
-        """SELECT coalesce(CAST(uid AS VARCHAR), record_id) AS record, verdict, array_to_string(tags, ', ') AS tags,
-                  strftime(created, '%Y-%m-%d %H:%M:%S') AS saved, edit IS NOT NULL AS edited
-           FROM labels WHERE annotator = ? ORDER BY created DESC LIMIT ?""", [annotator, n])
+    """An annotator's ``n`` latest labels as stored: record (uid, else content id), verdict, tags, saved, edited."""
+    rows = ws.sql_rows("""SELECT coalesce(CAST(uid AS TEXT), record_id) AS record, verdict, tags, substr(created, 1, 19) AS saved,
+                                 edit IS NOT NULL AS edited
+                          FROM labels WHERE annotator = ? ORDER BY seq DESC LIMIT ?""", [normalize_annotator(annotator), n])
+    return pl.DataFrame([{**r, "tags": ", ".join(json.loads(r["tags"] or "[]")), "edited": bool(r["edited"])} for r in rows],
+                        schema={"record": pl.Utf8, "verdict": pl.Utf8, "tags": pl.Utf8, "saved": pl.Utf8, "edited": pl.Boolean},
+                        orient="row")
 
 
 def agreement(ws: Workspace) -> pl.DataFrame:
@@ -204,37 +227,89 @@ def agreement(ws: Workspace) -> pl.DataFrame:
                                       "agreement": pl.Float64, "kappa": pl.Float64})
 
 
-def export_labels(ws: Workspace, path: str | Path) -> int:
-    """Labelled records (each annotator's latest label, with the record's messages, or the edit) as JSONL."""
-    rows = ws.sql(
-        """WITH cur AS (SELECT * FROM labels QUALIFY row_number() OVER (PARTITION BY record_id, annotator ORDER BY created DESC) = 1),
-                rec AS (SELECT id, messages, source_file, source_line FROM records
-                        QUALIFY row_number() OVER (PARTITION BY id ORDER BY run_id DESC) = 1)
-           SELECT cur.record_id AS id, cur.annotator, cur.verdict, cur.tags, cur.note, cur.created,
-                  rec.messages, cur.edit, rec.source_file, rec.source_line
-           FROM cur LEFT JOIN rec ON rec.id = cur.record_id ORDER BY cur.created""")
-    with open(path, "w") as fh:
+def _labelled_records(ws: Workspace, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """messages, source_file, source_line of each labelled record id, from the newest finished curate run
+    that holds it (a run still being written, or gone, is passed over)."""
+    import pyarrow as pa
+
+    from curate.workspace import WorkspaceBusy
+
+    found: dict[str, dict[str, Any]] = {}
+    for run_id in ws.runs("curate")["run_id"].to_list():  # newest first
+        todo = [i for i in ids if i not in found]
+        if not todo:
+            break
+        try:
+            with ws.run_data(run_id) as rd:
+                rd.con.register("wanted_ids", pa.table({"id": pa.array(todo, pa.string())}))
+                rows = rd.sql("""SELECT id, messages, source_file, source_line FROM records SEMI JOIN wanted_ids w USING (id)
+                                 QUALIFY row_number() OVER (PARTITION BY id ORDER BY uid) = 1""")
+                rd.con.unregister("wanted_ids")
+        except (WorkspaceBusy, KeyError):
+            continue
         for r in rows.iter_rows(named=True):
-            r["edit"] = json.loads(r["edit"]) if r["edit"] else None
-            r["created"] = str(r["created"])
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-    return rows.height
+            found[r.pop("id")] = r
+    return found
+
+
+def labels_jsonl(ws: Workspace) -> bytes:
+    """Every annotator's latest label per record, with the record's messages (or the edit), as JSONL bytes:
+    built in memory for a download, so nothing is written to a shared folder."""
+    cur = ws.label_rows()
+    records = _labelled_records(ws, cur["record_id"].unique().to_list())
+    lines = []
+    for r in cur.iter_rows(named=True):
+        rec = records.get(r["record_id"], {})
+        lines.append(json.dumps({"id": r["record_id"], "annotator": r["annotator"], "verdict": r["verdict"], "tags": r["tags"],
+                                 "note": r["note"], "created": str(r["created"]), "messages": rec.get("messages"),
+                                 "edit": json.loads(r["edit"]) if r["edit"] else None, "source_file": rec.get("source_file"),
+                                 "source_line": rec.get("source_line")}, ensure_ascii=False))
+    return "".join(line + "\n" for line in lines).encode()
+
+
+def export_labels(ws: Workspace, path: str | Path) -> int:
+    """:func:`labels_jsonl` written to ``path`` atomically: a new file next to it, then renamed over it, so a
+    reader never sees half a file and a link planted at ``path`` is replaced, never followed. The count."""
+    import os
+    import tempfile
+
+    data = labels_jsonl(ws)
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return data.count(b"\n")
 
 
 # ---------------------------------------------------------------------------------------------- eval review
 
+def _examples(ws: Workspace, run_id: str, task: str | None = None) -> pl.DataFrame:
+    return ws.query(run_id, "SELECT task, idx, source, prompt, reference, output, scores, annotations FROM eval_examples WHERE run_id = ?"
+                    + (" AND task = ?" if task else ""), [run_id, *([task] if task else [])])
+
+
 def eval_tasks(ws: Workspace, base_run: str, ft_run: str) -> list[str]:
-    return ws.sql("""SELECT DISTINCT b.task FROM eval_examples b JOIN eval_examples f ON b.task = f.task AND b.idx = f.idx
-                     WHERE b.run_id = ? AND f.run_id = ? AND b.output <> '' ORDER BY 1""", [base_run, ft_run])["task"].to_list()
+    """The tasks both runs generated for (same example indices), sorted. Each run's examples come from its
+    own file and are joined here (an eval run holds hundreds to thousands of examples)."""
+    b = _examples(ws, base_run).filter(pl.col("output") != "").select("task", "idx")
+    f = _examples(ws, ft_run).select("task", "idx")
+    return sorted(b.join(f, on=["task", "idx"])["task"].unique().to_list())
 
 
 def eval_pairs(ws: Workspace, base_run: str, ft_run: str, task: str) -> pl.DataFrame:
     """Per example of ``task``: prompt, reference, both outputs, both score dicts and annotations (the judge)."""
-    return ws.sql(
-        """SELECT b.idx, b.source, b.prompt, b.reference, b.output AS base_output, f.output AS ft_output,
-                  b.scores AS base_scores, f.scores AS ft_scores, b.annotations AS base_notes, f.annotations AS ft_notes
-           FROM eval_examples b JOIN eval_examples f ON b.task = f.task AND b.idx = f.idx
-           WHERE b.run_id = ? AND f.run_id = ? AND b.task = ? ORDER BY b.idx""", [base_run, ft_run, task])
+    b = _examples(ws, base_run, task).select("idx", "source", "prompt", "reference", base_output="output", base_scores="scores",
+                                             base_notes="annotations")
+    f = _examples(ws, ft_run, task).select("idx", ft_output="output", ft_scores="scores", ft_notes="annotations")
+    return b.join(f, on="idx").select("idx", "source", "prompt", "reference", "base_output", "ft_output", "base_scores",
+                                      "ft_scores", "base_notes", "ft_notes").sort("idx")
 
 
 def with_deltas(pairs: pl.DataFrame, metric: str, lower_is_better: bool = False) -> pl.DataFrame:
@@ -294,12 +369,8 @@ def delta_rows(cmp: dict[str, Any]) -> pl.DataFrame:
 
 
 def preferences(ws: Workspace, base_run: str, ft_run: str, task: str | None = None) -> pl.DataFrame:
-    """Each annotator's latest blind preference per example."""
-    return ws.sql(
-        f"""SELECT task, idx, annotator, choice, left_side, created FROM eval_preferences
-            WHERE base_run = ? AND ft_run = ? {"AND task = ?" if task else ""}
-            QUALIFY row_number() OVER (PARTITION BY task, idx, annotator ORDER BY created DESC) = 1""",
-        [base_run, ft_run, *([task] if task else [])])
+    """Each annotator's latest preference per example (task, idx, annotator, choice, left_side, blind, created)."""
+    return ws.preferences(base_run, ft_run, task)
 
 
 def human_summary(ws: Workspace, base_run: str, ft_run: str, task: str) -> dict[str, Any]:

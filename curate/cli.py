@@ -40,6 +40,7 @@ def run(
     from curate.config import ConfigError, load_config
     from curate.pipeline import Pipeline, StrictModeError
     from curate.readers import InputError
+    from curate.workspace import WorkspaceBusy, WorkspaceError
 
     try:
         cfg = load_config(config)
@@ -59,6 +60,12 @@ def run(
     except StrictModeError as exc:
         _fail(str(exc))
         return
+    except WorkspaceError as exc:
+        _fail(str(exc))
+        return
+    except WorkspaceBusy as exc:
+        _fail(f"{exc}; nothing of this run was registered as done", code=1)
+        return
     s = result.summary
     if result.skipped:
         typer.echo(f"run {result.run_id} is up to date (same config and inputs); --force to re-run")
@@ -77,7 +84,7 @@ def _print_dry_run(summary: dict, ws, run_id: str) -> None:
     typer.echo(f"config is valid; dry run on a sample: shapes {summary['shapes']}")
     if summary["quarantine_reasons"]:
         typer.echo(f"quarantined in the sample: {summary['quarantine_reasons']}")
-    rows = ws.sql("SELECT source_file, source_line, shape, messages FROM records WHERE run_id = ? ORDER BY uid LIMIT 3", [run_id])
+    rows = ws.query(run_id, "SELECT source_file, source_line, shape, messages FROM records WHERE run_id = ? ORDER BY uid LIMIT 3", [run_id])
     for row in rows.to_dicts():
         typer.echo(f"--- {row['source_file']}:{row['source_line']} ({row['shape']})")
         for m in row["messages"]:
@@ -266,6 +273,28 @@ def review_app(
     sys.stderr.flush()
     os.chdir(main.parents[1])
     os.execve(sys.executable, cmd, env)
+
+
+workspace_app = typer.Typer(no_args_is_help=True, help="Workspace maintenance: convert a workspace of an earlier version.")
+app.add_typer(workspace_app, name="workspace")
+
+
+@workspace_app.command("upgrade")
+def workspace_upgrade(
+    old: Path = typer.Argument(..., help="a single-file DuckDB workspace of an earlier version (read, never changed)"),
+    new: Path = typer.Argument(..., help="the workspace folder to create (must not exist, or be empty)"),
+) -> None:
+    """Copy every run, label, preference and cached embedding of an old single-file workspace into a new
+    workspace folder."""
+    from curate.workspace import WorkspaceError
+    from curate.workspace.upgrade import upgrade
+
+    try:
+        counts = upgrade(old, new)
+    except WorkspaceError as exc:
+        _fail(str(exc))
+        return
+    typer.echo(f"{new}: " + ", ".join(f"{v:,} {k}" for k, v in counts.items()))
 
 
 if __name__ == "__main__":

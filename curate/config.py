@@ -130,7 +130,7 @@ class CurateConfig(FileConfig):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     inputs: list[InputSpec] = Field(min_length=1)
     output_dir: str | None = Field(default=None, description="default: out/<name> next to the config")
-    workspace: str = "workspace.duckdb"
+    workspace: str = Field("workspace", description="the workspace folder the run registers in (runs registry, labels, each run's data file); shared with train, evalsuite and the app")
     tokenizer: str | None = "embedded"
     normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
     stages: list[StageSpec] = Field(default_factory=lambda: CurateConfig._parse_stages(list(DEFAULT_STAGES)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from curate.workspace import Workspace
+from curate.workspace import RunStore
 
 SPLITS = ("train", "validation", "test")
 
@@ -18,7 +18,7 @@ def _lit(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def export_run(ws: Workspace, run_id: str, out_dir: Path) -> dict:
+def export_run(ws: RunStore, run_id: str, out_dir: Path) -> dict:
     """Write ``data/{split}.jsonl``, ``data/{split}.parquet``, ``ledger.parquet`` and ``quarantine.jsonl``.
 
     Returns their paths relative to ``out_dir``.

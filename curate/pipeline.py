@@ -39,7 +39,7 @@ from curate.frames import with_derived
 from curate.readers import Bad, expand_paths, read_file
 from curate.shapes import Converter, ShapeError, build_frame
 from curate.stages import GlobalDecision, GlobalStage, RecordStage, Stage, StageContext
-from curate.workspace import Workspace
+from curate.workspace import RunStore, Workspace
 
 STORED_COLUMNS = ["uid", "id", "source_file", "source_line", "shape", "messages", "meta", "fixes", "n_chars", "n_tokens", "split", "scores"]
 
@@ -138,7 +138,7 @@ class _BackgroundWriter:
     GIL) overlap with parsing the next batch. The queue is short: memory stays bounded. Only this thread
     touches the connection until ``close()``; an insert error is re-raised there."""
 
-    def __init__(self, ws: Workspace, run_id: str, timer: _Timer):
+    def __init__(self, ws: RunStore, run_id: str, timer: _Timer):
         self.ws, self.run_id, self.timer = ws, run_id, timer
         self.queue: queue.Queue = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
@@ -358,23 +358,27 @@ class Pipeline:
         cfg, run_id = self.cfg, self.run_id
         t0 = time.perf_counter()
         started = datetime.now(timezone.utc)
-        ws.start_run(run_id, "curate", cfg.name, config_dict(cfg), self.fingerprint, str(out_dir))
+        # the run's own data file: only this process opens it until the run is registered done
+        store = ws.begin_run(run_id, "curate", cfg.name, config_dict(cfg), self.fingerprint, str(out_dir))
+        self.workspace_path = ws.path
         # One checkpoint (compression) at the end instead of one every 16 MB of WAL: fewer, larger writes.
-        ws.con.execute("SET checkpoint_threshold = '64GB'")
+        store.con.execute("SET checkpoint_threshold = '64GB'")
         try:
-            summary = self._execute(ws, limit_per_input, t0, started)
+            summary = self._execute(ws, store, limit_per_input, t0, started)
             with self.timer("workspace checkpoint"):
-                ws.con.execute("CHECKPOINT")
-                ws.con.execute("RESET checkpoint_threshold")
+                store.con.execute("CHECKPOINT")
+                store.con.execute("RESET checkpoint_threshold")
             if write_outputs:
-                summary["outputs"] = self._write_outputs(ws, out_dir, summary)
+                summary["outputs"] = self._write_outputs(store, out_dir, summary)
+            store.close()
             ws.finish_run(run_id, "done" if summary["invariant_ok"] else "failed", summary)
         except BaseException:
+            store.close()
             ws.finish_run(run_id, "failed")
             raise
         return RunResult(run_id, summary, out_dir, Path(ws.path))
 
-    def _execute(self, ws: Workspace, limit_per_input: int | None, t0: float, started: datetime) -> dict[str, Any]:
+    def _execute(self, ws: Workspace, store: RunStore, limit_per_input: int | None, t0: float, started: datetime) -> dict[str, Any]:
         cfg, run_id = self.cfg, self.run_id
         split = _split_expr(cfg)
         file_stats: dict[str, dict[str, int]] = {}
@@ -383,17 +387,17 @@ class Pipeline:
         for stage in self.stages:
             stage.setup(ws)
         bar = _progress(self.progress, "ingest + per-record stages")
-        writer = _BackgroundWriter(ws, run_id, self.timer)
+        writer = _BackgroundWriter(store, run_id, self.timer)
         try:
             self._stream_first_pass(writer, first, prepared, file_stats, limit_per_input, split, bar)
         finally:
             writer.close()
             bar.close()
 
-        self.context.workspace = ws  # the writer thread is done: decide() may use the connection
+        self.context.workspace = ws  # for the embedding cache and the labels
         for i, p in enumerate(self.passes):
             if i > 0 and p.record_stages:
-                prepared = self._record_pass(ws, p, split)
+                prepared = self._record_pass(store, p, split)
             rejected: list[pl.DataFrame] = []  # uids rejected by this pass's earlier global stages
             for pos, gstage in p.global_stages:
                 table = pl.concat(prepared[pos]) if prepared.get(pos) else None
@@ -405,16 +409,16 @@ class Pipeline:
                         decision = gstage.decide(table)
                     if isinstance(decision, pl.DataFrame):
                         decision = GlobalDecision(decision)
-                    self._store_decision(ws, gstage.name, decision)
+                    self._store_decision(store, gstage.name, decision)
                     if decision.stats:
                         self.stage_stats[gstage.name] = decision.stats
                     rejected.append(decision.rejects.select(pl.col("uid").cast(pl.Int64)))
             prepared = {}
         with self.timer("cluster splits"):
-            self._assign_cluster_splits(ws)
-        return self._summarize(ws, file_stats, t0, started)
+            self._assign_cluster_splits(store)
+        return self._summarize(store, file_stats, t0, started)
 
-    def _store_decision(self, ws: Workspace, stage: str, decision: GlobalDecision) -> None:
+    def _store_decision(self, ws: RunStore, stage: str, decision: GlobalDecision) -> None:
         name = pl.lit(stage)
         rej = decision.rejects
         if rej.height:
@@ -426,7 +430,7 @@ class Pipeline:
         if decision.links is not None and decision.links.height:
             ws.append("split_links", self.run_id, decision.links.select(stage=name, uid_a="uid_a", uid_b="uid_b", similarity="similarity"))
 
-    def _assign_cluster_splits(self, ws: Workspace) -> None:
+    def _assign_cluster_splits(self, ws: RunStore) -> None:
         """Give every member of a duplicate cluster, and both records of a split link, the same split.
 
         Clusters of all dedup stages and their split links (two tasks on one passage) are joined into
@@ -486,7 +490,7 @@ class Pipeline:
             with self.timer(f"stage:{gstage.name}"):
                 prepared[pos].append(gstage.prepare(alive))
 
-    def _record_pass(self, ws: Workspace, p: _Pass, split: pl.Expr) -> dict[int, list[pl.DataFrame]]:
+    def _record_pass(self, ws: RunStore, p: _Pass, split: pl.Expr) -> dict[int, list[pl.DataFrame]]:
         """A later pass: per-record stages over the kept records, read back from the workspace."""
         prepared: dict[int, list[pl.DataFrame]] = {pos: [] for pos, _ in p.global_stages}
         all_rej, rewrites = [], []
@@ -521,7 +525,7 @@ class Pipeline:
         return rows.with_columns(split=split).select(STORED_COLUMNS)
 
     # -- summary, ledger check -------------------------------------------------------------------------------
-    def _summarize(self, ws: Workspace, file_stats: dict, t0: float, started: datetime) -> dict[str, Any]:
+    def _summarize(self, ws: RunStore, file_stats: dict, t0: float, started: datetime) -> dict[str, Any]:
         run_id = self.run_id
         c = ws.counts(run_id)
         inputs = c["records"] + c["quarantined"]
@@ -594,12 +598,12 @@ class Pipeline:
             "stage_stats": self.stage_stats,
             "leakage": leakage,
             "timings": {k: round(v, 3) for k, v in sorted(self.timer.seconds.items(), key=lambda kv: -kv[1])},
-            "workspace": str(ws.path),
+            "workspace": str(self.workspace_path),
             "version": __version__,
         }
 
     # -- outputs ---------------------------------------------------------------------------------------------
-    def _write_outputs(self, ws: Workspace, out_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    def _write_outputs(self, ws: RunStore, out_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
         from curate.export import export_run
         from curate.report import write_report
 
@@ -622,7 +626,7 @@ class Pipeline:
         return summary["outputs"]
 
 
-def _report_inputs(ws: Workspace, run_id: str, n: int):
+def _report_inputs(ws: RunStore, run_id: str, n: int):
     import numpy as np
 
     ex = ws.sql(
@@ -647,7 +651,7 @@ def _report_inputs(ws: Workspace, run_id: str, n: int):
     return examples, {"before": np.asarray(before), "after": np.asarray(after)}
 
 
-def _review_inputs(ws: Workspace, run_id: str, stages: list[Stage], report_cfg) -> dict[str, Any]:
+def _review_inputs(ws: RunStore, run_id: str, stages: list[Stage], report_cfg) -> dict[str, Any]:
     """What the report's duplicate review and contamination sections show.
 
     - ``clusters``: per dedup stage, its largest clusters (representative first, then members by

@@ -18,7 +18,7 @@ def run(
     model: str = typer.Option("embedded", "--model", help="embedded (SmolLM2), a local path or a hub id, or a merged model"),
     adapter: str = typer.Option(None, "--adapter", help="a peft adapter folder on top of --model (train run's adapter/)"),
     out: str = typer.Option(None, "--out", help="output folder (default: evals/<run id> next to the suite)"),
-    workspace: str = typer.Option(None, "--workspace", help="DuckDB workspace to register the run in"),
+    workspace: str = typer.Option(None, "--workspace", help="the workspace folder to register the run in"),
     device: str = typer.Option("auto", "--device"),
 ) -> None:
     """Generate for every task, score every metric; write examples.parquet and results.json.
@@ -47,7 +47,7 @@ def compare_cmd(
     base: str = typer.Argument(..., help="the base model's run: an `evalsuite run` folder, or a run id with --workspace"),
     fine_tune: str = typer.Argument(..., help="the fine-tune's run, likewise"),
     out: str = typer.Option(None, "--out", help="folder for compare.json / .md / .html (default: the fine-tune's run folder)"),
-    workspace: str = typer.Option(None, "--workspace", help="resolve run ids through this DuckDB workspace"),
+    workspace: str = typer.Option(None, "--workspace", help="resolve run ids through this workspace folder"),
     regressions: int = typer.Option(5, "--regressions", help="examples that regressed most, per task"),
     judge: str = typer.Option("none", "--judge", help="pairwise LLM judge over the two runs' outputs: none, local or openai"),
     judge_model: str = typer.Option(None, "--judge-model", help="local: embedded (default), a path or hub id; openai: the model name"),
@@ -90,7 +90,7 @@ def gate(
     rules: str = typer.Option(..., "--rules", help="gate rules YAML (see evalsuite/gate.py)"),
     baseline: str = typer.Option(None, "--baseline", help="the run to compare against (regression and forgetting rules)"),
     junit: str = typer.Option(None, "--junit", help="JUnit XML output (default: gate.xml in the run folder)"),
-    workspace: str = typer.Option(None, "--workspace", help="resolve run ids through this DuckDB workspace"),
+    workspace: str = typer.Option(None, "--workspace", help="resolve run ids through this workspace folder"),
 ) -> None:
     """Check every rule; exit 0 when all pass, 1 when one fails, 2 when the rules or runs are unusable."""
     from pathlib import Path

@@ -187,6 +187,6 @@ def _register(path: Path, suite: SuiteConfig, results: dict[str, Any], frame, ou
     from curate.workspace import Workspace
 
     with Workspace(path) as ws:
-        ws.start_run(results["run_id"], "eval", suite.name, suite.model_dump(mode="json"), results["run_id"], str(out))
-        ws.append("eval_examples", results["run_id"], frame)
+        with ws.begin_run(results["run_id"], "eval", suite.name, suite.model_dump(mode="json"), results["run_id"], str(out)) as store:
+            store.append("eval_examples", results["run_id"], frame)
         ws.finish_run(results["run_id"], "done", {"model": results["model"], "adapter": results["adapter"], "headline": headline(results)})

@@ -104,7 +104,7 @@ class TrainConfig(FileConfig):
     keep_checkpoints: int = Field(2, ge=1, description="latest checkpoints kept for resume (the best is kept too)")
     seed: int = 0
     output_dir: str | None = Field(default=None, description="default: runs/<name> next to the config")
-    workspace: str | None = Field(default="workspace.duckdb", description="the DuckDB workspace to register the run in; null: none")
+    workspace: str | None = Field(default="workspace", description="the workspace folder to register the run in; null: none")
     price_per_gpu_hour: float = Field(0.0, ge=0, description="for the projected cost after the first steps")
     memory_limit_gb: float | None = Field(default=None, gt=0, description="pre-flight memory budget; default: what the device has free")
 

@@ -1,5 +1,5 @@
 """What a finished (or failed) `train run` leaves behind beside the adapter: the loss plot and the run's
-row in the DuckDB workspace (``runs`` with kind 'train', its curve in ``train_metrics``), where the app
+row in the workspace (``runs`` with kind 'train', its curve in ``train_metrics``), where the app
 and evalsuite find it."""
 
 from __future__ import annotations
@@ -57,20 +57,24 @@ def register_start(workspace: Path, run_id: str, name: str, config: dict, finger
 
     with Workspace(workspace) as ws:
         if resumed and ws.run(run_id):
-            ws.con.execute("UPDATE runs SET status = 'running', finished = NULL WHERE run_id = ?", [run_id])
+            ws.mark_running(run_id)
         else:
-            ws.start_run(run_id, "train", name, config, fingerprint, str(output_dir))
+            ws.begin_run(run_id, "train", name, config, fingerprint, str(output_dir)).close()
 
 
 def register_finish(workspace: Path, run_id: str, status: str, summary: dict | None, log_history: list[dict]) -> None:
-    """Status, the summary (the manifest's headline figures) and the whole curve, in one transaction."""
+    """The whole curve into the run's own data file (one transaction), then status and summary (the
+    manifest's headline figures) in the registry."""
     from curate.workspace import Workspace
 
     with Workspace(workspace) as ws:
-        ws.con.execute("BEGIN")
-        ws.con.execute("DELETE FROM train_metrics WHERE run_id = ?", [run_id])
-        rows = metric_rows(log_history)
-        if rows:
-            ws.con.executemany("INSERT INTO train_metrics VALUES (?, ?, ?, ?, ?)", [(run_id, *r) for r in rows])
+        if ws.run(run_id) is None:  # registered in another workspace, or the row was removed: register it now
+            ws.begin_run(run_id, "train", run_id, {}, run_id, "").close()
+        with ws.run_data(run_id, write=True) as store:
+            store.con.execute("BEGIN")
+            store.con.execute("DELETE FROM train_metrics WHERE run_id = ?", [run_id])
+            rows = metric_rows(log_history)
+            if rows:
+                store.con.executemany("INSERT INTO train_metrics VALUES (?, ?, ?, ?, ?)", [(run_id, *r) for r in rows])
+            store.con.execute("COMMIT")
         ws.finish_run(run_id, status, summary)
-        ws.con.execute("COMMIT")

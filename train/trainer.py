@@ -13,7 +13,7 @@ What this module adds around TRL's ``SFTTrainer`` (everything else is transforme
 - pre-flight checks (:mod:`train.preflight`) before anything slow; early stopping on eval loss with the
   best checkpoint restored; sample generations, live metrics and the projected time/cost
   (:mod:`train.callbacks`); resume from the latest checkpoint after a kill; ``loss.png`` and a row in the
-  DuckDB workspace (:mod:`train.outputs`); merged / GGUF export (:mod:`train.export`).
+  workspace (:mod:`train.outputs`); merged / GGUF export (:mod:`train.export`).
 """
 
 from __future__ import annotations
