@@ -38,6 +38,7 @@ def test_run_prints_the_ledger_and_writes_summary(tmp_path, shared_data):
     assert "inputs = kept + rejected + quarantined: 10 = " in result.output and "[OK]" in result.output
     summary = json.loads((tmp_path / "out" / "cli" / "summary.json").read_text())
     assert summary["inputs"] == 10 and summary["invariant_ok"]
+    assert (tmp_path / "workspace" / "catalog.sqlite").is_file()  # the default workspace is a folder beside the config
     again = runner.invoke(app, ["run", str(cfg), "--no-progress"])
     assert "up to date" in again.output
 
@@ -48,7 +49,7 @@ def test_dry_run_writes_nothing(tmp_path, shared_data):
     result = runner.invoke(app, ["run", str(cfg), "--dry-run", "--sample", "50", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "config is valid" in result.output and "50 = " in result.output
-    assert not (tmp_path / "out").exists() and not (tmp_path / "workspace.duckdb").exists()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "workspace").exists()
 
 
 def test_bad_config_exits_2_naming_the_key(tmp_path):
