@@ -27,9 +27,13 @@ def run(
     from evalsuite.runner import headline, run_suite
     from evalsuite.suite import SuiteError, load_suite
 
+    from curate.workspace import WorkspaceError, check_workspace
+
     try:
         cfg = load_suite(suite)
-    except SuiteError as exc:
+        if workspace:
+            check_workspace(workspace, create=True)  # before any generation: a bad path costs nothing
+    except (SuiteError, WorkspaceError) as exc:
         typer.secho(str(exc), fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     try:
@@ -121,10 +125,12 @@ def _run_folder(ref: str, workspace: str | None) -> str:
 
     if Path(ref).exists() or not workspace:
         return ref
-    from curate.workspace import Workspace
+    from curate.workspace import Workspace, WorkspaceError
 
-    with Workspace(workspace, read_only=True) as ws:
-        row = ws.run(ref)
+    try:
+        row = Workspace(workspace, create=False).run(ref)
+    except WorkspaceError as exc:
+        raise CompareError(str(exc)) from None
     if not row or row["kind"] != "eval":
         raise CompareError(f"{ref}: no eval run of that id in {workspace}")
     return row["output_dir"]

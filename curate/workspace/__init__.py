@@ -88,11 +88,13 @@ class Workspace(Catalog):
             self.embeddings = EmbeddingCache(":memory:")
             return
         folder = check_workspace(path, create=create)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "runs").mkdir(exist_ok=True)
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "runs").mkdir(exist_ok=True)
         self.folder = folder
         try:
-            super().__init__(str(folder / "catalog.sqlite"))
+            # the schema is set up by whoever creates the workspace; readers open it as it is
+            super().__init__(str(folder / "catalog.sqlite"), setup=create or not (folder / "catalog.sqlite").is_file())
         except Exception as exc:  # noqa: BLE001 - a damaged catalog: one line, not a traceback
             if isinstance(exc, WorkspaceBusy):
                 raise

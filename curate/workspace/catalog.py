@@ -87,11 +87,13 @@ class Catalog:
     """The catalog file's API: the runs registry and every human write and read. Each call opens a short
     connection (cheap for SQLite, and safe from any thread of the app)."""
 
-    def __init__(self, catalog_path: str):
+    def __init__(self, catalog_path: str, setup: bool = True):
         self.catalog_path = catalog_path
         self._memory: sqlite3.Connection | None = None
         if catalog_path == ":memory:":
             self._memory = connect_sqlite(":memory:")
+        if not setup:  # a reader: never writes to the file just by opening it
+            return
         with self._connect() as con:
             if catalog_path != ":memory:":
                 con.execute("PRAGMA journal_mode = WAL")  # persistent: readers never wait for the writer
