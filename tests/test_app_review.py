@@ -286,18 +286,23 @@ def test_each_annotator_has_an_own_random_order(workspace, ws_copy, monkeypatch)
 
 
 def test_a_press_sent_twice_is_stored_once(workspace, ws_copy, monkeypatch):
-    """The first press reached the store but its answer never came back (the page was reloaded, the server
-    restarted): the same press again, with the action key the page drew for the record, stores nothing new."""
+    """The page draws one action key per shown record, keeps it across reruns and stores the label with
+    it; the same press sent again (a retry after an answer that never came back, the other server) stores
+    nothing new."""
     at = _app(ws_copy, monkeypatch, "Labeling")
     at.text_input(key="annotator").input("twice").run()
     uid = _uid(at)
     rid = _ids(workspace, ws_copy)[uid]
     key = at.session_state[f"label_action_{workspace['curate_run']}_twice_{rid}"]
-    with _ws(ws_copy) as ws:
-        assert ws.add_label(rid, "twice", "reject", run_id=workspace["curate_run"], uid=uid, action_key=key)
+    next(t for t in at.text_input if t.label.startswith("tags")).input("dup").run()  # a rerun: the same key
+    assert at.session_state[f"label_action_{workspace['curate_run']}_twice_{rid}"] == key and _uid(at) == uid
     _press(at, "Reject")
-    assert _label_rows(ws_copy) == [(rid, "twice", "reject")]
     assert at.success[0].value == f"saved: reject · record {uid}" and _uid(at) != uid
+    with sqlite3.connect(ws_copy / "catalog.sqlite") as con:
+        assert con.execute("SELECT action_key FROM labels").fetchall() == [(key,)]
+    with _ws(ws_copy) as ws:
+        assert not ws.add_label(rid, "twice", "reject", run_id=workspace["curate_run"], uid=uid, tags=["dup"], action_key=key)
+    assert _label_rows(ws_copy) == [(rid, "twice", "reject")]
 
 
 def test_a_press_the_store_cannot_take_says_so_and_keeps_the_record(workspace, ws_copy, monkeypatch):
