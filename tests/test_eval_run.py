@@ -1,5 +1,5 @@
 """`evalsuite run` end to end on CPU: the embedded SmolLM2 on real Alpaca records through the CLI, with text
-metrics and perplexity, per-example rows in Parquet and in a real DuckDB workspace."""
+metrics and perplexity, per-example rows in Parquet and in a real workspace folder (the run's own DuckDB file)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def _run(tmp_path, out, *extra):
     from evalsuite.cli import app
 
     res = CliRunner().invoke(app, ["run", "--suite", str(tmp_path / "suite.yaml"), "--out", str(tmp_path / out),
-                                   "--workspace", str(tmp_path / "ws.duckdb"), "--device", "cpu", *extra])
+                                   "--workspace", str(tmp_path / "ws"), "--device", "cpu", *extra])
     assert res.exit_code == 0, res.output
     return json.loads((tmp_path / out / "results.json").read_text())
 
@@ -78,12 +78,13 @@ def test_evalsuite_run_writes_examples_results_and_a_workspace_row(suite_dir, ba
     for note, s in zip(notes, scores):
         assert note["raw"] and set(note["rationales"]) == {"helpfulness", "accuracy", "coherence"}
         assert s["judge_helpfulness"] == note["helpfulness"]
-    with Workspace(tmp_path / "ws.duckdb", read_only=True) as ws:
+    with Workspace(tmp_path / "ws", create=False) as ws:
         row = ws.run(results["run_id"])
         assert row["kind"] == "eval" and row["status"] == "done"
         assert row["summary"]["headline"]["alpaca/rougeL"] == alpaca["metrics"]["rougeL"]["value"]
-        assert ws.sql("SELECT count(*) AS n FROM eval_examples WHERE run_id = ?", [results["run_id"]])["n"][0] == 16
-        judged = ws.sql("SELECT count(*) AS n FROM eval_examples WHERE run_id = ? AND annotations->>'$.judge.raw' IS NOT NULL", [results["run_id"]])
+        assert ws.query(results["run_id"], "SELECT count(*) AS n FROM eval_examples WHERE run_id = ?", [results["run_id"]])["n"][0] == 16
+        judged = ws.query(results["run_id"], "SELECT count(*) AS n FROM eval_examples WHERE run_id = ? AND annotations->>'$.judge.raw' IS NOT NULL",
+                          [results["run_id"]])
         assert judged["n"][0] == 4
     mmlu = results["tasks"]["mmlu"]
     assert mmlu["n"] == 8 and set(mmlu["metrics"]) == {"acc", "acc_norm"} and 0 <= mmlu["metrics"]["acc"]["value"] <= 1
@@ -120,7 +121,7 @@ def test_compare_base_with_an_adapter_and_refuse_unlike_runs(suite_dir, base_run
     assert ft["adapter"] == str(adapter)
 
     # by workspace run ids
-    res = CliRunner().invoke(app, ["compare", base_run["run_id"], ft["run_id"], "--workspace", str(suite_dir / "ws.duckdb"),
+    res = CliRunner().invoke(app, ["compare", base_run["run_id"], ft["run_id"], "--workspace", str(suite_dir / "ws"),
                                    "--out", str(suite_dir / "cmp"), "--judge", "local"])
     assert res.exit_code == 0, res.output
     cmp = json.loads((suite_dir / "cmp" / "compare.json").read_text())
