@@ -8,11 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import duckdb
 import polars as pl
 import pytest
 
 from curate.config import ConfigError, parse_config
+from curate.workspace import Workspace
 from tests.conftest import REPO, write_jsonl
 
 DOLLY_WRITTEN = [
@@ -57,10 +57,10 @@ def test_mixed_shapes_ledger_invariant_and_exports(shared_data, tmp_path, run_co
     on_disk = json.loads((res.output_dir / "summary.json").read_text())
     assert on_disk["inputs"] == s["inputs"] and on_disk["stages"] == s["stages"]
     # the workspace agrees with the summary, and nothing is both kept and rejected
-    con = duckdb.connect(str(res.workspace), read_only=True)
-    status = dict(con.execute("SELECT status, count(*) FROM ledger WHERE run_id = ? GROUP BY status", [res.run_id]).fetchall())
+    ledger = Workspace(res.workspace, create=False).query(
+        res.run_id, "SELECT status, count(*) AS n FROM ledger WHERE run_id = ? GROUP BY status", [res.run_id])
+    status = dict(zip(ledger["status"], ledger["n"]))
     assert status.get("kept") == s["kept"] and status.get("rejected", 0) == s["rejected"]
-    con.close()
     # exports: chat-shaped JSONL and Parquet per split add up to the kept set, deterministic by id
     total = 0
     for split in ("train", "validation", "test"):
@@ -185,16 +185,20 @@ def test_killed_run_restarts_cleanly(tmp_path, shared_data):
     script.write_text(KILLER.format(repo=str(REPO), data=str(shared_data / "alpaca" / "alpaca_4000.json"), tmp=str(tmp_path)))
     killed = subprocess.run([sys.executable, str(script)], env={**os.environ, "KILL": "1"}, capture_output=True, text=True)
     assert killed.returncode == -9  # really killed mid-run
-    con = duckdb.connect(str(tmp_path / "workspace.duckdb"))
-    (status, n_partial), = con.execute("SELECT any_value(r.status), count(x.uid) FROM runs r LEFT JOIN records x USING (run_id) GROUP BY r.run_id").fetchall()
-    con.close()
-    assert status == "running" and 0 < n_partial < 4000  # two batches landed before the kill
+    ws = Workspace(tmp_path / "workspace", create=False)
+    (killed_id,) = ws.runs()["run_id"]
+    assert ws.run(killed_id)["status"] == "running"  # registered, never finished
+    killed_file = ws.run(killed_id)["data_file"]
+    # its writer is dead, so its partial data file opens for reading
+    n_partial = ws.query(killed_id, "SELECT count(*) AS n FROM records WHERE run_id = ?", [killed_id])["n"][0]
+    assert 0 < n_partial < 4000  # two batches landed before the kill
     assert not (tmp_path / "out" / "k").exists()  # no half-written output
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True)
     run_id, inputs, kept, ok = done.stdout.split()
     assert (int(inputs), ok) == (4000, "True") and int(kept) > 3900
-    con = duckdb.connect(str(tmp_path / "workspace.duckdb"))
-    assert con.execute("SELECT count(*) FROM records WHERE run_id = ?", [run_id]).fetchone()[0] == 4000
-    assert con.execute("SELECT status FROM runs WHERE run_id = ?", [run_id]).fetchone()[0] == "done"
-    con.close()
+    assert run_id == killed_id and ws.run(run_id)["status"] == "done"
+    assert ws.query(run_id, "SELECT count(*) AS n FROM records WHERE run_id = ?", [run_id])["n"][0] == 4000
+    # the restart wrote a data file of its own and removed the killed attempt's
+    assert ws.run(run_id)["data_file"] != killed_file and not (tmp_path / "workspace" / killed_file).exists()
+    assert [p.name for p in (tmp_path / "workspace" / "runs").glob("*.duckdb")] == [Path(ws.run(run_id)["data_file"]).name]
     assert not list((tmp_path / "out").glob(".k.*"))  # no temporary folders left behind
