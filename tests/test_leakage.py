@@ -117,8 +117,9 @@ def test_two_tasks_on_one_passage_are_kept_in_one_split(tmp_path, shared_data):
     cfg = parse_config({"name": "passages", "inputs": [{"path": "data.json"}], "tokenizer": None, "stages": ["minhash_dedup"]}, tmp_path)
     res = Pipeline(cfg, progress=False).run(force=True)
     assert res.summary["split_links"].get("minhash_dedup", 0) >= 1
-    with Workspace(res.workspace, read_only=True) as ws:
-        links = ws.sql(
+    with Workspace(res.workspace, create=False) as ws:
+        links = ws.query(
+            res.run_id,
             """SELECT l.similarity, a.split AS split_a, b.split AS split_b,
                       (SELECT count(*) FROM rejects j WHERE j.run_id = l.run_id AND j.uid IN (l.uid_a, l.uid_b)) AS rejected
                FROM split_links l JOIN records a ON a.run_id = l.run_id AND a.uid = l.uid_a
