@@ -178,6 +178,22 @@ def test_blind_vote_reveals_nothing_before_it_is_stored_and_everything_after(wor
     assert prefs.select("idx", "annotator", "choice", "left_side", "blind").rows() == [(idx, name, shown_left, shown_left, True)]
 
 
+def test_open_comparison_is_marked_not_blind_and_takes_no_vote(workspace, ws_copy, monkeypatch):
+    at = _app(ws_copy, monkeypatch, "Eval review")
+    assert at.radio(key="rev_mode").value == "blind review"  # blind unless asked
+    assert not at.dataframe and not [c for c in at.caption if c.value.startswith(("base output", "fine-tuned output"))]
+    at.radio(key="rev_mode").set_value("open comparison (not blind)").run()
+    assert at.warning[0].value.startswith("open comparison, not blind")
+    table = at.dataframe[0].value
+    deltas = [d for d in table["delta"].tolist() if d == d]
+    assert deltas == sorted(deltas) and "judge" in table.columns  # the largest regressions first
+    captions = [c.value for c in at.caption]
+    assert "base output" in captions and "fine-tuned output" in captions
+    assert not [b for b in at.button if b.label.startswith(("Answer", "Tie"))]  # no vote here
+    with _ws(ws_copy) as ws:
+        assert ws.preferences(workspace["base"], workspace["ft"]).is_empty()
+
+
 def test_blind_orders_are_per_annotator_and_stable():
     from app.views.eval_review import blind_order, left_side
 
