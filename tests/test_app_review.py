@@ -11,7 +11,6 @@ import re
 import shutil
 import sqlite3
 
-import polars as pl
 import pytest
 
 from tests.conftest import REPO, SHARED, perturbed_adapter, write_jsonl
