@@ -68,6 +68,7 @@ ERROR_RE = r"Traceback|Exception|not saved|busy"
 LOOPBACK = ("http://127.0.0.1:", "ws://127.0.0.1:", "data:", "blob:")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
+CHROMIUM_MARK = "WORKSPACE_CONCURRENCY_HARNESS"  # in Chromium's environment: the harness's pid
 VIEWPORT = {"width": 1000, "height": 760}
 STUCK_S = 30.0  # a heading that does not move for this long: the page is reloaded
 
@@ -106,6 +107,11 @@ ACKED_JS = """([ack, nerr]) => {
   const acked = document.body.innerText.includes(ack);
   return ((acked && done) || err) ? {acked, err} : false;
 }"""
+# what a stuck page shows, for the result: its heading, script state, run, and the start of its text
+STATE_JS = """() => ({heading: [...document.querySelectorAll('h3')].map(e => e.innerText.trim()).find(t => /^record \\d+/.test(t)) || null,
+  state: document.querySelector('[data-testid="stApp"]')?.dataset.testScriptState,
+  run: document.querySelector('input[aria-label="run"]')?.value,
+  text: document.querySelector('[data-testid="stMain"]')?.innerText.slice(0, 600)})"""
 SETTLED = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 
 
@@ -317,7 +323,7 @@ async def _annotator(ctx, url: str, name: str, run_id: str, ack_tpl: str, ready:
     page = await ctx.new_page()
     out = {"name": name, "url": url, "presses": 0, "acked": [], "pressed": [], "errors": 0, "error_texts": [],
            "key_to_next_s": [], "stuck": 0, "no_ack": 0, "setup_errors": 0, "gave_up": None,
-           "shots": str(shots) if shots else None}
+           "stuck_pages": [], "shots": str(shots) if shots else None}
     await _start_labeling(page, url, name, run_id, out)
     ready.append(name)
     await start.wait()
@@ -351,6 +357,9 @@ async def _annotator(ctx, url: str, name: str, run_id: str, ack_tpl: str, ready:
         except Exception:  # playwright's TimeoutError: nothing moved for STUCK_S
             out["stuck"] += 1
             error = error or await page.evaluate("window.__errs.length") > nerr
+            out["stuck_pages"].append(await page.evaluate(STATE_JS))
+            if shots and out["stuck"] <= 3:
+                await page.screenshot(path=str(shots / f"{name}-stuck-{out['stuck']}.png"), full_page=True)
             if not await _reopen(page, url, name, run_id, out):
                 break
             nerr = 0  # a reload starts a fresh observer
@@ -390,7 +399,10 @@ async def _label_window(urls: list[str], run_id: str, ack_tpl: str, window_s: fl
 
     names = [(f"ann-{i + 1}", urls[(i // 2) % len(urls)]) for i in range(annotators)]
     async with async_playwright() as p:
-        launched = [await p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS) for _ in range(browsers)]
+        # every Chromium process inherits the marker, so they are found (for their CPU and memory) even after
+        # Chromium re-parents its helpers away from this process
+        launched = [await p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, env={**os.environ, CHROMIUM_MARK: str(os.getpid())})
+                    for _ in range(browsers)]
         contexts = []
         for i in range(len(names)):
             ctx = await launched[i % browsers].new_context(viewport=VIEWPORT)
@@ -429,22 +441,39 @@ def _pct(values: list[float], q: float) -> float | None:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
 
 
-def _rss_mb(pids: list[int]) -> float:
-    """Resident memory (MB) of these processes and all their children."""
+def _chromium_processes() -> list:
+    """This harness's Chromium processes: those carrying its marker in their environment, and their children."""
     import psutil
 
-    total = 0
-    for pid in pids:
+    found: dict[int, object] = {}
+    for proc in psutil.process_iter():
         try:
-            proc = psutil.Process(pid)
-            for p in [proc, *proc.children(recursive=True)]:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
+            if proc.environ().get(CHROMIUM_MARK) == str(os.getpid()):
+                # renderers rewrite their environment (process titles): they are found as children
+                for p in [proc, *proc.children(recursive=True)]:
+                    found[p.pid] = p
         except psutil.Error:
             pass
-    return total / 2**20
+    return list(found.values())
+
+
+def _chromium_usage(since: dict[int, float] | None = None) -> tuple[float, float, int, dict[int, float]]:
+    """(CPU seconds of this harness's Chromium processes since the snapshot ``since``, their memory in MB as
+    PSS, their count, a new per-process snapshot of their CPU seconds). A process gone in between takes its
+    seconds with it."""
+    import psutil
+
+    mem, snap = 0.0, {}
+    procs = _chromium_processes()
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            snap[proc.pid] = t.user + t.system
+            mem += proc.memory_full_info().pss / 2**20
+        except psutil.Error:
+            pass
+    since = since or {}
+    return sum(v - since.get(pid, 0.0) for pid, v in snap.items()), mem, len(procs), snap
 
 
 def _cpu_s(pids: list[int]) -> float:
@@ -496,10 +525,10 @@ def run_scenario(code: Path, work: Path, *, window_s: float = 60.0, n_records: i
     servers: list = []
     bg: dict = {"rc": None, "cpu": None, "seconds": None}
     cpu: dict = {}
-    me = os.getpid()
 
     def start_background() -> None:
-        cpu["tree0"], cpu["servers0"] = _cpu_s([me]), _cpu_s([s.pid for s, _ in servers])
+        cpu["servers0"], cpu["chromium0"] = _cpu_s([s.pid for s, _ in servers]), _chromium_usage()[3]
+        cpu["harness0"] = sum(os.times()[:2])
         if bg_cfg:
             bg["out"] = open(work / "background.log", "w")
             bg["proc"] = subprocess.Popen([sys.executable, "-m", "curate.cli", "run", str(bg_cfg), "--no-progress"], cwd=code,
@@ -509,11 +538,9 @@ def run_scenario(code: Path, work: Path, *, window_s: float = 60.0, n_records: i
         bg["t0"] = time.monotonic()
 
     def stop_window() -> None:  # Chromium's CPU: this process's tree less the servers and the background run
-        servers_now = _cpu_s([s.pid for s, _ in servers])
-        bg_now = _cpu_s([bg["proc"].pid]) if "proc" in bg else 0.0
-        cpu["chromium"] = (_cpu_s([me]) - servers_now - bg_now) - (cpu["tree0"] - cpu["servers0"])
-        cpu["servers"] = servers_now - cpu["servers0"]
-        cpu["chromium_rss_mb"] = _rss_mb([me]) - _rss_mb([s.pid for s, _ in servers]) - (_rss_mb([bg["proc"].pid]) if "proc" in bg else 0.0)
+        chromium_cpu, chromium_mb, n, _ = _chromium_usage(cpu["chromium0"])
+        cpu.update(chromium=chromium_cpu, chromium_mb=chromium_mb, chromium_processes=n,
+                   servers=_cpu_s([s.pid for s, _ in servers]) - cpu["servers0"], harness=sum(os.times()[:2]) - cpu["harness0"])
 
     try:
         servers.extend(start_app(ws, work / f"app{i + 1}.log") for i in range(n_servers))
@@ -562,12 +589,12 @@ def run_scenario(code: Path, work: Path, *, window_s: float = 60.0, n_records: i
         "stuck": sum(r["stuck"] for r in results), "no_ack": sum(r["no_ack"] for r in results),
         "key_to_next_p50_s": _round(_pct(lat, 50)), "key_to_next_p95_s": _round(_pct(lat, 95)), "key_to_next_n": len(lat),
         "gave_up": sum(1 for r in results if r["gave_up"]),
-        "per_annotator": [{k: r[k] for k in ("name", "url", "presses", "errors", "setup_errors", "stuck", "no_ack", "gave_up")}
+        "per_annotator": [{k: r[k] for k in ("name", "url", "presses", "errors", "setup_errors", "stuck", "no_ack", "gave_up", "stuck_pages")}
                           | {"acknowledged": len(r["acked"])} for r in results],
         "error_texts": sorted(texts.items(), key=lambda kv: -kv[1])[:8],
         "store": store, "run": run,
-        "cpu_s": {"chromium_and_harness": round(cpu["chromium"], 1), "servers": round(cpu["servers"], 1)},
-        "chromium_and_harness_rss_mb": round(cpu["chromium_rss_mb"]),
+        "cpu_s": {"chromium": round(cpu["chromium"], 1), "harness": round(cpu["harness"], 1), "servers": round(cpu["servers"], 1)},
+        "chromium_pss_mb": round(cpu["chromium_mb"]), "chromium_processes": cpu["chromium_processes"],
     }
 
 
@@ -603,8 +630,9 @@ def table(results: list[tuple[str, dict]]) -> str:
         ("stored without an acknowledgement", lambda r: str(r["store"]["saved_without_ack"])),
         ("background `curate run`", _run_cell),
         ("background run: wall / CPU seconds", lambda r: f"{r['run']['seconds']:.1f} / {r['run']['cpu_s']:.1f}" if r["run"] else "-"),
-        ("CPU s: Chromium + harness / the servers", lambda r: f"{r['cpu_s']['chromium_and_harness']:.0f} / {r['cpu_s']['servers']:.0f}"),
-        ("memory of Chromium + harness at the end (MB)", lambda r: str(r["chromium_and_harness_rss_mb"])),
+        ("CPU seconds in the window: Chromium / the servers / this harness",
+         lambda r: f"{r['cpu_s']['chromium']:.0f} / {r['cpu_s']['servers']:.0f} / {r['cpu_s']['harness']:.0f}"),
+        ("Chromium at the end: processes, memory (PSS, MB)", lambda r: f"{r['chromium_processes']}, {r['chromium_pss_mb']}"),
     ]
     head = "| | " + " | ".join(name for name, _ in results) + " |\n|---|" + "---|" * len(results) + "\n"
     return head + "".join(f"| {label} | " + " | ".join(fn(r) for _, r in results) + " |\n" for label, fn in rows)
@@ -631,6 +659,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--code", type=Path, help="run the scenario on this checkout only (default: this one and --baseline)")
     ap.add_argument("--baseline", type=Path, default=MAIN.parent / "before14", help="the checkout before the change")
+    ap.add_argument("--ours", type=Path, default=MAIN, help="the checkout compared with the baseline (default: this one)")
     ap.add_argument("--window", type=float, default=60.0, help="seconds of labeling")
     ap.add_argument("--records", type=int, default=3000, help="records in the finished run that is labelled")
     ap.add_argument("--bg-records", type=int, default=120_000, help="records of the background curate run")
@@ -661,7 +690,8 @@ def main() -> int:
         raise SystemExit(f"no baseline checkout at {args.baseline}: `git worktree add {args.baseline} <commit before the change>`")
     with tempfile.TemporaryDirectory(prefix="wsconc-") as tmp:
         results = []
-        for label, code in (("before (one DuckDB file)", args.baseline.resolve()), ("this checkout", MAIN)):
+        for label, code in (("before (one DuckDB file)", args.baseline.resolve()), ("this checkout" if args.ours.resolve() == MAIN else
+                                                                                   args.ours.resolve().name, args.ours.resolve())):
             print(f"== {label}: {code}", flush=True)
             results.append((label, _child(code, args, Path(tmp) / f"{code.name}.json")))
     text = table(results)
