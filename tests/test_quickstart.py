@@ -18,7 +18,7 @@ from tests.conftest import REPO
 def quickstart(tmp_path_factory):
     out = tmp_path_factory.mktemp("quickstart")
     data = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
-    data.update(output_dir=str(out / "run"), workspace=str(out / "ws.duckdb"))
+    data.update(output_dir=str(out / "run"), workspace=str(out / "ws"))
     cfg = parse_config(data, REPO / "configs")
     return Pipeline(cfg, progress=False).run(force=True)
 
