@@ -1,4 +1,4 @@
-"""embedding_dedup on real Alpaca rows with the packaged MiniLM model and a real DuckDB workspace.
+"""embedding_dedup on real Alpaca rows with the packaged MiniLM model and a real workspace folder.
 
 Encoding runs at tens of records per second on a small CPU, so the records are few (~85) and one
 module-scoped workspace caches their embeddings for the tests after the first.
@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import polars as pl
 import pytest
@@ -80,7 +81,7 @@ def frame() -> pl.DataFrame:
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    w = Workspace(tmp_path_factory.mktemp("semantic") / "ws.duckdb")
+    w = Workspace(tmp_path_factory.mktemp("semantic") / "ws")
     yield w
     w.close()
 
@@ -95,7 +96,12 @@ def _uid(picked_index: int) -> int:
 
 
 def _cache_rows(ws: Workspace) -> int:
-    return ws.sql("SELECT count(*) AS n FROM embedding_cache")["n"].item()
+    """Rows of the workspace's embedding cache, read from its own file as another process would."""
+    con = duckdb.connect(ws.embeddings.path, read_only=True)
+    try:
+        return con.execute("SELECT count(*) FROM embedding_cache").fetchone()[0]
+    finally:
+        con.close()
 
 
 def test_near_duplicates_caught_and_same_topic_kept(frame, ws):
@@ -215,9 +221,9 @@ def test_curate_run_with_embedding_dedup(tmp_path, run_config):
     assert s["invariant_ok"] and s["inputs"] == len(rows)
     assert s["rejected"] == len(expected) >= 3
     assert s["clusters"]["embedding_dedup"]["clusters"] == len(expected)
-    ws = Workspace(res.workspace, read_only=True)
+    ws = Workspace(res.workspace, create=False)
     try:
-        led = ws.sql("SELECT * FROM ledger WHERE run_id = ? ORDER BY uid", [res.run_id])
+        led = ws.query(res.run_id, "SELECT * FROM ledger WHERE run_id = ? ORDER BY uid", [res.run_id])
         rej = led.filter(pl.col("status") == "rejected")
         assert sorted(rej["uid"]) == sorted(expected)
         assert set(rej["stage"]) == {"embedding_dedup"} and set(rej["reason"]) == {"semantic_duplicate"}
@@ -229,8 +235,8 @@ def test_curate_run_with_embedding_dedup(tmp_path, run_config):
             assert dup_of == ids[orig] and f"alpaca.json:{lines[orig]} (cosine" in detail
             assert splits[uid] == splits[orig]  # a cluster stays in one split
         # the embeddings were cached in the run's workspace, and the report's pairs stored
-        assert ws.sql("SELECT count(*) AS n FROM embedding_cache")["n"].item() >= len(rows)
-        assert ws.sql("SELECT count(*) AS n FROM similar_pairs WHERE run_id = ?", [res.run_id])["n"].item() >= len(expected)
+        assert _cache_rows(ws) >= len(rows)
+        assert ws.query(res.run_id, "SELECT count(*) AS n FROM similar_pairs WHERE run_id = ?", [res.run_id])["n"].item() >= len(expected)
     finally:
         ws.close()
 
