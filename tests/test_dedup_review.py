@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-import duckdb
 import polars as pl
 
+from curate.workspace import Workspace
 from tests.conftest import write_jsonl
 
 
@@ -30,13 +30,13 @@ def test_exact_duplicate_clusters_share_a_split_and_are_reviewed(tmp_path, share
     assert s["clusters"]["exact_dedup"]["clusters"] == 30
     assert s["clusters"]["exact_dedup"]["members"] == 90 and s["clusters"]["exact_dedup"]["largest"] == 3
 
-    con = duckdb.connect(str(res.workspace), read_only=True)
-    per_cluster = con.execute(
+    ws = Workspace(res.workspace, create=False)
+    per_cluster = ws.query(
+        res.run_id,
         """SELECT c.rep_uid, count(DISTINCT r.split), count(DISTINCT r.id) FROM clusters c
            JOIN records r ON r.run_id = c.run_id AND r.uid = c.uid WHERE c.run_id = ? GROUP BY c.rep_uid""",
         [res.run_id],
-    ).fetchall()
-    con.close()
+    ).rows()
     assert len(per_cluster) == 30
     assert all(n_splits == 1 for _, n_splits, _ in per_cluster)
     assert sum(n_ids for _, _, n_ids in per_cluster) >= 85  # distinct contents (a few variants equal their original)
@@ -45,9 +45,8 @@ def test_exact_duplicate_clusters_share_a_split_and_are_reviewed(tmp_path, share
     from curate.pipeline import _split_expr
 
     cfg = parse_config({"name": "t", "inputs": [{"path": "d.jsonl"}]}, tmp_path)
-    con = duckdb.connect(str(res.workspace), read_only=True)
-    members = pl.from_arrow(con.sql(f"SELECT c.rep_uid, r.id FROM clusters c JOIN records r ON r.run_id = c.run_id AND r.uid = c.uid WHERE c.run_id = '{res.run_id}'").to_arrow_table())
-    con.close()
+    members = ws.query(res.run_id, "SELECT c.rep_uid, r.id FROM clusters c JOIN records r ON r.run_id = c.run_id AND r.uid = c.uid WHERE c.run_id = ?",
+                       [res.run_id])
     by_id = members.with_columns(own=_split_expr(cfg)).group_by("rep_uid").agg(pl.col("own").n_unique())
     assert by_id.filter(pl.col("own") > 1).height >= 2
 
@@ -97,13 +96,12 @@ def test_cluster_splits_follow_the_configured_shares(tmp_path, shared_data, run_
                  {**r, "output": r["output"].upper()}]
     write_jsonl(tmp_path / "d.jsonl", data)
     res = run_config({"inputs": [{"path": "d.jsonl"}], "stages": ["exact_dedup"], "splits": {"train": 0.5, "validation": 0.25, "test": 0.25}})
-    con = duckdb.connect(str(res.workspace), read_only=True)
-    per = con.execute(
+    per = Workspace(res.workspace, create=False).query(
+        res.run_id,
         """SELECT any_value(r.split), count(DISTINCT r.split) FROM clusters c JOIN records r ON r.run_id = c.run_id AND r.uid = c.uid
            WHERE c.run_id = ? GROUP BY c.rep_uid""",
         [res.run_id],
-    ).fetchall()
-    con.close()
+    ).rows()
     assert len(per) >= 550 and all(n == 1 for _, n in per)
     train = sum(split == "train" for split, _ in per) / len(per)
     assert 0.42 < train < 0.58  # 0.5 expected; a skewed key gives nearly 1.0
