@@ -581,7 +581,7 @@ def run_scenario(code: Path, work: Path, *, window_s: float = 60.0, n_records: i
         for x in r["error_texts"]:
             texts[_error_key(x)] = texts.get(_error_key(x), 0) + 1
     return {
-        "code": str(code), "workspace": "folder" if ws.is_dir() else "file", "window_s": round(elapsed, 1), "records": n_records,
+        "code": str(code), "commit": _commit(code), "workspace": "folder" if ws.is_dir() else "file", "window_s": round(elapsed, 1), "records": n_records,
         "bg_records": bg_records, "browsers": browsers, "annotators": annotators, "servers": n_servers,
         "presses": sum(r["presses"] for r in results), "acknowledged": len(acked),
         "labels_per_s": round(len(acked) / elapsed, 2), "errors_shown": sum(r["errors"] for r in results),
@@ -596,6 +596,16 @@ def run_scenario(code: Path, work: Path, *, window_s: float = 60.0, n_records: i
         "cpu_s": {"chromium": round(cpu["chromium"], 1), "harness": round(cpu["harness"], 1), "servers": round(cpu["servers"], 1)},
         "chromium_pss_mb": round(cpu["chromium_mb"]), "chromium_processes": cpu["chromium_processes"],
     }
+
+
+def _commit(code: Path) -> str:
+    """The checkout's commit, marked when its working tree has uncommitted changes to tracked files."""
+    try:
+        head = subprocess.run(["git", "-C", str(code), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(code), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"{head}{' + uncommitted changes' if dirty else ''}" if head else "unknown"
 
 
 def _round(x: float | None) -> float | None:
@@ -713,6 +723,8 @@ def _markdown(results: list[tuple[str, dict]], args: argparse.Namespace, text: s
         f" --browsers {args.browsers}`; {os.cpu_count()} CPU cores (load average at the end {load[0]:.1f}); Chromium "
         f"{'in one process, a context per annotator' if args.browsers == 1 else f'in {args.browsers} processes'}.",
         "",
+        "Checkouts: " + "; ".join(f"{label}: `{r['code']}` at {r.get('commit', 'unknown')}" for label, r in results) + ".",
+        "",
         text,
         "Errors shown, most frequent first (first line of each):",
         "",
@@ -722,7 +734,8 @@ def _markdown(results: list[tuple[str, dict]], args: argparse.Namespace, text: s
     lines.append("")
     for label, r in results:
         lines.append(f"- {label}, per annotator: " + ", ".join(
-            f"{a['name']} {a['acknowledged']}/{a['presses']} acknowledged" for a in r["per_annotator"])
+            f"{a['name']} {a['acknowledged']}/{a['presses']} acknowledged" + (f" (gave up: {a['gave_up'][:160]})" if a.get("gave_up") else "")
+            for a in r["per_annotator"])
             + (f"; background run's last lines: {' / '.join(r['run']['stdout_tail'][-2:])}" if r["run"] else ""))
     return "\n".join(lines) + "\n"
 
