@@ -87,11 +87,12 @@ def test_run_folder_has_samples_plot_metrics_and_a_workspace_row(eight_run):
     loss_steps = [m["step"] for m in metrics if "loss" in m]
     assert loss_steps == list(range(1, manifest["steps"] + 1))
     assert manifest["projection"]["projected_total_s"] > 0 and manifest["projection"]["projected_cost"] > 0
-    with Workspace(cfg.resolve("workspace.duckdb"), read_only=True) as ws:
+    with Workspace(cfg.resolve("workspace"), create=False) as ws:  # the default workspace folder, beside the config
         row = ws.run(manifest["run_id"])
         assert row["kind"] == "train" and row["status"] == "done" and row["output_dir"] == str(run)
         assert row["summary"]["best_eval_loss"] == manifest["best_eval_loss"]
-        curve = ws.sql("SELECT step, value FROM train_metrics WHERE run_id = ? AND name = 'eval_loss' ORDER BY step", [manifest["run_id"]])
+        curve = ws.query(manifest["run_id"], "SELECT step, value FROM train_metrics WHERE run_id = ? AND name = 'eval_loss' ORDER BY step",
+                         [manifest["run_id"]])
         assert curve["value"].to_list() == manifest["eval_loss"]
 
 
@@ -172,7 +173,7 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint(eight, tmp_path)
         "name": "resume", "data": [{"path": str(eight / "eight.jsonl")}], "max_steps": 5, "max_seq_len": 512,
         "method": {"kind": "lora", "r": 4, "alpha": 8, "dropout": 0.0}, "gradient_checkpointing": False,
         "optim": {"batch_tokens": 1024}, "eval": {"every_steps": 1, "sample_prompts": 0}, "log_every_steps": 1,
-        "output_dir": str(run), "workspace": str(tmp_path / "ws.duckdb"),
+        "output_dir": str(run), "workspace": str(tmp_path / "ws"),
     }
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(cfg))
     proc = subprocess.Popen([sys.executable, "-m", "train.cli", "run", str(tmp_path / "t.yaml")], cwd=REPO,
@@ -183,7 +184,7 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint(eight, tmp_path)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL and not (run / "manifest.json").exists()  # killed mid-run
-    with Workspace(tmp_path / "ws.duckdb", read_only=True) as ws:
+    with Workspace(tmp_path / "ws", create=False) as ws:
         assert ws.runs()["status"].to_list() == ["running"]
 
     res = CliRunner().invoke(app, ["run", str(tmp_path / "t.yaml")])
@@ -193,9 +194,10 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint(eight, tmp_path)
     assert manifest["steps"] == 5
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3, 4, 5]  # one history, each step once
-    with Workspace(tmp_path / "ws.duckdb", read_only=True) as ws:
+    with Workspace(tmp_path / "ws", create=False) as ws:
         assert ws.runs()["status"].to_list() == ["done"]
-        n = ws.sql("SELECT count(*) AS n FROM train_metrics WHERE name = 'loss'")["n"][0]
+        (run_id,) = ws.runs()["run_id"]
+        n = ws.query(run_id, "SELECT count(*) AS n FROM train_metrics WHERE name = 'loss'")["n"][0]
         assert n == 5
 
     # other data in the same run folder: resuming would mix two runs, so it is refused (exit 2), and
