@@ -44,8 +44,8 @@ def compare(shared: Path, work: Path, examples: int = 3) -> dict:
     ledger = pl.read_parquet(res.output_dir / "ledger.parquet")
     from curate.workspace import Workspace
 
-    with Workspace(res.workspace, read_only=True) as ws:
-        fixes = ws.sql("SELECT source_line, fixes FROM records WHERE run_id = ?", [res.run_id])
+    with Workspace(res.workspace, create=False) as ws:
+        fixes = ws.query(res.run_id, "SELECT source_line, fixes FROM records WHERE run_id = ?", [res.run_id])
     by_pos = {row["source_line"] - 1: row for row in ledger.to_dicts()}  # JSON array rows: source_line = element number
     fix_by_pos = {r["source_line"] - 1: set(r["fixes"]) for r in fixes.to_dicts()}
 
