@@ -264,18 +264,19 @@ def child_ours(spec: dict) -> None:
 
     import curate.pipeline as cp
     from curate.config import parse_config
-    from curate.workspace import Workspace
+    from curate.workspace import RunStore, Workspace
 
     stages, skipped = _available_stages(spec["stages"])
-    if spec.get("duckdb_set"):  # experiments: DuckDB settings on the workspace connection (bench-only patch)
-        orig_init = Workspace.__init__
+    if spec.get("duckdb_set"):  # experiments: DuckDB settings on the run's data file connection (bench-only patch)
+        orig_init = RunStore.__init__
 
         def init(self, *a, **kw):
             orig_init(self, *a, **kw)
-            for setting in spec["duckdb_set"]:
-                self.con.execute(f"SET {setting}")
+            if not self.read_only:  # the run writing its own file, not a reader of it
+                for setting in spec["duckdb_set"]:
+                    self.con.execute(f"SET {setting}")
 
-        Workspace.__init__ = init
+        RunStore.__init__ = init
     timer = _Timer() if spec["stage_timing"] else None
     if timer:
         import curate.stages as st
@@ -293,7 +294,7 @@ def child_ours(spec: dict) -> None:
         timer.wrap_gen(cp.Pipeline, "ingest", "ingest: total incl. convert (per-record Python)")
         timer.wrap(cp.Pipeline, "apply_record_stages", "apply_record_stages (all record stages + glue)")
         timer.wrap(cp.Pipeline, "_store", "_store (scores join + split + workspace append)")
-        timer.wrap(Workspace, "append", "workspace.append (DuckDB insert)")
+        timer.wrap(RunStore, "append", "run data append (DuckDB insert)")
         timer.wrap(cp.Pipeline, "_summarize", "_summarize (ledger counts, SQL)")
         timer.wrap(cp.Pipeline, "_record_pass", "_record_pass (later passes)")
         timer.wrap(cp.Pipeline, "_write_outputs", "_write_outputs (export + report + summary)")
@@ -309,9 +310,8 @@ def child_ours(spec: dict) -> None:
             pass
     stage_list = [{s: STAGE_PARAMS[s]} if s in STAGE_PARAMS else s for s in stages]
     out_dir = WORK / f"out_{spec['tag']}"
-    ws_path = WORK / f"ws_{spec['tag']}.duckdb"
-    for p in (ws_path, Path(str(ws_path) + ".wal")):
-        p.unlink(missing_ok=True)
+    ws_path = WORK / f"ws_{spec['tag']}"  # a workspace folder of its own per configuration, made afresh
+    shutil.rmtree(ws_path, ignore_errors=True)
     shutil.rmtree(out_dir, ignore_errors=True)
     cfg_dict = {
         "name": "bench",
@@ -357,7 +357,8 @@ def child_ours(spec: dict) -> None:
 
         t2 = time.perf_counter()
         out_dir.mkdir(parents=True, exist_ok=True)
-        export_run(ws, res.run_id, out_dir)
+        with ws.run_data(res.run_id) as store:
+            export_run(store, res.run_id, out_dir)
         t_export = time.perf_counter() - t2
     t_pipeline = time.perf_counter() - t0
     if prof:
@@ -365,8 +366,8 @@ def child_ours(spec: dict) -> None:
         prof.dump_stats(str(WORK / f"profile_{spec['tag']}.pstats"))
 
     # dedup check against the injected ground truth (line numbers), straight from the workspace
-    rej = ws.sql("SELECT r.source_line, j.stage, j.reason FROM rejects j JOIN records r USING (run_id, uid) WHERE j.run_id = ?",
-                 [res.run_id])
+    rej = ws.query(res.run_id, "SELECT r.source_line, j.stage, j.reason FROM rejects j JOIN records r USING (run_id, uid) WHERE j.run_id = ?",
+                   [res.run_id])
     dedup_lines = rej.filter(pl.col("stage") == "exact_dedup")["source_line"].to_list()
     other_rejected_lines = rej.filter(pl.col("stage") != "exact_dedup")["source_line"].to_list()
     ws.close()
@@ -607,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-export", action="store_true", help="skip writing outputs in our run")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--duckdb-set", action="append", default=[], metavar="SETTING",
-                    help="experiment: a DuckDB setting for our workspace connection, e.g. \"memory_limit='1GB'\" (repeatable)")
+                    help="experiment: a DuckDB setting for the run's data file connection, e.g. \"memory_limit='1GB'\" (repeatable)")
     ap.add_argument("--json", default=None, help="also write all results to this JSON file")
     args = ap.parse_args(argv)
 
