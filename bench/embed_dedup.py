@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/embed_dedup.py                          # 20,000 records, CPU comparison
     .venv/bin/python bench/embed_dedup.py --records 2000           # a quick run
-    .venv/bin/python bench/embed_dedup.py --reuse-embeddings       # keep/reuse bench/_work/embed_cache.duckdb
+    .venv/bin/python bench/embed_dedup.py --reuse-embeddings       # keep/reuse the cache in bench/_work/embed_cache/
     python bench/embed_dedup.py --device cuda --encode-only --model /path/to/all-MiniLM-L6-v2
     .venv/bin/python bench/embed_dedup.py --calibrate              # the default threshold, from labeled pairs
 
@@ -24,7 +24,7 @@ Comparison mode (CPU; needs faiss, duckdb, polars, scikit-learn):
 
 1. encodes once, through the stage itself into a DuckDB embedding cache (prompts and responses: the
    stage's default ``fields: all``), timing records/s; ``--reuse-embeddings`` keeps that cache in
-   ``bench/_work/embed_cache.duckdb`` (with the encode timing beside it), so a re-run encodes nothing;
+   the workspace folder ``bench/_work/embed_cache`` (its ``embeddings.duckdb``; the encode timing beside it), so a re-run encodes nothing;
 2. runs our dedup on the cached vectors (cache read + FAISS range search + clusters): ``fields:
    response`` (what the hand-written scripts embed), the same with the IVF index forced, and ``fields:
    all`` (our default);
@@ -402,10 +402,10 @@ def compare(args) -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     tmpdir = None
     if args.reuse_embeddings:
-        cache = WORK / "embed_cache.duckdb"
+        cache = WORK / "embed_cache"  # a workspace folder: its embeddings.duckdb is the cache
     else:
         tmpdir = tempfile.mkdtemp(prefix="embed_cache_", dir=WORK)
-        cache = Path(tmpdir) / "cache.duckdb"
+        cache = Path(tmpdir) / "workspace"
     ws = Workspace(cache)
     common = {"threshold": args.threshold, "device": "cpu", "max_seq_length": args.max_seq_length, "token_budget": args.token_budget}
 
@@ -510,7 +510,7 @@ def main() -> None:
     ap.add_argument("--max-seq-length", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=None, help="encode-only: SentenceTransformer.encode's batch size (default 32 on CPU, 512 on GPU)")
     ap.add_argument("--token-budget", type=int, default=None, help="encode-only: tokens per batch of ours (default: curate.embeddings')")
-    ap.add_argument("--reuse-embeddings", action="store_true", help="keep and reuse bench/_work/embed_cache.duckdb")
+    ap.add_argument("--reuse-embeddings", action="store_true", help="keep and reuse the cache in bench/_work/embed_cache/")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     ap.add_argument("--encode-only", action="store_true", help="only time encoding (no faiss/duckdb needed); prints JSON")
     ap.add_argument("--fields", choices=("all", "prompt", "response"), default="all", help="encode-only: which texts")

@@ -398,11 +398,12 @@ def pair_cosines(ps: PairSet, workspace, model: str = "embedded"):
 
 
 def workspace(work: Path):
-    """The embedding cache for these sets (a DuckDB workspace in ``work``)."""
+    """The embedding cache for these sets: a workspace folder ``work/workspace`` (its ``embeddings.duckdb``
+    is the cache; nothing else in it is used)."""
     from curate.workspace import Workspace
 
     work.mkdir(parents=True, exist_ok=True)
-    return Workspace(work / "embeddings.duckdb")
+    return Workspace(work / "workspace")
 
 
 def measure(shared: Path, work: Path, *, quick: bool = False) -> list[dict]:
