@@ -5,7 +5,7 @@
 
 What it does, in one run:
 
-1. The workspace (``bench/_work/app_<N>.duckdb``, kept between runs): ``curate run`` through the library
+1. The workspace (the folder ``bench/_work/app_<N>_workspace``, kept between runs): ``curate run`` through the library
    API over ``curate_bench.py``'s input (the real Alpaca rows scaled to N distinct records, 10% injected
    exact duplicates) with the quality filters, exact and MinHash dedup and splits; a short LoRA train run
    on 64 held-out Alpaca records; ``evalsuite run`` of the base and of that adapter on 64 other held-out
@@ -56,8 +56,8 @@ HOLDOUT = REPO.parent / "shared" / "data" / "alpaca" / "alpaca_4000.json"
 
 def build_workspace(n: int, seed: int = 0) -> tuple[Path, dict]:
     """The benchmark workspace and what is in it (cached by N)."""
-    path, meta_path = WORK / f"app_{n}.duckdb", WORK / f"app_{n}.json"
-    if path.is_file() and meta_path.is_file():
+    path, meta_path = WORK / f"app_{n}_workspace", WORK / f"app_{n}.json"
+    if (path / "catalog.sqlite").is_file() and meta_path.is_file():
         return path, json.loads(meta_path.read_text())
     import curate_bench
 
@@ -111,8 +111,8 @@ def build_workspace(n: int, seed: int = 0) -> tuple[Path, dict]:
     run_suite(suite, adapter=str(tmp / "train" / "adapter"), out_dir=tmp / "eval_ft", workspace=path, device="cpu")
     (tmp / "eval_ft" / "compare.json").write_text(json.dumps(compare(tmp / "eval_base", tmp / "eval_ft")))
     meta["eval_s"] = round(time.perf_counter() - t0, 1)
-    with Workspace(path) as ws:
-        ids = ws.sql("SELECT id, uid FROM records WHERE run_id = ? ORDER BY hash(id) LIMIT 3500", [result.run_id])
+    with Workspace(path, create=False) as ws:
+        ids = ws.query(result.run_id, "SELECT id, uid FROM records WHERE run_id = ? ORDER BY hash(id) LIMIT 3500", [result.run_id])
         # alice labels the first 2,000, bob the last 2,000: 500 shared, where they disagree on every 5th
         for k, (rid, uid) in enumerate(ids.iter_rows()):
             if k < 2000:
@@ -120,10 +120,15 @@ def build_workspace(n: int, seed: int = 0) -> tuple[Path, dict]:
             if k >= 1500:
                 bob = "reject" if k % 7 == 0 else "accept"
                 ws.add_label(rid, "bob", bob if k % 5 else ("accept" if bob == "reject" else "reject"), run_id=result.run_id, uid=uid)
-        meta["records_in_workspace"] = int(ws.sql("SELECT count(*) AS n FROM records")["n"][0])
-    meta["workspace_mb"] = round(path.stat().st_size / 2**20)
+        meta["records_in_workspace"] = int(ws.query(result.run_id, "SELECT count(*) AS n FROM records")["n"][0])
+    meta["workspace_mb"] = round(_folder_bytes(path) / 2**20)
     meta_path.write_text(json.dumps(meta))
     return path, meta
+
+
+def _folder_bytes(path: Path) -> int:
+    """Bytes of every file under ``path`` (a workspace is a folder: catalog, run files, embedding cache)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def time_pages(url: str, repeats: int, shots: Path | None) -> dict[str, dict[str, list[float]]]:
@@ -294,7 +299,7 @@ def time_queries(path: Path, meta: dict) -> list[tuple[str, float]]:
                 best = min(best, time.perf_counter() - t0)
             out.append((name, best))
         t0 = time.perf_counter()
-        everything = ws.sql("SELECT * FROM records WHERE run_id = ?", [run])
+        everything = ws.query(run, "SELECT * FROM records WHERE run_id = ?", [run])
         out.append((f"load-everything: all {everything.height:,} records into a frame", time.perf_counter() - t0))
         out.append((f"  (that frame's size: {everything.estimated_size('mb'):,.0f} MB)", float("nan")))
     return out
@@ -314,8 +319,9 @@ def main() -> int:
     shots = Path(args.screenshots)
     shots.mkdir(parents=True, exist_ok=True)
     # served from a copy: the interactions write labels
-    served = WORK / "app_bench_served.duckdb"
-    shutil.copy(path, served)
+    served = WORK / "app_bench_served"
+    shutil.rmtree(served, ignore_errors=True)
+    shutil.copytree(path, served)
     proc, url = start_app(served, WORK / "app_bench_server.log")
     try:
         times = time_pages(url, args.repeats, shots)
@@ -343,7 +349,7 @@ def main() -> int:
     print("\nactions, in one session (seconds until the view is complete)")
     for name, t in actions:
         print(f"  {name:<58}{t:>8.2f} s")
-    served.unlink(missing_ok=True)
+    shutil.rmtree(served, ignore_errors=True)
     print("\nqueries behind the pages (best of 3, warm)")
     for name, s in time_queries(path, meta):
         print(f"  {name:<58}" + ("" if s != s else f"{s * 1000:>9.0f} ms"))
