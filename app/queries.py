@@ -160,11 +160,11 @@ def label_queue(ws: Workspace, run_id: str, annotator: str, *, mode: str = "rand
     """Records this annotator has neither labelled nor skipped: in a random order of their own (``seed``,
     default :func:`annotator_seed`), in input order for ``filter``, or ``uncertain``: closest first to
     ``threshold`` on the filter score ``score``."""
-    import pyarrow as pa
 
-    done = pa.table({"id": pa.array(ws.labelled_ids(annotator) + ws.skips(annotator, run_id), pa.string())})
+    done = ws.labelled_ids(annotator) + ws.skips(annotator, run_id)
     where, args = _record_filter(run_id, status, None, reason, None, None, search)
-    where += " AND r.id NOT IN (SELECT id FROM done_ids)"
+    where += " AND r.id NOT IN (SELECT unnest(?::VARCHAR[]))"
+    args.append(done)
     if mode == "uncertain":
         if not score or threshold is None:
             raise ValueError("the uncertain queue needs a score name and a threshold")
@@ -176,14 +176,10 @@ def label_queue(ws: Workspace, run_id: str, annotator: str, *, mode: str = "rand
     else:
         order, order_args = "r.uid", []
     with ws.run_data(run_id) as rd:
-        rd.con.register("done_ids", done)
-        try:
-            return rd.sql(
-                f"""WITH picked AS (SELECT r.uid, {order} AS pos FROM records r WHERE {where} ORDER BY pos, r.uid LIMIT ?)
-                    """ + _with_outcome("picked", "r.uid, r.id, r.source_file, r.source_line, r.shape, r.messages, r.scores"),
-                [*order_args, *args, limit, run_id, run_id])
-        finally:
-            rd.con.unregister("done_ids")
+        return rd.sql(
+            f"""WITH picked AS (SELECT r.uid, {order} AS pos FROM records r WHERE {where} ORDER BY pos, r.uid LIMIT ?)
+                """ + _with_outcome("picked", "r.uid, r.id, r.source_file, r.source_line, r.shape, r.messages, r.scores"),
+            [*order_args, *args, limit, run_id, run_id])
 
 
 def annotators(ws: Workspace) -> list[str]:
@@ -230,8 +226,6 @@ def agreement(ws: Workspace) -> pl.DataFrame:
 def _labelled_records(ws: Workspace, ids: list[str]) -> dict[str, dict[str, Any]]:
     """messages, source_file, source_line of each labelled record id, from the newest finished curate run
     that holds it (a run still being written, or gone, is passed over)."""
-    import pyarrow as pa
-
     from curate.workspace import WorkspaceBusy
 
     found: dict[str, dict[str, Any]] = {}
@@ -241,10 +235,9 @@ def _labelled_records(ws: Workspace, ids: list[str]) -> dict[str, dict[str, Any]
             break
         try:
             with ws.run_data(run_id) as rd:
-                rd.con.register("wanted_ids", pa.table({"id": pa.array(todo, pa.string())}))
-                rows = rd.sql("""SELECT id, messages, source_file, source_line FROM records SEMI JOIN wanted_ids w USING (id)
-                                 QUALIFY row_number() OVER (PARTITION BY id ORDER BY uid) = 1""")
-                rd.con.unregister("wanted_ids")
+                rows = rd.sql("""SELECT id, messages, source_file, source_line FROM records
+                                 WHERE id IN (SELECT unnest(?::VARCHAR[]))
+                                 QUALIFY row_number() OVER (PARTITION BY id ORDER BY uid) = 1""", [todo])
         except (WorkspaceBusy, KeyError):
             continue
         for r in rows.iter_rows(named=True):

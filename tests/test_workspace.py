@@ -45,6 +45,57 @@ def test_labels_from_four_processes_at_once_are_stored_exactly_once(tmp_path):
     assert current.height == 4 * 50  # the latest label per record and annotator
 
 
+def _label_while_opening(path: str, name: str, n: int, acked_file: str) -> None:
+    """two threads press labels while a third keeps opening the workspace, as app pages do on every rerun"""
+    import threading
+
+    stop = threading.Event()
+    acked: list[str] = []
+
+    def opener() -> None:
+        while not stop.is_set():
+            Workspace(path, create=False)
+
+    def presser(k: int) -> None:
+        ws = Workspace(path, create=False)
+        for i in range(n):
+            key = f"{name}-{k}/rec{i}"
+            try:
+                ws.add_label(f"rec{i}", f"{name}-{k}", "accept", action_key=key)
+            except Exception:  # an error is not an acknowledgement
+                continue
+            acked.append(key)
+
+    threads = [threading.Thread(target=opener)] + [threading.Thread(target=presser, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads[1:]:
+        t.join()
+    stop.set()
+    threads[0].join()
+    Path(acked_file).write_text("\n".join(acked))
+
+
+def test_opening_the_workspace_loses_no_acknowledged_label(tmp_path):
+    # closing any descriptor of a SQLite file drops the process's POSIX locks on it; a workspace check that
+    # peeked at the file with open() let another process reset the WAL under committed labels
+    path = str(tmp_path / "ws")
+    Workspace(path)
+    ctx = mp.get_context("spawn")
+    files = [str(tmp_path / f"acked{i}.txt") for i in range(2)]
+    procs = [ctx.Process(target=_label_while_opening, args=(path, f"p{i}", 150, files[i])) for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=240)
+        assert p.exitcode == 0
+    acked = {k for f in files for k in Path(f).read_text().split("\n") if k}
+    rows = Workspace(path, create=False).label_rows(current=False)
+    stored = {f"{a}/{r}" for a, r in zip(rows["annotator"], rows["record_id"])}
+    assert len(acked) > 0
+    assert acked <= stored, f"{len(acked - stored)} acknowledged labels are missing"
+
+
 def _hold_a_run(path: str, ready, release) -> None:
     ws = Workspace(path)
     store = ws.begin_run("writing", "curate", "writing", {}, "f", "")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,7 +38,7 @@ import duckdb
 import polars as pl
 
 from curate.workspace.catalog import Catalog, normalize_annotator
-from curate.workspace.connections import WorkspaceBusy, WorkspaceError
+from curate.workspace.connections import BUSY_SECONDS, WorkspaceBusy, WorkspaceError
 from curate.workspace.embeddings import EmbeddingCache
 from curate.workspace.runstore import RUN_TABLES, RunStore
 
@@ -64,9 +65,19 @@ def check_workspace(path: str | Path, *, create: bool) -> Path:
     if not create and not (p / "catalog.sqlite").is_file():
         raise WorkspaceError(f"no workspace at {p}: `curate run CONFIG` makes one, or pass --workspace")
     if (p / "catalog.sqlite").is_file():
-        with open(p / "catalog.sqlite", "rb") as fh:
-            if not fh.read(16).startswith(b"SQLite format 3"):
-                raise WorkspaceError(f"{p / 'catalog.sqlite'} is not a SQLite file: this folder is not a usable workspace")
+        # asked through SQLite, never with an open() of our own: closing any descriptor of the file drops
+        # every POSIX lock this process holds on it, those of SQLite connections in other threads included,
+        # and another process may then reset the WAL under them (commits lost after they were reported)
+        try:
+            con = sqlite3.connect(str(p / "catalog.sqlite"), timeout=BUSY_SECONDS)
+            try:
+                con.execute("PRAGMA schema_version").fetchone()
+            finally:
+                con.close()
+        except sqlite3.OperationalError:
+            pass  # busy or locked: a real catalog; the call that needs it waits or says so
+        except sqlite3.DatabaseError:
+            raise WorkspaceError(f"{p / 'catalog.sqlite'} is not a SQLite file: this folder is not a usable workspace") from None
     return p
 
 

@@ -53,7 +53,7 @@ class EmbeddingCache:
         if con is None:
             return empty
         try:
-            if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'embedding_cache'").fetchone()[0]:
+            if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'embedding_cache'").fetchall()[0][0]:
                 return empty
             wanted = pa.table({"text_hash": pa.array(np.unique(np.asarray(hashes, dtype=np.uint64)))})  # noqa: F841 - read by DuckDB
             table = con.sql(

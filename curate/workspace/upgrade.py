@@ -16,7 +16,7 @@ from curate.workspace.catalog import now_text
 
 
 def _has(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    return bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = 'old' AND table_name = ?", [table]).fetchone()[0])
+    return bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = 'old' AND table_name = ?", [table]).fetchall()[0][0])
 
 
 def upgrade(old: str | Path, new: str | Path) -> dict[str, int]:
