@@ -30,7 +30,7 @@ def workspace(tmp_path_factory):
     from train.trainer import run_training
 
     tmp = tmp_path_factory.mktemp("app")
-    ws = tmp / "ws.duckdb"
+    ws = tmp / "ws"
     write_jsonl(tmp / "hostile.jsonl", [{"messages": [{"role": "user", "content": "Render this please"},
                                                       {"role": "assistant", "content": HOSTILE}]}])
     raw = {
@@ -82,7 +82,7 @@ def _match_caption(at) -> str:
 def _ws(path, read_only=True):
     from curate.workspace import Workspace
 
-    return Workspace(path, read_only=read_only)
+    return Workspace(path, create=False)
 
 
 def test_runs_page_shows_funnel_loss_curve_and_headlines(workspace, monkeypatch):
@@ -94,7 +94,7 @@ def test_runs_page_shows_funnel_loss_curve_and_headlines(workspace, monkeypatch)
     assert headers == ["Curation funnel", "Training", "Evaluations"]
     funnel = at.dataframe[1].value
     with _ws(workspace["path"]) as ws:
-        stages = ws.sql("SELECT stage, n_rejected FROM stage_counts WHERE run_id = ? ORDER BY position", [workspace["curate_run"]])
+        stages = ws.query(workspace["curate_run"], "SELECT stage, n_rejected FROM stage_counts WHERE run_id = ? ORDER BY position", [workspace["curate_run"]])
     assert funnel["stage"].tolist() == stages["stage"].to_list() and funnel["n_rejected"].tolist() == stages["n_rejected"].to_list()
     evals = at.dataframe[2].value
     assert "alpaca/rougeL" in evals.columns and "alpaca/judge_score" in evals.columns
@@ -107,7 +107,8 @@ def test_browser_filters_search_and_hostile_text_stays_text(workspace, monkeypat
     shown = at.dataframe[0].value
     assert len(shown) and set(shown["status"]) == {"rejected"}
     with _ws(workspace["path"]) as ws:
-        n_rej = ws.counts(workspace["curate_run"])["rejected"]
+        with ws.run_data(workspace["curate_run"]) as rd:
+            n_rej = rd.counts(workspace["curate_run"])["rejected"]
     assert f"{n_rej:,} records match" in _match_caption(at)
     # search runs in DuckDB over every turn: the hostile record is the one with "203.0.113.7"
     at.selectbox(key="browse_status").set_value("all").run()
@@ -119,7 +120,9 @@ def test_browser_filters_search_and_hostile_text_stays_text(workspace, monkeypat
     # a near-duplicate shows its cluster beside it, representative first
     at.text_input(key="browse_search").input("").run()
     at.selectbox(key="browse_reason").set_value("near_duplicate").run()
-    assert any(s.value.startswith("duplicate cluster (minhash_dedup") for s in at.subheader)
+    from app.render import literal
+
+    assert any(s.value.startswith(f"duplicate cluster ({literal('minhash_dedup')}") for s in at.subheader)
     assert any("kept representative" in c.value for c in at.caption)
 
 
@@ -130,7 +133,7 @@ def test_paged_record_queries_agree_with_the_ledger(workspace):
 
     run = workspace["curate_run"]
     with _ws(workspace["path"]) as ws:
-        ledger = ws.sql("SELECT uid, status, stage, reason FROM ledger WHERE run_id = ? ORDER BY uid", [run])
+        ledger = ws.query(run, "SELECT uid, status, stage, reason FROM ledger WHERE run_id = ? ORDER BY uid", [run])
         reasons = ledger["reason"].drop_nulls().unique().sort().to_list()
         assert len(reasons) >= 2
         for status in (None, "kept", "rejected"):
@@ -145,7 +148,7 @@ def test_paged_record_queries_agree_with_the_ledger(workspace):
                 assert total == want.height and got.equals(want), (status, reason)
         hist = length_histogram(ws, run, bins=5)
         for status in ("kept", "rejected"):  # every record in one bin, by its length
-            want = ws.sql("SELECT n_chars FROM records JOIN ledger USING (run_id, uid) WHERE run_id = ? AND status = ?", [run, status])["n_chars"]
+            want = ws.query(run, "SELECT n_chars FROM records JOIN ledger USING (run_id, uid) WHERE run_id = ? AND status = ?", [run, status])["n_chars"]
             rows = hist.filter(pl.col("status") == status)
             assert rows["records"].sum() == len(want)
             assert all(((want >= a) & (want < b)).sum() == n for a, b, n in rows.select("chars_from", "chars_to", "records").rows())
@@ -156,23 +159,23 @@ def test_paged_record_queries_agree_with_the_ledger(workspace):
 
 
 def test_labels_are_saved_at_once_and_curate_uses_them(workspace, monkeypatch, tmp_path):
-    path = tmp_path / "ws.duckdb"
-    shutil.copy(workspace["path"], path)
+    path = tmp_path / "ws"
+    shutil.copytree(workspace["path"], path)
     at = _app(path, monkeypatch, "Labeling")
     at.selectbox(key="label_mode").set_value("filter").run()
     at.text_input(key="annotator").input("ann").run()
     first = at.subheader[0].value
-    at.button(key="reject").click().run()
+    next(b for b in at.button if b.label == "Reject").click().run()
     second = at.subheader[0].value
     assert second != first  # the queue moved on
     uid_second = int(second.split()[1])
     at.text_area[0].input("An edited answer.").run()
     next(t for t in at.text_input if t.label.startswith("tags")).input("edited, good").run()
-    at.button(key="accept").click().run()
+    next(b for b in at.button if b.label == "Accept").click().run()
     # a fresh session (a reload, a second tab) sees both labels: they were committed when made
     with _ws(path) as ws:
         labels = ws.current_labels().sort("created")
-        rec = ws.sql("SELECT id, uid FROM records WHERE run_id = ? AND uid = ?", [workspace["curate_run"], uid_second])
+        rec = ws.query(workspace["curate_run"], "SELECT id, uid FROM records WHERE run_id = ? AND uid = ?", [workspace["curate_run"], uid_second])
     assert labels["verdict"].to_list() == ["reject", "accept"] and labels["annotator"].to_list() == ["ann", "ann"]
     assert labels["record_id"][1] == rec["id"][0] and list(labels["tags"][1]) == ["edited", "good"]
     assert json.loads(labels["edit"][1])[-1]["content"] == "An edited answer."
@@ -188,9 +191,9 @@ def test_labels_are_saved_at_once_and_curate_uses_them(workspace, monkeypatch, t
     cfg.update(workspace=str(path), output_dir=str(tmp_path / "relabelled"), stages=[*cfg["stages"], "human_labels"])
     result = Pipeline(parse_config(cfg, workspace["tmp"]), progress=False).run()
     with _ws(path) as ws:
-        rej = ws.sql("""SELECT r.id, j.reason, j.detail FROM rejects j JOIN records r USING (run_id, uid)
+        rej = ws.query(result.run_id, """SELECT r.id, j.reason, j.detail FROM rejects j JOIN records r USING (run_id, uid)
                         WHERE run_id = ? AND j.stage = 'human_labels'""", [result.run_id])
-        edited = ws.sql("SELECT messages, fixes FROM records WHERE run_id = ? AND id = ?", [result.run_id, labels["record_id"][1]])
+        edited = ws.query(result.run_id, "SELECT messages, fixes FROM records WHERE run_id = ? AND id = ?", [result.run_id, labels["record_id"][1]])
     assert rej["id"].to_list() == [labels["record_id"][0]] and rej["reason"][0] == "human_rejected" and "ann" in rej["detail"][0]
     assert edited["messages"][0][-1]["content"] == "An edited answer." and "human_edit" in edited["fixes"][0]
 
@@ -198,10 +201,10 @@ def test_labels_are_saved_at_once_and_curate_uses_them(workspace, monkeypatch, t
 def test_annotator_agreement_is_cohens_kappa(workspace, monkeypatch, tmp_path):
     from sklearn.metrics import cohen_kappa_score
 
-    path = tmp_path / "ws.duckdb"
-    shutil.copy(workspace["path"], path)
-    with _ws(path, read_only=False) as ws:
-        ids = ws.sql("SELECT id FROM records WHERE run_id = ? ORDER BY uid LIMIT 6", [workspace["curate_run"]])["id"].to_list()
+    path = tmp_path / "ws"
+    shutil.copytree(workspace["path"], path)
+    with _ws(path) as ws:
+        ids = ws.query(workspace["curate_run"], "SELECT id FROM records WHERE run_id = ? ORDER BY uid LIMIT 6", [workspace["curate_run"]])["id"].to_list()
         a = ["accept", "accept", "reject", "reject", "accept", "reject"]
         b = ["accept", "reject", "reject", "reject", "accept", "accept"]
         for i, va, vb in zip(ids, a, b):
@@ -214,18 +217,14 @@ def test_annotator_agreement_is_cohens_kappa(workspace, monkeypatch, tmp_path):
     assert table["kappa"][0] == pytest.approx(cohen_kappa_score(a, b))
 
 
-def test_eval_review_blind_vote_and_judge_agreement(workspace, monkeypatch, tmp_path):
-    path = tmp_path / "ws.duckdb"
-    shutil.copy(workspace["path"], path)
-    at = _app(path, monkeypatch, "Eval review")
-    at.selectbox(key="rev_base").set_value(workspace["base"]).run()
-    at.selectbox(key="rev_ft").set_value(workspace["ft"]).run()
-    assert [s.value for s in at.subheader] == ["prompt", "your preference (blind)"]
-    # the metric deltas with their intervals, plotted: compare.json's numbers, which are also what the
-    # app computes itself (seeded paired bootstrap) when a pair of runs has no compare.json
-    assert len([c for c in at.get("vega_lite_chart") if "ci_low" in c.proto.spec]) == 1
-    from app.queries import delta_rows, metric_deltas
+def test_eval_review_deltas_judge_and_human_agreement(workspace, tmp_path):
+    """The metric deltas (compare.json's numbers, which are also what the app computes itself with a seeded
+    paired bootstrap when a pair of runs has none), the judge's pairwise verdicts, and a stored vote's win
+    rate and judge agreement. The blind vote in the page is tested in test_app_review."""
+    from app.queries import delta_rows, human_summary, judge_verdicts, metric_deltas
 
+    path = tmp_path / "ws"
+    shutil.copytree(workspace["path"], path)
     with _ws(path) as ws:
         from_file = delta_rows(metric_deltas(ws, workspace["base"], workspace["ft"]))
         (workspace["tmp"] / "ft" / "compare.json").rename(tmp_path / "compare.json")
@@ -233,32 +232,22 @@ def test_eval_review_blind_vote_and_judge_agreement(workspace, monkeypatch, tmp_
             computed = delta_rows(metric_deltas(ws, workspace["base"], workspace["ft"]))
         finally:
             (tmp_path / "compare.json").rename(workspace["tmp"] / "ft" / "compare.json")
-    assert "alpaca" in set(from_file["task"]) and "rougeL" in set(from_file["metric"])
-    assert from_file.equals(computed, null_equal=True)
-    # the sides carry no names before the vote
-    assert [c.value for c in at.caption if c.value.startswith("answer ")] == ["answer 1", "answer 2"]
-    at.text_input(key="rev_annotator").input("ann").run()
-    idx = at.selectbox(key="rev_idx").value
-    left = at.session_state[f"sides_{workspace['base']}_{workspace['ft']}_alpaca_{idx}"]
-    at.button(key="vote1").click().run()
-    assert f"answer 1 was {left.replace('_', '-')}" in at.success[0].value
-    with _ws(path) as ws:
-        prefs = ws.sql("SELECT task, idx, annotator, choice, left_side FROM eval_preferences")
-        from app.queries import human_summary, judge_verdicts
-
-        summary = human_summary(ws, workspace["base"], workspace["ft"], "alpaca")
+        assert "alpaca" in set(from_file["task"]) and "rougeL" in set(from_file["metric"])
+        assert from_file.equals(computed, null_equal=True)
         judge = judge_verdicts(ws, workspace["base"], workspace["ft"], "alpaca")
-    assert prefs.row(0) == ("alpaca", idx, "ann", left, left)
-    assert summary["votes"] == 1 and summary["win_rate"] == (1.0 if left == "fine_tune" else 0.0)
+        idx = sorted(judge)[0] if judge else 0
+        ws.add_preference(workspace["base"], workspace["ft"], "alpaca", idx, "ann", "fine_tune", "base", action_key="v1")
+        ws.add_preference(workspace["base"], workspace["ft"], "alpaca", idx, "ann", "fine_tune", "base", action_key="v1")  # a double press
+        prefs = ws.preferences(workspace["base"], workspace["ft"], "alpaca")
+        summary = human_summary(ws, workspace["base"], workspace["ft"], "alpaca")
+    assert prefs.select("task", "idx", "annotator", "choice", "left_side", "blind").rows() == [("alpaca", idx, "ann", "fine_tune", "base", True)]
+    assert summary["votes"] == 1 and summary["win_rate"] == 1.0
     cmp = json.loads((workspace["tmp"] / "ft" / "compare.json").read_text())
     expected = {e["idx"]: ("tie" if e["verdict"] == "inconsistent" else e["verdict"])
                 for e in cmp["tasks"]["alpaca"]["pairwise"]["examples"] if e["verdict"] is not None}
     assert judge == expected
     if idx in judge:
-        assert summary["judged"] == 1 and summary["judge_agreement"] == float(judge[idx] == left)
-    # the next render shows the human win rate
-    at.run()
-    assert any("human win rate of the fine-tune" in i.value for i in at.info)
+        assert summary["judged"] == 1 and summary["judge_agreement"] == float(judge[idx] == "fine_tune")
 
 
 # ---------------------------------------------------------------------------------------------- a real browser
@@ -274,8 +263,8 @@ def served_app(workspace, tmp_path):
 
     from app.serve import start_app
 
-    path = tmp_path / "ws.duckdb"
-    shutil.copy(workspace["path"], path)
+    path = tmp_path / "ws"
+    shutil.copytree(workspace["path"], path)
     proc, url = start_app(path, tmp_path / "app.log")
     try:
         yield url, path
@@ -366,7 +355,7 @@ def test_real_browser_labels_with_a_shortcut_and_the_label_survives_a_reload(wor
         browser.close()
     with _ws(path) as ws:
         labels = ws.current_labels()
-        record = ws.sql("SELECT id FROM records WHERE run_id = ? AND uid = ?", [workspace["curate_run"], uid])["id"][0]
+        record = ws.query(workspace["curate_run"], "SELECT id FROM records WHERE run_id = ? AND uid = ?", [workspace["curate_run"], uid])["id"][0]
     assert labels.select("record_id", "annotator", "verdict").rows() == [(record, "browser-ann", "accept")]
     assert not outside, f"the app fetched from outside: {outside}"
     assert all((ARTIFACTS / f).is_file() for f in ("runs.png", "data_browser.png", "labeling.png", "eval_review.png"))
@@ -379,10 +368,12 @@ def test_app_without_a_workspace_says_so(tmp_path, monkeypatch):
 
     from streamlit.testing.v1 import AppTest
 
-    missing = tmp_path / "nope.duckdb"
+    missing = tmp_path / "nope"
     run = subprocess.run([sys.executable, "-m", "curate.cli", "app", "--workspace", str(missing)], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and str(missing) in run.stderr
     monkeypatch.setenv("FTW_WORKSPACE", str(missing))
     at = AppTest.from_file(str(REPO / "app" / "main.py"), default_timeout=120).run()
-    assert str(missing) in at.error[0].value and not at.title
+    from app.render import literal
+
+    assert literal(str(missing)) in at.error[0].value and not at.title
