@@ -351,6 +351,12 @@ def test_export_is_made_in_memory(workspace, ws_copy, monkeypatch, tmp_path):
 
     from app.views import labeling
 
+    # a link planted where the old export wrote (labels-<workspace name>.jsonl in the temp folder)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    planted = Path(tempfile.gettempdir()) / f"labels-{Path(ws_copy).name}.jsonl"
+    planted.unlink(missing_ok=True)
+    planted.symlink_to(victim)
     before = set(Path(tempfile.gettempdir()).glob("labels-*"))
     at = _app(ws_copy, monkeypatch, "Labeling")
     at.text_input(key="annotator").input("exporter").run()
@@ -360,3 +366,28 @@ def test_export_is_made_in_memory(workspace, ws_copy, monkeypatch, tmp_path):
     lines = [json.loads(x) for x in labeling._export(str(ws_copy)).decode().splitlines()]
     assert [(r["id"], r["annotator"], r["verdict"]) for r in lines] == [(_ids(workspace, ws_copy)[uid], "exporter", "accept")]
     assert set(Path(tempfile.gettempdir()).glob("labels-*")) == before
+    assert victim.read_text() == "keep me\n" and planted.is_symlink()  # the planted link untouched
+    planted.unlink()
+
+
+def test_export_to_a_path_replaces_a_planted_link_and_never_follows_it(ws_copy, tmp_path):
+    import os
+    import stat
+    from pathlib import Path
+
+    from app.queries import export_labels
+    from curate.workspace import Workspace
+
+    ws = Workspace(ws_copy, create=False)
+    ws.add_label("rec-linked", "exporter", "reject", action_key="link-test")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    target = tmp_path / "labels.jsonl"
+    os.symlink(victim, target)
+    n = export_labels(ws, target)
+    assert victim.read_text() == "keep me\n"  # the link's target untouched
+    assert not target.is_symlink() and stat.S_ISREG(target.lstat().st_mode)
+    rows = [json.loads(x) for x in target.read_text().splitlines()]
+    assert n == len(rows) and ("rec-linked", "exporter", "reject") in [(r["id"], r["annotator"], r["verdict"]) for r in rows]
+    assert oct(target.stat().st_mode & 0o777) == "0o600"  # readable by its owner only
+    assert [p.name for p in Path(tmp_path).glob(".labels.jsonl.*")] == []  # no temp file left behind

@@ -211,3 +211,14 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint(eight, tmp_path)
     res = CliRunner().invoke(app, ["run", str(tmp_path / "t.yaml"), "--fresh"])
     assert res.exit_code == 0, res.output
     assert json.loads((run / "manifest.json").read_text())["resumed_from"] is None
+
+
+def test_a_workspace_path_that_is_a_file_exits_2_in_one_line_before_loading_a_model(tmp_path):
+    from train.cli import app
+
+    (tmp_path / "here.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
+    (tmp_path / "ws.duckdb").write_bytes(b"not a workspace at all\n")
+    (tmp_path / "t.yaml").write_text("name: x\nworkspace: ws.duckdb\ndata:\n  - path: here.jsonl\n")
+    res = CliRunner().invoke(app, ["run", str(tmp_path / "t.yaml")])
+    assert res.exit_code == 2 and "workspace:" in res.output and "ws.duckdb" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "runs").exists()

@@ -175,8 +175,8 @@ def _dtype(cfg: TrainConfig):
 
 
 def check_inputs(cfg: TrainConfig) -> None:
-    """Every data and validation path names existing files, or TrainConfigError names the key: before any
-    model is loaded."""
+    """Every data and validation path names existing files and the workspace is usable (a workspace folder,
+    or a path where one can be made), or TrainConfigError names the key: before any model is loaded."""
     from curate.readers import InputError, expand_paths
     from train.config import TrainConfigError
 
@@ -187,6 +187,13 @@ def check_inputs(cfg: TrainConfig) -> None:
             expand_paths(path, cfg.base_dir)
         except InputError as exc:
             problems.append(f"{key}: {exc}")
+    if cfg.workspace:
+        from curate.workspace import WorkspaceError, check_workspace
+
+        try:
+            check_workspace(cfg.resolve(cfg.workspace), create=True)
+        except WorkspaceError as exc:
+            problems.append(f"workspace: {exc}")
     if problems:
         raise TrainConfigError("; ".join(problems))
 
