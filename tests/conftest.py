@@ -57,3 +57,16 @@ def perturbed_adapter(folder: Path, scale: float, seed: int = 0):
     model.save_pretrained(str(folder))
     AutoTokenizer.from_pretrained(str(smollm2_model_dir())).save_pretrained(str(folder))
     return model
+
+
+_MAIN_MODULE = __import__("sys").modules["__main__"]
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_main_module():
+    """Streamlit's AppTest runs app/main.py as `__main__` and leaves it there; a later test that starts a
+    process by spawn would then re-run the app script in the child. Put pytest's own `__main__` back."""
+    yield
+    import sys
+
+    sys.modules["__main__"] = _MAIN_MODULE
