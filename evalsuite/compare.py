@@ -6,11 +6,13 @@ settings; otherwise :class:`CompareError` says which differs (a delta between un
 Per task and metric key:
 - both values and the delta (fine-tune minus base);
 - a paired bootstrap 95% interval of the delta (1,000 resamples of the examples, the same resample for
-  both runs, seeded): corpus BLEU/chrF are recomputed from sacrebleu's per-sentence statistics, perplexity
-  token-weighted, everything else as the mean of its per-example scores;
-- for exact-match and probe accuracy keys (paired 0/1 outcomes) McNemar's exact test on the discordant pairs;
+  both runs, seeded): each resample's value is rebuilt by the metric's own aggregation from the per-example
+  statistics the run stored (corpus BLEU/chrF from sacrebleu's sufficient statistics of the scored text,
+  perplexity token-weighted, a mean metric as the mean of its scores);
+- for keys whose per-example outcomes are paired 0/1 (the metric says so: exact match, probe accuracy)
+  McNemar's exact test on the discordant pairs;
 - a verdict: ``better`` / ``worse`` when the interval (or McNemar's p < 0.05) excludes no change, else
-  ``no significant change`` (perplexity: lower is better);
+  ``no significant change``, in the metric's direction (lower perplexity is better);
 - win / tie / loss counts over examples, and the examples that regressed most on the task's first metric.
 
 Judge scores (``judge_*``) can be missing for an example (an unparseable verdict): means skip them, and
@@ -27,7 +29,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-LOWER_IS_BETTER = {"perplexity", "text_perplexity"}
 BOOTSTRAP = 1000
 
 
@@ -39,11 +40,16 @@ def load_run(path: str | Path) -> tuple[dict[str, Any], Any]:
     """(results, examples frame) from a run folder (or its results.json)."""
     import polars as pl
 
+    from evalsuite.runner import RESULTS_FORMAT
+
     folder = Path(path)
     folder = folder.parent if folder.name == "results.json" else folder
     if not (folder / "results.json").is_file():
         raise CompareError(f"{folder}: no results.json (an `evalsuite run` output folder is expected)")
-    return json.loads((folder / "results.json").read_text()), pl.read_parquet(folder / "examples.parquet")
+    results = json.loads((folder / "results.json").read_text())
+    if results.get("format", 1) < RESULTS_FORMAT:
+        raise CompareError(f"{folder}: made by an earlier evalsuite without per-example statistics; run `evalsuite run` again")
+    return results, pl.read_parquet(folder / "examples.parquet")
 
 
 def check_comparable(base: dict[str, Any], ft: dict[str, Any]) -> list[str]:
@@ -70,23 +76,27 @@ def check_comparable(base: dict[str, Any], ft: dict[str, Any]) -> list[str]:
     return shared
 
 
-def _statistic(key: str, task: dict[str, Any], frame) -> tuple[Any, Any]:
-    """(per-example matrix, function of summed rows -> metric value): what a bootstrap resamples."""
+def key_score(results: dict[str, Any], task: str, key: str):
+    """The :class:`evalsuite.metrics.Score` of result ``key`` of ``task``: asked of the metric that produced it."""
+    from evalsuite.metrics import UnknownMetric, score_of
+
+    entry = results["tasks"][task]["metrics"][key]
+    try:
+        return score_of(entry["metric"], key)
+    except (UnknownMetric, KeyError) as exc:
+        raise CompareError(f"task {task}, result {key}: {exc}") from None
+
+
+def _statistic(key: str, metric_name: str, task: dict[str, Any], frame, score) -> tuple[Any, Any]:
+    """(per-example stats rows, function of a resample of rows -> metric value): what a bootstrap resamples.
+    The rows were computed by the metric on the text it scored (after extraction, with every reference)."""
     import numpy as np
 
-    if key in ("bleu", "chrf"):
-        from sacrebleu.metrics import BLEU, CHRF
-
-        opts = {k: v for k, v in task.get("metric_options", {}).get(key, {}).items() if k not in ("per_example", "extract")}
-        metric = BLEU(**opts) if key == "bleu" else CHRF(**opts)
-        stats = np.array(metric._extract_corpus_statistics(frame["output"].to_list(), [frame["reference"].to_list()]), dtype=float)
-        return stats, lambda rows: metric._compute_score_from_stats(list(rows.sum(0))).score
-    scores = np.array([json.loads(s)[key] for s in frame["scores"]], dtype=float)
-    if key in LOWER_IS_BETTER:
-        tokens = np.array(task["metrics"][key]["details"]["tokens_per_example"], dtype=float)
-        return np.stack([scores * tokens, tokens], 1), lambda rows: math.exp(rows[:, 0].sum() / rows[:, 1].sum())
-    # judge scores are NaN where a verdict did not parse: left out of the mean
-    return scores[:, None], lambda rows: float(np.nanmean(rows[:, 0])) if not np.isnan(rows[:, 0]).all() else float("nan")
+    options = task.get("metric_options", {}).get(metric_name, {})
+    rows = [json.loads(s).get(key) for s in frame["stats"]]
+    width = max((len(r) for r in rows if r is not None), default=1)
+    stats = np.array([[math.nan] * width if r is None else r for r in rows], dtype=float)
+    return stats, lambda sample: score.aggregate(sample, options)
 
 
 def mcnemar(base: list[float], ft: list[float]) -> float:
@@ -118,12 +128,14 @@ def compare(base_path: str | Path, ft_path: str | Path, regressions: int = 5, se
         rows = []
         for key in [k for k in base["tasks"][t]["metrics"] if k in ft["tasks"][t]["metrics"]]:
             b_val, f_val = base["tasks"][t]["metrics"][key]["value"], ft["tasks"][t]["metrics"][key]["value"]
-            b_stats, b_fn = _statistic(key, base["tasks"][t], b_frame)
-            f_stats, f_fn = _statistic(key, ft["tasks"][t], f_frame)
+            score = key_score(ft, t, key)
+            name = ft["tasks"][t]["metrics"][key]["metric"]
+            b_stats, b_fn = _statistic(key, name, base["tasks"][t], b_frame, score)
+            f_stats, f_fn = _statistic(key, name, ft["tasks"][t], f_frame, score)
             deltas = np.array([f_fn(f_stats[s]) - b_fn(b_stats[s]) for s in samples])
             deltas = deltas[~np.isnan(deltas)]
             lo, hi = (float(x) for x in np.percentile(deltas, [2.5, 97.5])) if len(deltas) else (math.nan, math.nan)
-            sign = -1 if key in LOWER_IS_BETTER else 1
+            sign = 1 if score.higher_is_better else -1
             pairs = [(x, y) for x, y in zip((_num(json.loads(s)[key]) for s in b_frame["scores"]),
                                             (_num(json.loads(s)[key]) for s in f_frame["scores"])) if x is not None and y is not None]
             b_ex, f_ex = [x for x, _ in pairs], [y for _, y in pairs]
@@ -134,14 +146,14 @@ def compare(base_path: str | Path, ft_path: str | Path, regressions: int = 5, se
             if len(pairs) < n:
                 row["paired"] = len(pairs)
             significant = lo > 0 or hi < 0
-            if key.startswith("exact_match") or key in ("acc", "acc_norm"):  # paired 0/1 outcomes
+            if score.binary:  # paired 0/1 outcomes
                 row["mcnemar_p"] = mcnemar(b_ex, f_ex)
                 significant = row["mcnemar_p"] < 0.05
             row["verdict"] = "no significant change" if not significant or row["delta"] == 0 else (
                 "better" if sign * row["delta"] > 0 else "worse")
             rows.append(row)
         first = rows[0]["metric"]
-        sign = -1 if first in LOWER_IS_BETTER else 1
+        sign = 1 if key_score(ft, t, first).higher_is_better else -1
 
         def change(i: int) -> float:
             b, f = _num(json.loads(b_frame["scores"][i])[first]), _num(json.loads(f_frame["scores"][i])[first])

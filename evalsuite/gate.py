@@ -77,7 +77,7 @@ def _locate(results: dict[str, Any], metric: str) -> tuple[str, str]:
 
 def check(results_dir: str | Path, rules: list[Rule], baseline_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """One outcome per rule: ``{rule, passed, observed, message}``."""
-    from evalsuite.compare import LOWER_IS_BETTER, compare, load_run
+    from evalsuite.compare import compare, key_score, load_run
 
     results, _ = load_run(results_dir)
     if any(r.needs_baseline for r in rules) and baseline_dir is None:
@@ -95,7 +95,7 @@ def check(results_dir: str | Path, rules: list[Rule], baseline_dir: str | Path |
         elif rule.max_drop is not None:
             b_task, b_key = _locate(base, rule.metric)
             drop = base["tasks"][b_task]["metrics"][b_key]["value"] - value
-            drop = -drop if key in LOWER_IS_BETTER else drop  # a rise in perplexity is the drop
+            drop = drop if key_score(results, task, key).higher_is_better else -drop  # a rise in perplexity is the drop
             passed, observed = drop <= rule.max_drop, drop
         else:
             row = next(r for r in cmp["tasks"][task]["metrics"] if r["metric"] == key)

@@ -139,9 +139,9 @@ def parse_rubric(text: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {c: {"score": None, "rationale": ""} for c in CRITERIA}
     if not text:
         return out
-    from evalsuite.metrics import _first_json_container
+    from evalsuite.jsontext import first_json_value
 
-    data = _first_json_container(text)
+    data = first_json_value(text)
     if isinstance(data, dict):
         lowered = {str(k).lower(): v for k, v in data.items()}
         for c in CRITERIA:
@@ -193,7 +193,7 @@ class LocalJudge:
 
 @lru_cache(maxsize=2)
 def _load_local(model: str, device: str):
-    from evalsuite.runner import load_model
+    from chat.models import load_model
 
     return load_model(model, None, device)
 

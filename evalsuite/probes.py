@@ -1,12 +1,5 @@
-"""Forgetting probes: multiple-choice general-knowledge items scored by log-likelihood, as
-lm-evaluation-harness scores them, run on the base and the fine-tune alike.
-
-For an item (context, choices, gold), each choice's log-likelihood is the summed log-probability of its
-tokens (the target delimiter " " in front) given the context, tokenized as the harness does: the context
-and the context+continuation are encoded whole and the continuation is what the longer one adds.
-- ``acc``: the choice with the highest log-likelihood is the gold one;
-- ``acc_norm``: the same after dividing each log-likelihood by the choice's length in characters (so long
-  answers are not penalized for having more tokens).
+"""Forgetting probes: multiple-choice general-knowledge items in lm-evaluation-harness's formats, scored by
+log-likelihood (:mod:`evalsuite.metrics.choice`) on the base and the fine-tune alike.
 
 Probe sets from the files in ``shared/data`` (formats as in the harness tasks):
 - MMLU (``mmlu/<subject>_test.csv``): the question with lettered options, "Answer:", choices " A".." D";
@@ -19,9 +12,9 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from evalsuite.metrics.choice import MCItem, encode_pair, loglikelihoods, score_mc  # noqa: F401  (the scoring, re-exported)
 
 # lm-evaluation-harness's TruthfulQA preamble (truthfulqa_mc1)
 QA_PREAMBLE = (
@@ -36,14 +29,6 @@ QA_PREAMBLE = (
 
 class ProbeFormatError(ValueError):
     """A probe file row that is not in its format; the message names the file, line and field."""
-
-
-@dataclass
-class MCItem:
-    context: str
-    choices: list[str]
-    gold: int
-    source: str = ""
 
 
 def mmlu_items(path: Path, limit: int | None = None) -> list[MCItem]:
@@ -90,47 +75,3 @@ def truthfulqa_mc1_items(path: Path, limit: int | None = None) -> list[MCItem]:
             if limit and len(items) >= limit:
                 break
     return items
-
-
-def _encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """The harness's split: trailing spaces of the context move to the continuation; the continuation's
-    tokens are what encoding the whole adds to encoding the context."""
-    spaces = len(context) - len(context.rstrip())
-    if spaces:
-        context, continuation = context[:-spaces], context[-spaces:] + continuation
-    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
-    ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
-    return ctx, whole[len(ctx):]
-
-
-def loglikelihoods(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], batch_size: int = 16) -> list[float]:
-    """Summed log-probability of each continuation given its context (longest first, in batches)."""
-    from evalsuite.metrics import IGNORE_INDEX, token_nll
-
-    encoded = [_encode_pair(tokenizer, c, x) for c, x in pairs]
-    order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i][0]) + len(encoded[i][1])))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out = [0.0] * len(encoded)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        seqs = [encoded[i][0] + encoded[i][1] for i in idx]
-        labels = [[IGNORE_INDEX] * len(encoded[i][0]) + encoded[i][1] for i in idx]
-        for i, (nll, _n) in zip(idx, token_nll(model, seqs, labels, pad_id)):
-            out[i] = -nll
-    return out
-
-
-def score_mc(model: Any, tokenizer: Any, items: list[MCItem], batch_size: int = 16) -> dict[str, Any]:
-    """``{"acc", "acc_norm", "per_example": [{"acc", "acc_norm", "loglikelihoods"}]}`` over ``items``."""
-    pairs = [(it.context, " " + choice) for it in items for choice in it.choices]
-    lls = loglikelihoods(model, tokenizer, pairs, batch_size)
-    per, k = [], 0
-    for it in items:
-        ll = lls[k : k + len(it.choices)]
-        k += len(it.choices)
-        norm = [x / len(c) for x, c in zip(ll, it.choices)]
-        per.append({"source": it.source, "loglikelihoods": ll,
-                    "acc": float(max(range(len(ll)), key=ll.__getitem__) == it.gold),
-                    "acc_norm": float(max(range(len(norm)), key=norm.__getitem__) == it.gold)})
-    n = max(len(per), 1)
-    return {"acc": sum(p["acc"] for p in per) / n, "acc_norm": sum(p["acc_norm"] for p in per) / n, "per_example": per}

@@ -21,29 +21,6 @@ from typing import Any
 from evalsuite.suite import SuiteConfig, TaskConfig
 
 
-def load_model(model: str = "embedded", adapter: str | None = None, device: str = "auto"):
-    """(model, tokenizer, description): the embedded SmolLM2, a local path or hub id, or a merged model;
-    with ``adapter``, a peft adapter on top. fp16/bf16 on a GPU, fp32 on CPU."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from curate.models import resolve_device, smollm2_model_dir
-    from chat.conversations import load_tokenizer
-
-    device = resolve_device(device)
-    base = str(smollm2_model_dir()) if model == "embedded" else model
-    dtype = torch.float32 if device == "cpu" else (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-    net = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to(device)
-    if adapter:
-        from peft import PeftModel
-
-        net = PeftModel.from_pretrained(net, adapter)
-    net.eval()
-    desc = {"model": "embedded:SmolLM2-135M-Instruct" if model == "embedded" else model, "adapter": adapter,
-            "device": device, "dtype": str(dtype).replace("torch.", "")}
-    return net, load_tokenizer(base), desc
-
-
 def task_examples(suite: SuiteConfig, task: TaskConfig) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """(examples, skipped): each record's turns before its last assistant turn (the prompt) and that turn's
     text (the reference); records without an assistant turn, or unreadable, are skipped with a reason."""
@@ -60,6 +37,9 @@ def task_examples(suite: SuiteConfig, task: TaskConfig) -> tuple[list[dict[str, 
     return examples, skipped
 
 
+RESULTS_FORMAT = 2  # 2: per-example ``stats`` and each key's producing ``metric``; what compare reads
+
+
 def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
@@ -70,6 +50,7 @@ def run_suite(suite: SuiteConfig, model: str = "embedded", adapter: str | None =
     import polars as pl
 
     from chat.generate import generate
+    from chat.models import load_model
     from evalsuite.metrics import get_metric
 
     net, tok, desc = load_model(model, adapter, device)
@@ -89,6 +70,7 @@ def run_suite(suite: SuiteConfig, model: str = "embedded", adapter: str | None =
         outputs = generate(net, tok, prompts, max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size,
                            sample=gen.sample, temperature=gen.temperature, top_p=gen.top_p, seed=gen.seed)
         per_example: dict[str, list[float] | None] = {}
+        stats: dict[str, list[list[float]] | None] = {}
         annotations: list[dict[str, Any]] = [{} for _ in examples]
         metrics: dict[str, Any] = {}
         for spec in task.metrics:
@@ -100,21 +82,23 @@ def run_suite(suite: SuiteConfig, model: str = "embedded", adapter: str | None =
             else:
                 results = metric(outputs, references, **spec.options)
             for key, res in results.items():
-                metrics[key] = {"value": res.value, "details": res.details}
+                metrics[key] = {"value": res.value, "metric": spec.name, "details": res.details}
                 per_example[key] = res.per_example
+                stats[key] = res.stat_rows()
                 for note, extra in zip(annotations, res.annotations or []):
                     note.update(extra)
         for i, (e, out) in enumerate(zip(examples, outputs)):
             scores = {k: (v[i] if v is not None else None) for k, v in per_example.items()}
             rows.append({"task": task.name, "idx": i, "source": e["source"], "prompt": json.dumps(e["prompt"], ensure_ascii=False),
                          "reference": e["reference"], "output": out, "scores": json.dumps(scores),
+                         "stats": json.dumps({k: v[i] for k, v in stats.items() if v is not None}),
                          "annotations": json.dumps(annotations[i], ensure_ascii=False)})
         tasks[task.name] = {"n": len(examples), "skipped": skipped, "generation": gen.model_dump(),
                             "metric_options": {m.name: m.options for m in task.metrics},
-                            "prompts_sha256": _sha(prompts), "metrics": metrics}
+                            "prompts_sha256": _sha(prompts), "references_sha256": _sha(references), "metrics": metrics}
 
     results = {
-        "suite": suite.name, **desc,
+        "format": RESULTS_FORMAT, "suite": suite.name, **desc,
         "chat_template_sha256": hashlib.sha256((tok.chat_template or "").encode()).hexdigest(),
         "tasks": tasks,
     }
@@ -132,21 +116,24 @@ def run_suite(suite: SuiteConfig, model: str = "embedded", adapter: str | None =
 def _probe_task(suite: SuiteConfig, task: TaskConfig, net: Any, tok: Any) -> tuple[list[dict], dict[str, Any]]:
     """A multiple-choice probe: rows (the output is the chosen answer) and the task's results."""
     from evalsuite import probes
+    from evalsuite.metrics import get_metric
 
     load = {"mmlu": probes.mmlu_items, "openbookqa": probes.openbookqa_items, "truthfulqa_mc1": probes.truthfulqa_mc1_items}[task.kind]
     items = load(suite.resolve(task.path), task.limit)
     if not items:
         raise ValueError(f"task {task.name}: no items in {task.path}")
-    res = probes.score_mc(net, tok, items)
+    res = get_metric("multiple_choice")(net, tok, items)
     rows = []
-    for i, (it, p) in enumerate(zip(items, res["per_example"])):
-        chosen = max(range(len(it.choices)), key=p["loglikelihoods"].__getitem__)
+    for i, (it, note) in enumerate(zip(items, res["acc"].annotations)):
+        chosen = max(range(len(it.choices)), key=note["loglikelihoods"].__getitem__)
+        scores = {k: r.per_example[i] for k, r in res.items()}
         rows.append({"task": task.name, "idx": i, "source": it.source, "prompt": json.dumps([{"role": "user", "content": it.context}]),
-                     "reference": it.choices[it.gold], "output": it.choices[chosen],
-                     "scores": json.dumps({"acc": p["acc"], "acc_norm": p["acc_norm"]}), "annotations": "{}"})
-    metrics = {k: {"value": res[k], "details": {"n": len(items), "format": task.kind}} for k in ("acc", "acc_norm")}
+                     "reference": it.choices[it.gold], "output": it.choices[chosen], "scores": json.dumps(scores),
+                     "stats": json.dumps({k: [v] for k, v in scores.items()}), "annotations": json.dumps(note)})
+    metrics = {k: {"value": r.value, "metric": "multiple_choice", "details": {"n": len(items), "format": task.kind}} for k, r in res.items()}
     return rows, {"n": len(items), "skipped": [], "generation": {"kind": task.kind}, "metric_options": {},
-                  "prompts_sha256": _sha([(it.context, it.choices) for it in items]), "metrics": metrics}
+                  "prompts_sha256": _sha([(it.context, it.choices) for it in items]),
+                  "references_sha256": _sha([it.gold for it in items]), "metrics": metrics}
 
 
 def _text_task(suite: SuiteConfig, task: TaskConfig, net: Any, tok: Any) -> tuple[list[dict], dict[str, Any]]:
@@ -173,9 +160,11 @@ def _text_task(suite: SuiteConfig, task: TaskConfig, net: Any, tok: Any) -> tupl
         raise ValueError(f"task {task.name}: no text in field {task.text_field!r} of {task.path}")
     res = text_perplexity(net, tok, texts, max_length=task.window, stride=task.stride)
     rows = [{"task": task.name, "idx": i, "source": src, "prompt": "[]", "reference": text, "output": "",
-             "scores": json.dumps({"text_perplexity": nll}), "annotations": "{}"} for i, (src, text, nll) in enumerate(zip(sources, texts, res.per_example))]
+             "scores": json.dumps({"text_perplexity": nll}), "stats": json.dumps({"text_perplexity": st}), "annotations": "{}"}
+            for i, (src, text, nll, st) in enumerate(zip(sources, texts, res.per_example, res.stats))]
     return rows, {"n": len(texts), "skipped": skipped, "generation": {"kind": "text", "window": task.window, "stride": task.stride},
-                  "metric_options": {}, "prompts_sha256": _sha(texts), "metrics": {"text_perplexity": {"value": res.value, "details": res.details}}}
+                  "metric_options": {}, "prompts_sha256": _sha(texts), "references_sha256": _sha(texts),
+                  "metrics": {"text_perplexity": {"value": res.value, "metric": "text_perplexity", "details": res.details}}}
 
 
 def headline(results: dict[str, Any]) -> dict[str, float]:

@@ -41,7 +41,7 @@ from evalsuite.metrics import (
 
 def test_registry_names_and_keys():
     assert {"bleu", "chrf", "rouge", "exact_match", "exact_match_normalized", "perplexity", "text_perplexity"} <= set(METRICS)
-    assert get_metric("rouge").keys == ("rouge1", "rouge2", "rougeL", "rougeLsum")
+    assert get_metric("rouge").keys[:4] == ("rouge1", "rouge2", "rougeL", "rougeLsum")
     assert get_metric("perplexity").needs_model and not get_metric("bleu").needs_model
     # calling a registered metric always gives {key: MetricResult}
     out = get_metric("exact_match")(["a"], ["a"])
@@ -319,7 +319,7 @@ def test_perplexity_equals_model_loss_and_ignores_batch_size(shared_data, smollm
 
     one = perplexity(model, tok, prompts, responses, batch_size=1)
     four = perplexity(model, tok, prompts, responses, batch_size=4)
-    assert one.details["tokens_per_example"] == four.details["tokens_per_example"] == counts
+    assert [c for _, c in one.stats] == [c for _, c in four.stats] == counts
     assert one.details["n_tokens"] == n_total
     assert one.value == pytest.approx(expected, rel=1e-6)
     assert four.value == pytest.approx(one.value, rel=1e-6)

@@ -20,7 +20,7 @@ def smol():
 def test_loglikelihood_is_the_continuations_summed_logprob_and_batching_changes_nothing(smol):
     import torch
 
-    from evalsuite.probes import _encode_pair, loglikelihoods
+    from evalsuite.probes import encode_pair as _encode_pair, loglikelihoods
 
     model, tok = smol
     pairs = [("The capital of France is", " Paris"), ("The capital of France is ", "London"), ("2 + 2 =", " 4"),

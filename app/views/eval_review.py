@@ -29,8 +29,8 @@ from app import queries as q
 from app.render import chat, diff, escape_controls, literal, plain_frame, plain_json
 from curate.workspace import normalize_annotator
 from evalsuite.compare import CompareError
+from evalsuite.metrics import score_for_key
 
-LOWER_IS_BETTER = {"perplexity", "text_perplexity"}
 BLIND, OPEN = "blind review", "open comparison (not blind)"
 SIDES = ("base", "fine_tune")
 REVEAL = "rev_reveal"  # session key: the example whose vote is stored and is now revealed
@@ -211,7 +211,8 @@ def _open_comparison(path: str, base: str, ft: str, task: str) -> None:
         st.info("these examples carry no metric")
         return
     metric = st.selectbox("sort by the change in", metrics, key="rev_metric", format_func=escape_controls)
-    pairs = q.with_deltas(pairs, metric, metric in LOWER_IS_BETTER).sort("delta", nulls_last=True)
+    score = score_for_key(metric)  # the metric says which way is better; an unknown key reads as higher-is-better
+    pairs = q.with_deltas(pairs, metric, score is not None and not score.higher_is_better).sort("delta", nulls_last=True)
     if st.checkbox("regressions only", key="rev_worse"):
         pairs = pairs.filter(pl.col("delta") < 0)
     if pairs.is_empty():

@@ -10,7 +10,8 @@ Tables (every row carries the run's id, so the same SQL reads one run's file or 
 - ``similar_pairs`` scored candidate pairs of the near-dup stages (near the threshold and above)
 - ``split_links``   pairs a dedup stage keeps both of but puts in one split (two tasks on one passage)
 - ``train_metrics`` per logged step of a train run: loss, eval_loss, learning rate...
-- ``eval_examples`` per example of an eval run: prompt, reference, output, per-example scores, annotations
+- ``eval_examples`` per example of an eval run: prompt, reference, output, per-example scores, annotations and
+                    the statistics a comparison resamples
 - ``ledger``        a view: each record with its outcome (kept, or rejected with stage and reason)
 """
 
@@ -50,7 +51,7 @@ CREATE TABLE IF NOT EXISTS train_metrics (
     run_id VARCHAR, step BIGINT, epoch DOUBLE, name VARCHAR, value DOUBLE);
 CREATE TABLE IF NOT EXISTS eval_examples (
     run_id VARCHAR, task VARCHAR, idx BIGINT, source VARCHAR, prompt JSON, reference VARCHAR, output VARCHAR, scores JSON,
-    annotations JSON);
+    annotations JSON, stats JSON);
 CREATE OR REPLACE VIEW ledger AS
     SELECT r.run_id, r.uid, r.id, r.source_file, r.source_line, r.shape, r.split,
            CASE WHEN j.uid IS NULL THEN 'kept' ELSE 'rejected' END AS status,

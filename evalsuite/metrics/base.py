@@ -1,0 +1,168 @@
+"""What a metric is: per-example scores, per-example statistics a corpus value is rebuilt from, the
+aggregation that rebuilds it, the direction of "better", and whether outcomes are paired 0/1 (McNemar).
+
+A metric computes :class:`MetricResult` objects, one per result key. Each result carries ``stats``: one row of
+numbers per example, computed on the *scored* text (after extraction, against every reference). Its key's
+:class:`Score` turns any multiset of those rows into the metric's value (``Score.aggregate``), so that
+
+- the headline value is ``aggregate(all rows)`` (a test holds every registered metric to this), and
+- a paired bootstrap resamples rows and aggregates them: corpus BLEU and chrF from sacrebleu's sufficient
+  statistics, perplexity token-weighted, a mean metric as the mean of its scores.
+
+`compare` and `gate` only ask the :class:`Score` of a key (``score_of``); they never test a metric's name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class MetricResult:
+    """One number of one metric over a set.
+
+    ``per_example`` holds one score per example in input order (None, or NaN items, where a metric has no
+    meaningful per-example score); ``stats`` one row of numbers per example from which the key's
+    :attr:`Score.aggregate` rebuilds ``value`` (None: the per-example scores are the rows, for a mean);
+    ``details`` what is needed to reproduce or read the number (signature, options, counts).
+    """
+
+    name: str
+    value: float
+    per_example: list[float] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    # what a metric says about each example beyond its score (a judge's verdicts and rationales): stored
+    # per example next to the scores, not in the aggregate results
+    annotations: list[dict[str, Any]] | None = None
+    stats: list[list[float]] | None = None
+
+    def stat_rows(self) -> list[list[float]] | None:
+        """The rows a bootstrap resamples: ``stats``, else ``[[score]]`` per example, else None."""
+        if self.stats is not None:
+            return self.stats
+        if self.per_example is None:
+            return None
+        return [[math.nan if s is None else float(s)] for s in self.per_example]
+
+
+def mean_of_scores(rows: np.ndarray, options: dict[str, Any]) -> float:
+    """The mean of column 0, NaN (an example without a score, e.g. an unparsed judge verdict) left out."""
+    col = rows[:, 0]
+    return float("nan") if np.isnan(col).all() else float(np.nanmean(col))
+
+
+def token_weighted_perplexity(rows: np.ndarray, options: dict[str, Any]) -> float:
+    """exp(sum of NLL / sum of tokens) over rows ``[nll_sum, tokens]``."""
+    tokens = rows[:, 1].sum()
+    return float("nan") if tokens == 0 else math.exp(rows[:, 0].sum() / tokens)
+
+
+@dataclass(frozen=True)
+class Score:
+    """One result key of a metric and how to read it.
+
+    ``aggregate(rows, options)`` rebuilds the value from per-example stats rows (a 2-D array) and the
+    metric's options as the suite gave them; ``higher_is_better`` says which way is better;
+    ``binary`` marks paired 0/1 outcomes per example, for which compare adds McNemar's exact test."""
+
+    key: str
+    higher_is_better: bool = True
+    binary: bool = False
+    aggregate: Callable[[np.ndarray, dict[str, Any]], float] = mean_of_scores
+
+    def better(self, delta: float) -> bool:
+        """Whether a change of ``delta`` (new minus old) is an improvement."""
+        return delta > 0 if self.higher_is_better else delta < 0
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A registered metric: ``compute`` and the :class:`Score` of each result key.
+
+    Calling the metric returns ``{key: MetricResult}`` whatever ``compute`` returns (a single
+    :class:`MetricResult` or a dict of them), so a runner can treat every metric alike. ``needs_model``
+    metrics take ``(model, tokenizer, ...)`` instead of predictions; ``needs_prompts`` metrics also get
+    ``prompts=`` (the conversations the predictions answer).
+    """
+
+    name: str
+    compute: Callable[..., MetricResult | dict[str, MetricResult]]
+    scores: tuple[Score, ...]
+    needs_model: bool = False
+    needs_prompts: bool = False
+    description: str = ""
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The result keys, in order."""
+        return tuple(s.key for s in self.scores)
+
+    def score(self, key: str) -> Score:
+        """The :class:`Score` of result ``key``; KeyError naming the keys there are."""
+        for s in self.scores:
+            if s.key == key:
+                return s
+        raise KeyError(f"metric {self.name!r} has no result {key!r} (it has {', '.join(self.keys)})")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, MetricResult]:
+        out = self.compute(*args, **kwargs)
+        return {out.name: out} if isinstance(out, MetricResult) else out
+
+
+METRICS: dict[str, Metric] = {}
+
+
+class UnknownMetric(ValueError):
+    """A metric name that is not in :data:`METRICS`."""
+
+
+def register(name: str, *, keys: Sequence[str | Score] | None = None, needs_model: bool = False,
+             needs_prompts: bool = False, higher_is_better: bool = True, binary: bool = False,
+             aggregate: Callable[[np.ndarray, dict[str, Any]], float] = mean_of_scores):
+    """Decorator: register ``fn`` as metric ``name``.
+
+    ``keys`` are its result keys (default ``(name,)``), each a name (read with the ``higher_is_better``,
+    ``binary`` and ``aggregate`` given here) or a full :class:`Score`. A user's own module registers its
+    metrics the same way; the suite's ``plugins:`` list imports it before the suite is checked. The
+    function itself is returned unchanged, so it stays callable directly."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if name in METRICS:
+            raise ValueError(f"metric {name!r} is already registered")
+        scores = tuple(k if isinstance(k, Score) else Score(k, higher_is_better, binary, aggregate) for k in (keys or (name,)))
+        doc = (fn.__doc__ or "").strip().split("\n")[0]
+        METRICS[name] = Metric(name, fn, scores, needs_model, needs_prompts, doc)
+        return fn
+
+    return decorate
+
+
+def get_metric(name: str) -> Metric:
+    """The registered metric ``name``; :class:`UnknownMetric` with a did-you-mean and the known names."""
+    if name in METRICS:
+        return METRICS[name]
+    producers = [m.name for m in METRICS.values() if name in m.keys]
+    if producers:
+        hint = f" ({name!r} is a result of metric {producers[0]!r})"
+    else:
+        close = difflib.get_close_matches(name, list(METRICS), n=3)
+        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+    raise UnknownMetric(f"unknown metric {name!r}{hint}; known metrics: {', '.join(sorted(METRICS))}")
+
+
+def score_for_key(key: str) -> Score | None:
+    """The :class:`Score` of result ``key`` when exactly one registered metric produces it (a reader that
+    only has the key, such as the review app); None when none or several do."""
+    found = [m.score(key) for m in METRICS.values() if key in m.keys]
+    return found[0] if len(found) == 1 else None
+
+
+def score_of(metric_name: str, key: str) -> Score:
+    """The :class:`Score` of result ``key`` of registered metric ``metric_name`` (what compare and gate ask)."""
+    return get_metric(metric_name).score(key)
