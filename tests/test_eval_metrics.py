@@ -212,7 +212,8 @@ def test_exact_match_strict_and_normalized():
 def test_extract_regex():
     assert extract_regex("so the answer is 42.", r"answer is (\d+)") == "42"
     assert extract_regex("no number here", r"answer is (\d+)") is None
-    assert extract_regex("x = 3, y = 4", r"(?P<var>\w) = (?P<val>\d)", group="val") == "3"  # the first match
+    assert extract_regex("x = 3, y = 4", r"(?P<var>\w) = (?P<val>\d)", group="val") == "4"  # the last match
+    assert extract_regex("x = 3, y = 4", r"(?P<var>\w) = (?P<val>\d)", group="val", take="first") == "3"
     with pytest.raises(ValueError, match="has 0 group"):
         extract_regex("42", r"\d+")
 
@@ -244,8 +245,12 @@ def test_metric_extract_option_counts_unparsed_never_guesses():
     assert bleu(["nothing here"], ["the answer"], extract={"regex": r"answer: (\w+)"}).value == 0.0
     with pytest.raises(ValueError, match="exactly one of"):
         exact_match(preds, refs, extract={"regex": "x", "json_field": "y"})
-    with pytest.raises(ValueError, match="references of examples \\[0\\]"):
-        exact_match(["1"], ["no marker"], extract={"regex": r"#### (\d+)", "references": True})
+    # a reference the extractor cannot read: that example is wrong and counted, the rest still score
+    unread = exact_match(["#### 1", "#### 2"], ["no marker", "#### 2"], extract={"regex": r"#### (\d+)", "references": True})
+    assert unread.per_example == [0.0, 1.0] and unread.details["unparsed_references"] == 1
+    assert unread.details["unparsed_reference_examples"] == [0]
+    with pytest.raises(ValueError, match="references of examples \\[0\\]"):  # BLEU has no score without one
+        bleu(["1"], ["no marker"], extract={"regex": r"#### (\d+)", "references": True})
 
 
 def test_gsm8k_final_answer_extraction(shared_data):
