@@ -24,15 +24,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evalsuite.metrics import exact_match, exact_match_normalized, get_extractor, get_metric, normalize_answer, numeric_match
-from evalsuite.metrics.extract import UnknownExtractor, extract_regex, lm_eval_regex_filter, LM_EVAL_GSM8K_FLEXIBLE, LM_EVAL_GSM8K_STRICT
+from evalsuite.metrics import (
+    exact_match, exact_match_normalized, get_extractor, get_metric, normalize_answer, numeric_match,
+)
+from evalsuite.metrics.extract import (
+    LM_EVAL_GSM8K_FLEXIBLE, LM_EVAL_GSM8K_STRICT, UnknownExtractor, extract_regex, lm_eval_regex_filter,
+)
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "graders" / "gsm8k_lm_eval_golden.jsonl"
 
 
 @pytest.fixture(scope="module")
 def gsm8k(shared_data) -> list[dict]:
-    return [json.loads(line) for line in (shared_data / "gsm8k" / "test.jsonl").read_text(encoding="utf-8").splitlines()]
+    return _jsonl(shared_data / "gsm8k" / "test.jsonl")
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def _final(doc: dict) -> str:
@@ -120,7 +128,8 @@ def test_issue_cases_numbers_are_compared_as_numbers():
     assert numeric_match([p for p, _ in cases], [r for _, r in cases]).per_example == [0.0, 0.0, 0.0]
     # the same strings match themselves, and thousands commas / trailing zeros are the same number
     assert exact_match_normalized(["-10", "3.6", "58.7."], ["-10", "3.6", "58.7"]).per_example == [1.0, 1.0, 1.0]
-    assert numeric_match(["65,960", "5.0", "18.", ".5", "1/2", "−10"], ["65960", "5", "18", "0.5", "0.5", "-10"]).per_example == [1.0] * 6
+    same = numeric_match(["65,960", "5.0", "18.", ".5", "1/2", "−10"], ["65960", "5", "18", "0.5", "0.5", "-10"])
+    assert same.per_example == [1.0] * 6
     assert exact_match(["65,960", "5.0"], ["65960", "5"]).per_example == [0.0, 0.0]  # strict stays strict
 
 
@@ -147,7 +156,8 @@ def test_unparsable_reference_is_counted_not_raised(gsm8k):
     assert result.details["unparsed_references"] == 1 and result.details["unparsed_reference_examples"] == [2]
     assert result.details["no_answer"] == 1
     # through an extractor that does not fit a reference: the same, never a ValueError for the whole metric
-    strict = numeric_match(["#### 1", "#### 2"], ["#### 1", "no marker"], extract={"name": "gsm8k_strict", "references": True})
+    strict = numeric_match(["#### 1", "#### 2"], ["#### 1", "no marker"],
+                           extract={"name": "gsm8k_strict", "references": True})
     assert strict.per_example == [1.0, 0.0] and strict.details["unparsed_references"] == 1
 
 
@@ -195,7 +205,8 @@ def test_extractors_in_a_suite_and_the_registry(tmp_path, gsm8k):
         "      - numeric_match\n"
         "      - {name: numeric_match, extract: {name: gsm8k_strict}}\n"
         "      - {name: exact_match, extract: {name: gsm8k_flexible, references: true}}\n"
-        "      - {name: exact_match, extract: {regex: '(-?[0-9][0-9,]*)', take: first, references: true}}\n",
+        "      - {name: exact_match, extract: {regex: '(-?[0-9][0-9,]*)', take: first, references: true}}\n"
+        "      - {name: numeric_match, extract: gsm8k_flexible}\n",
         encoding="utf-8")
     suite = load_suite(suite_file)
     from evalsuite.runner import task_examples
@@ -209,7 +220,9 @@ def test_extractors_in_a_suite_and_the_registry(tmp_path, gsm8k):
     assert values[1] == 0.0  # strict wants "#### N", the outputs have none
     assert values[2] == 1.0  # flexible takes the last number-like string
     # a first match is the first number of a chain ("2"), not the answer: right only where a reference's is 2 too
-    assert values[3] == pytest.approx(np.mean([re.search(r"\d+", r[0]).group() == "2" for r in refs])) and values[3] < 0.5
+    assert values[4] == 1.0  # an extractor named by a bare string
+    first_is_two = np.mean([re.search(r"\d+", r[0]).group() == "2" for r in refs])
+    assert values[3] == pytest.approx(first_is_two) and values[3] < 0.5
     with pytest.raises(UnknownExtractor, match="did you mean 'gsm8k_strict'"):
         get_extractor("gsm8k_stric")
     with pytest.raises(UnknownExtractor, match="gsm8k_flexible"):
@@ -298,7 +311,7 @@ tasks:
 """)
     examples, skipped = task_examples(suite, suite.tasks[0])
     assert len(examples) == 50 and not skipped
-    raw = [json.loads(line) for line in (shared_data / "triviaqa" / "triviaqa_sm_sub_shared.jsonl").read_text(encoding="utf-8").splitlines()[:50]]
+    raw = _jsonl(shared_data / "triviaqa" / "triviaqa_sm_sub_shared.jsonl")[:50]
     for e, rec in zip(examples, raw):
         assert set(e["references"]) == set(rec["aliases"]) | {rec["answer"]}
         assert e["reference"] == rec["answer"] and e["prompt"] == [{"role": "user", "content": rec["context"]}]
@@ -317,7 +330,8 @@ tasks:
     assert norm.value == 1.0
     others = [raw[(i + 1) % 50]["answer"] for i in range(50)]
     wrong = exact_match_normalized(others, [e["references"] for e in examples])
-    clash = [i for i, o in enumerate(others) if normalize_answer(o) in {normalize_answer(r) for r in examples[i]["references"]}]
+    clash = [i for i, o in enumerate(others)
+             if normalize_answer(o) in {normalize_answer(r) for r in examples[i]["references"]}]
     assert wrong.per_example == [1.0 if i in clash else 0.0 for i in range(50)] and len(clash) <= 1
     # ROUGE: every alias that has a latin token is its own best reference
     latin = [(p, r) for p, r in zip(preds, refs) if re.search(r"[a-z0-9]", p.lower())]
@@ -351,7 +365,8 @@ def test_nq_open_answer_lists_and_the_old_string_only_path(tmp_path, shared_data
     assert numeric and numeric_match([p for p, _ in numeric], [r for _, r in numeric]).value == 1.0
     # without references_field a list is no assistant turn: every record is skipped, with the reason
     plain, plain_skipped = task_examples(suite, suite.tasks[1])
-    assert not plain and plain_skipped and all("'answer' must be a string, got list" in s["reason"] for s in plain_skipped)
+    assert not plain and plain_skipped
+    assert all("'answer' must be a string, got list" in s["reason"] for s in plain_skipped)
 
 
 def test_references_field_problems_are_skipped_with_a_reason(tmp_path):
@@ -365,12 +380,14 @@ def test_references_field_problems_are_skipped_with_a_reason(tmp_path):
     suite = _suite(tmp_path, f"""
 name: qa
 tasks:
-  - {{name: qa, path: {data}, shape: mapped, mapping: {{user: q}}, references_field: answers.text, metrics: [exact_match]}}
+  - {{name: qa, path: {data}, shape: mapped, mapping: {{user: q}}, references_field: answers.text,
+     metrics: [exact_match]}}
 """)
     examples, skipped = task_examples(suite, suite.tasks[0])
     assert [e["references"] for e in examples] == [["4", "four"], ["42"]]
     reasons = [s["reason"] for s in skipped]
-    assert len(reasons) == 3 and "no non-empty answer" in reasons[0] and "got dict" in reasons[1] and "no such field" in reasons[2]
+    assert len(reasons) == 3
+    assert "no non-empty answer" in reasons[0] and "got dict" in reasons[1] and "no such field" in reasons[2]
     with pytest.raises(SuiteError, match="references_field"):
         _suite(tmp_path, f"name: x\ntasks:\n  - {{name: m, kind: mmlu, path: {data}, references_field: a}}\n")
 

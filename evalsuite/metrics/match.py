@@ -29,7 +29,9 @@ def normalize_answer(text: str) -> str:
     if any(ch.isdigit() for ch in text):
         keep = {m.start() for m in _IN_NUMBER.finditer(text)}
         text = "".join(
-            ("-" if ch == "\u2212" else ch) if i in keep else ch for i, ch in enumerate(text) if i in keep or ch not in _PUNCTUATION
+            ("-" if ch == "\u2212" else ch) if i in keep else ch
+            for i, ch in enumerate(text)
+            if i in keep or ch not in _PUNCTUATION
         )
     else:
         text = "".join(ch for ch in text if ch not in _PUNCTUATION)

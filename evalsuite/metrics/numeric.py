@@ -138,7 +138,8 @@ def numeric_match(
         pred = answer_number(p, take)
         if pred is None:
             no_answer += 1
-        scores.append(float(pred is not None and any(numbers_match(pred, r, tolerance, rel_tolerance) for r in ref_numbers)))
+        hit = pred is not None and any(numbers_match(pred, r, tolerance, rel_tolerance) for r in ref_numbers)
+        scores.append(float(hit))
     bad = sorted(set(bad_refs) | set(unreadable))
     details.update(
         n=len(scores), matched=int(sum(scores)), no_answer=no_answer, unparsed_references=len(bad),

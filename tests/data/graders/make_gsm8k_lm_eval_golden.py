@@ -73,7 +73,8 @@ def main(lm_eval_path: str) -> None:
             row = {"line": line, "style": name, "output": output, "intended_correct": correct}
             for pipe_name, flt in pipelines.items():
                 filtered = list(TakeFirstFilter().apply(flt.apply([[output]], [doc]), [doc]))[0]
-                em = exact_match_hf_evaluate(predictions=[filtered], references=[doc["answer"]], **metric)["exact_match"]
+                em = exact_match_hf_evaluate(predictions=[filtered], references=[doc["answer"]], **metric)
+                em = em["exact_match"]
                 row[pipe_name] = {"filtered": filtered, "exact_match": float(em)}
             rows.append(row)
     out = HERE / "gsm8k_lm_eval_golden.jsonl"
