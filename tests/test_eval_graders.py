@@ -409,3 +409,21 @@ def test_numeric_match_stats_rows_rebuild_its_value(gsm8k):
     sub = rows[::4]
     assert score.aggregate(sub, {}) == pytest.approx(metric(preds[::4], refs[::4])["numeric_match"].value)
     assert Fraction(res.details["matched"], res.details["n"]) == Fraction(40, 60)
+
+
+def test_a_bad_extractor_is_a_suite_error_before_any_work(tmp_path, shared_data):
+    from evalsuite.suite import SuiteError
+
+    task = (f"  - {{name: g, path: {shared_data / 'gsm8k' / 'test.jsonl'}, shape: mapped,\n"
+            "     mapping: {user: question, assistant: answer},\n")
+    def suite_with(metric: str):
+        return _suite(tmp_path, "name: s\ntasks:\n" + task + f"     metrics: [{metric}]}}\n")
+
+    with pytest.raises(SuiteError, match="did you mean 'gsm8k_strict'"):
+        suite_with("{name: numeric_match, extract: {name: gsm8k_stric}}")
+    with pytest.raises(SuiteError, match="has 0 group"):
+        suite_with("{name: exact_match, extract: {regex: 'x'}}")
+    with pytest.raises(SuiteError, match="take must be one of"):
+        suite_with("{name: exact_match, extract: {regex: '(x)', take: all}}")
+    ok = suite_with("{name: numeric_match, extract: gsm8k_flexible}")
+    assert ok.tasks[0].metrics[0].options == {"extract": "gsm8k_flexible"}
