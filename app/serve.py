@@ -53,19 +53,10 @@ def no_address_lookups() -> None:
 
 
 def workspace_problem(path: str | Path) -> str | None:
-    """Why ``path`` cannot be served, in one line naming it, or None when it is a workspace: nothing there,
-    a file that is not a workspace (not a DuckDB file, or a single-file workspace of an earlier version),
-    a folder of other files. ``curate app`` exits 2 with this line; the app shows it as its one error."""
-    from curate.workspace import Workspace, WorkspaceError
+    """:func:`curate.workspace.workspace_problem` (kept here for the app and its callers)."""
+    from curate.workspace import workspace_problem as problem
 
-    try:
-        with Workspace(path, create=False):
-            return None
-    except WorkspaceError as e:
-        return str(e).splitlines()[0] if str(e) else f"{path} is not a workspace"
-    except Exception as e:  # noqa: BLE001  (whatever the file is, the answer is one line, not a traceback)
-        first = (str(e).splitlines() or [type(e).__name__])[0]
-        return f"{path} is not a usable workspace: {first}"
+    return problem(path)
 
 
 def free_port() -> int:

@@ -239,7 +239,7 @@ def review_app(
     import sys
     from pathlib import Path
 
-    from app.serve import workspace_problem
+    from curate.workspace import workspace_problem
 
     if not _is_loopback(host) and not expose:
         _fail(f"--host {host} is not a loopback address: it would serve the workspace's records to the network; "
@@ -268,7 +268,7 @@ def review_app(
            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal", "--", "--workspace", str(Path(workspace).resolve())]
     # the server replaces this process (so stopping `curate app` stops the server, no orphan; and the
     # command line holding a --token is gone from `ps`); app.serve imports the app package from the
-    # repository root
+    # repository root. The app is started by its path, never imported here: curate sits below it
     sys.stdout.flush()
     sys.stderr.flush()
     os.chdir(main.parents[1])

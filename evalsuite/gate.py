@@ -9,7 +9,12 @@ rules:
 ```
 ``metric`` is ``task/key`` (or just ``key`` when the run has one task). Every rule is checked (not only up to
 the first failure); the outcome is a plain summary, a JUnit XML file any CI system reads, and the exit
-code: 0 all passed, 1 a rule failed, 2 the rules or runs are unusable.
+code: 0 all passed, 1 a rule failed, 2 the rules or runs are unusable. Exit 2 also writes the JUnit file, with
+one testcase holding the error, so the CI page shows why the gate could not decide.
+
+With ``--baseline``, the two runs must be alike (:func:`evalsuite.compare.check_comparable`: the same prompts,
+references, template and settings) for every baseline rule, forgetting (``max_drop``) included; a rule on a task
+or key only one of them has is unusable, not a pass.
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ class GateError(ValueError):
 
 
 class Rule(BaseModel):
+    """One check of a run: exactly one of a floor, a ceiling, no significant regression, a largest drop."""
+
     model_config = ConfigDict(extra="forbid")
-    metric: str
-    at_least: float | None = None
-    at_most: float | None = None
-    no_significant_regression: bool = False
+    metric: str = Field(description="task/key, or key when the run has one task")
+    at_least: float | None = Field(default=None, description="the value must be at least this")
+    at_most: float | None = Field(default=None, description="the value must be at most this")
+    no_significant_regression: bool = Field(default=False, description="compare's verdict against the baseline must not be 'worse'")
     max_drop: float | None = Field(default=None, ge=0, description="largest allowed fall below the baseline, in the metric's units")
 
     @model_validator(mode="after")
@@ -56,45 +63,59 @@ class Rule(BaseModel):
 
 
 class Rules(FileConfig):
-    rules: list[Rule] = Field(min_length=1)
+    """A gate rules file."""
+
+    rules: list[Rule] = Field(min_length=1, description="every rule is checked")
 
 
 def load_rules(path: str | Path) -> list[Rule]:
+    """The rules of a YAML file; GateError names the file and the bad keys (missing file, not YAML, a rule
+    with none or two checks, an unknown key)."""
     return validate(Rules, read_yaml(path, GateError), Path(path).parent, str(path), GateError).rules
 
 
-def _locate(results: dict[str, Any], metric: str) -> tuple[str, str]:
+def _locate(results: dict[str, Any], metric: str, which: str = "the run") -> tuple[str, str]:
     task, _, key = metric.rpartition("/")
     if not task:
         if len(results["tasks"]) != 1:
-            raise GateError(f"{metric}: the run has several tasks ({sorted(results['tasks'])}); write task/{metric}")
+            raise GateError(f"{metric}: {which} has several tasks ({sorted(results['tasks'])}); write task/{metric}")
         task = next(iter(results["tasks"]))
     if task not in results["tasks"] or key not in results["tasks"][task]["metrics"]:
         known = [f"{t}/{k}" for t, v in results["tasks"].items() for k in v["metrics"]]
-        raise GateError(f"{metric}: not in the run (it has {', '.join(known)})")
+        raise GateError(f"{metric}: not in {which} (it has {', '.join(known)})")
     return task, key
 
 
 def check(results_dir: str | Path, rules: list[Rule], baseline_dir: str | Path | None = None) -> list[dict[str, Any]]:
-    """One outcome per rule: ``{rule, passed, observed, message}``."""
-    from evalsuite.compare import compare, key_score, load_run
+    """One outcome per rule: ``{rule, passed, observed, message}``. Both runs are checked first
+    (:func:`evalsuite.compare.load_run`), and with a baseline they must be alike
+    (:func:`evalsuite.compare.check_comparable`); GateError or CompareError for unusable rules or runs."""
+    from evalsuite.compare import check_comparable, compare, key_score, load_run
 
     results, _ = load_run(results_dir)
     if any(r.needs_baseline for r in rules) and baseline_dir is None:
         raise GateError("a rule compares against the baseline, and no --baseline was given")
     base = load_run(baseline_dir)[0] if baseline_dir else None
+    if base is not None:
+        check_comparable(base, results)  # a drop against another answer key or other settings means nothing
+    located = []
+    for rule in rules:  # every metric named is found (in both runs where a rule needs both) before any verdict
+        task, key = _locate(results, rule.metric)
+        if rule.needs_baseline:
+            if (task, key) != _locate(base, rule.metric, "the baseline"):
+                raise GateError(f"{rule.metric}: names task/key {task}/{key} in the run but another in the baseline; write task/key")
+            key_score(results, task, key)
+        located.append((rule, task, key))
     cmp = compare(baseline_dir, results_dir) if any(r.no_significant_regression for r in rules) else None
     outcomes = []
-    for rule in rules:
-        task, key = _locate(results, rule.metric)
+    for rule, task, key in located:
         value = results["tasks"][task]["metrics"][key]["value"]
         if rule.at_least is not None:
             passed, observed = value >= rule.at_least, value
         elif rule.at_most is not None:
             passed, observed = value <= rule.at_most, value
         elif rule.max_drop is not None:
-            b_task, b_key = _locate(base, rule.metric)
-            drop = base["tasks"][b_task]["metrics"][b_key]["value"] - value
+            drop = base["tasks"][task]["metrics"][key]["value"] - value
             drop = drop if key_score(results, task, key).higher_is_better else -drop  # a rise in perplexity is the drop
             passed, observed = drop <= rule.max_drop, drop
         else:
@@ -105,7 +126,17 @@ def check(results_dir: str | Path, rules: list[Rule], baseline_dir: str | Path |
     return outcomes
 
 
+def junit_error(message: str, name: str = "evalsuite gate") -> str:
+    """JUnit XML for a gate that could not decide (exit 2): one testcase with an ``error`` holding ``message``,
+    so a CI page shows the reason where it shows failed rules."""
+    case = (f"  <testcase classname=\"evalsuite.gate\" name=\"gate inputs\">"
+            f"<error type=\"unusable input\" message={quoteattr(message)}>{escape(message)}</error></testcase>")
+    return (f"<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<testsuite name={quoteattr(name)} tests=\"1\" failures=\"0\" "
+            f"errors=\"1\">\n{case}\n</testsuite>\n")
+
+
 def junit_xml(outcomes: list[dict[str, Any]], name: str = "evalsuite gate") -> str:
+    """JUnit XML of the outcomes: one testcase per rule, a ``failure`` on each that failed."""
     failures = sum(not o["passed"] for o in outcomes)
     cases = []
     for o in outcomes:

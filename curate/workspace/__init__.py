@@ -42,7 +42,8 @@ from curate.workspace.connections import BUSY_SECONDS, WorkspaceBusy, WorkspaceE
 from curate.workspace.embeddings import EmbeddingCache
 from curate.workspace.runstore import RUN_TABLES, RunStore
 
-__all__ = ["Workspace", "WorkspaceBusy", "WorkspaceError", "RunStore", "RUN_TABLES", "normalize_annotator", "check_workspace"]
+__all__ = ["Workspace", "WorkspaceBusy", "WorkspaceError", "RunStore", "RUN_TABLES", "normalize_annotator", "check_workspace",
+           "workspace_problem"]
 
 DUCKDB_MAGIC = b"DUCK"  # bytes 8-11 of every DuckDB database file
 
@@ -79,6 +80,20 @@ def check_workspace(path: str | Path, *, create: bool) -> Path:
         except sqlite3.DatabaseError:
             raise WorkspaceError(f"{p / 'catalog.sqlite'} is not a SQLite file: this folder is not a usable workspace") from None
     return p
+
+
+def workspace_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be served, in one line naming it, or None when it is a workspace: nothing there,
+    a file that is not a workspace (not a DuckDB file, or a single-file workspace of an earlier version),
+    a folder of other files. ``curate app`` exits 2 with this line; the app shows it as its one error."""
+    try:
+        with Workspace(path, create=False):
+            return None
+    except WorkspaceError as e:
+        return str(e).splitlines()[0] if str(e) else f"{path} is not a workspace"
+    except Exception as e:  # noqa: BLE001  (whatever the file is, the answer is one line, not a traceback)
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        return f"{path} is not a usable workspace: {first}"
 
 
 class Workspace(Catalog):
