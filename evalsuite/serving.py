@@ -18,7 +18,11 @@
 
 Before any work :func:`connect` asks ``/models`` once: an unreachable server, a rejected key or an unknown
 model name is a :class:`ServerUnreachable` (``evalsuite run`` exits 2 before loading or generating
-anything). A request that still fails after its retries is a :class:`ServerError` naming the example.
+anything; a server without ``/models`` is accepted when the model is named). A request that still fails
+after its retries is a :class:`ServerError` naming the example.
+
+The cache trusts the model name: a different model served under the same name would get the old replies,
+so give it another name (or another ``cache`` folder).
 
 :class:`ChatClient` (one POST with retries) is also what the LLM judge's ``openai`` backend sends through.
 """
@@ -45,7 +49,12 @@ RETRYABLE_STATUS = (408, 429)  # and every 5xx
 
 
 class ServerError(ValueError):
-    """A request failed after its retries, or the server is misconfigured; the message is one line."""
+    """A request failed after its retries, or the server is misconfigured; the message is one line.
+    ``status``: the last HTTP status the server answered with (None: no HTTP answer)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class ServerUnreachable(ServerError):
@@ -105,32 +114,32 @@ class ChatClient:
         try:
             return self._send(path, None)
         except urllib.error.HTTPError as exc:
-            raise ServerError(_http_error(exc)) from None
+            raise ServerError(_http_error(exc), exc.code) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
             raise ServerError(_connection_error(exc)) from None
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """The JSON reply to one POST, retried on 408/429/5xx, connection errors, timeouts and unreadable
         replies; ServerError ("HTTP 503: ... after 5 attempts") when every attempt failed, at once on another 4xx."""
-        error = ""
+        error, status = "", None
         for attempt in range(self.retries + 1):
             wait_s = self.backoff_s * 2**attempt
             try:
                 return self._send(path, body)
             except urllib.error.HTTPError as exc:
-                error = _http_error(exc)
+                error, status = _http_error(exc), exc.code
                 if exc.code not in RETRYABLE_STATUS and exc.code < 500:
-                    raise ServerError(error) from None  # a client error does not heal by retrying (bad key, unknown model)
+                    raise ServerError(error, status) from None  # a client error does not heal by retrying (bad key, unknown model)
                 after = exc.headers.get("Retry-After") if exc.headers else None
                 if after and after.strip().isdigit():
                     wait_s = max(wait_s, float(after))
             except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-                error = _connection_error(exc)
+                error, status = _connection_error(exc), None
             except ValueError as exc:  # a 200 whose body is not JSON (a proxy's error page)
-                error = f"unreadable reply: {exc}"
+                error, status = f"unreadable reply: {exc}", None
             if attempt < self.retries:
                 time.sleep(min(wait_s, MAX_BACKOFF_S))
-        raise ServerError(f"{error} (after {self.retries + 1} attempts)")
+        raise ServerError(f"{error} (after {self.retries + 1} attempts)", status)
 
     def chat(self, body: dict[str, Any]) -> dict[str, Any]:
         """``/chat/completions`` with ``body``; the reply's first choice ``{"content", "finish_reason"}``."""
@@ -271,7 +280,9 @@ def connect(cfg: ServerConfig, base_dir: str | Path | None = None) -> Server:
     try:
         listing = client.get("/models")
     except ServerError as exc:
-        raise ServerUnreachable(f"server {client.base_url} cannot be used: {exc}") from None
+        if exc.status != 404 or cfg.model is None:
+            raise ServerUnreachable(f"server {client.base_url} cannot be used: {exc}") from None
+        listing = {}  # a gateway without /models: it answered, and the model is named; the first request will tell
     served = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict)] if isinstance(listing, dict) else []
     model = cfg.model
     if model is None:

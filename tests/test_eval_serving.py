@@ -255,3 +255,24 @@ def test_scoring_a_server_runs_outputs_gives_its_numbers_and_compare_refuses_the
         assert scored["tasks"][task]["prompts_sha256"] == served["tasks"][task]["prompts_sha256"]
     res = _cli("compare", suite_dir / "r1", suite_dir / "scored", "--out", suite_dir / "cmp_mixed")
     assert res.exit_code == 2 and "scored outputs made elsewhere" in res.output
+
+
+def test_a_local_run_shows_progress_and_where_the_time_went(suite_dir, capsys):
+    from evalsuite.runner import format_timing, run_suite
+    from evalsuite.suite import load_suite
+
+    cfg = yaml.safe_load((suite_dir / "suite.yaml").read_text())
+    del cfg["server"]
+    cfg["tasks"] = [{**cfg["tasks"][0], "limit": 3}]
+    cfg["generation"] = {"max_new_tokens": 4, "batch_size": 2}
+    (suite_dir / "local.yaml").write_text(yaml.safe_dump(cfg))
+    results = run_suite(load_suite(suite_dir / "local.yaml"), out_dir=suite_dir / "local", device="cpu", progress=True)
+    err = capsys.readouterr().err
+    assert "generate alpaca" in err and "3/3" in err and "ex/s" in err and "score alpaca" in err
+    timing = json.loads((suite_dir / "local" / "results.json").read_text())["timing"]
+    assert timing["load_model_s"] > 0 and timing["tasks"]["alpaca"]["examples"] == 3 and timing["tasks"]["alpaca"]["generate_s"] > 0
+    assert set(timing["tasks"]["alpaca"]["score"]) == {"rouge_s", "bleu_s"} and timing["write_s"] >= 0
+    assert timing["total_s"] >= timing["load_model_s"] + timing["tasks"]["alpaca"]["generate_s"]
+    text = format_timing(results["timing"])
+    assert "load model" in text and "alpaca: generate" in text and "examples/s" in text and "alpaca: score bleu" in text
+    assert len(results["chat_template_sha256"]) == 64 and "server" not in results
