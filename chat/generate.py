@@ -9,7 +9,7 @@ returned in the input order. Greedy unless ``sample`` is set, and then seeded.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -42,8 +42,10 @@ def generate(
     temperature: float = 0.7,
     top_p: float = 0.9,
     seed: int = 0,
+    progress: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """The assistant's answer to each conversation, in input order (special tokens stripped)."""
+    """The assistant's answer to each conversation, in input order (special tokens stripped).
+    ``progress(n)`` is called after each batch with the number of conversations it answered."""
     import torch
 
     texts = render_prompts(tokenizer, conversations)
@@ -75,5 +77,7 @@ def generate(
             )
             for row, i in enumerate(idx):
                 out[i] = tokenizer.decode(gen[row, width:], skip_special_tokens=True)
+            if progress:
+                progress(len(idx))
     model.train(was_training)
     return out

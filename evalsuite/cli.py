@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-app = typer.Typer(add_completion=False, help="evaluation: run a suite on a model, compare two runs, gate a run in CI")
+app = typer.Typer(add_completion=False, help="evaluation: run a suite on a model (or a server), score outputs made elsewhere, compare two runs, gate a run in CI")
 
 
 @app.callback()
@@ -20,11 +20,16 @@ def run(
     out: str = typer.Option(None, "--out", help="output folder (default: evals/<run id> next to the suite)"),
     workspace: str = typer.Option(None, "--workspace", help="the workspace folder to register the run in"),
     device: str = typer.Option("auto", "--device"),
+    server: str = typer.Option(None, "--server", help="generate through this OpenAI-compatible server (base URL up to /v1: vLLM, TGI, llama.cpp) instead of a local model; settings from the suite's `server:` block"),
+    server_model: str = typer.Option(None, "--server-model", help="the served model's name (default: the suite's, else the one model the server lists)"),
+    progress: bool = typer.Option(None, "--progress/--no-progress", help="progress bars on stderr (default: when stderr is a terminal)"),
 ) -> None:
     """Generate for every task, score every metric; write examples.parquet and results.json.
 
-    Exit codes: 0 done; 2 invalid suite; 1 failure."""
-    from evalsuite.runner import headline, run_suite
+    Exit codes: 0 done; 2 invalid suite, or a server that cannot be used (checked before any work); 1 failure
+    (a request that still fails after its retries names its example)."""
+    from evalsuite.runner import format_timing, headline, run_suite
+    from evalsuite.serving import ServerConfig, ServerUnreachable, connect
     from evalsuite.suite import SuiteError, load_suite
 
     from curate.workspace import WorkspaceError, check_workspace
@@ -33,16 +38,77 @@ def run(
         cfg = load_suite(suite)
         if workspace:
             check_workspace(workspace, create=True)  # before any generation: a bad path costs nothing
-    except (SuiteError, WorkspaceError) as exc:
+        served = cfg.server
+        if server or server_model:
+            if not server and not served:
+                raise SuiteError("--server-model needs --server URL (or a `server:` block in the suite)")
+            base = served.model_dump() if served else {}
+            served = ServerConfig(**{**base, **({"base_url": server} if server else {}), **({"model": server_model} if server_model else {})})
+        if served is not None:
+            from evalsuite.runner import server_problems
+
+            problems = server_problems(cfg) + (["--adapter cannot be applied to a served model (serve the merged model)"] if adapter else [])
+            if problems:
+                raise SuiteError(f"{suite}: cannot run on a server: {'; '.join(problems)}")
+            connect(served, cfg.base_dir)  # reachable, key accepted, model served: before any work
+    except (SuiteError, WorkspaceError, ServerUnreachable) as exc:
         typer.secho(str(exc), fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     try:
-        results = run_suite(cfg, model=model, adapter=adapter, out_dir=out, workspace=workspace, device=device)
-    except ValueError as exc:
+        results = run_suite(cfg, model=model, adapter=adapter, out_dir=out, workspace=workspace, device=device,
+                            server=served, progress=progress)
+    except ValueError as exc:  # ServerError included: one line naming the example
         typer.secho(f"evalsuite run failed: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
     for key, value in headline(results).items():
         typer.echo(f"{key:40} {value:.4f}")
+    typer.echo(format_timing(results["timing"]))
+    typer.echo(f"results: {results['output_dir']}/results.json")
+
+
+@app.command()
+def score(
+    suite: str = typer.Option(..., "--suite", help="suite YAML: the tasks, references and metrics (see evalsuite/suite.py)"),
+    outputs: list[str] = typer.Option(None, "--outputs", help="TASK=FILE (one task's outputs) or FILE (JSONL lines naming their task); repeatable; default: each task's `predictions:`. *.jsonl: {output, idx or prompt[, task]} per line; any other name: plain text, one output per line"),
+    model_name: str = typer.Option(..., "--model-name", help="the name of the model or system that made the outputs (results.json `model`)"),
+    task: list[str] = typer.Option(None, "--task", help="score only this task (repeatable; default: every task)"),
+    out: str = typer.Option(None, "--out", help="output folder (default: evals/<run id> next to the suite)"),
+    workspace: str = typer.Option(None, "--workspace", help="the workspace folder to register the run in"),
+    progress: bool = typer.Option(None, "--progress/--no-progress", help="progress bars on stderr (default: when stderr is a terminal)"),
+) -> None:
+    """Score outputs made elsewhere (vLLM, an API, another team) against the suite's references: the same
+    examples.parquet and results.json as `evalsuite run`, for `compare` and `gate`.
+
+    Exit codes: 0 done; 2 invalid suite, or outputs that do not match the examples (missing, extra or
+    duplicate; one line naming file, line and field), or a task or metric that needs the model; 1 failure."""
+    from evalsuite.runner import format_timing, headline
+    from evalsuite.score import OutputsError, score_suite, scoring_problems
+    from evalsuite.suite import SuiteError, load_suite
+
+    from curate.workspace import WorkspaceError, check_workspace
+
+    try:
+        cfg = load_suite(suite)
+        if workspace:
+            check_workspace(workspace, create=True)
+        problems = scoring_problems(cfg, [t for t in cfg.tasks if not task or t.name in task])
+        if problems:
+            raise SuiteError(f"{suite}: cannot be scored from outputs: {'; '.join(problems)}")
+    except (SuiteError, WorkspaceError) as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    try:
+        results = score_suite(cfg, outputs or [], model_name=model_name, out_dir=out, workspace=workspace, tasks=task or None,
+                              progress=progress)
+    except OutputsError as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    except ValueError as exc:
+        typer.secho(f"evalsuite score failed: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    for key, value in headline(results).items():
+        typer.echo(f"{key:40} {value:.4f}")
+    typer.echo(format_timing(results["timing"]))
     typer.echo(f"results: {results['output_dir']}/results.json")
 
 
@@ -60,8 +126,10 @@ def compare_cmd(
     """Per metric: both values, delta, paired bootstrap 95% CI (McNemar for exact match), verdict; with
     --judge, a pairwise preference per example in both orders and the fine-tune's win rate.
 
-    Exit codes: 0 compared; 2 the runs cannot be compared (other prompts, template or generation settings)
-    or the judge is misconfigured."""
+    Exit codes: 0 compared; 2, with one line, when a run is unusable (no or damaged results.json or
+    examples.parquet, a missing key, fewer rows than results.json says), the runs are unlike (other prompts,
+    references, template, generation settings or metric options; scored outputs against generated ones), the
+    judge is misconfigured or the output folder cannot be written."""
     import json
     from pathlib import Path
 
@@ -69,21 +137,22 @@ def compare_cmd(
     from evalsuite.judge import JudgeConfig, JudgeError, make_judge
 
     if judge not in ("none", "local", "openai"):
-        typer.secho(f"--judge must be none, local or openai, not {judge!r}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
+        _fail(f"--judge must be none, local or openai, not {judge!r}")
     try:
         judge_backend = None if judge == "none" else make_judge(JudgeConfig(backend=judge, model=judge_model, url=judge_url))
         paths = [_run_folder(x, workspace) for x in (base, fine_tune)]
         result = compare(paths[0], paths[1], regressions=regressions, judge=judge_backend)
     except (CompareError, JudgeError) as exc:
-        typer.secho(f"cannot compare: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        _fail(f"cannot compare: {exc}")
     folder = Path(out or paths[1])
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
     markdown = to_markdown(result)
-    (folder / "compare.md").write_text(markdown)
-    (folder / "compare.html").write_text(to_html(result))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
+        (folder / "compare.md").write_text(markdown)
+        (folder / "compare.html").write_text(to_html(result))
+    except OSError as exc:
+        _fail(f"cannot write the comparison to {folder}: {exc.strerror or exc}")
     typer.echo(markdown.split("\nLargest regressions")[0] if len(result["tasks"]) == 1 else markdown)
     typer.echo(f"written: {folder / 'compare.json'}, compare.md, compare.html")
 
@@ -96,25 +165,58 @@ def gate(
     junit: str = typer.Option(None, "--junit", help="JUnit XML output (default: gate.xml in the run folder)"),
     workspace: str = typer.Option(None, "--workspace", help="resolve run ids through this workspace folder"),
 ) -> None:
-    """Check every rule; exit 0 when all pass, 1 when one fails, 2 when the rules or runs are unusable."""
+    """Check every rule; exit 0 when all pass, 1 when one fails, 2 when the rules or runs are unusable.
+
+    Exit 2 prints one line (the file and field at fault) and still writes the JUnit file, with the error as
+    its one testcase; an unwritable --junit path is itself exit 2 (CI would see no result)."""
     from pathlib import Path
 
     from evalsuite.compare import CompareError
     from evalsuite.gate import GateError, check, junit_xml, load_rules
 
+    target = Path(junit) if junit else None
     try:
         folder = _run_folder(results, workspace)
+        target = target or Path(folder) / "gate.xml"
         outcomes = check(folder, load_rules(rules), _run_folder(baseline, workspace) if baseline else None)
     except (GateError, CompareError) as exc:
-        typer.secho(f"gate: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
-    target = Path(junit or Path(folder) / "gate.xml")
-    target.write_text(junit_xml(outcomes))
+        _gate_unusable(f"gate: {exc}", target or Path(results) / "gate.xml")
+    except Exception as exc:  # noqa: BLE001  (exit 1 means "a rule failed": a crash must not read as one)
+        _gate_unusable(f"gate: unexpected error, not a rule failure: {type(exc).__name__}: {exc}", target or Path(results) / "gate.xml")
     for o in outcomes:
         typer.secho(o["message"], fg=typer.colors.GREEN if o["passed"] else typer.colors.RED)
+    try:
+        target.write_text(junit_xml(outcomes))
+    except OSError as exc:
+        _fail(f"gate: cannot write the JUnit file {target}: {exc.strerror or exc}")
     failed = sum(not o["passed"] for o in outcomes)
     typer.echo(f"{len(outcomes) - failed} of {len(outcomes)} rules passed; JUnit: {target}")
     raise typer.Exit(1 if failed else 0)
+
+
+def _one_line(message: str) -> str:
+    """A message of several lines (a config error: a heading, then one line per bad key) as one line."""
+    lines = [part.strip() for part in str(message).splitlines() if part.strip()]
+    return lines[0] if len(lines) < 2 else f"{lines[0].rstrip(':')}: {'; '.join(lines[1:])}"
+
+
+def _fail(message: str) -> None:
+    """Exit 2 with ``message`` as one line on stderr."""
+    typer.secho(_one_line(message), fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _gate_unusable(message: str, junit: "Path") -> None:
+    """Exit 2: the JUnit file gets the error as its one testcase where it can be written (the run folder
+    itself may be what is missing), and stderr one line."""
+    from evalsuite.gate import junit_error
+
+    line = _one_line(message)
+    try:
+        junit.write_text(junit_error(line))
+    except OSError as exc:
+        line += f" (and the JUnit file {junit} cannot be written: {exc.strerror or exc})"
+    _fail(line)
 
 
 def _run_folder(ref: str, workspace: str | None) -> str:

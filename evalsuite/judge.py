@@ -25,12 +25,8 @@ examples, with a bootstrap 95% interval.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -210,28 +206,18 @@ class OpenAIJudge:
                              "config, or EVALSUITE_JUDGE_URL and EVALSUITE_JUDGE_MODEL")
         self.key = os.environ.get(cfg.api_key_env)
         self.description = {"backend": "openai", "model": self.model, "url": self.url}
+        from evalsuite.serving import ChatClient  # the HTTP client (retries, backoff) that `run --server` uses too
+
+        self.client = ChatClient(self.url, self.key, timeout_s=cfg.timeout_s, retries=cfg.retries, backoff_s=1.0)
 
     def _one(self, messages: list[dict[str, str]]) -> tuple[str | None, str | None]:
-        body = json.dumps({"model": self.model, "messages": messages, "temperature": 0, "seed": 0,
-                           "max_tokens": self.cfg.max_new_tokens}).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.key:
-            headers["Authorization"] = f"Bearer {self.key}"
-        error = None
-        for attempt in range(self.cfg.retries + 1):
-            request = urllib.request.Request(f"{self.url}/chat/completions", data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.cfg.timeout_s) as resp:
-                    reply = json.loads(resp.read())
-                return reply["choices"][0]["message"].get("content") or "", None
-            except urllib.error.HTTPError as exc:
-                error = f"HTTP {exc.code}: {exc.read()[:200].decode(errors='replace')}"
-                if exc.code not in (408, 429) and exc.code < 500:
-                    break  # a client error does not heal by retrying (bad key, unknown model)
-            except (urllib.error.URLError, TimeoutError, ConnectionError, KeyError, ValueError) as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            time.sleep(min(2**attempt, 10))
-        return None, error
+        from evalsuite.serving import ServerError
+
+        body = {"model": self.model, "messages": messages, "temperature": 0, "seed": 0, "max_tokens": self.cfg.max_new_tokens}
+        try:
+            return self.client.chat(body)["content"], None
+        except ServerError as exc:  # counted as failed by the caller, never guessed
+            return None, str(exc)
 
     def complete(self, conversations: list[list[dict[str, str]]]) -> list[tuple[str | None, str | None]]:
         with ThreadPoolExecutor(self.cfg.concurrency) as pool:

@@ -13,8 +13,10 @@ Outputs in ``out_dir``:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +24,104 @@ from evalsuite.suite import SuiteConfig, TaskConfig
 
 
 def task_examples(suite: SuiteConfig, task: TaskConfig) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """(examples, skipped): each record's turns before its last assistant turn (the prompt) and that turn's
-    text (the reference); records without an assistant turn, or unreadable, are skipped with a reason."""
+    """(examples, skipped) of a generate task. Each example: ``source`` (file:line), ``prompt`` (the record's
+    turns before its last assistant turn), ``references`` (the accepted answers, a non-empty list) and
+    ``reference`` (the first of them, what a one-answer reader shows).
+
+    Without ``references_field`` the one reference is the last assistant turn. With it, the references are
+    that turn (when there is one: TriviaQA's ``answer`` mapped to the assistant) followed by that field of the
+    raw record (a string, a number, or a list of them: TriviaQA ``aliases``, an NQ-open ``answer`` list), empty
+    strings and repeats left out, order kept; the prompt is every turn when the record has no assistant turn.
+    A mapping that sends the same field to the assistant (``assistant: aliases``) is read as naming the
+    references, not as a turn, since a list is no turn. Records that are unreadable, lack a prompt, or lack
+    usable references are skipped with ``{where, reason}``."""
     from chat.conversations import read_conversations
 
-    convs, bad = read_conversations(suite.resolve(task.path), task.shape, task.mapping, task.limit)
+    field = task.references_field
+    mapping = _mapping_without(task.mapping, field) if field else task.mapping
+    convs, bad = read_conversations(suite.resolve(task.path), task.shape, mapping, task.limit)
+    records = _raw_records(suite.resolve(task.path), {where for where, _ in convs}) if field else {}
     examples, skipped = [], [{"where": b["where"], "reason": b["reason"]} for b in bad]
     for where, messages in convs:
         last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
-        if not last:  # None, or an assistant turn with nothing before it to answer
+        if field and last is None and messages and messages[-1]["role"] == "user":
+            prompt = messages  # the answers live in the field, not in a turn
+        elif not last:  # None, or an assistant turn with nothing before it to answer
             skipped.append({"where": where, "reason": "no assistant turn after a prompt"})
             continue
-        examples.append({"source": where, "prompt": messages[:last], "reference": messages[last]["content"]})
+        else:
+            prompt = messages[:last]
+        if field:
+            references, problem = _field_references(records.get(where), field)
+            if problem:
+                skipped.append({"where": where, "reason": problem})
+                continue
+            if last is not None and messages[last]["content"].strip():  # the record's own answer leads the list
+                answer = messages[last]["content"]
+                references = [answer] + [r for r in references if r != answer]
+        else:
+            references = [messages[last]["content"]]
+        examples.append({"source": where, "prompt": prompt, "reference": references[0], "references": references})
     return examples, skipped
+
+
+def _mapping_without(mapping: dict[str, Any] | None, field: str) -> dict[str, Any] | None:
+    """``mapping`` with ``field`` taken out of its assistant columns (the references are read from the field)."""
+    if not mapping or "assistant" not in mapping:
+        return mapping
+    cols = [mapping["assistant"]] if isinstance(mapping["assistant"], str) else list(mapping["assistant"])
+    kept = [c for c in cols if c != field]
+    out = {k: v for k, v in mapping.items() if k != "assistant"}
+    if kept:
+        out["assistant"] = kept
+    return out
+
+
+def _raw_records(path: Path, wheres: set[str]) -> dict[str, Any]:
+    """The parsed records at ``wheres`` (``file:line``, as :func:`chat.conversations.read_conversations`
+    names them), read again from ``path``; stops once every one is found."""
+    from curate.readers import expand_paths, read_file
+
+    found: dict[str, Any] = {}
+    for file in expand_paths(str(path), Path("/")):
+        for batch in read_file(file):
+            for line, rec in zip(batch.lines, batch.records):
+                where = f"{file}:{line}"
+                if where in wheres:
+                    found[where] = rec
+            if len(found) == len(wheres):
+                return found
+    return found
+
+
+def _field_references(rec: Any, field: str) -> tuple[list[str], str | None]:
+    """(the accepted answers in ``rec[field]``, None) or ([], why not). A dotted ``field`` reaches into nested
+    objects and lists (``answers.text``, ``answers.0``) when no key has the whole name."""
+    if not isinstance(rec, dict):
+        return [], f"references_field {field!r}: the record is not an object"
+    value: Any = rec
+    if field in rec:
+        value = rec[field]
+    else:
+        for part in field.split("."):
+            if isinstance(value, dict) and part in value:
+                value = value[part]
+            elif isinstance(value, list) and part.lstrip("-").isdigit() and -len(value) <= int(part) < len(value):
+                value = value[int(part)]
+            else:
+                return [], f"references_field {field!r}: no such field"
+    items = value if isinstance(value, list) else [value]
+    out: list[str] = []
+    for item in items:
+        if isinstance(item, (int, float)) and not isinstance(item, bool):
+            item = str(item)  # a numeric answer (42) is the text "42"
+        if not isinstance(item, str):
+            return [], f"references_field {field!r} must hold a string or a list of strings, got {type(item).__name__}"
+        if item.strip() and item not in out:
+            out.append(item)
+    if not out:
+        return [], f"references_field {field!r}: no non-empty answer"
+    return out, None
 
 
 RESULTS_FORMAT = 2  # 2: per-example ``stats`` and each key's producing ``metric``; what compare reads
@@ -45,20 +132,46 @@ def _sha(obj: Any) -> str:
 
 
 def run_suite(suite: SuiteConfig, model: str = "embedded", adapter: str | None = None, out_dir: str | Path | None = None,
-              workspace: str | Path | None = None, device: str = "auto") -> dict[str, Any]:
-    """Run every task; returns the results dict written to ``out_dir/results.json``."""
+              workspace: str | Path | None = None, device: str = "auto", server: Any = None,
+              progress: bool | None = None) -> dict[str, Any]:
+    """Run every task; returns the results dict written to ``out_dir/results.json``.
+
+    With ``server`` (a :class:`evalsuite.serving.ServerConfig`, else the suite's ``server:``), generate tasks
+    are answered by that OpenAI-compatible server instead of a local model: no model is loaded, so tasks
+    that need the model's weights (probes, text perplexity, a ``needs_model`` metric) are refused before
+    any work (:func:`server_problems`), and :class:`evalsuite.serving.ServerUnreachable` is raised when the
+    server cannot be used. ``progress``: bars on stderr (None: when stderr is a terminal). ``timing`` in
+    the results says where the time went (:func:`format_timing` prints it)."""
     import polars as pl
 
     from chat.generate import generate
-    from chat.models import load_model
-    from evalsuite.metrics import get_metric
 
-    net, tok, desc = load_model(model, adapter, device)
+    clock = Clock()
+    server = server or suite.server
+    if server is not None:
+        from evalsuite.serving import connect
+
+        problems = server_problems(suite)
+        if adapter:
+            problems.insert(0, "an adapter cannot be applied to a served model (serve the merged model, or run locally)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        with clock.step("connect"):
+            served = connect(server, suite.base_dir)
+        net = tok = None
+        desc = {"model": served.model, "adapter": None, "server": served.description}
+        asked = (0, 0)
+    else:
+        from chat.models import load_model
+
+        with clock.step("load_model"):
+            net, tok, desc = load_model(model, adapter, device)
     rows: list[dict[str, Any]] = []
     tasks: dict[str, Any] = {}
     for task in suite.tasks:
         if task.kind != "generate":
-            task_rows, tasks[task.name] = (_text_task if task.kind == "text" else _probe_task)(suite, task, net, tok)
+            with clock.step("tasks", task.name, "total"):
+                task_rows, tasks[task.name] = (_text_task if task.kind == "text" else _probe_task)(suite, task, net, tok)
             rows += task_rows
             continue
         examples, skipped = task_examples(suite, task)
@@ -66,74 +179,220 @@ def run_suite(suite: SuiteConfig, model: str = "embedded", adapter: str | None =
             raise ValueError(f"task {task.name}: no example with a prompt and a reference in {task.path} ({len(skipped)} skipped)")
         gen = task.generation or suite.generation
         prompts = [e["prompt"] for e in examples]
-        references = [e["reference"] for e in examples]
-        outputs = generate(net, tok, prompts, max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size,
-                           sample=gen.sample, temperature=gen.temperature, top_p=gen.top_p, seed=gen.seed)
-        per_example: dict[str, list[float] | None] = {}
-        stats: dict[str, list[list[float]] | None] = {}
-        annotations: list[dict[str, Any]] = [{} for _ in examples]
-        metrics: dict[str, Any] = {}
+        notes: list[dict[str, Any]] | None = None
+        with clock.step("tasks", task.name, "generate"), progress_bar(progress, len(prompts), f"generate {task.name}") as bar:
+            if server is not None:
+                replies = served.generate(prompts, max_new_tokens=gen.max_new_tokens, sample=gen.sample, temperature=gen.temperature,
+                                          top_p=gen.top_p, seed=gen.seed, names=[f"{task.name}/{i} ({e['source']})" for i, e in enumerate(examples)],
+                                          progress=bar.update)
+                outputs = [r["content"] for r in replies]
+                notes = [{"server": {"finish_reason": r.get("finish_reason")}} for r in replies]
+            else:
+                outputs = generate(net, tok, prompts, max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size,
+                                   sample=gen.sample, temperature=gen.temperature, top_p=gen.top_p, seed=gen.seed, progress=bar.update)
+        clock.note(task.name, examples=len(prompts))
+        if server is not None:  # what the server was asked, and what the cache answered
+            clock.note(task.name, from_server=served.answered - asked[0], from_cache=served.cached - asked[1])
+            asked = (served.answered, served.cached)
+        task_rows, task_result = score_task(task, examples, outputs, net, tok, progress=progress, clock=clock, annotations=notes)
+        rows += task_rows
+        tasks[task.name] = {"n": len(examples), "skipped": skipped, "generation": gen.model_dump(), **task_result}
+
+    results = {
+        "format": RESULTS_FORMAT, "suite": suite.name, **desc,
+        # a server applies its own template, which we cannot see: no hash, so only server runs compare with it
+        "chat_template_sha256": None if tok is None else hashlib.sha256((tok.chat_template or "").encode()).hexdigest(),
+        "tasks": tasks,
+        "plugins": suite.plugin_records(),  # compare and gate import the same metric code the run used
+    }
+    results["run_id"] = f"{suite.name}-{_sha([results['model'], adapter, {t: (v['prompts_sha256'], v['generation']) for t, v in tasks.items()}, [t.model_dump() for t in suite.tasks]])[:12]}"
+    out = Path(out_dir or suite.resolve(f"evals/{results['run_id']}"))
+    with clock.step("write"):
+        out.mkdir(parents=True, exist_ok=True)
+        pl.DataFrame(rows).write_parquet(out / "examples.parquet")
+        if workspace:
+            _register(Path(workspace), suite, results, pl.DataFrame(rows), out)
+    results["timing"] = clock.timing()
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    results["output_dir"] = str(out)
+    return results
+
+
+def server_problems(suite: SuiteConfig, what: str = "a server run") -> list[str]:
+    """Why ``suite`` cannot run without a local model (one reason per task or metric; empty when it can):
+    probe and text tasks and ``needs_model`` metrics score the model's own log-likelihoods."""
+    from evalsuite.metrics import get_metric
+
+    problems = []
+    for task in suite.tasks:
+        if task.kind != "generate":
+            problems.append(f"task {task.name}: a {task.kind} task scores the model's log-likelihoods, which {what} does not have")
+        for spec in task.metrics:
+            if get_metric(spec.name).needs_model:
+                problems.append(f"task {task.name}: metric {spec.name} needs the model's weights, which {what} does not have")
+    return problems
+
+
+def score_task(task: TaskConfig, examples: list[dict[str, Any]], outputs: list[str], net: Any = None, tok: Any = None,
+               progress: bool | None = None, clock: "Clock | None" = None,
+               annotations: list[dict[str, Any]] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Score ``outputs`` (one per example, in order) with every metric of ``task``: (examples.parquet rows, the
+    task's ``metric_options``, ``prompts_sha256``, ``references_sha256`` and ``metrics``). What a generated
+    run and a scored run (:mod:`evalsuite.score`) share. ``annotations`` start each example's notes
+    (metrics add theirs); ``clock`` gets each metric's seconds; ``net``/``tok`` only for ``needs_model``."""
+    from evalsuite.metrics import get_metric
+
+    prompts = [e["prompt"] for e in examples]
+    # every accepted answer (a list, from the suite's `references_field`); a single one stays a string, so
+    # its references_sha256 is what it was before reference lists existed
+    references = [e["references"] if len(e.get("references") or ()) > 1 else e["reference"] for e in examples]
+    per_example: dict[str, list[float] | None] = {}
+    stats: dict[str, list[list[float]] | None] = {}
+    annotations = [dict(a) for a in annotations] if annotations else [{} for _ in examples]
+    for note, refs in zip(annotations, references):
+        if not isinstance(refs, str):  # the `reference` column holds the first; every accepted answer is kept here
+            note["references"] = refs
+    metrics: dict[str, Any] = {}
+    clock = clock or Clock()
+    with progress_bar(progress, len(examples) * len(task.metrics), f"score {task.name}") as bar:
         for spec in task.metrics:
             metric = get_metric(spec.name)
-            if metric.needs_model:
-                results = metric(net, tok, prompts, references, **spec.options)
-            elif metric.needs_prompts:
-                results = metric(outputs, references, prompts=prompts, **spec.options)
-            else:
-                results = metric(outputs, references, **spec.options)
+            bar.set_postfix_str(spec.name)
+            with clock.step("tasks", task.name, "score", spec.name):
+                # perplexity and the judge read one answer: the first accepted one
+                if metric.needs_model:
+                    results = metric(net, tok, prompts, [e["reference"] for e in examples], **spec.options)
+                elif metric.needs_prompts:
+                    results = metric(outputs, [e["reference"] for e in examples], prompts=prompts, **spec.options)
+                else:
+                    results = metric(outputs, references, **spec.options)
+            bar.update(len(examples))
             for key, res in results.items():
                 metrics[key] = {"value": res.value, "metric": spec.name, "details": res.details}
                 per_example[key] = res.per_example
                 stats[key] = res.stat_rows()
                 for note, extra in zip(annotations, res.annotations or []):
                     note.update(extra)
-        for i, (e, out) in enumerate(zip(examples, outputs)):
-            scores = {k: (v[i] if v is not None else None) for k, v in per_example.items()}
-            rows.append({"task": task.name, "idx": i, "source": e["source"], "prompt": json.dumps(e["prompt"], ensure_ascii=False),
-                         "reference": e["reference"], "output": out, "scores": json.dumps(scores),
-                         "stats": json.dumps({k: v[i] for k, v in stats.items() if v is not None}),
-                         "annotations": json.dumps(annotations[i], ensure_ascii=False)})
-        tasks[task.name] = {"n": len(examples), "skipped": skipped, "generation": gen.model_dump(),
-                            "metric_options": {m.name: m.options for m in task.metrics},
-                            "prompts_sha256": _sha(prompts), "references_sha256": _sha(references), "metrics": metrics}
+    rows = []
+    for i, (e, out) in enumerate(zip(examples, outputs)):
+        scores = {k: (v[i] if v is not None else None) for k, v in per_example.items()}
+        rows.append({"task": task.name, "idx": i, "source": e["source"], "prompt": json.dumps(e["prompt"], ensure_ascii=False),
+                     "reference": e["reference"], "output": out, "scores": json.dumps(scores),
+                     "stats": json.dumps({k: v[i] for k, v in stats.items() if v is not None}),
+                     "annotations": json.dumps(annotations[i], ensure_ascii=False)})
+    return rows, {"metric_options": {m.name: m.options for m in task.metrics},
+                  "prompts_sha256": _sha(prompts), "references_sha256": _sha(references), "metrics": metrics}
 
-    results = {
-        "format": RESULTS_FORMAT, "suite": suite.name, **desc,
-        "chat_template_sha256": hashlib.sha256((tok.chat_template or "").encode()).hexdigest(),
-        "tasks": tasks,
-    }
-    results["run_id"] = f"{suite.name}-{_sha([results['model'], adapter, {t: (v['prompts_sha256'], v['generation']) for t, v in tasks.items()}, [t.model_dump() for t in suite.tasks]])[:12]}"
-    out = Path(out_dir or suite.resolve(f"evals/{results['run_id']}"))
-    out.mkdir(parents=True, exist_ok=True)
-    pl.DataFrame(rows).write_parquet(out / "examples.parquet")
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    results["output_dir"] = str(out)
-    if workspace:
-        _register(Path(workspace), suite, results, pl.DataFrame(rows), out)
-    return results
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, s: str) -> None:
+        pass
+
+    def __enter__(self) -> "_NoBar":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+def progress_bar(enabled: bool | None, total: int, desc: str):
+    """A tqdm bar on stderr (examples and examples/s) used as a context manager; a no-op when ``enabled`` is
+    False, or None and stderr is not a terminal (CI logs stay clean)."""
+    import sys
+
+    if enabled is False or (enabled is None and not sys.stderr.isatty()):
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=" ex", file=sys.stderr, leave=True)
+
+
+class Clock:
+    """Where a run's time went: seconds per step, nested by name (``step("tasks", "alpaca", "generate")``),
+    plus notes (example counts). :meth:`timing` is what results.json stores as ``timing``."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.tree: dict[str, Any] = {}
+
+    @contextlib.contextmanager
+    def step(self, *path: str):
+        """Add the seconds the ``with`` block takes to ``path`` (its last part gets an ``_s`` suffix)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            node = self.tree
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            node[f"{path[-1]}_s"] = node.get(f"{path[-1]}_s", 0.0) + time.perf_counter() - start
+
+    def note(self, task: str, **values: Any) -> None:
+        """Record ``values`` (counts, not seconds) under ``tasks/<task>``."""
+        self.tree.setdefault("tasks", {}).setdefault(task, {}).update(values)
+
+    def timing(self) -> dict[str, Any]:
+        """The tree, rounded to milliseconds, with ``total_s`` (the clock's age)."""
+
+        def rounded(node: Any) -> Any:
+            return {k: rounded(v) for k, v in node.items()} if isinstance(node, dict) else round(node, 3) if isinstance(node, float) else node
+
+        return {**rounded(self.tree), "total_s": round(time.perf_counter() - self.started, 3)}
+
+
+def format_timing(timing: dict[str, Any]) -> str:
+    """Where the time went, one step a line (what `evalsuite run` and `score` print at the end)."""
+    lines = [f"time: {timing.get('total_s', 0):.1f} s in all"]
+    for key in ("connect_s", "load_model_s"):
+        if key in timing:
+            lines.append(f"  {key[:-2].replace('_', ' '):34} {timing[key]:8.2f} s")
+    for name, t in timing.get("tasks", {}).items():
+        for step in ("read_outputs_s", "generate_s", "total_s"):
+            if step in t:
+                rate = f"  ({t['examples'] / t[step]:.2f} examples/s)" if step == "generate_s" and t.get("examples") and t[step] > 0 else ""
+                if step == "generate_s" and "from_cache" in t:
+                    rate += f", {t['from_server']} from the server, {t['from_cache']} from the cache"
+                lines.append(f"  {name + ': ' + step[:-2].replace('_', ' '):34} {t[step]:8.2f} s{rate}")
+        for metric, s in t.get("score", {}).items():
+            lines.append(f"  {name + ': score ' + metric.removesuffix('_s'):34} {s:8.2f} s")
+    if "write_s" in timing:
+        lines.append(f"  {'write':34} {timing['write_s']:8.2f} s")
+    return "\n".join(lines)
 
 
 def _probe_task(suite: SuiteConfig, task: TaskConfig, net: Any, tok: Any) -> tuple[list[dict], dict[str, Any]]:
-    """A multiple-choice probe: rows (the output is the chosen answer) and the task's results."""
-    from evalsuite import probes
+    """A probe kind (evalsuite/probes.py): its loader's items scored by its metric; rows with the answer the
+    metric chose (or the greedy continuation) as the output, per-key scores and stats rows, and the metric's
+    annotations (log-likelihoods); the task's results."""
     from evalsuite.metrics import get_metric
+    from evalsuite.probes import get_probe, item_view
 
-    load = {"mmlu": probes.mmlu_items, "openbookqa": probes.openbookqa_items, "truthfulqa_mc1": probes.truthfulqa_mc1_items}[task.kind]
-    items = load(suite.resolve(task.path), task.limit)
+    probe = get_probe(task.kind)
+    items = probe.load(suite.resolve(task.path), task.limit)
     if not items:
         raise ValueError(f"task {task.name}: no items in {task.path}")
-    res = get_metric("multiple_choice")(net, tok, items)
-    rows = []
-    for i, (it, note) in enumerate(zip(items, res["acc"].annotations)):
-        chosen = max(range(len(it.choices)), key=note["loglikelihoods"].__getitem__)
-        scores = {k: r.per_example[i] for k, r in res.items()}
-        rows.append({"task": task.name, "idx": i, "source": it.source, "prompt": json.dumps([{"role": "user", "content": it.context}]),
-                     "reference": it.choices[it.gold], "output": it.choices[chosen], "scores": json.dumps(scores),
-                     "stats": json.dumps({k: [v] for k, v in scores.items()}), "annotations": json.dumps(note)})
-    metrics = {k: {"value": r.value, "metric": "multiple_choice", "details": {"n": len(items), "format": task.kind}} for k, r in res.items()}
+    res = get_metric(probe.metric)(net, tok, items)
+    notes: list[dict[str, Any]] = [{} for _ in items]
+    for r in res.values():
+        for note, extra in zip(notes, r.annotations or []):
+            note.update(extra)
+    stat_rows = {k: r.stat_rows() for k, r in res.items()}
+    rows, views = [], [item_view(it) for it in items]
+    for i, (it, view, note) in enumerate(zip(items, views, notes)):
+        scores = {k: (r.per_example[i] if r.per_example is not None else None) for k, r in res.items()}
+        rows.append({"task": task.name, "idx": i, "source": getattr(it, "source", ""),
+                     "prompt": json.dumps([{"role": "user", "content": view["prompt"]}], ensure_ascii=False),
+                     "reference": view["reference"], "output": str(note.get("output", "")), "scores": json.dumps(scores),
+                     "stats": json.dumps({k: v[i] for k, v in stat_rows.items() if v is not None}),
+                     "annotations": json.dumps({k: v for k, v in note.items() if k != "output"}, ensure_ascii=False)})
+    metrics = {k: {"value": r.value, "metric": probe.metric, "details": {**r.details, "n": len(items), "format": task.kind}}
+               for k, r in res.items()}
     return rows, {"n": len(items), "skipped": [], "generation": {"kind": task.kind}, "metric_options": {},
-                  "prompts_sha256": _sha([(it.context, it.choices) for it in items]),
-                  "references_sha256": _sha([it.gold for it in items]), "metrics": metrics}
+                  "prompts_sha256": _sha([v["prompt_key"] for v in views]),
+                  "references_sha256": _sha([v["reference_key"] for v in views]), "metrics": metrics}
 
 
 def _text_task(suite: SuiteConfig, task: TaskConfig, net: Any, tok: Any) -> tuple[list[dict], dict[str, Any]]:

@@ -18,6 +18,7 @@ tasks:
     limit: 50
     window: 1024
 generation: {max_new_tokens: 256, batch_size: 16}  # greedy unless sample: true (then seeded)
+plugins: [my_metrics]                              # your own metrics (evalsuite/plugins.py), imported first
 ```
 Each record's prompt is every turn before its last assistant turn; the reference is that turn.
 Relative paths are relative to the suite file.
@@ -25,12 +26,14 @@ Relative paths are relative to the suite file.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from curate.config import FileConfig, read_yaml, validate
+from evalsuite.serving import ServerConfig
 
 
 class SuiteError(ValueError):
@@ -58,26 +61,66 @@ class GenerationConfig(_Strict):
 class TaskConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     path: str
-    # generate: answer each prompt, score with `metrics`; a probe format: log-likelihood multiple choice
-    # (acc, acc_norm) as lm-evaluation-harness scores it, the forgetting check (evalsuite/probes.py)
-    # text: the sliding-window perplexity of plain text (`text_field` of each record), the cheap
-    # forgetting signal between runs on a general-text slice the user names
-    kind: Literal["generate", "mmlu", "openbookqa", "truthfulqa_mc1", "text"] = "generate"
+    kind: str = Field("generate", description=(
+        "generate: answer each prompt, score with `metrics`; text: the sliding-window perplexity of plain text "
+        "(`text_field` of each record), the cheap forgetting signal on a general-text slice; or a probe kind "
+        "(evalsuite/probes.py: mmlu, arc_easy, arc_challenge, hellaswag, piqa, boolq, winogrande, lambada, ... and "
+        "any a plugin registers): the file's items scored by log-likelihood as lm-evaluation-harness scores them"))
     text_field: str = "text"
     window: int | None = Field(default=None, ge=2, description="text: tokens per window (default: the model's context)")
     stride: int = Field(512, ge=1, description="text: tokens between window starts")
     shape: Literal["auto", "alpaca", "dolly", "sharegpt", "openai", "prompt_completion", "mapped"] = "auto"
     mapping: dict[str, str | list[str]] | None = None
+    references_field: str | None = Field(default=None, description=(
+        "generate: the field of each record holding its accepted answers, a string or a list of strings (TriviaQA "
+        "`aliases`, NQ-open `answer`; a dotted path reaches a nested field: `answers.text`); every text metric "
+        "scores against the whole list (exact/numeric match: any one; BLEU/chrF/ROUGE: multi-reference). The "
+        "prompt is the record's turns before its last assistant turn, or all of them when it has none"))
     limit: int | None = Field(default=None, ge=1)
     metrics: list[MetricSpec] = Field(default_factory=list)
     generation: GenerationConfig | None = None  # default: the suite's
+    predictions: str | None = Field(default=None, description=(
+        "`evalsuite score`: this task's outputs made elsewhere (a .jsonl with `output` and `idx` or `prompt` per line, "
+        "or a text file with one output per line), relative to the suite file; `evalsuite run` ignores it"))
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        """"generate", "text" or a registered probe kind; an unknown one names the close ones and all."""
+        from evalsuite.probes import PROBES, UnknownProbe
+
+        if v in ("generate", "text") or v in PROBES:
+            return v
+        close = difflib.get_close_matches(v, ["generate", "text", *PROBES], n=3)
+        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+        raise UnknownProbe(f"unknown task kind {v!r}{hint}; kinds: generate, text, {', '.join(sorted(PROBES))}")
 
     @model_validator(mode="after")
     def _metrics_for_generation(self) -> "TaskConfig":
         if self.kind == "generate" and not self.metrics:
             raise ValueError("a generate task needs at least one metric")
         if self.kind != "generate" and self.metrics:
-            raise ValueError(f"a {self.kind} task scores itself (acc/acc_norm, or text_perplexity): leave `metrics` out")
+            raise ValueError(f"a {self.kind} task scores itself (its probe's metric, or text_perplexity): leave `metrics` out")
+        return self
+
+    @field_validator("metrics")
+    @classmethod
+    def _extractors_known(cls, v: list[MetricSpec]) -> list[MetricSpec]:
+        """A metric's ``extract:`` is checked before any work: a bad spec, a missing regex group or an unknown
+        extractor name (with a did-you-mean) is a suite error, not a failure after generation."""
+        from evalsuite.metrics.extract import make_extractor
+
+        for m in v:
+            if m.options.get("extract"):
+                make_extractor(m.options["extract"])
+        return v
+
+    @model_validator(mode="after")
+    def _references_field_for_generation(self) -> "TaskConfig":
+        if self.references_field is not None and self.kind != "generate":
+            raise ValueError(f"references_field: a {self.kind} task reads its own answers; it is for generate tasks")
+        if self.references_field is not None and not self.references_field.strip():
+            raise ValueError("references_field: empty field name")
         return self
 
     @field_validator("metrics", mode="before")
@@ -108,8 +151,29 @@ class SuiteConfig(FileConfig):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     tasks: list[TaskConfig] = Field(min_length=1)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    server: ServerConfig | None = Field(default=None, description=(
+        "generate through this OpenAI-compatible server instead of a local model (evalsuite/serving.py); "
+        "`evalsuite run --server URL` overrides it"))
+    plugins: list[str] = Field(default_factory=list, description=(
+        "the user's own modules that register metrics (module names, or .py paths relative to the suite file), "
+        "imported before the suite is checked (evalsuite/plugins.py)"))
+
+    def plugin_records(self) -> list[dict[str, str | None]]:
+        """What a run records of its plugins (module and file), so compare and gate import the same code."""
+        from evalsuite.plugins import load_plugins
+
+        return load_plugins(self.plugins, self.base_dir)
 
 
 def load_suite(path: str | Path) -> SuiteConfig:
-    """Read and validate a suite YAML; SuiteError names the file and every bad key."""
-    return validate(SuiteConfig, read_yaml(path, SuiteError), Path(path).parent, str(path), SuiteError)
+    """Read and validate a suite YAML; SuiteError names the file and every bad key. The suite's ``plugins``
+    are imported first, so the metrics they register are known when the tasks are checked."""
+    from evalsuite.plugins import PluginError, load_plugins
+
+    data = read_yaml(path, SuiteError)
+    if isinstance(data, dict) and "plugins" in data:
+        try:
+            load_plugins(data["plugins"], Path(path).parent)
+        except PluginError as exc:
+            raise SuiteError(f"{path}: plugins: {exc}") from None
+    return validate(SuiteConfig, data, Path(path).parent, str(path), SuiteError)

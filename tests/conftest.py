@@ -59,6 +59,51 @@ def perturbed_adapter(folder: Path, scale: float, seed: int = 0):
     return model
 
 
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on (now)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    """llama-cpp-python's OpenAI-compatible server (portable build, installed by `make setup`) serving the
+    packaged SmolLM2 GGUF on loopback as model ``smollm2``, with an API key: ``(base_url, key)``. One server
+    per session, shared by every test that asks for it (the judge's and the serving tests)."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is installed by `make setup`")
+    from curate.models import smollm2_gguf
+
+    port, key = free_port(), "test-key-5f1"
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--host", "127.0.0.1",
+                             "--port", str(port), "--n_ctx", "4096", "--api_key", key, "--model_alias", "smollm2"],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(120):
+            if proc.poll() is not None:
+                pytest.fail(f"llama.cpp server exited {proc.returncode}: {log.read_text()[-2000:]}")
+            try:
+                urllib.request.urlopen(urllib.request.Request(f"{url}/models", headers={"Authorization": f"Bearer {key}"}), timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        else:
+            pytest.fail(f"llama.cpp server did not come up: {log.read_text()[-2000:]}")
+        yield url, key
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 _MAIN_MODULE = __import__("sys").modules["__main__"]
 
 

@@ -5,11 +5,6 @@ OpenAI-compatible path against a real llama.cpp server on loopback serving the p
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
@@ -102,42 +97,6 @@ def test_local_judge_on_real_answers():
 
 
 # ---------------------------------------------------------------------------------------------- a real server
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def llama_server(tmp_path_factory):
-    """llama-cpp-python's OpenAI-compatible server (portable build, installed by `make setup`) serving the
-    packaged SmolLM2 GGUF on loopback, with an API key."""
-    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is installed by `make setup`")
-    from curate.models import smollm2_gguf
-
-    port, key = _free_port(), "test-key-5f1"
-    log = tmp_path_factory.mktemp("llama") / "server.log"
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--host", "127.0.0.1",
-                             "--port", str(port), "--n_ctx", "4096", "--api_key", key, "--model_alias", "smollm2"],
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        for _ in range(120):
-            if proc.poll() is not None:
-                pytest.fail(f"llama.cpp server exited {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                urllib.request.urlopen(urllib.request.Request(f"{url}/models", headers={"Authorization": f"Bearer {key}"}), timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
-        else:
-            pytest.fail(f"llama.cpp server did not come up: {log.read_text()[-2000:]}")
-        yield url, key
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_openai_compatible_judge_against_a_real_server(llama_server, monkeypatch):

@@ -50,9 +50,9 @@ def smollm2():
     torch.set_num_threads(threads)
 
 
-def _check(results: dict, options: dict) -> None:
+def _check(name: str, results: dict, options: dict) -> None:
     for key, res in results.items():
-        score = next(m for m in METRICS.values() if key in m.keys).score(key)
+        score = get_metric(name).score(key)  # the metric's own Score: several metrics share a key ("acc", "perplexity")
         rows = res.stat_rows()
         assert rows is not None and len(rows) == len(res.per_example or rows), key
         rebuilt = score.aggregate(np.asarray(rows, dtype=float), options)
@@ -72,7 +72,7 @@ def test_text_metric_stats_rebuild_its_value_after_extraction_with_two_reference
     options = {"extract": {"regex": r"Translation: (.*)"}}
     results = get_metric(name)(outputs, refs, **options)
     assert results[next(iter(results))].details.get("unparsed") == 1
-    _check(results, options)
+    _check(name, results, options)
     # and on a subset: the aggregation is of the rows, not of the whole corpus remembered somewhere
     sub = list(range(0, N, 3))
     again = get_metric(name)([outputs[i] for i in sub], [refs[i] for i in sub], **options)
@@ -90,20 +90,25 @@ def test_model_metrics_stats_rebuild_their_values(smollm2, shared_data):
     net, tok = smollm2
     rows = [json.loads(line) for line in (shared_data / "arc" / "arc_easy_shared.jsonl").read_text().splitlines()[:6]]
     items = [MCItem(r["query"] + "\nAnswer:", r["choices"], r["gold"]) for r in rows]
-    _check(get_metric("multiple_choice")(net, tok, items), {})
+    _check("multiple_choice", get_metric("multiple_choice")(net, tok, items), {})
     prompts = [[{"role": "user", "content": r["query"]}] for r in rows]
-    _check(get_metric("perplexity")(net, tok, prompts, [r["choices"][r["gold"]] for r in rows]), {})
+    _check("perplexity", get_metric("perplexity")(net, tok, prompts, [r["choices"][r["gold"]] for r in rows]), {})
     texts = [json.loads(line)["text"] for line in (shared_data / "pretrain_text" / "c4_demo.jsonl").read_text().splitlines()[:3]]
-    _check(get_metric("text_perplexity")(net, tok, texts, max_length=64, stride=32), {})
+    _check("text_perplexity", get_metric("text_perplexity")(net, tok, texts, max_length=64, stride=32), {})
+    from evalsuite.probes import lambada_items, winogrande_items
+
+    probes = Path(__file__).resolve().parent / "data" / "probes"
+    _check("partial_choice", get_metric("partial_choice")(net, tok, winogrande_items(probes / "winogrande_dev_0_100.jsonl", 4)), {})
+    _check("last_word", get_metric("last_word")(net, tok, lambada_items(probes / "lambada_openai_test_0_60.jsonl", 4)), {})
 
 
 def test_judge_stats_rebuild_its_value_unparsed_verdicts_left_out(smollm2):
     prompts = [[{"role": "user", "content": "Name a primary colour."}], [{"role": "user", "content": "What is 2 + 2?"}]]
     results = get_metric("judge")(["Red.", "4"], ["Blue", "4"], prompts=prompts, backend="local", max_new_tokens=64)
-    _check(results, {})
+    _check("judge", results, {})
 
 
-COVERED = set(_text_metric_names()) | {"multiple_choice", "perplexity", "text_perplexity", "judge"}
+COVERED = set(_text_metric_names()) | {"multiple_choice", "partial_choice", "last_word", "perplexity", "text_perplexity", "judge"}
 
 
 def test_every_registered_metric_is_held_to_the_contract():

@@ -15,6 +15,10 @@ metric (registry name)        result keys                          scale / defin
 ``perplexity``                ``perplexity``                       of the reference response given the prompt
 ``text_perplexity``           ``text_perplexity``                  sliding-window perplexity of plain text
 ``multiple_choice``           ``acc acc_norm``                     log-likelihood multiple choice (probes)
+``partial_choice``            ``acc``                              partial evaluation: one context per option,
+                                                                   a shared continuation (Winogrande)
+``last_word``                 ``acc perplexity``                   greedy match and exp(-mean log-likelihood)
+                                                                   of a target continuation (LAMBADA)
 ``judge``                     ``judge_score judge_helpfulness      LLM-as-judge rubric, 1-5, mean over parsed
                               judge_accuracy judge_coherence``     verdicts (evalsuite/judge.py)
 ============================  ===================================  ==========================================
@@ -32,7 +36,7 @@ from __future__ import annotations
 
 from chat.template import IGNORE_INDEX
 from evalsuite.metrics.base import METRICS, Metric, MetricResult, Score, UnknownMetric, get_metric, register, score_for_key, score_of
-from evalsuite.metrics.choice import MCItem, multiple_choice, score_mc
+from evalsuite.metrics.choice import MCItem, PartialItem, TargetItem, last_word, multiple_choice, partial_choice, score_mc
 from evalsuite.metrics.extract import (
     EXTRACTORS, UnknownExtractor, extract_json_field, extract_regex, get_extractor, prepare, register_extractor,
 )
@@ -47,6 +51,7 @@ __all__ = [
     "UnknownExtractor", "UnknownMetric",
     "answer_number", "find_numbers", "get_extractor", "numeric_match", "register_extractor",
     "bleu", "chrf", "exact_match", "exact_match_normalized", "extract_json_field", "extract_regex", "get_metric", "judge",
+    "PartialItem", "TargetItem", "last_word", "partial_choice",
     "multiple_choice", "normalize_answer", "perplexity", "prepare", "register", "rouge", "score_mc", "score_for_key", "score_of",
     "text_perplexity", "token_nll",
 ]

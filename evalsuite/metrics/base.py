@@ -157,10 +157,14 @@ def get_metric(name: str) -> Metric:
 
 
 def score_for_key(key: str) -> Score | None:
-    """The :class:`Score` of result ``key`` when exactly one registered metric produces it (a reader that
-    only has the key, such as the review app); None when none or several do."""
+    """The :class:`Score` of result ``key`` when the registered metrics producing it all read it alike (the
+    same direction and binary: ``acc`` of every choice metric, ``perplexity`` of the reference and LAMBADA
+    metrics), for a reader that only has the key, such as the review app; None when none produces it or
+    they disagree. Its ``aggregate`` is the first producer's: to rebuild a value use :func:`score_of`."""
     found = [m.score(key) for m in METRICS.values() if key in m.keys]
-    return found[0] if len(found) == 1 else None
+    if found and all((s.higher_is_better, s.binary) == (found[0].higher_is_better, found[0].binary) for s in found):
+        return found[0]
+    return None
 
 
 def score_of(metric_name: str, key: str) -> Score:
