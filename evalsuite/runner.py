@@ -13,115 +13,14 @@ Outputs in ``out_dir``:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import time
 from pathlib import Path
 from typing import Any
 
+from evalsuite.examples import task_examples  # noqa: F401  (what a run reads; re-exported)
+from evalsuite.progress import Clock, format_timing, progress_bar  # noqa: F401  (re-exported for the CLI)
 from evalsuite.suite import SuiteConfig, TaskConfig
-
-
-def task_examples(suite: SuiteConfig, task: TaskConfig) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """(examples, skipped) of a generate task. Each example: ``source`` (file:line), ``prompt`` (the record's
-    turns before its last assistant turn), ``references`` (the accepted answers, a non-empty list) and
-    ``reference`` (the first of them, what a one-answer reader shows).
-
-    Without ``references_field`` the one reference is the last assistant turn. With it, the references are
-    that turn (when there is one: TriviaQA's ``answer`` mapped to the assistant) followed by that field of the
-    raw record (a string, a number, or a list of them: TriviaQA ``aliases``, an NQ-open ``answer`` list), empty
-    strings and repeats left out, order kept; the prompt is every turn when the record has no assistant turn.
-    A mapping that sends the same field to the assistant (``assistant: aliases``) is read as naming the
-    references, not as a turn, since a list is no turn. Records that are unreadable, lack a prompt, or lack
-    usable references are skipped with ``{where, reason}``."""
-    from chat.conversations import read_conversations
-
-    field = task.references_field
-    mapping = _mapping_without(task.mapping, field) if field else task.mapping
-    convs, bad = read_conversations(suite.resolve(task.path), task.shape, mapping, task.limit)
-    records = _raw_records(suite.resolve(task.path), {where for where, _ in convs}) if field else {}
-    examples, skipped = [], [{"where": b["where"], "reason": b["reason"]} for b in bad]
-    for where, messages in convs:
-        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
-        if field and last is None and messages and messages[-1]["role"] == "user":
-            prompt = messages  # the answers live in the field, not in a turn
-        elif not last:  # None, or an assistant turn with nothing before it to answer
-            skipped.append({"where": where, "reason": "no assistant turn after a prompt"})
-            continue
-        else:
-            prompt = messages[:last]
-        if field:
-            references, problem = _field_references(records.get(where), field)
-            if problem:
-                skipped.append({"where": where, "reason": problem})
-                continue
-            if last is not None and messages[last]["content"].strip():  # the record's own answer leads the list
-                answer = messages[last]["content"]
-                references = [answer] + [r for r in references if r != answer]
-        else:
-            references = [messages[last]["content"]]
-        examples.append({"source": where, "prompt": prompt, "reference": references[0], "references": references})
-    return examples, skipped
-
-
-def _mapping_without(mapping: dict[str, Any] | None, field: str) -> dict[str, Any] | None:
-    """``mapping`` with ``field`` taken out of its assistant columns (the references are read from the field)."""
-    if not mapping or "assistant" not in mapping:
-        return mapping
-    cols = [mapping["assistant"]] if isinstance(mapping["assistant"], str) else list(mapping["assistant"])
-    kept = [c for c in cols if c != field]
-    out = {k: v for k, v in mapping.items() if k != "assistant"}
-    if kept:
-        out["assistant"] = kept
-    return out
-
-
-def _raw_records(path: Path, wheres: set[str]) -> dict[str, Any]:
-    """The parsed records at ``wheres`` (``file:line``, as :func:`chat.conversations.read_conversations`
-    names them), read again from ``path``; stops once every one is found."""
-    from curate.readers import expand_paths, read_file
-
-    found: dict[str, Any] = {}
-    for file in expand_paths(str(path), Path("/")):
-        for batch in read_file(file):
-            for line, rec in zip(batch.lines, batch.records):
-                where = f"{file}:{line}"
-                if where in wheres:
-                    found[where] = rec
-            if len(found) == len(wheres):
-                return found
-    return found
-
-
-def _field_references(rec: Any, field: str) -> tuple[list[str], str | None]:
-    """(the accepted answers in ``rec[field]``, None) or ([], why not). A dotted ``field`` reaches into nested
-    objects and lists (``answers.text``, ``answers.0``) when no key has the whole name."""
-    if not isinstance(rec, dict):
-        return [], f"references_field {field!r}: the record is not an object"
-    value: Any = rec
-    if field in rec:
-        value = rec[field]
-    else:
-        for part in field.split("."):
-            if isinstance(value, dict) and part in value:
-                value = value[part]
-            elif isinstance(value, list) and part.lstrip("-").isdigit() and -len(value) <= int(part) < len(value):
-                value = value[int(part)]
-            else:
-                return [], f"references_field {field!r}: no such field"
-    items = value if isinstance(value, list) else [value]
-    out: list[str] = []
-    for item in items:
-        if isinstance(item, (int, float)) and not isinstance(item, bool):
-            item = str(item)  # a numeric answer (42) is the text "42"
-        if not isinstance(item, str):
-            return [], f"references_field {field!r} must hold a string or a list of strings, got {type(item).__name__}"
-        if item.strip() and item not in out:
-            out.append(item)
-    if not out:
-        return [], f"references_field {field!r}: no non-empty answer"
-    return out, None
 
 
 RESULTS_FORMAT = 2  # 2: per-example ``stats`` and each key's producing ``metric``; what compare reads
@@ -282,85 +181,6 @@ def score_task(task: TaskConfig, examples: list[dict[str, Any]], outputs: list[s
                      "annotations": json.dumps(annotations[i], ensure_ascii=False)})
     return rows, {"metric_options": {m.name: m.options for m in task.metrics},
                   "prompts_sha256": _sha(prompts), "references_sha256": _sha(references), "metrics": metrics}
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix_str(self, s: str) -> None:
-        pass
-
-    def __enter__(self) -> "_NoBar":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        pass
-
-
-def progress_bar(enabled: bool | None, total: int, desc: str):
-    """A tqdm bar on stderr (examples and examples/s) used as a context manager; a no-op when ``enabled`` is
-    False, or None and stderr is not a terminal (CI logs stay clean)."""
-    import sys
-
-    if enabled is False or (enabled is None and not sys.stderr.isatty()):
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=" ex", file=sys.stderr, leave=True)
-
-
-class Clock:
-    """Where a run's time went: seconds per step, nested by name (``step("tasks", "alpaca", "generate")``),
-    plus notes (example counts). :meth:`timing` is what results.json stores as ``timing``."""
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.tree: dict[str, Any] = {}
-
-    @contextlib.contextmanager
-    def step(self, *path: str):
-        """Add the seconds the ``with`` block takes to ``path`` (its last part gets an ``_s`` suffix)."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            node = self.tree
-            for part in path[:-1]:
-                node = node.setdefault(part, {})
-            node[f"{path[-1]}_s"] = node.get(f"{path[-1]}_s", 0.0) + time.perf_counter() - start
-
-    def note(self, task: str, **values: Any) -> None:
-        """Record ``values`` (counts, not seconds) under ``tasks/<task>``."""
-        self.tree.setdefault("tasks", {}).setdefault(task, {}).update(values)
-
-    def timing(self) -> dict[str, Any]:
-        """The tree, rounded to milliseconds, with ``total_s`` (the clock's age)."""
-
-        def rounded(node: Any) -> Any:
-            return {k: rounded(v) for k, v in node.items()} if isinstance(node, dict) else round(node, 3) if isinstance(node, float) else node
-
-        return {**rounded(self.tree), "total_s": round(time.perf_counter() - self.started, 3)}
-
-
-def format_timing(timing: dict[str, Any]) -> str:
-    """Where the time went, one step a line (what `evalsuite run` and `score` print at the end)."""
-    lines = [f"time: {timing.get('total_s', 0):.1f} s in all"]
-    for key in ("connect_s", "load_model_s"):
-        if key in timing:
-            lines.append(f"  {key[:-2].replace('_', ' '):34} {timing[key]:8.2f} s")
-    for name, t in timing.get("tasks", {}).items():
-        for step in ("read_outputs_s", "generate_s", "total_s"):
-            if step in t:
-                rate = f"  ({t['examples'] / t[step]:.2f} examples/s)" if step == "generate_s" and t.get("examples") and t[step] > 0 else ""
-                if step == "generate_s" and "from_cache" in t:
-                    rate += f", {t['from_server']} from the server, {t['from_cache']} from the cache"
-                lines.append(f"  {name + ': ' + step[:-2].replace('_', ' '):34} {t[step]:8.2f} s{rate}")
-        for metric, s in t.get("score", {}).items():
-            lines.append(f"  {name + ': score ' + metric.removesuffix('_s'):34} {s:8.2f} s")
-    if "write_s" in timing:
-        lines.append(f"  {'write':34} {timing['write_s']:8.2f} s")
-    return "\n".join(lines)
 
 
 def _probe_task(suite: SuiteConfig, task: TaskConfig, net: Any, tok: Any) -> tuple[list[dict], dict[str, Any]]:
