@@ -52,8 +52,7 @@ def run(
                 raise SuiteError(f"{suite}: cannot run on a server: {'; '.join(problems)}")
             connect(served, cfg.base_dir)  # reachable, key accepted, model served: before any work
     except (SuiteError, WorkspaceError, ServerUnreachable) as exc:
-        typer.secho(str(exc), fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        _fail(str(exc))
     try:
         results = run_suite(cfg, model=model, adapter=adapter, out_dir=out, workspace=workspace, device=device,
                             server=served, progress=progress)
@@ -95,14 +94,12 @@ def score(
         if problems:
             raise SuiteError(f"{suite}: cannot be scored from outputs: {'; '.join(problems)}")
     except (SuiteError, WorkspaceError) as exc:
-        typer.secho(str(exc), fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        _fail(str(exc))
     try:
         results = score_suite(cfg, outputs or [], model_name=model_name, out_dir=out, workspace=workspace, tasks=task or None,
                               progress=progress)
     except OutputsError as exc:
-        typer.secho(str(exc), fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        _fail(str(exc))
     except ValueError as exc:
         typer.secho(f"evalsuite score failed: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None

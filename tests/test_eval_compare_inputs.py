@@ -335,3 +335,14 @@ def test_extract_and_bleu_the_interval_is_around_the_headline_delta(tmp_path):
     raw_lo, raw_hi = _bootstrap_interval(outputs["base"], outputs["ft"], [ref_a], N_WMT)
     print(f"headline delta {row['delta']:+.3f}, interval {row['ci95']}, raw-output interval [{raw_lo:+.2f}, {raw_hi:+.2f}]")
     assert raw_lo > row["delta"] + 5, (raw_lo, raw_hi, row["delta"])
+
+
+@pytest.mark.parametrize("command", ["run", "score"])
+def test_a_suite_with_several_bad_keys_is_one_line_naming_each(tmp_path, command):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("name: s\ntasks:\n  - {name: a, path: a.jsonl, metrics: [blue], kind: generat}\n"
+                     "  - {name: b, path: b.jsonl, metrics: [bleu], limit: -1}\n")
+    extra = ["--outputs", tmp_path / "out.jsonl", "--model-name", "m"] if command == "score" else []
+    line = one_line_exit_2(cli(command, "--suite", suite, *extra), "tasks.0.kind", "did you mean 'generate'",
+                           "tasks.0.metrics", "did you mean 'bleu'", "tasks.1.limit")
+    assert str(suite) in line
