@@ -158,7 +158,28 @@ def load_model(cfg: TrainConfig, base: str, dtype, attn_implementation: str | No
         )
         # each process of a DDP launch holds a whole copy on its own GPU
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))} if torch.cuda.is_available() else "cpu"
-    return AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    if cfg.method.kind == "qlora" and not torch.cuda.is_available():
+        keep_cpu_4bit_differentiable(model)
+    return model
+
+
+def keep_cpu_4bit_differentiable(model) -> int:
+    """Stop bitsandbytes from repacking a 4-bit model's weights for CPU inference; returns the layers changed.
+
+    On a CPU with AVX512-BF16, bitsandbytes' ``Linear4bit`` repacks its weight into an inference layout the
+    first time it runs without gradients (an evaluation, a sample generation) and keeps that layout after:
+    from then on its matmul is ``gemv_4bit``, which has no autograd kernel, so training backpropagates through
+    it with PyTorch's "silently incorrect behavior" warning and wrong gradients for every LoRA layer below
+    (measured: adapter gradients off by up to 157% after one evaluation). Without the repacking the matmul
+    stays the differentiable dequantize-then-linear path, so training after an evaluation gives the same
+    gradients as before it (tests/test_train_cpu_qlora.py)."""
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
 
 
 def _dtype(cfg: TrainConfig):
