@@ -16,7 +16,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Curate fine-
 
 
 def _fail(message: str, code: int = 2) -> None:
-    typer.secho(message, fg=typer.colors.RED, err=True)
+    """Exit ``code`` with ``message`` as one line on stderr (a config error's lines joined)."""
+    from curate.config import one_line
+
+    typer.secho(one_line(message), fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
 
@@ -138,19 +141,27 @@ def inspect(
 @app.command()
 def stages(
     name: str = typer.Argument(None, help="one stage: its parameters, with descriptions, and every labeled set it was measured on"),
+    plugin: Optional[list[str]] = typer.Option(None, "--plugin", help="a module or .py file registering your own stages (repeatable), listed with the built-ins"),
+    config: Optional[Path] = typer.Option(None, "--config", help="a curate config: its `plugins` and the stages it names by module:Class are listed too"),
 ) -> None:
     """List the registered stages: parameters, reason codes and measured precision/recall (bench/verdicts.py)."""
-    from curate.stages import UnknownStageError, all_stages, get_stage, measured
+    from curate.config import ConfigError, load_config
+    from curate.plugins import PluginError, load_plugins
+    from curate.registry import RegistryError, origin_file
+    from curate.stages import all_stages, measured, resolve_stage
 
-    if name is not None:
-        try:
-            chosen = {name: get_stage(name)}
-        except UnknownStageError as exc:
-            _fail(str(exc))
-    else:
-        chosen = all_stages()
+    try:
+        load_plugins(plugin or [], Path.cwd())
+        if config is not None:
+            load_config(config)
+        chosen = dict([resolve_stage(name)]) if name is not None else all_stages()
+    except (PluginError, ConfigError, RegistryError) as exc:
+        _fail(str(exc))
+        return
     for stage, cls in chosen.items():
         kind = "global" if cls.is_global else "per-record"
+        if (source := origin_file(cls)) is not None:
+            kind += f", from {source}"
         typer.echo(f"{stage} ({kind}): {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}")
         for field, info in cls.Params.model_fields.items():
             default = "(required)" if info.is_required() else repr(info.get_default(call_default_factory=True))

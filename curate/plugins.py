@@ -1,19 +1,17 @@
-"""A user's own metrics: Python modules a suite names under ``plugins:``, imported before the suite is checked.
+"""A user's own code: Python modules a config names under ``plugins:`` (or in a ``module:Attr`` spec), imported
+before the config is checked, so what they register (stages, shapes, metrics, judge backends...) is known.
 
 ```yaml
-name: my-suite
-plugins: [my_metrics, checks/brevity.py]   # a module name, or a .py file relative to the suite file
-tasks:
-  - {name: qa, path: qa.jsonl, metrics: [brevity, rougeL]}
+plugins: [my_checks, extra/brevity.py]   # a module name, or a .py file relative to the config file
 ```
-A plugin registers its metrics with :func:`evalsuite.metrics.register`, the registry every built-in metric is
-in, so a suite names them like any other. A module name is imported with the suite's folder first on the
-import path (``my_metrics`` finds ``my_metrics.py`` next to the suite); an entry ending in ``.py`` or holding a
-``/`` is a file. Each plugin is imported once per process, however many suites or runs name it.
+A plugin registers its objects with the registry of their kind (:mod:`curate.registry`), the one every built-in
+is in, so a config names them like any other. A module name is imported with the config's folder first on the
+import path (``my_checks`` finds ``my_checks.py`` next to the config); an entry ending in ``.py`` or holding a
+``/`` is a file. Each plugin is imported once per process, however many configs or runs name it.
 
-A run records the file each plugin was loaded from (``results.json`` ``plugins``), and ``evalsuite compare`` and
-``gate`` import the same files before they ask a metric how to read its numbers (its direction, its
-aggregation for the bootstrap): the code the run itself executed.
+:func:`plugin_record` is what a run records of a plugin (its module and file), and :func:`load_recorded` imports
+the same code again in another process (``evalsuite compare`` and ``gate`` do, before they read a metric).
+Every error is a :class:`PluginError` of one line naming the entry and why.
 """
 
 from __future__ import annotations
@@ -38,11 +36,12 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def _is_file_entry(entry: str) -> bool:
+def is_file_entry(entry: str) -> bool:
+    """Whether a plugin entry names a file (ends in ``.py`` or holds a path separator) rather than a module."""
     return entry.endswith(".py") or "/" in entry or "\\" in entry
 
 
-def _load_file(path: Path, name: str | None = None) -> ModuleType:
+def load_file(path: Path, name: str | None = None) -> ModuleType:
     """The module in ``path`` (run once per process), under ``name`` (default: the file's stem)."""
     key = str(path.resolve())
     if key in _LOADED:
@@ -68,14 +67,14 @@ def _load_file(path: Path, name: str | None = None) -> ModuleType:
     return module
 
 
-def _load_module(name: str, base_dir: Path) -> ModuleType:
+def load_module(name: str, base_dir: Path) -> ModuleType:
     """Module ``name``, imported with ``base_dir`` first on the import path."""
     sys.path.insert(0, str(base_dir))
     try:
         module = importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name and name.startswith(exc.name):  # the plugin itself is missing, not one of its own imports
-            raise PluginError(f"no module {name!r} (looked next to the suite, in {base_dir}, and on the import path)") from None
+            raise PluginError(f"no module {name!r} (looked next to the config, in {base_dir}, and on the import path)") from None
         raise PluginError(f"{name}: the plugin failed on import: {_first_line(exc)}") from None
     except Exception as exc:
         raise PluginError(f"{name}: the plugin failed on import: {_first_line(exc)}") from None
@@ -86,29 +85,36 @@ def _load_module(name: str, base_dir: Path) -> ModuleType:
     return module
 
 
+def import_entry(entry: str, base_dir: str | Path) -> ModuleType:
+    """The module of one plugin entry: a module name (imported with ``base_dir`` first on the import path) or
+    a ``.py`` file (relative to ``base_dir``); :class:`PluginError` in one line when it is missing or fails."""
+    base = Path(base_dir).resolve()
+    if is_file_entry(entry):
+        path = Path(entry).expanduser()
+        path = path if path.is_absolute() else base / path
+        if not path.is_file():
+            raise PluginError(f"plugin file {entry} not found (looked for {path})")
+        return load_file(path)
+    return load_module(entry, base)
+
+
+def plugin_record(module: ModuleType) -> dict[str, str | None]:
+    """What a run records of a plugin: ``{"module": name, "file": absolute path}`` (file None for a module
+    without one)."""
+    file = getattr(module, "__file__", None)
+    return {"module": module.__name__, "file": str(Path(file).resolve()) if file else None}
+
+
 def load_plugins(entries: Any, base_dir: str | Path) -> list[dict[str, str | None]]:
     """Import every plugin of a ``plugins:`` list (module names, or ``.py`` paths relative to ``base_dir``);
-    returns what a run records of each: ``{"module": name, "file": absolute path}`` (file None for a module
-    without one). :class:`PluginError` in one line for a list that is not one of strings, a missing module
-    or file, or a plugin that raises while it is imported (registering a metric name twice included)."""
+    returns what a run records of each (:func:`plugin_record`). :class:`PluginError` in one line for a list
+    that is not one of strings, a missing module or file, or a plugin that raises while it is imported
+    (registering a name twice included)."""
     if entries is None:
         return []
     if not isinstance(entries, (list, tuple)) or not all(isinstance(e, str) and e.strip() for e in entries):
         raise PluginError(f"plugins must be a list of module names or .py paths, got {entries!r}")
-    base = Path(base_dir).resolve()
-    records = []
-    for entry in entries:
-        if _is_file_entry(entry):
-            path = Path(entry).expanduser()
-            path = path if path.is_absolute() else base / path
-            if not path.is_file():
-                raise PluginError(f"plugin file {entry} not found (looked for {path})")
-            module = _load_file(path)
-        else:
-            module = _load_module(entry, base)
-        file = getattr(module, "__file__", None)
-        records.append({"module": module.__name__, "file": str(Path(file).resolve()) if file else None})
-    return records
+    return [plugin_record(import_entry(entry, base_dir)) for entry in entries]
 
 
 def load_recorded(records: Sequence[dict[str, Any]]) -> None:
@@ -119,7 +125,7 @@ def load_recorded(records: Sequence[dict[str, Any]]) -> None:
         if name in sys.modules and (not file or str(Path(getattr(sys.modules[name], "__file__", "") or "").resolve()) == str(Path(file).resolve())):
             continue
         if file and Path(file).is_file():
-            _load_file(Path(file), name)
+            load_file(Path(file), name)
             continue
         try:
             importlib.import_module(name)

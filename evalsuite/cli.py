@@ -193,8 +193,9 @@ def gate(
 
 def _one_line(message: str) -> str:
     """A message of several lines (a config error: a heading, then one line per bad key) as one line."""
-    lines = [part.strip() for part in str(message).splitlines() if part.strip()]
-    return lines[0] if len(lines) < 2 else f"{lines[0].rstrip(':')}: {'; '.join(lines[1:])}"
+    from curate.config import one_line
+
+    return one_line(message)
 
 
 def _fail(message: str) -> None:
