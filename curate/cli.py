@@ -141,8 +141,8 @@ def inspect(
 @app.command()
 def stages(
     name: str = typer.Argument(None, help="one stage: its parameters, with descriptions, and every labeled set it was measured on"),
-    plugin: Optional[list[str]] = typer.Option(None, "--plugin", help="a module or .py file registering your own stages (repeatable), listed with the built-ins"),
-    config: Optional[Path] = typer.Option(None, "--config", help="a curate config: its `plugins` and the stages it names by module:Class are listed too"),
+    plugin: list[str] | None = typer.Option(None, "--plugin", help="a module or .py file registering your own stages (repeatable), listed too"),
+    config: Path | None = typer.Option(None, "--config", help="a curate config: its `plugins` and the stages it names by module:Class are listed too"),
 ) -> None:
     """List the registered stages: parameters, reason codes and measured precision/recall (bench/verdicts.py)."""
     from curate.config import ConfigError, load_config

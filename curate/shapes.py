@@ -197,7 +197,7 @@ class OpenAIShape(Shape):
     name = "openai"
     fields = ("messages",)
 
-    def turns(self, record, converter, fixes):
+    def turns(self, record, converter, fixes):  # noqa: D102 - Shape.turns
         return converter._openai(record, fixes)
 
 
@@ -208,7 +208,7 @@ class ShareGPTShape(Shape):
     name = "sharegpt"
     fields = ("conversations",)
 
-    def turns(self, record, converter, fixes):
+    def turns(self, record, converter, fixes):  # noqa: D102 - Shape.turns
         return converter._sharegpt(record)
 
 
@@ -219,7 +219,7 @@ class AlpacaShape(Shape):
     name = "alpaca"
     fields = ("instruction", "output")
 
-    def turns(self, record, converter, fixes):
+    def turns(self, record, converter, fixes):  # noqa: D102 - Shape.turns
         return converter._alpaca(record, fixes)
 
 
@@ -230,7 +230,7 @@ class DollyShape(Shape):
     name = "dolly"
     fields = ("instruction", "response")
 
-    def turns(self, record, converter, fixes):
+    def turns(self, record, converter, fixes):  # noqa: D102 - Shape.turns
         return converter._dolly(record, fixes)
 
 
@@ -241,10 +241,10 @@ class PromptCompletionShape(Shape):
     name = "prompt_completion"
     fields = ("prompt",)
 
-    def detect(self, record):
+    def detect(self, record):  # noqa: D102 - Shape.detect
         return "prompt" in record and ("completion" in record or "response" in record)
 
-    def turns(self, record, converter, fixes):
+    def turns(self, record, converter, fixes):  # noqa: D102 - Shape.turns
         return converter._prompt_completion(record, fixes)
 
 
@@ -255,7 +255,7 @@ class MappedShape(Shape):
     name = "mapped"
     detectable = False
 
-    def turns(self, record, converter, fixes):
+    def turns(self, record, converter, fixes):  # noqa: D102 - Shape.turns
         return converter._mapped(record, fixes)
 
 
