@@ -100,7 +100,10 @@ class Registry(Generic[T]):
     def name_of(self, obj: Any) -> str:
         """The name ``obj`` registers under when none is given."""
         if self._name_of is not None:
-            return self._name_of(obj)
+            try:
+                return self._name_of(obj)
+            except AttributeError:
+                raise RegistryError(f"cannot tell the name of {obj!r}: register it with a name") from None
         name = getattr(obj, "name", None)
         if isinstance(name, str) and name:
             return name
@@ -193,16 +196,22 @@ class Registry(Generic[T]):
         if not hasattr(module, attr):
             public = [n for n in vars(module) if not n.startswith("_")]
             raise RegistryError(f"{self.kind} {spec!r}: {module_part} has no attribute {attr!r}{did_you_mean(attr, public)}")
-        return self.adopt(getattr(module, attr), f"{self.kind} {spec!r}")
+        return self.adopt(getattr(module, attr), f"{self.kind} {spec!r}", attr)
 
-    def adopt(self, obj: Any, where: str) -> tuple[str, T]:
+    def adopt(self, obj: Any, where: str, default_name: str | None = None) -> tuple[str, T]:
         """``(name, entry)`` of ``obj``: its registered name when it is registered (as itself or as what it
-        was coerced into), else registered now. ``where`` prefixes an error."""
+        was coerced into), else registered now under :meth:`name_of` (``default_name`` when it has none).
+        ``where`` prefixes an error."""
         for name, origin in self.origins.items():
             if origin is obj:
                 return name, self.entries[name]
         try:
-            name = self.name_of(obj)
+            try:
+                name = self.name_of(obj)
+            except RegistryError:
+                if default_name is None:
+                    raise
+                name = default_name
             entry = self.coerce(name, obj)
             self.add(name, entry, obj)
         except RegistryError as exc:
