@@ -101,6 +101,7 @@ def inspect(
     shape: str = typer.Option("auto", help="force a shape"),
     mapping: Optional[str] = typer.Option(None, help="column mapping for shape 'mapped', e.g. user=question,assistant=answer"),
     limit: int = typer.Option(10_000, help="records to read for the shape counts"),
+    plugin: list[str] | None = typer.Option(None, "--plugin", help="a module or .py file registering your own shapes (repeatable)"),
 ) -> None:
     """Show the shapes detected in a file and a few records as curate normalizes them."""
     from curate.config import ConfigError, parse_config
@@ -111,7 +112,7 @@ def inspect(
     if mapping:
         spec["mapping"] = dict(kv.split("=", 1) for kv in mapping.split(","))
     try:
-        cfg = parse_config({"name": "inspect", "inputs": [spec], "tokenizer": None, "stages": []}, Path.cwd(), "inspect")
+        cfg = parse_config({"name": "inspect", "inputs": [spec], "tokenizer": None, "stages": [], "plugins": plugin or []}, Path.cwd(), "inspect")
         pipeline = Pipeline(cfg, progress=False)
     except (ConfigError, InputError, ValueError) as exc:
         _fail(str(exc))
