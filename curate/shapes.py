@@ -117,6 +117,9 @@ class Shape:
     fields: ClassVar[tuple[str, ...]] = ()
     # False: never chosen by `auto` (a shape that needs its own settings, as `mapped` needs a mapping)
     detectable: ClassVar[bool] = True
+    # True when an overridden detect() still looks only at which fields are present, never at values
+    # (auto detection then runs once per distinct key list); the default detect() is such a one
+    detects_by_keys: ClassVar[bool] = False
 
     def detect(self, record: Mapping[str, Any]) -> bool:
         """Whether ``auto`` should read ``record`` as this shape; default: every field of ``fields`` is present."""
@@ -240,6 +243,7 @@ class PromptCompletionShape(Shape):
 
     name = "prompt_completion"
     fields = ("prompt",)
+    detects_by_keys = True
 
     def detect(self, record):  # noqa: D102 - Shape.detect
         return "prompt" in record and ("completion" in record or "response" in record)
@@ -287,6 +291,10 @@ class Converter:
         else:
             self._fixed = SHAPES.lookup(shape)[1]()
             self._detectors = []
+        # detection by the record's keys alone (every shape's detect looks only at which fields are present)
+        # can be remembered per key list
+        self._by_keys = all(s.detects_by_keys or type(s).detect is Shape.detect for s in self._detectors)
+        self._seen: dict[tuple, Shape] = {}
 
     # -- detection -------------------------------------------------------------------------------------
     def detect(self, rec: Mapping[str, Any]) -> str:
@@ -297,6 +305,17 @@ class Converter:
     def _shape_of(self, rec: Mapping[str, Any]) -> Shape:
         if self._fixed is not None:
             return self._fixed
+        if self._by_keys:  # records of one file share their keys: detect once per key list
+            keys = tuple(rec)
+            found = self._seen.get(keys)
+            if found is None:
+                found = self._detect(rec)
+                if len(self._seen) < 4096:
+                    self._seen[keys] = found
+            return found
+        return self._detect(rec)
+
+    def _detect(self, rec: Mapping[str, Any]) -> Shape:
         for shape in self._detectors:
             if shape.detect(rec):
                 return shape
