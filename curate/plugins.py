@@ -49,10 +49,11 @@ def load_file(path: Path, name: str | None = None) -> ModuleType:
     name = name or path.stem
     existing = sys.modules.get(name)
     if existing is not None:
-        if getattr(existing, "__file__", None) and str(Path(existing.__file__).resolve()) == key:
+        existing_file = getattr(existing, "__file__", None)
+        if existing_file and str(Path(existing_file).resolve()) == key:
             _LOADED[key] = existing
             return existing
-        raise PluginError(f"{path}: another module named {name!r} is already imported ({getattr(existing, '__file__', None) or 'built in'}); rename the plugin file")
+        raise PluginError(f"{path}: another module named {name!r} is already imported ({existing_file or 'built in'}); rename the plugin file")
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise PluginError(f"{path}: not a Python file")
@@ -80,8 +81,9 @@ def load_module(name: str, base_dir: Path) -> ModuleType:
         raise PluginError(f"{name}: the plugin failed on import: {_first_line(exc)}") from None
     finally:
         sys.path.remove(str(base_dir))
-    if getattr(module, "__file__", None):
-        _LOADED.setdefault(str(Path(module.__file__).resolve()), module)
+    module_file = getattr(module, "__file__", None)
+    if module_file:
+        _LOADED.setdefault(str(Path(module_file).resolve()), module)
     return module
 
 
@@ -121,7 +123,7 @@ def load_recorded(records: Sequence[dict[str, Any]]) -> None:
     """Import the plugins a run recorded (``results.json`` ``plugins``): each by its file when that still
     exists, else by its module name. :class:`PluginError` naming the plugin when neither works."""
     for rec in records:
-        name, file = rec.get("module"), rec.get("file")
+        name, file = str(rec.get("module") or ""), rec.get("file")
         if name in sys.modules and (not file or str(Path(getattr(sys.modules[name], "__file__", "") or "").resolve()) == str(Path(file).resolve())):
             continue
         if file and Path(file).is_file():

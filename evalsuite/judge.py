@@ -97,7 +97,7 @@ def register_judge_backend(name: str):
     conversation (reply None when the request failed, error None when it did not)."""
 
     def decorate(cls: type) -> type:
-        cls.backend_name = name
+        setattr(cls, "backend_name", name)  # noqa: B010 - an attribute of the user's class, set for name_of
         return JUDGE_BACKENDS.register(name)(cls)
 
     return decorate
