@@ -233,3 +233,29 @@ def test_a_registered_shape_is_validated_and_detected():
             parse_config({"name": "x", "inputs": [{"path": "a.jsonl", "shape": "registry_test_pair"}], "stages": []})
     finally:
         SHAPES.remove("registry_test_pairs")
+
+
+def test_train_configs_and_suites_name_a_shape_by_its_file(tmp_path):
+    from curate.shapes import SHAPES
+    from evalsuite.suite import SuiteConfig
+    from train.config import TrainConfigError, parse_train_config
+
+    _write(tmp_path, "fwb_qa_shape.py", """
+        from curate.shapes import Shape
+
+        class QAShape(Shape):
+            name = "registry_test_qa"
+            fields = ("qa_q", "qa_a")
+
+            def convert(self, record):
+                return [{"role": "user", "content": record["qa_q"]}, {"role": "assistant", "content": record["qa_a"]}]
+    """)
+    try:
+        cfg = parse_train_config({"name": "t", "data": [{"path": "d.jsonl", "shape": "./fwb_qa_shape.py:QAShape"}]}, tmp_path)
+        assert cfg.data[0].shape == "registry_test_qa" and SHAPES.get("registry_test_qa").__module__ == "fwb_qa_shape"
+        with pytest.raises(TrainConfigError, match=r"data\.0\.shape: unknown shape 'registry_test_q' \(did you mean 'registry_test_qa'\?\)"):
+            parse_train_config({"name": "t", "data": [{"path": "d.jsonl", "shape": "registry_test_q"}]}, tmp_path)
+        suite = SuiteConfig.model_validate({"name": "s", "tasks": [{"name": "t", "path": "d.jsonl", "shape": "registry_test_qa", "metrics": ["bleu"]}]})
+        assert suite.tasks[0].shape == "registry_test_qa"
+    finally:
+        SHAPES.remove("registry_test_qa")
