@@ -16,7 +16,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Curate fine-
 
 
 def _fail(message: str, code: int = 2) -> None:
-    typer.secho(message, fg=typer.colors.RED, err=True)
+    """Exit ``code`` with ``message`` as one line on stderr (a config error's lines joined)."""
+    from curate.config import one_line
+
+    typer.secho(one_line(message), fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
 
@@ -98,6 +101,7 @@ def inspect(
     shape: str = typer.Option("auto", help="force a shape"),
     mapping: Optional[str] = typer.Option(None, help="column mapping for shape 'mapped', e.g. user=question,assistant=answer"),
     limit: int = typer.Option(10_000, help="records to read for the shape counts"),
+    plugin: list[str] | None = typer.Option(None, "--plugin", help="a module or .py file registering your own shapes (repeatable)"),
 ) -> None:
     """Show the shapes detected in a file and a few records as curate normalizes them."""
     from curate.config import ConfigError, parse_config
@@ -108,7 +112,7 @@ def inspect(
     if mapping:
         spec["mapping"] = dict(kv.split("=", 1) for kv in mapping.split(","))
     try:
-        cfg = parse_config({"name": "inspect", "inputs": [spec], "tokenizer": None, "stages": []}, Path.cwd(), "inspect")
+        cfg = parse_config({"name": "inspect", "inputs": [spec], "tokenizer": None, "stages": [], "plugins": plugin or []}, Path.cwd(), "inspect")
         pipeline = Pipeline(cfg, progress=False)
     except (ConfigError, InputError, ValueError) as exc:
         _fail(str(exc))
@@ -138,19 +142,27 @@ def inspect(
 @app.command()
 def stages(
     name: str = typer.Argument(None, help="one stage: its parameters, with descriptions, and every labeled set it was measured on"),
+    plugin: list[str] | None = typer.Option(None, "--plugin", help="a module or .py file registering your own stages (repeatable), listed too"),
+    config: Path | None = typer.Option(None, "--config", help="a curate config: its `plugins` and the stages it names by module:Class are listed too"),
 ) -> None:
     """List the registered stages: parameters, reason codes and measured precision/recall (bench/verdicts.py)."""
-    from curate.stages import UnknownStageError, all_stages, get_stage, measured
+    from curate.config import ConfigError, load_config
+    from curate.plugins import PluginError, load_plugins
+    from curate.registry import RegistryError, origin_file
+    from curate.stages import all_stages, measured, resolve_stage
 
-    if name is not None:
-        try:
-            chosen = {name: get_stage(name)}
-        except UnknownStageError as exc:
-            _fail(str(exc))
-    else:
-        chosen = all_stages()
+    try:
+        load_plugins(plugin or [], Path.cwd())
+        if config is not None:
+            load_config(config)
+        chosen = dict([resolve_stage(name)]) if name is not None else all_stages()
+    except (PluginError, ConfigError, RegistryError) as exc:
+        _fail(str(exc))
+        return
     for stage, cls in chosen.items():
         kind = "global" if cls.is_global else "per-record"
+        if (source := origin_file(cls)) is not None:
+            kind += f", from {source}"
         typer.echo(f"{stage} ({kind}): {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}")
         for field, info in cls.Params.model_fields.items():
             default = "(required)" if info.is_required() else repr(info.get_default(call_default_factory=True))

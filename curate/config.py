@@ -13,8 +13,10 @@ stages:                              # run in this order
   - response_length: {min_chars: 1}
   - exact_dedup: {keep: first}
 splits: {train: 0.9, validation: 0.05, test: 0.05}
+plugins: [my_stages, ./my_shapes.py]  # your own stages / shapes (curate/plugins.py), imported first
 ```
-Relative paths are relative to the config file's folder.
+Relative paths are relative to the config file's folder. A stage or shape may also be named by
+``module:Class`` or ``./file.py:Class`` (docs/extending.md).
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator, model_validator
 
-from curate.shapes import DEFAULT_EOS_MARKERS, DEFAULT_OUTPUT_PLACEHOLDERS, DEFAULT_PLACEHOLDERS
-from curate.stages import StageParams, UnknownStageError, get_stage
+from curate.registry import RegistryError
+from curate.shapes import DEFAULT_EOS_MARKERS, DEFAULT_OUTPUT_PLACEHOLDERS, DEFAULT_PLACEHOLDERS, resolve_shape
+from curate.stages import StageParams, get_stage, resolve_stage
 
-ShapeName = Literal["auto", "alpaca", "dolly", "sharegpt", "openai", "prompt_completion", "mapped"]
 Role = Literal["system", "user", "assistant"]
 
 
@@ -51,13 +53,32 @@ class FileConfig(_Strict):
         return (p if p.is_absolute() else (self.base_dir / p)).resolve()
 
 
+def context_dir(info: ValidationInfo) -> Path | None:
+    """The config file's folder, which :func:`validate` passes to validators (a ``./file.py:Class`` spec is
+    relative to it); None when a model is built directly."""
+    return (info.context or {}).get("base_dir") if isinstance(info.context, dict) else None
+
+
+def check_shape(value: Any, info: ValidationInfo) -> str:
+    """A ``shape`` value: ``auto``, a registered shape or a ``module:Class`` spec (registered on the way);
+    an unknown name is an error with a did-you-mean. Shared by every config with a ``shape``."""
+    if not isinstance(value, str):
+        raise ValueError(f"a shape name is a string, got {value!r}")
+    return resolve_shape(value, context_dir(info))
+
+
 class InputSpec(_Strict):
     path: str
-    shape: ShapeName = "auto"
+    shape: str = "auto"
     mapping: dict[Role, str | list[str]] | None = None
     role_aliases: dict[str, Role] = Field(default_factory=dict)
     csv_header: bool | list[str] = True
     limit: int | None = Field(default=None, ge=1, description="read at most this many records from this input")
+
+    @field_validator("shape")
+    @classmethod
+    def _known_shape(cls, value: str, info: ValidationInfo) -> str:
+        return check_shape(value, info)
 
     @model_validator(mode="after")
     def _mapping_needs_mapped(self) -> "InputSpec":
@@ -139,11 +160,18 @@ class CurateConfig(FileConfig):
     batch_size: int = Field(50_000, ge=1)
     max_record_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     strict: bool = False
-
+    plugins: list[str] = Field(default_factory=list, description=(
+        "your own modules that register stages or shapes (module names, or .py paths relative to the config file), "
+        "imported before the config is checked (curate/plugins.py, docs/extending.md)"))
 
     @field_validator("stages", mode="before")
     @classmethod
-    def _parse_stages(cls, value: Any) -> list[StageSpec]:
+    def _check_stages(cls, value: Any, info: ValidationInfo) -> list[StageSpec]:
+        """``stages:`` entries as names (or ``module:Class`` specs, relative to the config's folder) with params."""
+        return cls._parse_stages(value, context_dir(info))
+
+    @classmethod
+    def _parse_stages(cls, value: Any, base_dir: Path | None = None) -> list[StageSpec]:
         if value is None:
             return []
         if not isinstance(value, list):
@@ -161,8 +189,8 @@ class CurateConfig(FileConfig):
                 problems.append(f"stages[{i}]: expected a stage name or {{name: {{params}}}}, got {item!r}")
                 continue
             try:
-                stage_cls = get_stage(str(name))
-            except UnknownStageError as exc:
+                name, stage_cls = resolve_stage(str(name), base_dir)
+            except RegistryError as exc:  # an unknown name (did you mean), or a spec whose module or class is missing
                 problems.append(f"stages[{i}]: {exc}")
                 continue
             if not isinstance(params, dict):
@@ -197,17 +225,40 @@ def format_validation(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def one_line(message: str) -> str:
+    """A message of several lines (a config error: a heading, then one line per bad key) as one line, for a
+    command line that exits 2 with one line."""
+    lines = [part.strip() for part in str(message).splitlines() if part.strip()]
+    return lines[0] if len(lines) < 2 else f"{lines[0].rstrip(':')}: {'; '.join(lines[1:])}"
+
+
 def validate(model: type[BaseModel], data: Any, base_dir: Path | None, source: str, error: type[ValueError] = ConfigError):
     """A typed config (any of our pydantic config models) from a mapping, every bad key named in one
     ``error``; relative paths in it resolve against ``base_dir``."""
     if not isinstance(data, dict):
         raise error(f"{source}: the config must be a mapping of keys, got {type(data).__name__}")
+    base = Path(base_dir or Path.cwd()).resolve()
     try:
-        cfg = model(**data)
+        cfg = model.model_validate(data, context={"base_dir": base})
     except ValidationError as exc:
         raise error(format_validation(exc, source)) from None
-    cfg.base_dir = Path(base_dir or Path.cwd()).resolve()
+    except RegistryError as exc:  # raised outside a field validator (a default value's own lookup)
+        raise error(f"{source}: {exc}") from None
+    cfg.base_dir = base
     return cfg
+
+
+def import_plugins(data: Any, base_dir: Path | None, source: str, error: type[ValueError] = ConfigError) -> list[dict[str, str | None]]:
+    """Import the modules of a config's ``plugins:`` list (before it is validated, so what they register is
+    known); ``error`` in one line naming the file and the plugin. Returns what a run records of each."""
+    from curate.plugins import PluginError, load_plugins
+
+    if not isinstance(data, dict) or "plugins" not in data:
+        return []
+    try:
+        return load_plugins(data["plugins"], Path(base_dir or Path.cwd()))
+    except PluginError as exc:
+        raise error(f"{source}: plugins: {exc}") from None
 
 
 def read_yaml(path: str | Path, error: type[ValueError] = ConfigError) -> Any:
@@ -222,6 +273,9 @@ def read_yaml(path: str | Path, error: type[ValueError] = ConfigError) -> Any:
 
 
 def parse_config(data: Any, base_dir: Path | None = None, source: str = "<config>") -> CurateConfig:
+    """A validated curate config from a mapping: its ``plugins`` imported first, then every key checked;
+    ConfigError names every bad key."""
+    import_plugins(data, base_dir, source)
     return validate(CurateConfig, data, base_dir, source)
 
 

@@ -206,10 +206,29 @@ class Pipeline:
             "files": [_file_fingerprint(p) for _, paths in self.files for p in paths],
             # files a stage reads (a blocklist, an eval set): editing one must re-run, not report "up to date"
             "stage_files": [_file_fingerprint(p) for p in self._stage_files()],
+            # a user's own stage or shape (a plugin): editing its code must re-run too
+            "plugin_files": [_file_fingerprint(p) for p in self._plugin_files()],
             "version": __version__,
         }
         self.fingerprint = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()
         self.run_id = f"{cfg.name}-{self.fingerprint[:12]}"
+
+    def _plugin_files(self) -> list[Path]:
+        """The source files of the user code this run executes: stage classes and shapes defined outside
+        this project (``plugins:``, ``module:Class`` specs, entry points) and the config's plugin modules."""
+        from curate.plugins import import_entry
+        from curate.registry import origin_file
+        from curate.shapes import SHAPES
+
+        classes: list[Any] = [type(stage) for stage in self.stages]
+        for spec in self.cfg.inputs:
+            classes += [cls for cls in SHAPES.entries.values() if cls.detectable] if spec.shape == "auto" else [SHAPES.get(spec.shape)]
+        files = {f for f in map(origin_file, classes) if f is not None}
+        for entry in self.cfg.plugins:
+            module_file = getattr(import_entry(entry, self.cfg.base_dir), "__file__", None)
+            if module_file:
+                files.add(Path(module_file).resolve())
+        return sorted(files)
 
     def _stage_files(self) -> list[Path]:
         """Files the stages read: a stage lists them with ``input_files()``; otherwise any string

@@ -24,7 +24,6 @@ from __future__ import annotations
 import polars as pl
 
 ROLES = ("system", "user", "assistant")
-SHAPES = ("alpaca", "dolly", "sharegpt", "openai", "prompt_completion", "mapped")
 
 MESSAGE = pl.Struct({"role": pl.Utf8, "content": pl.Utf8})
 MESSAGES = pl.List(MESSAGE)

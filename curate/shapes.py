@@ -10,6 +10,11 @@ Shapes, recognized per record so one file may mix them:
   ("### Instruction: ... ### Response:") is unwrapped into a plain user turn
 - ``mapped``: any other columns, through an explicit ``mapping`` in the input's config
 
+Every shape is a :class:`Shape` class in one registry, :data:`SHAPES`: this list, and any shape a user's module
+registers (``@register_shape``, a ``plugins:`` entry, a ``shape: ./my_shape.py:MyShape`` spec, or the entry
+point group ``finetune_workbench.shapes``). Configs validate ``shape`` against it (:func:`resolve_shape`), and
+``auto`` detection asks each registered shape in registration order, the built-ins above first.
+
 A record that cannot be converted raises :class:`ShapeError` naming the field; the pipeline quarantines it.
 """
 
@@ -18,11 +23,13 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import orjson
 import polars as pl
 
+from curate.registry import Registry, RegistryError, UnknownNameError
 from curate.schema import MESSAGES, RECORD_SCHEMA
 
 DEFAULT_ROLE_ALIASES: dict[str, str] = {
@@ -84,6 +91,178 @@ class ShapeError(ValueError):
         self.message = message
 
 
+class Shape:
+    """A record shape: which parsed records it recognizes, and how it turns one into chat turns.
+
+    A user's shape sets ``name`` and ``fields`` and implements :meth:`convert`::
+
+        @register_shape
+        class QAPairs(Shape):
+            name = "qa_pairs"
+            fields = ("question", "answer")   # auto detection: a record with all of them is this shape
+
+            def convert(self, record):
+                return [{"role": "user", "content": record["question"]},
+                        {"role": "assistant", "content": record["answer"]}]
+
+    The contract: :meth:`convert` returns the conversation as ``[{"role", "content"}]`` (roles system, user
+    or assistant, or an alias the input's ``role_aliases`` maps; contents strings). It raises
+    :class:`ShapeError` naming the field for a record it cannot convert; any other exception it raises is
+    turned into one, so the record is quarantined with the message, never lost. Fields not in ``fields`` are
+    kept in the record's ``meta`` (all of them are, when ``fields`` is empty). Normalization (NFC, whitespace,
+    end-of-sequence markers) is applied to the result as to every shape's.
+    """
+
+    name: ClassVar[str]
+    fields: ClassVar[tuple[str, ...]] = ()
+    # False: never chosen by `auto` (a shape that needs its own settings, as `mapped` needs a mapping)
+    detectable: ClassVar[bool] = True
+    # True when an overridden detect() still looks only at which fields are present, never at values
+    # (auto detection then runs once per distinct key list); the default detect() is such a one
+    detects_by_keys: ClassVar[bool] = False
+
+    def detect(self, record: Mapping[str, Any]) -> bool:
+        """Whether ``auto`` should read ``record`` as this shape; default: every field of ``fields`` is present."""
+        return bool(self.fields) and all(f in record for f in self.fields)
+
+    def convert(self, record: Mapping[str, Any]) -> list[dict[str, str]]:  # pragma: no cover - interface
+        """The record as ``[{"role": ..., "content": ...}]``."""
+        raise NotImplementedError
+
+    def turns(self, record: Mapping[str, Any], converter: Converter, fixes: list[str]) -> tuple[list[str], list[str], set[str]]:
+        """(roles, contents, fields used) of ``record``, through :meth:`convert`; the built-in shapes override
+        it to apply the input's placeholder and template settings."""
+        try:
+            messages = self.convert(record)
+        except ShapeError:
+            raise
+        except Exception as exc:  # a user's converter: its failure quarantines the record, with the reason
+            text = str(exc).splitlines()[0] if str(exc) else ""
+            raise ShapeError(None, f"shape {self.name!r} failed: {type(exc).__name__}: {text}") from None
+        if not isinstance(messages, list) or not messages:
+            raise ShapeError(None, f"shape {self.name!r} returned {type(messages).__name__}, not a non-empty list of messages")
+        roles, contents = [], []
+        for i, m in enumerate(messages):
+            if not isinstance(m, Mapping):
+                raise ShapeError(None, f"shape {self.name!r}: message {i} is a {type(m).__name__}, not {{role, content}}")
+            roles.append(converter._role(m.get("role"), f"messages[{i}].role"))
+            contents.append(_text(m.get("content"), f"messages[{i}].content", required=True))
+        return roles, contents, set(self.fields) if self.fields else set(record)
+
+
+class UnknownShapeError(UnknownNameError):
+    """A shape name that is not registered."""
+
+
+def _shape_class(name: str, obj: Any) -> type[Shape]:
+    """``obj`` itself when it is a :class:`Shape` subclass named ``name``; RegistryError otherwise."""
+    if not (isinstance(obj, type) and issubclass(obj, Shape)):
+        raise RegistryError(f"{obj!r} is not a shape class (a subclass of curate.shapes.Shape)")
+    if getattr(obj, "name", None) != name:
+        raise RegistryError(f"shape class {obj.__qualname__} has name {getattr(obj, 'name', None)!r}, registered as {name!r}")
+    if name == "auto":
+        raise RegistryError("'auto' means \"detect the shape\"; a shape needs another name")
+    return obj
+
+
+#: Every shape a config can name, in registration order (the order ``auto`` tries them).
+SHAPES: Registry[type[Shape]] = Registry("shape", coerce=_shape_class, error=UnknownShapeError)
+
+
+def register_shape(cls: type[Shape]) -> type[Shape]:
+    """Class decorator: register a :class:`Shape` under its ``name`` (``shape: NAME`` in a config; tried by
+    ``auto`` after the shapes registered before it)."""
+    return SHAPES.register(cls)
+
+
+def resolve_shape(value: str, base_dir: str | Path | None = None) -> str:
+    """The shape name a config's ``shape`` means: ``auto``, a registered name, or a ``module:Class`` /
+    ``./file.py:Class`` spec (imported and registered). :class:`UnknownShapeError` with a did-you-mean
+    (a ValueError), or a RegistryError naming a missing module, file or class."""
+    if value == "auto":
+        return value
+    try:
+        return SHAPES.lookup(value, base_dir)[0]
+    except UnknownShapeError:
+        raise SHAPES.unknown(value, extra=("auto",)) from None
+
+
+def shape_names() -> list[str]:
+    """``auto`` and every registered shape, in the order ``auto`` tries them."""
+    SHAPES.load()
+    return ["auto", *SHAPES.entries]
+
+
+@register_shape
+class OpenAIShape(Shape):
+    """``messages`` = [{role, content}]; content may be a list of parts (text parts joined)."""
+
+    name = "openai"
+    fields = ("messages",)
+
+    def turns(self, record, converter, fixes):  # noqa: D102 - Shape.turns
+        return converter._openai(record, fixes)
+
+
+@register_shape
+class ShareGPTShape(Shape):
+    """``conversations`` = [{from, value}] with human/gpt/system aliases (optional ``system``)."""
+
+    name = "sharegpt"
+    fields = ("conversations",)
+
+    def turns(self, record, converter, fixes):  # noqa: D102 - Shape.turns
+        return converter._sharegpt(record)
+
+
+@register_shape
+class AlpacaShape(Shape):
+    """``instruction``, ``input`` (optional), ``output`` (optional ``system``, ``history``)."""
+
+    name = "alpaca"
+    fields = ("instruction", "output")
+
+    def turns(self, record, converter, fixes):  # noqa: D102 - Shape.turns
+        return converter._alpaca(record, fixes)
+
+
+@register_shape
+class DollyShape(Shape):
+    """``instruction``, ``context`` (optional), ``response``; ``category`` kept in meta."""
+
+    name = "dolly"
+    fields = ("instruction", "response")
+
+    def turns(self, record, converter, fixes):  # noqa: D102 - Shape.turns
+        return converter._dolly(record, fixes)
+
+
+@register_shape
+class PromptCompletionShape(Shape):
+    """``prompt`` and ``completion`` (or ``response``); an Alpaca-templated prompt is unwrapped."""
+
+    name = "prompt_completion"
+    fields = ("prompt",)
+    detects_by_keys = True
+
+    def detect(self, record):  # noqa: D102 - Shape.detect
+        return "prompt" in record and ("completion" in record or "response" in record)
+
+    def turns(self, record, converter, fixes):  # noqa: D102 - Shape.turns
+        return converter._prompt_completion(record, fixes)
+
+
+@register_shape
+class MappedShape(Shape):
+    """Any other columns, through the input's explicit ``mapping`` (never detected)."""
+
+    name = "mapped"
+    detectable = False
+
+    def turns(self, record, converter, fixes):  # noqa: D102 - Shape.turns
+        return converter._mapped(record, fixes)
+
+
 class Converter:
     """Turns parsed records into (shape, roles, contents, meta, fixes); one per input spec."""
 
@@ -104,21 +283,42 @@ class Converter:
         self.output_placeholders = {_placeholder_key(p) for p in output_placeholders}
         self.eos_markers = tuple(eos_markers)
         self.unwrap_templates = unwrap_templates
+        # the registry as it stands now: a shape registered later is seen by the next Converter
+        SHAPES.load()
+        if shape == "auto":
+            self._fixed: Shape | None = None
+            self._detectors = [cls() for cls in SHAPES.entries.values() if cls.detectable]
+        else:
+            self._fixed = SHAPES.lookup(shape)[1]()
+            self._detectors = []
+        # detection by the record's keys alone (every shape's detect looks only at which fields are present)
+        # can be remembered per key list
+        self._by_keys = all(s.detects_by_keys or type(s).detect is Shape.detect for s in self._detectors)
+        self._seen: dict[tuple, Shape] = {}
 
     # -- detection -------------------------------------------------------------------------------------
     def detect(self, rec: Mapping[str, Any]) -> str:
-        if self.shape != "auto":
-            return self.shape
-        if "messages" in rec:
-            return "openai"
-        if "conversations" in rec:
-            return "sharegpt"
-        if "instruction" in rec and "output" in rec:
-            return "alpaca"
-        if "instruction" in rec and "response" in rec:
-            return "dolly"
-        if "prompt" in rec and ("completion" in rec or "response" in rec):
-            return "prompt_completion"
+        """The name of the shape ``rec`` is: the configured one, or the first registered shape whose
+        ``detect`` accepts it; ShapeError listing the record's fields when none does."""
+        return self._shape_of(rec).name
+
+    def _shape_of(self, rec: Mapping[str, Any]) -> Shape:
+        if self._fixed is not None:
+            return self._fixed
+        if self._by_keys:  # records of one file share their keys: detect once per key list
+            keys = tuple(rec)
+            found = self._seen.get(keys)
+            if found is None:
+                found = self._detect(rec)
+                if len(self._seen) < 4096:
+                    self._seen[keys] = found
+            return found
+        return self._detect(rec)
+
+    def _detect(self, rec: Mapping[str, Any]) -> Shape:
+        for shape in self._detectors:
+            if shape.detect(rec):
+                return shape
         keys = ", ".join(sorted(map(str, rec))[:12])
         raise ShapeError(None, f"unrecognized shape (fields: {keys}); set `shape` and `mapping` for this input")
 
@@ -148,22 +348,9 @@ class Converter:
                 if not out.isascii():
                     out = unicodedata.normalize("NFC", out)
                 return "alpaca", ["user", "assistant"], [user, out], "{}", fixes
-        shape = self.detect(rec)
-        used: set[str]
-        if shape == "openai":
-            roles, contents, used = self._openai(rec, fixes)
-        elif shape == "sharegpt":
-            roles, contents, used = self._sharegpt(rec)
-        elif shape == "alpaca":
-            roles, contents, used = self._alpaca(rec, fixes)
-        elif shape == "dolly":
-            roles, contents, used = self._dolly(rec, fixes)
-        elif shape == "prompt_completion":
-            roles, contents, used = self._prompt_completion(rec, fixes)
-        elif shape == "mapped":
-            roles, contents, used = self._mapped(rec, fixes)
-        else:  # validated by the config; kept for library callers
-            raise ShapeError(None, f"unknown shape {shape!r}")
+        found = self._shape_of(rec)
+        shape = found.name
+        roles, contents, used = found.turns(rec, self, fixes)
         for i, role in enumerate(roles):
             if role == "assistant" and contents[i].rstrip().endswith(self.eos_markers):
                 contents[i] = self._strip_eos(contents[i], fixes)

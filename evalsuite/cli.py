@@ -116,7 +116,7 @@ def compare_cmd(
     out: str = typer.Option(None, "--out", help="folder for compare.json / .md / .html (default: the fine-tune's run folder)"),
     workspace: str = typer.Option(None, "--workspace", help="resolve run ids through this workspace folder"),
     regressions: int = typer.Option(5, "--regressions", help="examples that regressed most, per task"),
-    judge: str = typer.Option("none", "--judge", help="pairwise LLM judge over the two runs' outputs: none, local or openai"),
+    judge: str = typer.Option("none", "--judge", help="pairwise LLM judge of the two runs' outputs: none, local, openai, another registered backend, or file.py:Class"),
     judge_model: str = typer.Option(None, "--judge-model", help="local: embedded (default), a path or hub id; openai: the model name"),
     judge_url: str = typer.Option(None, "--judge-url", help="openai: base URL up to /v1 (or EVALSUITE_JUDGE_URL); the key is read from OPENAI_API_KEY"),
 ) -> None:
@@ -131,12 +131,10 @@ def compare_cmd(
     from pathlib import Path
 
     from evalsuite.compare import CompareError, compare, to_html, to_markdown
-    from evalsuite.judge import JudgeConfig, JudgeError, make_judge
+    from evalsuite.judge import JudgeError, make_judge
 
-    if judge not in ("none", "local", "openai"):
-        _fail(f"--judge must be none, local or openai, not {judge!r}")
     try:
-        judge_backend = None if judge == "none" else make_judge(JudgeConfig(backend=judge, model=judge_model, url=judge_url))
+        judge_backend = None if judge == "none" else make_judge(_judge_config(judge, judge_model, judge_url))
         paths = [_run_folder(x, workspace) for x in (base, fine_tune)]
         result = compare(paths[0], paths[1], regressions=regressions, judge=judge_backend)
     except (CompareError, JudgeError) as exc:
@@ -191,10 +189,26 @@ def gate(
     raise typer.Exit(1 if failed else 0)
 
 
+def _judge_config(backend: str, model: str | None, url: str | None):
+    """The JudgeConfig of ``--judge`` (a backend name, or a ``module:Class`` / ``file.py:Class`` spec relative to
+    the working directory); an unknown backend exits 2 with one line and a did-you-mean."""
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from evalsuite.judge import JudgeConfig
+
+    try:
+        return JudgeConfig.model_validate({"backend": backend, "model": model, "url": url}, context={"base_dir": Path.cwd()})
+    except ValidationError as exc:
+        _fail(f"--judge: {exc.errors()[0]['msg'].removeprefix('Value error, ')}")
+
+
 def _one_line(message: str) -> str:
     """A message of several lines (a config error: a heading, then one line per bad key) as one line."""
-    lines = [part.strip() for part in str(message).splitlines() if part.strip()]
-    return lines[0] if len(lines) < 2 else f"{lines[0].rstrip(':')}: {'; '.join(lines[1:])}"
+    from curate.config import one_line
+
+    return one_line(message)
 
 
 def _fail(message: str) -> None:

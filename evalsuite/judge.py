@@ -1,11 +1,14 @@
 """LLM-as-judge: a 1-5 rubric (helpfulness, accuracy, coherence, each with a short rationale) and a pairwise
 A/B preference run in both orders.
 
-Backends (:class:`JudgeConfig`): ``local``, a transformers model (default: the embedded SmolLM2), greedy,
-batched through :func:`chat.generate.generate`; ``openai``, any OpenAI-compatible chat endpoint (vLLM,
-Ollama, llama.cpp's server, hosted APIs) by URL and model name, the key read from the environment variable
-``api_key_env`` names (never from a file that could be committed). ``EVALSUITE_JUDGE_URL`` and
-``EVALSUITE_JUDGE_MODEL`` fill in a URL or model the config leaves out.
+Backends (:class:`JudgeConfig`), registered in :data:`JUDGE_BACKENDS`: ``local``, a transformers model
+(default: the embedded SmolLM2), greedy, batched through :func:`chat.generate.generate`; ``openai``, any
+OpenAI-compatible chat endpoint (vLLM, Ollama, llama.cpp's server, hosted APIs) by URL and model name, the key
+read from the environment variable ``api_key_env`` names (never from a file that could be committed).
+``EVALSUITE_JUDGE_URL`` and ``EVALSUITE_JUDGE_MODEL`` fill in a URL or model the config leaves out. A user's
+backend is a class registered with :func:`register_judge_backend` (or named ``./my_judge.py:MyJudge``, or
+declared in the entry point group ``finetune_workbench.judge_backends``): ``__init__(cfg: JudgeConfig)``, a
+``description`` dict and ``complete(conversations) -> [(reply or None, error or None)]``.
 
 Candidate text is fenced: the request and each answer sit between tags carrying a nonce derived from the
 whole prompt, which an answer cannot predict and so cannot close; the judge is told that what is inside is
@@ -30,9 +33,11 @@ import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from curate.registry import Registry, RegistryError, UnknownNameError
 
 CRITERIA = ("helpfulness", "accuracy", "coherence")
 PROMPT_VERSION = "judge-v1"
@@ -45,7 +50,7 @@ class JudgeError(ValueError):
 class JudgeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["local", "openai"] = "local"
+    backend: str = "local"
     # local: "embedded" (SmolLM2-135M-Instruct), a local path or a hub id; openai: the served model's name
     model: str | None = None
     url: str | None = Field(default=None, description="openai: the base URL, up to /v1 (e.g. http://127.0.0.1:8080/v1)")
@@ -58,6 +63,56 @@ class JudgeConfig(BaseModel):
     device: str = "auto"
     reference: bool = Field(True, description="rubric: show the reference answer to the judge when there is one")
     fence: bool = Field(True, description="fence candidate text (off only to measure what fencing buys)")
+    options: dict[str, Any] = Field(default_factory=dict, description="a user backend's own settings (the built-in backends take none)")
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str, info: ValidationInfo) -> str:
+        """A registered backend, or a ``module:Class`` / ``./file.py:Class`` spec (registered on the way;
+        a file relative to the suite's folder when a suite is being read); did-you-mean otherwise."""
+        base = (info.context or {}).get("base_dir") if isinstance(info.context, dict) else None
+        return JUDGE_BACKENDS.lookup(value, base)[0]
+
+
+class UnknownJudgeBackend(UnknownNameError):
+    """A judge backend name that is not registered."""
+
+
+def _backend_class(name: str, obj: Any) -> type:
+    """``obj`` when it is a class with a ``complete`` method (a judge backend); RegistryError otherwise."""
+    if not (isinstance(obj, type) and callable(getattr(obj, "complete", None))):
+        raise RegistryError(f"{obj!r} is not a judge backend (a class taking a JudgeConfig, with complete(conversations))")
+    return obj
+
+
+#: Every judge backend ``backend:`` can name; packages add theirs through ``finetune_workbench.judge_backends``.
+JUDGE_BACKENDS: Registry[type] = Registry("judge backend", builtins=("evalsuite.judge",), coerce=_backend_class,
+                                          error=UnknownJudgeBackend, name_of=lambda obj: getattr(obj, "backend_name", None) or obj.__name__)
+
+
+def register_judge_backend(name: str):
+    """Class decorator: register a judge backend class as ``name`` (``backend: NAME``). The class takes the
+    :class:`JudgeConfig` (its ``model``, ``url``, ``options``...), sets ``description`` (a dict recorded with
+    every verdict) and ``cfg``, and answers ``complete(conversations)`` with one ``(reply, error)`` per
+    conversation (reply None when the request failed, error None when it did not)."""
+
+    def decorate(cls: type) -> type:
+        setattr(cls, "backend_name", name)  # noqa: B010 - an attribute of the user's class, set for name_of
+        return JUDGE_BACKENDS.register(name)(cls)
+
+    return decorate
+
+
+def check_judge_options(options: dict[str, Any], base_dir: Any = None) -> dict[str, Any]:
+    """A judge metric's options, checked before any work (an unknown backend with a did-you-mean, a bad key),
+    with a ``module:Class`` backend replaced by its registered name. ValueError in one line otherwise."""
+    from pydantic import ValidationError
+
+    try:
+        cfg = JudgeConfig.model_validate(options, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())) from None
+    return {**options, "backend": cfg.backend} if "backend" in options else options
 
 
 # ---------------------------------------------------------------------------------------------- prompts
@@ -171,6 +226,7 @@ def parse_preference(text: str | None) -> str | None:
 
 # ---------------------------------------------------------------------------------------------- backends
 
+@register_judge_backend("local")
 class LocalJudge:
     """A transformers causal LM, greedy, batched."""
 
@@ -194,6 +250,7 @@ def _load_local(model: str, device: str):
     return load_model(model, None, device)
 
 
+@register_judge_backend("openai")
 class OpenAIJudge:
     """An OpenAI-compatible ``/chat/completions`` endpoint, temperature 0, seeded."""
 
@@ -225,8 +282,9 @@ class OpenAIJudge:
 
 
 def make_judge(cfg: JudgeConfig | dict[str, Any] | None = None):
+    """The judge backend ``cfg.backend`` names, built with ``cfg`` (a dict is validated first)."""
     cfg = cfg if isinstance(cfg, JudgeConfig) else JudgeConfig(**(cfg or {}))
-    return OpenAIJudge(cfg) if cfg.backend == "openai" else LocalJudge(cfg)
+    return JUDGE_BACKENDS.get(cfg.backend)(cfg)
 
 
 # ---------------------------------------------------------------------------------------------- rubric

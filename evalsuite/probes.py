@@ -32,7 +32,6 @@ fits neither is a :class:`ProbeFormatError` naming the file, the line and the fi
 from __future__ import annotations
 
 import csv
-import difflib
 import json
 import os
 import re
@@ -41,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from curate.registry import Registry, RegistryError, UnknownNameError
 from evalsuite.metrics.choice import (  # noqa: F401  (the scoring, re-exported)
     MCItem, PartialItem, TargetItem, encode_pair, loglikelihoods, score_mc,
 )
@@ -60,10 +60,6 @@ class ProbeFormatError(ValueError):
     """A probe file row that is not in its format; the message names the file, line and field."""
 
 
-class UnknownProbe(ValueError):
-    """A probe kind that is not in :data:`PROBES`."""
-
-
 @dataclass(frozen=True)
 class ProbeKind:
     """A registered probe kind: ``load(path, limit)`` reads up to ``limit`` items (all when None) from a
@@ -75,7 +71,24 @@ class ProbeKind:
     description: str = ""
 
 
-PROBES: dict[str, ProbeKind] = {}
+class UnknownProbe(UnknownNameError):
+    """A probe kind that is not in :data:`PROBES`."""
+
+
+def _probe_of(name: str, obj: Any) -> ProbeKind:
+    """The entry for what a spec or an entry point names: a :class:`ProbeKind`, or a loader
+    ``fn(path, limit) -> items`` scored by ``multiple_choice``."""
+    if isinstance(obj, ProbeKind):
+        return obj
+    if not callable(obj):
+        raise RegistryError(f"{obj!r} is not a probe loader (a function path, limit -> items)")
+    return ProbeKind(name, obj, "multiple_choice", (obj.__doc__ or "").strip().split("\n")[0])
+
+
+#: Every probe kind a task's ``kind:`` can name; packages add theirs through ``finetune_workbench.probes``.
+PROBE_REGISTRY: Registry[ProbeKind] = Registry("probe kind", coerce=_probe_of, error=UnknownProbe, group="finetune_workbench.probes",
+                                               name_of=lambda obj: obj.name if isinstance(obj, ProbeKind) else obj.__name__)
+PROBES: dict[str, ProbeKind] = PROBE_REGISTRY.entries  # the live mapping
 
 
 def register_probe(name: str, *, metric: str = "multiple_choice") -> Callable[[Callable], Callable]:
@@ -90,8 +103,8 @@ def register_probe(name: str, *, metric: str = "multiple_choice") -> Callable[[C
 
     def decorate(fn: Callable) -> Callable:
         if name in PROBES:
-            raise ValueError(f"probe kind {name!r} is already registered")
-        PROBES[name] = ProbeKind(name, fn, metric, (fn.__doc__ or "").strip().split("\n")[0])
+            raise RegistryError(f"probe kind {name!r} is already registered")
+        PROBE_REGISTRY.add(name, ProbeKind(name, fn, metric, (fn.__doc__ or "").strip().split("\n")[0]))
         return fn
 
     return decorate
@@ -99,11 +112,7 @@ def register_probe(name: str, *, metric: str = "multiple_choice") -> Callable[[C
 
 def get_probe(name: str) -> ProbeKind:
     """The registered probe kind ``name``; :class:`UnknownProbe` with a did-you-mean and the known kinds."""
-    if name in PROBES:
-        return PROBES[name]
-    close = difflib.get_close_matches(name, list(PROBES), n=3)
-    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
-    raise UnknownProbe(f"unknown probe kind {name!r}{hint}; known kinds: {', '.join(sorted(PROBES))}")
+    return PROBE_REGISTRY.get(name)
 
 
 def item_view(item: Any) -> dict[str, Any]:

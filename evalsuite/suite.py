@@ -26,13 +26,13 @@ Relative paths are relative to the suite file.
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from curate.config import FileConfig, read_yaml, validate
+from curate.config import FileConfig, check_shape, context_dir, import_plugins, read_yaml, validate
+from curate.registry import did_you_mean, is_spec
 from evalsuite.serving import ServerConfig
 
 
@@ -69,7 +69,7 @@ class TaskConfig(_Strict):
     text_field: str = "text"
     window: int | None = Field(default=None, ge=2, description="text: tokens per window (default: the model's context)")
     stride: int = Field(512, ge=1, description="text: tokens between window starts")
-    shape: Literal["auto", "alpaca", "dolly", "sharegpt", "openai", "prompt_completion", "mapped"] = "auto"
+    shape: str = "auto"
     mapping: dict[str, str | list[str]] | None = None
     references_field: str | None = Field(default=None, description=(
         "generate: the field of each record holding its accepted answers, a string or a list of strings (TriviaQA "
@@ -85,15 +85,22 @@ class TaskConfig(_Strict):
 
     @field_validator("kind")
     @classmethod
-    def _known_kind(cls, v: str) -> str:
-        """"generate", "text" or a registered probe kind; an unknown one names the close ones and all."""
-        from evalsuite.probes import PROBES, UnknownProbe
+    def _known_kind(cls, v: str, info: ValidationInfo) -> str:
+        """"generate", "text", a registered probe kind or a ``module:loader`` spec; an unknown one names the
+        close ones and all."""
+        from evalsuite.probes import PROBE_REGISTRY, PROBES, UnknownProbe
 
-        if v in ("generate", "text") or v in PROBES:
+        if is_spec(v):
+            return PROBE_REGISTRY.lookup(v, context_dir(info))[0]
+        if v in ("generate", "text") or v in PROBE_REGISTRY:
             return v
-        close = difflib.get_close_matches(v, ["generate", "text", *PROBES], n=3)
-        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
-        raise UnknownProbe(f"unknown task kind {v!r}{hint}; kinds: generate, text, {', '.join(sorted(PROBES))}")
+        raise UnknownProbe(f"unknown task kind {v!r}{did_you_mean(v, ['generate', 'text', *PROBES])}; "
+                           f"kinds: generate, text, {', '.join(sorted(PROBES))}")
+
+    @field_validator("shape")
+    @classmethod
+    def _known_shape(cls, value: str, info: ValidationInfo) -> str:
+        return check_shape(value, info)
 
     @model_validator(mode="after")
     def _metrics_for_generation(self) -> "TaskConfig":
@@ -139,11 +146,16 @@ class TaskConfig(_Strict):
 
     @field_validator("metrics")
     @classmethod
-    def _known(cls, v: list[MetricSpec]) -> list[MetricSpec]:
-        from evalsuite.metrics import get_metric
+    def _known(cls, v: list[MetricSpec], info: ValidationInfo) -> list[MetricSpec]:
+        """Every metric registered (a ``module:function`` spec is imported and registered, and replaced by its
+        name); a judge's ``backend`` known too. UnknownMetric (a ValueError) lists the known names."""
+        from evalsuite.judge import check_judge_options
+        from evalsuite.metrics.base import resolve_metric
 
         for m in v:
-            get_metric(m.name)  # UnknownMetric (a ValueError) lists the known names
+            m.name = resolve_metric(m.name, context_dir(info))
+            if m.name == "judge":
+                m.options = check_judge_options(m.options, context_dir(info))
         return v
 
 
@@ -159,21 +171,31 @@ class SuiteConfig(FileConfig):
         "imported before the suite is checked (evalsuite/plugins.py)"))
 
     def plugin_records(self) -> list[dict[str, str | None]]:
-        """What a run records of its plugins (module and file), so compare and gate import the same code."""
-        from evalsuite.plugins import load_plugins
+        """What a run records of its plugins (module and file), so compare and gate import the same code: the
+        ``plugins`` list, then the module of each metric a task names by ``module:function`` (or that an
+        installed package registered) that the list does not hold."""
+        import sys
 
-        return load_plugins(self.plugins, self.base_dir)
+        from curate.registry import origin_file
+        from evalsuite.metrics.base import METRIC_REGISTRY
+        from evalsuite.plugins import load_plugins, plugin_record
+
+        records = load_plugins(self.plugins, self.base_dir)
+        files = {r["file"] for r in records}
+        for task in self.tasks:
+            for m in task.metrics:
+                origin = METRIC_REGISTRY.origins.get(m.name)
+                file = origin_file(origin)
+                module = sys.modules.get(getattr(origin, "__module__", "") or "")
+                if file is not None and module is not None and str(file) not in files:
+                    files.add(str(file))
+                    records.append(plugin_record(module))
+        return records
 
 
 def load_suite(path: str | Path) -> SuiteConfig:
     """Read and validate a suite YAML; SuiteError names the file and every bad key. The suite's ``plugins``
     are imported first, so the metrics they register are known when the tasks are checked."""
-    from evalsuite.plugins import PluginError, load_plugins
-
     data = read_yaml(path, SuiteError)
-    if isinstance(data, dict) and "plugins" in data:
-        try:
-            load_plugins(data["plugins"], Path(path).parent)
-        except PluginError as exc:
-            raise SuiteError(f"{path}: plugins: {exc}") from None
+    import_plugins(data, Path(path).parent, str(path), SuiteError)
     return validate(SuiteConfig, data, Path(path).parent, str(path), SuiteError)

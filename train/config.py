@@ -21,9 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from curate.config import FileConfig, read_yaml, validate
+from curate.config import FileConfig, check_shape, import_plugins, read_yaml, validate
 
 
 class TrainConfigError(ValueError):
@@ -39,9 +39,14 @@ class DataSource(_Strict):
     # Share of the training examples drawn from this source. Sources without a weight share what the
     # weighted ones leave, in proportion to their sizes; weights must not add up to more than 1.
     weight: float | None = Field(default=None, gt=0, le=1)
-    shape: Literal["auto", "alpaca", "dolly", "sharegpt", "openai", "prompt_completion", "mapped"] = "auto"
+    shape: str = "auto"
     mapping: dict[str, str | list[str]] | None = None
     limit: int | None = Field(default=None, ge=1)
+
+    @field_validator("shape")
+    @classmethod
+    def _known_shape(cls, value: str, info: ValidationInfo) -> str:
+        return check_shape(value, info)
 
 
 class MethodConfig(_Strict):
@@ -107,6 +112,9 @@ class TrainConfig(FileConfig):
     workspace: str | None = Field(default="workspace", description="the workspace folder to register the run in; null: none")
     price_per_gpu_hour: float = Field(0.0, ge=0, description="for the projected cost after the first steps")
     memory_limit_gb: float | None = Field(default=None, gt=0, description="pre-flight memory budget; default: what the device has free")
+    plugins: list[str] = Field(default_factory=list, description=(
+        "your own modules that register shapes (module names, or .py paths relative to the config file), imported "
+        "before the config is checked (docs/extending.md)"))
 
     @model_validator(mode="after")
     def _weights(self) -> "TrainConfig":
@@ -123,6 +131,8 @@ class TrainConfig(FileConfig):
 
 
 def parse_train_config(data: Any, base_dir: Path | None = None, source: str = "<config>") -> TrainConfig:
+    """A validated train config from a mapping: its ``plugins`` imported first; TrainConfigError names every bad key."""
+    import_plugins(data, base_dir, source, TrainConfigError)
     return validate(TrainConfig, data, base_dir, source, TrainConfigError)
 
 

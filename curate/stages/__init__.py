@@ -18,13 +18,14 @@ The runner (``curate.pipeline``) fills ``stage`` and counts rejects per stage an
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict
+
+from curate.registry import Registry, RegistryError, UnknownNameError
 
 
 class StageParams(BaseModel):
@@ -113,49 +114,62 @@ class GlobalStage(Stage):
         raise NotImplementedError
 
 
-REGISTRY: dict[str, type[Stage]] = {}
+class UnknownStageError(UnknownNameError, KeyError):
+    """A stage name that is not registered (a KeyError too, as it always was)."""
+
+
+def _stage_class(name: str, obj: Any) -> type[Stage]:
+    """``obj`` itself when it is a stage class named ``name``; RegistryError otherwise."""
+    if not (isinstance(obj, type) and issubclass(obj, (RecordStage, GlobalStage))):
+        raise RegistryError(f"{obj!r} is not a stage class (a subclass of curate.stages.RecordStage or GlobalStage)")
+    if getattr(obj, "name", None) != name:
+        raise RegistryError(f"stage class {obj.__qualname__} has name {getattr(obj, 'name', None)!r}, registered as {name!r}: "
+                            "give the class `name = ...` and register it under that name")
+    return obj
+
+
+class _StageRegistry(Registry[type[Stage]]):
+    """Stages keep their established wording: "unknown stage 'x'. Did you mean 'y'? Known stages: ..."."""
+
+    def unknown(self, name: str, extra=()) -> UnknownNameError:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(self.entries), n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        return self.error(f"unknown stage {name!r}.{hint} Known stages: {', '.join(sorted(self.entries))}")
+
+
+BUILTIN_MODULES = ("conversation", "quality", "pii", "langid", "exact", "minhash", "semantic", "decontam", "labels")
+
+#: Every stage a config can name. Built-ins load on the first lookup; installed packages add theirs through the
+#: entry point group ``finetune_workbench.stages``; a config names a user's stage by ``module:Class`` or
+#: ``./file.py:Class`` or loads its module under ``plugins:``.
+STAGES: Registry[type[Stage]] = _StageRegistry(
+    "stage", builtins=tuple(f"curate.stages.{m}" for m in BUILTIN_MODULES), coerce=_stage_class, error=UnknownStageError)
+
+REGISTRY: dict[str, type[Stage]] = STAGES.entries  # the live mapping, for code that reads it as a dict
 
 
 def register(cls: type[Stage]) -> type[Stage]:
-    """Class decorator: make a stage listable by its ``name`` in a config."""
-    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
-        raise ValueError(f"stage name {cls.name!r} registered twice")
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-class UnknownStageError(KeyError):
-    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
-        return str(self.args[0])
+    """Class decorator: make a stage listable by its ``name`` in a config (another class under a taken name is
+    a RegistryError, a ValueError)."""
+    return STAGES.register(cls)
 
 
 def get_stage(name: str) -> type[Stage]:
     """The stage class registered as ``name``; an unknown name gets a did-you-mean hint."""
-    _load_builtin_stages()
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, REGISTRY, n=3)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise UnknownStageError(
-            f"unknown stage {name!r}.{hint} Known stages: {', '.join(sorted(REGISTRY))}"
-        ) from None
+    return STAGES.get(name)
+
+
+def resolve_stage(name_or_spec: str, base_dir: str | Path | None = None) -> tuple[str, type[Stage]]:
+    """``(name, class)`` of a stage a config names: a registered name, or ``module:Class`` /
+    ``./file.py:Class`` (relative to ``base_dir``), imported and registered under the class's ``name``."""
+    return STAGES.lookup(name_or_spec, base_dir)
 
 
 def all_stages() -> dict[str, type[Stage]]:
-    _load_builtin_stages()
-    return dict(sorted(REGISTRY.items()))
-
-
-def _load_builtin_stages() -> None:
-    # Importing the modules registers their stages; heavy backends are imported lazily inside them.
-    import importlib
-
-    for module in BUILTIN_MODULES:
-        importlib.import_module(f"curate.stages.{module}")
-
-
-BUILTIN_MODULES = ("conversation", "quality", "pii", "langid", "exact", "minhash", "semantic", "decontam", "labels")
+    """Every registered stage, by name."""
+    return dict(STAGES.items())
 
 
 MEASURED_FILE = Path(__file__).with_name("measured.json")

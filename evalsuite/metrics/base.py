@@ -14,13 +14,14 @@ numbers per example, computed on the *scored* text (after extraction, against ev
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from curate.registry import Registry, RegistryError, UnknownNameError
 
 
 @dataclass
@@ -115,11 +116,40 @@ class Metric:
         return {out.name: out} if isinstance(out, MetricResult) else out
 
 
-METRICS: dict[str, Metric] = {}
-
-
-class UnknownMetric(ValueError):
+class UnknownMetric(UnknownNameError):
     """A metric name that is not in :data:`METRICS`."""
+
+
+def _metric_of(name: str, obj: Any) -> Metric:
+    """The entry for what a ``module:function`` spec or an entry point names: a :class:`Metric` as it is, or a
+    plain function ``fn(predictions, references) -> MetricResult`` as a mean metric called ``name``, higher
+    is better (register it with :func:`register` to say otherwise)."""
+    if isinstance(obj, Metric):
+        return obj
+    if not callable(obj):
+        raise RegistryError(f"{obj!r} is not a metric (a function registered with evalsuite.metrics.register)")
+    return Metric(name, obj, (Score(name),), description=(obj.__doc__ or "").strip().split("\n")[0])
+
+
+class _MetricRegistry(Registry[Metric]):
+    """Metrics: an unknown name that is a result key of a metric says which metric produces it."""
+
+    def unknown(self, name: str, extra=()) -> UnknownNameError:
+        producers = [m.name for m in self.entries.values() if name in m.keys]
+        if not producers:
+            return super().unknown(name, extra)
+        return self.error(f"unknown metric {name!r} ({name!r} is a result of metric {producers[0]!r}); "
+                          f"known metrics: {', '.join(sorted(self.entries))}")
+
+
+#: Every metric a suite can name. The built-ins register when :mod:`evalsuite.metrics` is imported; installed
+#: packages add theirs through the entry point group ``finetune_workbench.metrics``; a suite names a user's
+#: metric by ``module:function`` or ``./file.py:function`` or loads its module under ``plugins:``.
+METRIC_REGISTRY: Registry[Metric] = _MetricRegistry(
+    "metric", builtins=("evalsuite.metrics",), coerce=_metric_of, error=UnknownMetric,
+    name_of=lambda obj: obj.name if isinstance(obj, Metric) else obj.__name__)
+
+METRICS: dict[str, Metric] = METRIC_REGISTRY.entries  # the live mapping, for code that reads it as a dict
 
 
 def register(name: str, *, keys: Sequence[str | Score] | None = None, needs_model: bool = False,
@@ -134,10 +164,10 @@ def register(name: str, *, keys: Sequence[str | Score] | None = None, needs_mode
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in METRICS:
-            raise ValueError(f"metric {name!r} is already registered")
+            raise RegistryError(f"metric {name!r} is already registered")
         scores = tuple(k if isinstance(k, Score) else Score(k, higher_is_better, binary, aggregate) for k in (keys or (name,)))
         doc = (fn.__doc__ or "").strip().split("\n")[0]
-        METRICS[name] = Metric(name, fn, scores, needs_model, needs_prompts, doc)
+        METRIC_REGISTRY.add(name, Metric(name, fn, scores, needs_model, needs_prompts, doc), fn)
         return fn
 
     return decorate
@@ -145,15 +175,13 @@ def register(name: str, *, keys: Sequence[str | Score] | None = None, needs_mode
 
 def get_metric(name: str) -> Metric:
     """The registered metric ``name``; :class:`UnknownMetric` with a did-you-mean and the known names."""
-    if name in METRICS:
-        return METRICS[name]
-    producers = [m.name for m in METRICS.values() if name in m.keys]
-    if producers:
-        hint = f" ({name!r} is a result of metric {producers[0]!r})"
-    else:
-        close = difflib.get_close_matches(name, list(METRICS), n=3)
-        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
-    raise UnknownMetric(f"unknown metric {name!r}{hint}; known metrics: {', '.join(sorted(METRICS))}")
+    return METRIC_REGISTRY.get(name)
+
+
+def resolve_metric(name_or_spec: str, base_dir: Any = None) -> str:
+    """The registered name of a metric a suite names: a name, or ``module:function`` / ``./file.py:function``
+    (relative to ``base_dir``; the module imported and the function registered when its module did not)."""
+    return METRIC_REGISTRY.lookup(name_or_spec, base_dir)[0]
 
 
 def score_for_key(key: str) -> Score | None:

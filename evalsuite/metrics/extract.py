@@ -24,7 +24,6 @@ score for an example without a reference and raise a ValueError naming the examp
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from curate.registry import Registry, RegistryError, UnknownNameError
 from evalsuite.jsontext import first_json_value
 
 TAKE = ("last", "first")
@@ -99,11 +99,23 @@ class NamedExtractor:
     description: str = ""
 
 
-EXTRACTORS: dict[str, NamedExtractor] = {}
-
-
-class UnknownExtractor(ValueError):
+class UnknownExtractor(UnknownNameError):
     """An extractor name that is not in :data:`EXTRACTORS`."""
+
+
+def _extractor_of(name: str, obj: Any) -> NamedExtractor:
+    """The entry for what a spec or an entry point names: a :class:`NamedExtractor`, or ``fn(text) -> str | None``."""
+    if isinstance(obj, NamedExtractor):
+        return obj
+    if not callable(obj):
+        raise RegistryError(f"{obj!r} is not an extractor (a function text -> str | None)")
+    return NamedExtractor(name, obj, (obj.__doc__ or "").strip().split("\n")[0])
+
+
+#: Every named extractor (``extract: {name: NAME}``); packages add theirs through ``finetune_workbench.extractors``.
+EXTRACTOR_REGISTRY: Registry[NamedExtractor] = Registry("extractor", coerce=_extractor_of, error=UnknownExtractor,
+                                                        name_of=lambda obj: obj.name if isinstance(obj, NamedExtractor) else obj.__name__)
+EXTRACTORS: dict[str, NamedExtractor] = EXTRACTOR_REGISTRY.entries  # the live mapping
 
 
 def register_extractor(name: str):
@@ -113,20 +125,17 @@ def register_extractor(name: str):
 
     def decorate(fn: Callable[[str], str | None]) -> Callable[[str], str | None]:
         if name in EXTRACTORS:
-            raise ValueError(f"extractor {name!r} is already registered")
-        EXTRACTORS[name] = NamedExtractor(name, fn, (fn.__doc__ or "").strip().split("\n")[0])
+            raise RegistryError(f"extractor {name!r} is already registered")
+        EXTRACTOR_REGISTRY.add(name, NamedExtractor(name, fn, (fn.__doc__ or "").strip().split("\n")[0]), fn)
         return fn
 
     return decorate
 
 
 def get_extractor(name: str) -> NamedExtractor:
-    """The registered extractor ``name``; :class:`UnknownExtractor` with a did-you-mean and the known names."""
-    if name in EXTRACTORS:
-        return EXTRACTORS[name]
-    close = difflib.get_close_matches(name, list(EXTRACTORS), n=3)
-    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
-    raise UnknownExtractor(f"unknown extractor {name!r}{hint}; known extractors: {', '.join(sorted(EXTRACTORS))}")
+    """The registered extractor ``name`` (or a ``module:function`` spec); :class:`UnknownExtractor` with a
+    did-you-mean and the known names."""
+    return EXTRACTOR_REGISTRY.lookup(name)[1]
 
 
 # lm-evaluation-harness 0.4.13, lm_eval/tasks/gsm8k/gsm8k.yaml: the two filter pipelines (a regex filter, then
