@@ -12,7 +12,10 @@ from typing import Optional
 
 import typer
 
+from curate.quiet import quiet_third_party
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Curate fine-tuning data: ingest, normalize, filter, dedup, audit.")
+quiet_third_party()  # only messages a user cannot act on (curate/quiet.py says why each is harmless)
 
 
 def _fail(message: str, code: int = 2) -> None:

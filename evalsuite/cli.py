@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import typer
 
+from curate.quiet import quiet_third_party
+
 app = typer.Typer(add_completion=False, help="evaluation: run a suite on a model (or a server), score outputs made elsewhere, compare two runs, gate a run in CI")
+quiet_third_party()  # only messages a user cannot act on (curate/quiet.py says why each is harmless)
 
 
 @app.callback()

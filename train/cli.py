@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import typer
 
+from curate.quiet import quiet_third_party
+
 app = typer.Typer(add_completion=False, help="QLoRA / LoRA / DoRA training over curate's output")
+quiet_third_party()  # only messages a user cannot act on (curate/quiet.py says why each is harmless)
 
 
 @app.callback()
