@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	test -n "$$(ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP)-*.whl 2>/dev/null)" || CMAKE_ARGS="$(LLAMA_CMAKE)" \
 		$(PY) -m pip wheel -q --no-deps -w $(WHEELS) llama-cpp-python==$(LLAMA_CPP)
-	$(PY) -m pip install -q -c constraints.txt --find-links $(WHEELS) $(TORCH_INDEX) -e '.[dev]'
+	$(PY) -m pip install -qq -c constraints.txt --find-links $(WHEELS) $(TORCH_INDEX) -e '.[dev]'
 	touch $@
 
 lock: $(VENV)/.installed

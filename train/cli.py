@@ -45,9 +45,15 @@ def run(
         raise typer.Exit(1) from None
     d = manifest["data"]
     losses = manifest["train_loss"]
+    # one step's loss is one batch's: on a short run the first and the last differ by the batches' difficulty,
+    # so the line shows the mean of the first and of the last few steps, and the eval losses (one set, comparable)
+    k = max(1, min(3, len(losses) // 3))
+    trend = f"; train loss {sum(losses[:k]) / k:.3f} -> {sum(losses[-k:]) / k:.3f} (mean of the first and last {k} steps)" if losses else ""
+    evals = manifest["eval_loss"] or []
+    trend += f"; eval loss {' -> '.join(f'{x:.3f}' for x in evals)}" if evals else ""
     typer.echo(
         f"trained {cfg.name}: {d['train_examples']} examples ({d['rejected']} rejected, {d['truncated']} truncated), "
-        f"{d['trainable_share']:.0%} of tokens trained; loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else f"trained {cfg.name}"
+        f"{d['trainable_share']:.0%} of tokens trained{trend}"
     )
     if manifest["resumed_from"]:
         typer.echo(f"resumed from {manifest['resumed_from']}")
