@@ -43,19 +43,25 @@ class JudgeError(ValueError):
 
 
 class JudgeConfig(BaseModel):
+    """The LLM judge: which backend and model, and how requests are made."""
+
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["local", "openai"] = "local"
+    backend: Literal["local", "openai"] = Field("local", description=(
+        "local: a transformers model on this machine; openai: any OpenAI-compatible chat endpoint (vLLM, Ollama, "
+        "llama.cpp's server, hosted APIs) at `url`"))
     # local: "embedded" (SmolLM2-135M-Instruct), a local path or a hub id; openai: the served model's name
-    model: str | None = None
-    url: str | None = Field(default=None, description="openai: the base URL, up to /v1 (e.g. http://127.0.0.1:8080/v1)")
-    api_key_env: str = "OPENAI_API_KEY"
-    max_new_tokens: int = Field(128, ge=1)
+    model: str | None = Field(default=None, description=(
+        "local: embedded (SmolLM2-135M-Instruct, the default), a local path or a hub id; openai: the served model's "
+        "name (default: EVALSUITE_JUDGE_MODEL)"))
+    url: str | None = Field(default=None, description="openai: the base URL, up to /v1 (e.g. http://127.0.0.1:8080/v1; default: EVALSUITE_JUDGE_URL)")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai: the environment variable holding the API key (never a key itself)")
+    max_new_tokens: int = Field(128, ge=1, description="tokens the judge may write per verdict (the rubric needs three short lines)")
     batch_size: int = Field(8, ge=1, description="local: prompts per generate call")
     concurrency: int = Field(4, ge=1, description="openai: requests in flight")
-    timeout_s: float = Field(120, gt=0)
-    retries: int = Field(2, ge=0)
-    device: str = "auto"
+    timeout_s: float = Field(120, gt=0, description="openai: seconds to wait for one reply")
+    retries: int = Field(2, ge=0, description="openai: retries of a failed request before it counts as failed")
+    device: str = Field("auto", description="local: where the judge runs: auto (CUDA when present), cpu, cuda")
     reference: bool = Field(True, description="rubric: show the reference answer to the judge when there is one")
     fence: bool = Field(True, description="fence candidate text (off only to measure what fencing buys)")
 

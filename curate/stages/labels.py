@@ -11,6 +11,7 @@ import json
 from typing import Any, Literal
 
 import polars as pl
+from pydantic import Field
 
 from curate.frames import with_derived
 from curate.schema import MESSAGES
@@ -40,8 +41,11 @@ class HumanLabels(RecordStage):
     volatile = True  # its input is the labels table, not only the config
 
     class Params(StageParams):
-        annotators: list[str] | None = None
-        reject_when: Literal["any", "majority"] = "majority"
+        """Parameters of ``human_labels``."""
+
+        annotators: list[str] | None = Field(default=None, description="whose labels count (annotator names from the review app); null: everyone's")
+        reject_when: Literal["any", "majority"] = Field("majority", description=(
+            "any: one reject among the counted annotators drops the record; majority: more rejects than accepts (a tie keeps)"))
 
     def setup(self, workspace: Any) -> None:
         labels = workspace.current_labels(self.params.annotators)

@@ -327,17 +327,18 @@ class PII(RecordStage):
     rewrites_messages = True  # the stage may rewrite messages (action "redact")
 
     class Params(StageParams):
-        action: Literal["flag", "redact", "drop"] = "redact"
-        """``redact`` by default: the record stays usable for training and no personal value reaches a model
-        (which learns to write ``[EMAIL]`` where an address would go); ``drop`` for zero tolerance,
-        ``flag`` to review first."""
-        kinds: list[Kind] = Field(list(KINDS), min_length=1)
-        """Detectors to run: any of email, phone, ip, card."""
-        fields: list[Literal["system", "user", "assistant"]] = Field(["system", "user", "assistant"], min_length=1)
-        """Roles whose turns are scanned (and redacted)."""
-        skip_non_personal: bool = True
-        """Leave alone values that identify no person: example domains, private and documentation IP ranges,
-        toll-free and 555 numbers, test cards (see the module notes)."""
+        """Parameters of ``pii``."""
+
+        action: Literal["flag", "redact", "drop"] = Field("redact", description=(
+            "redact (default): keep the record with each match replaced by [EMAIL], [PHONE], [IP] or [CARD], so it stays "
+            "usable and no personal value reaches a model; drop: reject it (reason pii), for zero tolerance; flag: keep "
+            "it unchanged and only score it, to review first (the default stage list flags)"))
+        kinds: list[Kind] = Field(list(KINDS), min_length=1, description="detectors to run: any of email, phone, ip, card")
+        fields: list[Literal["system", "user", "assistant"]] = Field(["system", "user", "assistant"], min_length=1, description=(
+            "roles whose turns are scanned (and redacted)"))
+        skip_non_personal: bool = Field(True, description=(
+            "leave alone values that identify no person: example domains, private and documentation IP ranges, "
+            "toll-free and 555 numbers, test cards"))
 
     def __init__(self, params=None, context=None):
         super().__init__(params, context)

@@ -407,8 +407,12 @@ class ResponseLength(RecordStage):
     score_columns = ("response_length_chars", "response_length_words")
 
     class Params(StageParams):
-        min_chars: int = Field(1, ge=0)
-        min_words: int = Field(0, ge=0)
+        """Parameters of ``response_length``."""
+
+        min_chars: int = Field(1, ge=0, description=(
+            "fewest characters a response needs; 1: only empty responses fail. Short answers ('Yes.', '4', 'Paris') "
+            "are correct answers to many instructions, so a higher floor is a per-dataset decision"))
+        min_words: int = Field(0, ge=0, description="fewest words a response needs; 0: off")
 
     def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
         p = self.params
@@ -455,9 +459,17 @@ class Length(RecordStage):
     score_columns = ("length_chars", "length_tokens", "length_prompt_chars")
 
     class Params(StageParams):
-        max_chars: int | None = Field(20_000, ge=1)
-        max_tokens: int | None = Field(None, ge=1)
-        min_prompt_chars: int | None = Field(None, ge=0)
+        """Parameters of ``length``."""
+
+        max_chars: int | None = Field(20_000, ge=1, description=(
+            "most characters over all turns (20,000 is about 5k English tokens: longer records are usually pasted "
+            "documents or degenerate generations); null: off"))
+        max_tokens: int | None = Field(None, ge=1, description=(
+            "most tokens over all turns with the config's tokenizer; set it to the training max_seq_len so nothing "
+            "is silently truncated; needs `tokenizer:`; null: off"))
+        min_prompt_chars: int | None = Field(None, ge=0, description=(
+            "fewest characters of the prompt (system and user turns); null: off (empty turns are "
+            "conversation_structure's empty_turn)"))
 
     def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
         p = self.params
@@ -780,9 +792,13 @@ class Blocklist(RecordStage):
     score_columns = ()
 
     class Params(StageParams):
-        file: str | None = None
-        terms: list[str] = Field(default_factory=list)
-        fields: Literal["response", "prompt", "all"] = "all"
+        """Parameters of ``blocklist``."""
+
+        file: str | None = Field(default=None, description=(
+            "a list file, one term per line (# comment lines and blank lines ignored), relative to the config's "
+            "folder; a missing file is an error before any work starts"))
+        terms: list[str] = Field(default_factory=list, description="more terms, inline; matched as whole words or phrases, case-insensitively")
+        fields: Literal["response", "prompt", "all"] = Field("all", description="where to look: response, prompt (system and user turns) or all")
 
     def __init__(self, params: StageParams | None = None, context: StageContext | None = None):
         super().__init__(params, context)
