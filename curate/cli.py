@@ -27,14 +27,36 @@ def _funnel_lines(summary: dict) -> list[str]:
     return lines
 
 
+def _print_config_help(value: bool) -> None:
+    if value:
+        from curate.config import CurateConfig
+        from curate.confighelp import config_tree
+
+        typer.echo(config_tree(CurateConfig, "curate run CONFIG: every key of the YAML config"))
+        raise typer.Exit()
+
+
+def _print_config_schema(value: bool) -> None:
+    if value:
+        from curate.config import CurateConfig
+        from curate.confighelp import config_schema
+
+        typer.echo(config_schema(CurateConfig))
+        raise typer.Exit()
+
+
 @app.command()
 def run(
-    config: Path = typer.Argument(..., help="YAML config"),
+    config: Path = typer.Argument(..., help="YAML config (`--help-config` lists every key)"),
     force: bool = typer.Option(False, "--force", help="re-run even if an identical finished run exists"),
     strict: bool = typer.Option(False, "--strict", help="stop at the first malformed record instead of quarantining it"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate, then run on a small sample without writing anything"),
     sample: int = typer.Option(200, help="records per input for --dry-run"),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="progress bars (default: when a terminal)"),
+    help_config: bool = typer.Option(False, "--help-config", is_eager=True, callback=_print_config_help,
+                                     help="print every config key (nested, every stage's params) with type, default and description, and exit"),
+    schema: bool = typer.Option(False, "--schema", is_eager=True, callback=_print_config_schema,
+                                help="print the config's JSON Schema (for editors and validators) and exit"),
 ) -> None:
     """Run a curate pipeline: every input record ends kept, rejected (with a reason) or quarantined."""
     from curate.config import ConfigError, load_config
@@ -140,6 +162,7 @@ def stages(
     name: str = typer.Argument(None, help="one stage: its parameters, with descriptions, and every labeled set it was measured on"),
 ) -> None:
     """List the registered stages: parameters, reason codes and measured precision/recall (bench/verdicts.py)."""
+    from curate.confighelp import doc_summary, field_lines
     from curate.stages import UnknownStageError, all_stages, get_stage, measured
 
     if name is not None:
@@ -151,12 +174,10 @@ def stages(
         chosen = all_stages()
     for stage, cls in chosen.items():
         kind = "global" if cls.is_global else "per-record"
-        typer.echo(f"{stage} ({kind}): {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}")
+        typer.echo(f"{stage} ({kind}): {doc_summary(cls)}")
         for field, info in cls.Params.model_fields.items():
-            default = "(required)" if info.is_required() else repr(info.get_default(call_default_factory=True))
-            typer.echo(f"    {field} = {default[:100]}{'…' if len(default) > 100 else ''}")
-            if name is not None and info.description:
-                typer.echo(f"        {info.description}")
+            for line in field_lines(field, info, depth=2):
+                typer.echo(line)
         if cls.reasons:
             typer.echo(f"    reasons: {', '.join(cls.reasons)}")
         rows = measured(stage)

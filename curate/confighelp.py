@@ -117,14 +117,20 @@ def default_text(info: FieldInfo, width: int = 80) -> str:
 def _wrap(text: str, indent: str, width: int) -> list[str]:
     import textwrap
 
-    return textwrap.wrap(" ".join(text.split()), width=max(40, width - len(indent)), initial_indent=indent, subsequent_indent=indent)
+    return textwrap.wrap(" ".join(text.split()), width=max(40, width - len(indent)), initial_indent=indent, subsequent_indent=indent,
+                         break_on_hyphens=False, break_long_words=False)
 
 
-def _field_lines(name: str, info: FieldInfo, depth: int, width: int) -> list[str]:
+def field_lines(name: str, info: FieldInfo, depth: int = 0, width: int = DEFAULT_WIDTH) -> list[str]:
+    """One field as ``name: type = default  (bounds)`` (``(required ...)`` when it has no default), then its
+    description wrapped to ``width`` and indented one level deeper than ``depth``."""
     pad = INDENT * depth
-    bits = [type_text(info.annotation), default_text(info) if info.is_required() else f"default {default_text(info)}"]
-    bits += _constraints(info)
-    lines = [f"{pad}{name}: {'; '.join(bits)}"]
+    bounds = _constraints(info)
+    if info.is_required():
+        head = f"{pad}{name}: {type_text(info.annotation)}  (required{'; ' if bounds else ''}{'; '.join(bounds)})"
+    else:
+        head = f"{pad}{name}: {type_text(info.annotation)} = {default_text(info)}" + (f"  ({'; '.join(bounds)})" if bounds else "")
+    lines = [head]
     if info.description:
         lines += _wrap(info.description, pad + INDENT * 2, width)
     return lines
@@ -139,7 +145,7 @@ def _model_lines(model: type[BaseModel], depth: int, width: int, prefix: str, se
             continue
         key = f"{prefix}{name}"
         annotation = info.annotation
-        lines += _field_lines(key, info, depth, width)
+        lines += field_lines(key, info, depth, width)
         if _is_stage_list(annotation):
             lines += stage_lines(depth + 1, width, f"{key}[].")
             continue
@@ -157,6 +163,14 @@ def _is_stage_list(annotation: Any) -> bool:
     return StageSpec in nested_models(annotation)
 
 
+def doc_summary(obj: Any) -> str:
+    """The first sentence of ``obj``'s docstring's first paragraph, on one line ("" when it has none)."""
+    doc = (getattr(obj, "__doc__", None) or "").strip()
+    para = " ".join(doc.split("\n\n")[0].split())
+    end = para.find(". ")
+    return para[: end + 1] if end >= 0 else para
+
+
 def stage_lines(depth: int = 0, width: int = DEFAULT_WIDTH, prefix: str = "") -> list[str]:
     """Every registered stage as a config lists it (``name`` or ``{name: {params}}``), with its parameters."""
     from curate.stages import all_stages
@@ -164,8 +178,8 @@ def stage_lines(depth: int = 0, width: int = DEFAULT_WIDTH, prefix: str = "") ->
     pad = INDENT * depth
     lines = [f"{pad}(each item: a stage name, or {{name: {{params}}}}; the registered stages and their params follow)"]
     for stage, cls in all_stages().items():
-        doc = (cls.__doc__ or "").strip().splitlines()
-        lines.append(f"{pad}{prefix}{stage}: {'global' if cls.is_global else 'per-record'} stage" + (f"; {doc[0]}" if doc else ""))
+        doc = doc_summary(cls)
+        lines.append(f"{pad}{prefix}{stage}: {'global' if cls.is_global else 'per-record'} stage" + (f"; {doc}" if doc else ""))
         lines += _model_lines(cls.Params, depth + 1, width, f"{prefix}{stage}.", (cls.Params,))
     return lines
 
@@ -174,8 +188,8 @@ def config_tree(model: type[BaseModel], title: str | None = None, width: int = D
     """Every field of ``model``, nested models expanded under their field, each as ``key: type; default;
     bounds`` with its description below; a stage list expands to every registered stage's parameters."""
     head = title or model.__name__
-    doc = (model.__doc__ or "").strip()
-    lines = [head] + (_wrap(doc.split("\n\n")[0], INDENT, width) if doc else []) + [""]
+    doc = doc_summary(model)
+    lines = [head] + (_wrap(doc, INDENT, width) if doc else []) + [""]
     lines += _model_lines(model, 0, width, "", (model,))
     return "\n".join(lines)
 

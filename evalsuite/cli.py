@@ -12,9 +12,29 @@ def main() -> None:
     """Subcommands keep their names (`evalsuite run ...`)."""
 
 
+def _print_config_help(value: bool) -> None:
+    if value:
+        from evalsuite.suite import SuiteConfig
+
+        from curate.confighelp import config_tree
+
+        typer.echo(config_tree(SuiteConfig, "evalsuite run --suite SUITE: every key of the suite YAML"))
+        raise typer.Exit()
+
+
+def _print_config_schema(value: bool) -> None:
+    if value:
+        from evalsuite.suite import SuiteConfig
+
+        from curate.confighelp import config_schema
+
+        typer.echo(config_schema(SuiteConfig))
+        raise typer.Exit()
+
+
 @app.command()
 def run(
-    suite: str = typer.Option(..., "--suite", help="suite YAML (see evalsuite/suite.py)"),
+    suite: str = typer.Option(..., "--suite", help="suite YAML (`--help-config` lists every key)"),
     model: str = typer.Option("embedded", "--model", help="embedded (SmolLM2), a local path or a hub id, or a merged model"),
     adapter: str = typer.Option(None, "--adapter", help="a peft adapter folder on top of --model (train run's adapter/)"),
     out: str = typer.Option(None, "--out", help="output folder (default: evals/<run id> next to the suite)"),
@@ -23,6 +43,10 @@ def run(
     server: str = typer.Option(None, "--server", help="generate through this OpenAI-compatible server (base URL up to /v1: vLLM, TGI, llama.cpp) instead of a local model; settings from the suite's `server:` block"),
     server_model: str = typer.Option(None, "--server-model", help="the served model's name (default: the suite's, else the one model the server lists)"),
     progress: bool = typer.Option(None, "--progress/--no-progress", help="progress bars on stderr (default: when stderr is a terminal)"),
+    help_config: bool = typer.Option(False, "--help-config", is_eager=True, callback=_print_config_help,
+                                     help="print every suite key (nested) with type, default and description, and exit"),
+    schema: bool = typer.Option(False, "--schema", is_eager=True, callback=_print_config_schema,
+                                help="print the suite's JSON Schema (for editors and validators) and exit"),
 ) -> None:
     """Generate for every task, score every metric; write examples.parquet and results.json.
 

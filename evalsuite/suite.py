@@ -89,7 +89,12 @@ class TaskConfig(_Strict):
         "prompt is the record's turns before its last assistant turn, or all of them when it has none"))
     limit: int | None = Field(default=None, ge=1, description="score the first N records only (a quicker, noisier run); null: all")
     metrics: list[MetricSpec] = Field(default_factory=list, description=(
-        "generate: the metrics, each a name or {name: ..., options}; at least one. Other kinds score themselves: leave it out"))
+        "generate: the metrics, each a name or {name: ..., options}; at least one. Other kinds score themselves: leave it out"),
+        # the schema of what a suite file holds (a bare name, or a name with its options beside it), not MetricSpec's
+        json_schema_extra={"items": {"anyOf": [
+            {"type": "string", "description": "a registered metric's name"},
+            {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}},
+             "description": "{name: METRIC, OPTION: value, ...}, e.g. {name: exact_match, extract: {regex: ...}}"}]}})
     generation: GenerationConfig | None = Field(default=None, description="generate: settings for this task; null: the suite's `generation`")
     predictions: str | None = Field(default=None, description=(
         "`evalsuite score`: this task's outputs made elsewhere (a .jsonl with `output` and `idx` or `prompt` per line, "
