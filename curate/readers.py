@@ -142,6 +142,8 @@ def _check_object(obj: Any) -> str | None:
 
 
 def read_jsonl(path: Path, batch_size: int, max_record_bytes: int) -> Iterator[Batch]:
+    """Batches of up to ``batch_size`` records from a JSONL file (plain, .gz or .zst), with 1-based line
+    numbers; bad JSON, non-objects and lines above ``max_record_bytes`` go to ``batch.bad``, never raise."""
     batch = Batch(str(path))
     loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError
     lines, records = batch.lines, batch.records
@@ -344,6 +346,7 @@ def read_csv(path: Path, batch_size: int, max_record_bytes: int, delimiter: str,
 
 
 def read_parquet(path: Path, batch_size: int) -> Iterator[Batch]:
+    """Batches of up to ``batch_size`` rows of a Parquet file as dicts, numbered from 1 (the row's position)."""
     import pyarrow.parquet as pq
 
     row = 0

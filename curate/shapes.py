@@ -107,6 +107,8 @@ class Converter:
 
     # -- detection -------------------------------------------------------------------------------------
     def detect(self, rec: Mapping[str, Any]) -> str:
+        """The shape of one raw record: the configured one, or (``auto``) the first known layout its keys match;
+        raises ShapeError naming the fields when none does."""
         if self.shape != "auto":
             return self.shape
         if "messages" in rec:
