@@ -46,6 +46,8 @@ class ConversationStructure(RecordStage):
             "answer); for supervised fine-tuning a dangling user turn is an error, so it is rejected by default"))
 
     def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Reasons ``no_assistant_turn``, ``empty_turn``, ``roles_out_of_order``, ``ends_on_user_turn`` (the first
+        that applies) from the role sequence; score ``conversation_structure_turns``."""
         empty = pl.col("messages").list.eval(pl.element().struct.field("content").fill_null("").str.strip_chars() == "")
         batch = batch.with_columns(
             _roles=role_code_expr().fill_null(""),

@@ -476,6 +476,7 @@ class Decontaminate(GlobalStage):
     reasons = ("contaminated",)
 
     class Params(StageParams):
+        """Parameters of ``decontaminate``."""
         eval_sets: list[str | EvalSet] = Field(
             ..., min_length=1,
             description="eval files (JSONL/JSON/CSV/TSV/Parquet; file, directory or glob, relative to the config's "

@@ -56,6 +56,7 @@ class ExactDedup(GlobalStage):
             "which copy is kept: first / last in input order, or longest (most characters, ties to the first)"))
 
     def prepare(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """``uid``, ``id``, source file and line, ``n_chars`` and ``key``: a 64-bit hash of the normalized text."""
         p = self.params
         return batch.select(
             "uid",
@@ -67,6 +68,8 @@ class ExactDedup(GlobalStage):
         )
 
     def decide(self, prepared: pl.DataFrame) -> pl.DataFrame:
+        """Every record whose key an earlier-kept record has (by ``keep``) rejected as ``exact_duplicate``,
+        ``duplicate_of`` its representative; clusters so each group lands in one split."""
         keep = self.params.keep
         if keep == "first":
             ordered = prepared.sort("uid")

@@ -48,6 +48,8 @@ class HumanLabels(RecordStage):
             "any: one reject among the counted annotators drops the record; majority: more rejects than accepts (a tie keeps)"))
 
     def setup(self, workspace: Any) -> None:
+        """Read the workspace's current labels (the counted annotators' latest) and decide per record id:
+        reject (by ``reject_when``), edited (the latest accepted edit) or accept."""
         labels = workspace.current_labels(self.params.annotators)
         self.decisions: dict[str, tuple[str, str | None, list | None]] = {}
         for record_id, group in labels.group_by("record_id"):
@@ -60,6 +62,8 @@ class HumanLabels(RecordStage):
                                             ", ".join(sorted(rejects["annotator"])) if reject else None, edit)
 
     def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Score ``human_label`` per record; rejects as ``human_rejected`` naming the annotators; edited records get
+        the edited messages (derived columns recomputed) and ``human_edit`` in ``fixes``."""
         decisions = getattr(self, "decisions", {})
         found = [decisions.get(i) for i in batch["id"].to_list()]
         batch = batch.with_columns(

@@ -101,6 +101,7 @@ _TEST_CARDS = frozenset(
 
 @dataclass(frozen=True)
 class Match:
+    """One detected value: its kind (email, phone, ip, card), character span in the text and the text itself."""
     kind: str
     start: int
     end: int
@@ -108,6 +109,7 @@ class Match:
 
 
 def luhn_ok(digits: str) -> bool:
+    """Whether a card number's digits pass the Luhn checksum (real card numbers do; random digit runs mostly not)."""
     total = 0
     for i, ch in enumerate(reversed(digits)):
         d = ord(ch) - 48
@@ -299,6 +301,7 @@ def mask(m: Match) -> str:
 
 
 def redact(text: str, matches: list[Match]) -> str:
+    """``text`` with each match (sorted, non-overlapping) replaced by its kind's placeholder ([EMAIL], [PHONE]...)."""
     parts, at = [], 0
     for m in matches:
         parts.append(text[at : m.start])
@@ -346,6 +349,8 @@ class PII(RecordStage):
         self.rewrites_messages = self.params.action == "redact"
 
     def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Score ``pii_kinds`` / ``pii_count`` per record over the configured roles; then by ``action``: nothing
+        more (flag), matches replaced in ``messages`` (redact), or reason ``pii`` with masked examples (drop)."""
         p = self.params
         kinds = tuple(k for k in KINDS if k in p.kinds)
         n = batch.height
