@@ -50,9 +50,11 @@ class Rule(BaseModel):
 
     @property
     def needs_baseline(self) -> bool:
+        """Whether the rule compares with a ``--baseline`` run (no_significant_regression, max_drop)."""
         return self.no_significant_regression or self.max_drop is not None
 
     def describe(self) -> str:
+        """The rule in words, as the summary and the JUnit test case name it (``alpaca/rougeL at least 0.25``)."""
         if self.at_least is not None:
             return f"{self.metric} at least {self.at_least:g}"
         if self.at_most is not None:

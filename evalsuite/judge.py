@@ -99,6 +99,8 @@ def _request_text(prompt: str | Sequence[dict[str, str]]) -> str:
 
 
 def rubric_messages(prompt: Any, answer: str, reference: str | None = None, fenced: bool = True) -> list[dict[str, str]]:
+    """The chat messages asking the judge for 1-5 helpfulness / accuracy / coherence scores with one-line
+    reasons; request, answer and ``reference`` (when given) fenced unless ``fenced`` is false."""
     request = _request_text(prompt)
     n = _nonce(request, answer, reference or "")
     wrap = fence if fenced else _plain
@@ -118,6 +120,8 @@ def rubric_messages(prompt: Any, answer: str, reference: str | None = None, fenc
 
 
 def pairwise_messages(prompt: Any, answer_a: str, answer_b: str, fenced: bool = True) -> list[dict[str, str]]:
+    """The chat messages asking the judge which of two answers to one request is better (reply "A", "B" or
+    "tie"); request and answers fenced unless ``fenced`` is false."""
     request = _request_text(prompt)
     n = _nonce(request, answer_a, answer_b)
     wrap = fence if fenced else _plain
@@ -186,6 +190,8 @@ class LocalJudge:
         self.description = {"backend": "local", "model": desc["model"], "device": desc["device"]}
 
     def complete(self, conversations: list[list[dict[str, str]]]) -> list[tuple[str | None, str | None]]:
+        """The judge's greedy reply to each conversation, batched; as ``(text, None)`` pairs (a local model
+        does not fail per request)."""
         from chat.generate import generate
 
         texts = generate(self.model, self.tokenizer, conversations, max_new_tokens=self.cfg.max_new_tokens,
@@ -226,11 +232,15 @@ class OpenAIJudge:
             return None, str(exc)
 
     def complete(self, conversations: list[list[dict[str, str]]]) -> list[tuple[str | None, str | None]]:
+        """The reply to each conversation as ``(text, None)``, or ``(None, error)`` when a request failed after
+        its retries; ``concurrency`` requests in flight, order kept."""
         with ThreadPoolExecutor(self.cfg.concurrency) as pool:
             return list(pool.map(self._one, conversations))
 
 
 def make_judge(cfg: JudgeConfig | dict[str, Any] | None = None):
+    """The judge ``cfg`` describes (a JudgeConfig, a dict of its keys, or None for the defaults): a
+    LocalJudge or an OpenAIJudge; JudgeError when an openai judge has no URL or model."""
     cfg = cfg if isinstance(cfg, JudgeConfig) else JudgeConfig(**(cfg or {}))
     return OpenAIJudge(cfg) if cfg.backend == "openai" else LocalJudge(cfg)
 
