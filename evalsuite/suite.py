@@ -81,7 +81,8 @@ class TaskConfig(_Strict):
     shape: Literal["auto", "alpaca", "dolly", "sharegpt", "openai", "prompt_completion", "mapped"] = Field("auto", description=(
         "generate: the record layout as in a curate input; auto detects it; mapped needs `mapping`"))
     mapping: dict[str, str | list[str]] | None = Field(default=None, description=(
-        "generate: role -> column(s) for shape mapped, e.g. {user: question, assistant: answer}"))
+        "generate: role -> column(s) for shape mapped, e.g. {user: question, assistant: answer}; set shape: mapped too "
+        "(here a mapping does not imply it)"))
     references_field: str | None = Field(default=None, description=(
         "generate: the field of each record holding its accepted answers, a string or a list of strings (TriviaQA "
         "`aliases`, NQ-open `answer`; a dotted path reaches a nested field: `answers.text`); every text metric "

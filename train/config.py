@@ -45,7 +45,8 @@ class DataSource(_Strict):
     shape: Literal["auto", "alpaca", "dolly", "sharegpt", "openai", "prompt_completion", "mapped"] = Field("auto", description=(
         "record layout as in a curate input: auto detects it; mapped needs `mapping`"))
     mapping: dict[str, str | list[str]] | None = Field(default=None, description=(
-        "role -> column(s) for shape mapped, e.g. {user: question, assistant: answer}"))
+        "role -> column(s) for shape mapped, e.g. {user: question, assistant: answer}; set shape: mapped too (here a "
+        "mapping does not imply it)"))
     limit: int | None = Field(default=None, ge=1, description="read at most this many records from this source; null: all")
 
 
