@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -52,7 +51,7 @@ def run(
     strict: bool = typer.Option(False, "--strict", help="stop at the first malformed record instead of quarantining it"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate, then run on a small sample without writing anything"),
     sample: int = typer.Option(200, help="records per input for --dry-run"),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="progress bars (default: when a terminal)"),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", help="progress bars (default: when a terminal)"),
     help_config: bool = typer.Option(False, "--help-config", is_eager=True, callback=_print_config_help,
                                      help="print every config key (nested, every stage's params) with type, default and description, and exit"),
     schema: bool = typer.Option(False, "--schema", is_eager=True, callback=_print_config_schema,
@@ -118,7 +117,7 @@ def inspect(
     path: str = typer.Argument(..., help="a file, directory or glob"),
     n: int = typer.Option(3, "-n", help="normalized records to show"),
     shape: str = typer.Option("auto", help="force a shape"),
-    mapping: Optional[str] = typer.Option(None, help="column mapping for shape 'mapped', e.g. user=question,assistant=answer"),
+    mapping: str | None = typer.Option(None, help="column mapping for shape 'mapped', e.g. user=question,assistant=answer"),
     limit: int = typer.Option(10_000, help="records to read for the shape counts"),
 ) -> None:
     """Show the shapes detected in a file and a few records as curate normalizes them."""
@@ -209,7 +208,8 @@ def _summary_line(rows: list[dict]) -> str | None:
         parts.append(f"recall >= {low['recall']:.3f} on {len(pos)} set{'s' if len(pos) > 1 else ''} (lowest: {low['set']})")
     if neg:
         high = max(neg, key=lambda m: m["fp_rate"])
-        parts.append(f"false positives <= {high['fp_rate']:.2%} on {len(neg)} set{'s' if len(neg) > 1 else ''} (highest: {high['set']}, {high['fp']:,} of {high['n_neg']:,})")
+        parts.append(f"false positives <= {high['fp_rate']:.2%} on {len(neg)} set{'s' if len(neg) > 1 else ''} "
+                     f"(highest: {high['set']}, {high['fp']:,} of {high['n_neg']:,})")
     return "; ".join(parts) or None
 
 
@@ -247,8 +247,9 @@ def review_app(
     host: str = typer.Option("127.0.0.1", "--host", help="address to bind; loopback by default (records may be private): any other needs --expose"),
     port: int = typer.Option(8501, "--port"),
     expose: bool = typer.Option(False, "--expose", help="allow a --host other than loopback; the app then asks for an access token"),
-    token: Optional[str] = typer.Option(None, "--token", envvar="FTW_APP_TOKEN", show_envvar=True,
-                                        help=f"the access token (at least {MIN_TOKEN_CHARS} characters); with --expose and none given, one is generated and printed"),
+    token: str | None = typer.Option(None, "--token", envvar="FTW_APP_TOKEN", show_envvar=True,
+                                        help=f"the access token (at least {MIN_TOKEN_CHARS} characters); with --expose and none given, "
+                                             "one is generated and printed"),
 ) -> None:
     """Start the review app (Streamlit): runs, data browser, labeling, eval review.
 
@@ -286,7 +287,8 @@ def review_app(
         typer.echo(f"open: {url}?token={token}" if generated else f"open: {url}?token=<your token>  (or type the token into the page)")
     main = Path(__file__).resolve().parents[1] / "app" / "main.py"
     cmd = [sys.executable, "-m", "app.serve", "run", str(main), "--server.address", host, "--server.port", str(port),
-           "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal", "--", "--workspace", str(Path(workspace).resolve())]
+           "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
+           "--", "--workspace", str(Path(workspace).resolve())]
     # the server replaces this process (so stopping `curate app` stops the server, no orphan; and the
     # command line holding a --token is gone from `ps`); app.serve imports the app package from the
     # repository root. The app is started by its path, never imported here: curate sits below it

@@ -75,7 +75,7 @@ class InputSpec(_Strict):
     limit: int | None = Field(default=None, ge=1, description="read at most this many records from this input (a quick look at a large file); null: all")
 
     @model_validator(mode="after")
-    def _mapping_needs_mapped(self) -> "InputSpec":
+    def _mapping_needs_mapped(self) -> InputSpec:
         if self.shape == "mapped" and not self.mapping:
             raise ValueError("shape 'mapped' needs a `mapping` such as {user: question, assistant: answer}")
         if self.mapping and self.shape not in ("mapped", "auto"):
@@ -112,7 +112,7 @@ class SplitConfig(_Strict):
     seed: int = Field(0, description="seed of the split assignment; change it for a different split of the same records")
 
     @model_validator(mode="after")
-    def _sum_to_one(self) -> "SplitConfig":
+    def _sum_to_one(self) -> SplitConfig:
         total = self.train + self.validation + self.test
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"train + validation + test must be 1, got {total:g}")
@@ -166,7 +166,9 @@ class CurateConfig(FileConfig):
     inputs: list[InputSpec] = Field(min_length=1, description="the files to read, each with its shape; at least one")
     output_dir: str | None = Field(default=None, description=(
         "where report, exports, ledger and summary are written, relative to the config; default: out/<name> next to the config"))
-    workspace: str = Field("workspace", description="the workspace folder the run registers in (runs registry, labels, each run's data file); shared with train, evalsuite and the app")
+    workspace: str = Field("workspace", description=(
+        "the workspace folder the run registers in (runs registry, labels, each run's data file), relative to the config; "
+        "shared with train, evalsuite and the app"))
     tokenizer: str | None = Field("embedded", description=(
         "counts tokens for the length stage and the report: embedded (SmolLM2's tokenizer, shipped with curate), a "
         "tokenizer.json, a folder holding one, or a hub id; use your model's tokenizer so max_tokens means its tokens. "

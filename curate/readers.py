@@ -250,7 +250,8 @@ def _stream_json_array(path: Path, batch_size: int, max_record_bytes: int, chunk
             skip_ws()
             if pos >= len(buf):
                 if not single:
-                    batch.bad.append(Bad(element + 1, f"truncated JSON array: no closing ']' after element {element} (line {line_base + buf.count(chr(10), 0, pos)})"))
+                    line_here = line_base + buf.count(chr(10), 0, pos)
+                    batch.bad.append(Bad(element + 1, f"truncated JSON array: no closing ']' after element {element} (line {line_here})"))
                 break
             if not single and buf[pos] == "]":
                 break
@@ -270,7 +271,8 @@ def _stream_json_array(path: Path, batch_size: int, max_record_bytes: int, chunk
                         break
             if err is not None:
                 line = line_base + buf.count("\n", 0, pos)
-                batch.bad.append(Bad(element, f"{_json_error(err)} (element {element}, line {line}); rest of file not readable", _excerpt(buf[pos : pos + RAW_EXCERPT])))
+                batch.bad.append(Bad(element, f"{_json_error(err)} (element {element}, line {line}); rest of file not readable",
+                                     _excerpt(buf[pos : pos + RAW_EXCERPT])))
                 break
             raw_text = buf[pos:end]
             pos = end

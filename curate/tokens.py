@@ -15,7 +15,7 @@ class TokenCounter:
         self.name = name
 
     @classmethod
-    def from_spec(cls, spec: str, base: Path | None = None) -> "TokenCounter":
+    def from_spec(cls, spec: str, base: Path | None = None) -> TokenCounter:
         """``embedded`` (SmolLM2's tokenizer), a tokenizer.json file, a folder holding one, or a hub id
         that the local transformers cache can resolve."""
         from tokenizers import Tokenizer

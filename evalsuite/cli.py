@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
-app = typer.Typer(add_completion=False, help="evaluation: run a suite on a model (or a server), score outputs made elsewhere, compare two runs, gate a run in CI")
+app = typer.Typer(add_completion=False,
+                  help="evaluation: run a suite on a model (or a server), score outputs made elsewhere, compare two runs, gate a run in CI")
 
 
 @app.callback()
@@ -40,7 +43,8 @@ def run(
     out: str = typer.Option(None, "--out", help="output folder (default: evals/<run id> next to the suite)"),
     workspace: str = typer.Option(None, "--workspace", help="the workspace folder to register the run in"),
     device: str = typer.Option("auto", "--device"),
-    server: str = typer.Option(None, "--server", help="generate through this OpenAI-compatible server (base URL up to /v1: vLLM, TGI, llama.cpp) instead of a local model; settings from the suite's `server:` block"),
+    server: str = typer.Option(None, "--server", help="generate through this OpenAI-compatible server (base URL up to /v1: vLLM, TGI, "
+                                                      "llama.cpp) instead of a local model; settings from the suite's `server:` block"),
     server_model: str = typer.Option(None, "--server-model", help="the served model's name (default: the suite's, else the one model the server lists)"),
     progress: bool = typer.Option(None, "--progress/--no-progress", help="progress bars on stderr (default: when stderr is a terminal)"),
     help_config: bool = typer.Option(False, "--help-config", is_eager=True, callback=_print_config_help,
@@ -92,7 +96,9 @@ def run(
 @app.command()
 def score(
     suite: str = typer.Option(..., "--suite", help="suite YAML: the tasks, references and metrics (see evalsuite/suite.py)"),
-    outputs: list[str] = typer.Option(None, "--outputs", help="TASK=FILE (one task's outputs) or FILE (JSONL lines naming their task); repeatable; default: each task's `predictions:`. *.jsonl: {output, idx or prompt[, task]} per line; any other name: plain text, one output per line"),
+    outputs: list[str] = typer.Option(None, "--outputs", help="TASK=FILE (one task's outputs) or FILE (JSONL lines naming their task); "
+                                      "repeatable; default: each task's `predictions:`. *.jsonl: {output, idx or prompt[, task]} per line; "
+                                      "any other name: plain text, one output per line"),
     model_name: str = typer.Option(..., "--model-name", help="the name of the model or system that made the outputs (results.json `model`)"),
     task: list[str] = typer.Option(None, "--task", help="score only this task (repeatable; default: every task)"),
     out: str = typer.Option(None, "--out", help="output folder (default: evals/<run id> next to the suite)"),
@@ -227,7 +233,7 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _gate_unusable(message: str, junit: "Path") -> None:
+def _gate_unusable(message: str, junit: Path) -> None:
     """Exit 2: the JUnit file gets the error as its one testcase where it can be written (the run folder
     itself may be what is missing), and stderr one line."""
     from evalsuite.gate import junit_error

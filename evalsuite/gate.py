@@ -43,7 +43,7 @@ class Rule(BaseModel):
     max_drop: float | None = Field(default=None, ge=0, description="largest allowed fall below the baseline, in the metric's units")
 
     @model_validator(mode="after")
-    def _one_check(self) -> "Rule":
+    def _one_check(self) -> Rule:
         if sum(x is not None and x is not False for x in (self.at_least, self.at_most, self.max_drop, self.no_significant_regression or None)) != 1:
             raise ValueError("a rule has exactly one of at_least, at_most, no_significant_regression, max_drop")
         return self

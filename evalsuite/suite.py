@@ -114,7 +114,7 @@ class TaskConfig(_Strict):
         raise UnknownProbe(f"unknown task kind {v!r}{hint}; kinds: generate, text, {', '.join(sorted(PROBES))}")
 
     @model_validator(mode="after")
-    def _metrics_for_generation(self) -> "TaskConfig":
+    def _metrics_for_generation(self) -> TaskConfig:
         if self.kind == "generate" and not self.metrics:
             raise ValueError("a generate task needs at least one metric")
         if self.kind != "generate" and self.metrics:
@@ -134,7 +134,7 @@ class TaskConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _references_field_for_generation(self) -> "TaskConfig":
+    def _references_field_for_generation(self) -> TaskConfig:
         if self.references_field is not None and self.kind != "generate":
             raise ValueError(f"references_field: a {self.kind} task reads its own answers; it is for generate tasks")
         if self.references_field is not None and not self.references_field.strip():

@@ -142,7 +142,7 @@ class TrainConfig(FileConfig):
     memory_limit_gb: float | None = Field(default=None, gt=0, description="pre-flight memory budget; default: what the device has free")
 
     @model_validator(mode="after")
-    def _weights(self) -> "TrainConfig":
+    def _weights(self) -> TrainConfig:
         total = sum(s.weight or 0.0 for s in self.data)
         if total > 1.0 + 1e-9:
             raise ValueError(f"data weights add up to {total:g}; they are shares of the training examples and must not exceed 1")

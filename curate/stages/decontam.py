@@ -234,7 +234,7 @@ class Units:
     length: np.ndarray
 
     @staticmethod
-    def concat(parts: list["Units"]) -> "Units":
+    def concat(parts: list[Units]) -> Units:
         """The units of ``parts``, one after the other."""
         return Units(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("hash", "doc", "start", "length")))
 
@@ -507,7 +507,7 @@ class Decontaminate(GlobalStage):
         )
 
         @model_validator(mode="after")
-        def _min_words_below_ngram(self) -> "Decontaminate.Params":
+        def _min_words_below_ngram(self) -> Decontaminate.Params:
             if self.min_words > self.ngram:
                 raise ValueError(f"min_words ({self.min_words}) must not exceed ngram ({self.ngram})")
             return self

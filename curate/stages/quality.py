@@ -517,10 +517,10 @@ class UniqueWords(RecordStage):
     C >= 0.5 is the same as a plain ratio floor of words^-0.5: 18% at 30 words, 10% at 100, 3% at 1000.
 
     Words are tokens of two or more characters with a letter, read without markup tags: numbers, symbols,
-    single letters (notes, variables, option letters) and ``<td>`` are not words, so a Sudoku grid, a truth table or a table of figures is not judged (they repeat digits by
-    design) and an HTML answer is judged on its text. Instruction answers repeat words for good reasons
-    (a list of labels, a chord chart, code's ``self.name = name``); the defaults judge only answers of 30 words
-    or more and take C < 0.5, where natural text does not go: on shared/data that flags 1 of the 9,807
+    single letters (notes, variables, option letters) and ``<td>`` are not words, so a Sudoku grid, a truth table
+    or a table of figures is not judged (they repeat digits by design) and an HTML answer is judged on its text.
+    Instruction answers repeat words for good reasons (a list of labels, a chord chart, code's ``self.name = name``);
+    the defaults judge only answers of 30 words or more and take C < 0.5, where natural text does not go: on shared/data that flags 1 of the 9,807
     Alpaca answers (an HTML table template whose 35 cells all say "Row N"), none of the 805 AlpacaEval GPT-4
     or Llama-2-chat answers or of the 6,400 human Dolly answers, and catches the looping generations: the
     cookbook's "Eat a banana!" answer, 167 of 252 vanilla-davinci self-instruct outputs, 3 flan-t5 loops

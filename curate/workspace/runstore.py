@@ -85,7 +85,7 @@ class RunStore:
         if self._owned:
             self.con.close()
 
-    def __enter__(self) -> "RunStore":
+    def __enter__(self) -> RunStore:
         return self
 
     def __exit__(self, *exc: Any) -> None:
