@@ -64,9 +64,10 @@ def test_schema_is_the_models_json_schema(module, command, model):
     assert json.loads(result.stdout) == model.model_json_schema()
 
 
-@pytest.mark.parametrize("config", ["configs/quickstart.yaml", "configs/train_quickstart.yaml", "configs/eval_quickstart.yaml"])
+@pytest.mark.parametrize("config", ["configs/quickstart.yaml", "configs/train_quickstart.yaml", "configs/eval_quickstart.yaml",
+                                    "configs/eval_scored_gsm8k.yaml"])
 def test_the_shipped_configs_validate_against_the_schema(config):
-    model = {"quickstart": CurateConfig, "train_quickstart": TrainConfig, "eval_quickstart": SuiteConfig}[Path(config).stem]
+    model = {"quickstart": CurateConfig, "train_quickstart": TrainConfig}.get(Path(config).stem, SuiteConfig)
     schema = model.model_json_schema()
     jsonschema.validate(yaml.safe_load((ROOT / config).read_text()), schema)
     with pytest.raises(jsonschema.ValidationError):  # a stage name curate does not know, or a typo'd key
