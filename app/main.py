@@ -35,6 +35,8 @@ AUTHORIZED = "_ftw_authorized"
 
 
 def workspace_path() -> str | None:
+    """The workspace folder the app serves: the value after ``--workspace`` in the script's arguments, else
+    the ``FTW_WORKSPACE`` environment variable; None when neither is given."""
     args = sys.argv[1:]
     if "--workspace" in args and args.index("--workspace") + 1 < len(args):
         return args[args.index("--workspace") + 1]

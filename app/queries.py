@@ -43,6 +43,8 @@ def train_curves(ws: Workspace, run_id: str) -> pl.DataFrame:
 
 
 def eval_headline(ws: Workspace, run_id: str) -> dict[str, float]:
+    """The headline metrics an eval run registered in the workspace (``{task/key: value}``); empty when the run
+    is unknown or has no summary."""
     row = ws.run(run_id)
     return (row or {}).get("summary", {}).get("headline", {}) if row and row.get("summary") else {}
 

@@ -119,6 +119,7 @@ def word_diff_html(a: str, b: str) -> str:
 
 
 def diff(a: str, b: str) -> None:
+    """Render the word-level diff of ``a`` against ``b`` (deletions and insertions marked) into the page."""
     st.html(word_diff_html(a, b))
 
 

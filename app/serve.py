@@ -24,6 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
+    """Import what the pages need, switch off Streamlit's address lookups, then run Streamlit's command line
+    with this process's arguments; returns its exit code."""
     import duckdb  # noqa: F401
     import numpy  # noqa: F401
     import pandas  # noqa: F401
@@ -60,6 +62,7 @@ def workspace_problem(path: str | Path) -> str | None:
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it; a race with another process is possible)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

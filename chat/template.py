@@ -43,10 +43,12 @@ class Encoded:
 
     @property
     def n_trainable(self) -> int:
+        """Tokens that carry a label (count in the loss): the assistant spans, or every token with ``train_on_inputs``."""
         return sum(1 for x in self.labels if x != IGNORE_INDEX)
 
     @property
     def truncated(self) -> bool:
+        """Whether ``max_seq_len`` cut tokens off the end of the rendered conversation."""
         return self.n_tokens_full > len(self.input_ids)
 
 
@@ -86,6 +88,9 @@ class ChatEncoder:
         return full, spans
 
     def encode(self, messages: Sequence[dict[str, str]]) -> Encoded:
+        """Render ``messages`` with the tokenizer's chat template and tokenize them: input ids plus labels that
+        mask everything outside assistant turns (unless ``train_on_inputs``), truncated to ``max_seq_len``.
+        Raises TemplateMismatch when the template does not render assistant turns prefix-stably."""
         text, spans = self.render(messages)
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = enc["input_ids"], enc["offset_mapping"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -33,14 +32,36 @@ def _funnel_lines(summary: dict) -> list[str]:
     return lines
 
 
+def _print_config_help(value: bool) -> None:
+    if value:
+        from curate.config import CurateConfig
+        from curate.confighelp import config_tree
+
+        typer.echo(config_tree(CurateConfig, "curate run CONFIG: every key of the YAML config"))
+        raise typer.Exit()
+
+
+def _print_config_schema(value: bool) -> None:
+    if value:
+        from curate.config import CurateConfig
+        from curate.confighelp import config_schema
+
+        typer.echo(config_schema(CurateConfig))
+        raise typer.Exit()
+
+
 @app.command()
 def run(
-    config: Path = typer.Argument(..., help="YAML config"),
+    config: Path = typer.Argument(..., help="YAML config (`--help-config` lists every key)"),
     force: bool = typer.Option(False, "--force", help="re-run even if an identical finished run exists"),
     strict: bool = typer.Option(False, "--strict", help="stop at the first malformed record instead of quarantining it"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate, then run on a small sample without writing anything"),
     sample: int = typer.Option(200, help="records per input for --dry-run"),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="progress bars (default: when a terminal)"),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", help="progress bars (default: when a terminal)"),
+    help_config: bool = typer.Option(False, "--help-config", is_eager=True, callback=_print_config_help,
+                                     help="print every config key (nested, every stage's params) with type, default and description, and exit"),
+    schema: bool = typer.Option(False, "--schema", is_eager=True, callback=_print_config_schema,
+                                help="print the config's JSON Schema (for editors and validators) and exit"),
 ) -> None:
     """Run a curate pipeline: every input record ends kept, rejected (with a reason) or quarantined."""
     from curate.config import ConfigError, load_config
@@ -102,7 +123,7 @@ def inspect(
     path: str = typer.Argument(..., help="a file, directory or glob"),
     n: int = typer.Option(3, "-n", help="normalized records to show"),
     shape: str = typer.Option("auto", help="force a shape"),
-    mapping: Optional[str] = typer.Option(None, help="column mapping for shape 'mapped', e.g. user=question,assistant=answer"),
+    mapping: str | None = typer.Option(None, help="column mapping for shape 'mapped', e.g. user=question,assistant=answer"),
     limit: int = typer.Option(10_000, help="records to read for the shape counts"),
     plugin: list[str] | None = typer.Option(None, "--plugin", help="a module or .py file registering your own shapes (repeatable)"),
 ) -> None:
@@ -150,6 +171,7 @@ def stages(
 ) -> None:
     """List the registered stages: parameters, reason codes and measured precision/recall (bench/verdicts.py)."""
     from curate.config import ConfigError, load_config
+    from curate.confighelp import doc_summary, field_lines
     from curate.plugins import PluginError, load_plugins
     from curate.registry import RegistryError, origin_file
     from curate.stages import all_stages, measured, resolve_stage
@@ -166,12 +188,10 @@ def stages(
         kind = "global" if cls.is_global else "per-record"
         if (source := origin_file(cls)) is not None:
             kind += f", from {source}"
-        typer.echo(f"{stage} ({kind}): {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}")
+        typer.echo(f"{stage} ({kind}): {doc_summary(cls)}")
         for field, info in cls.Params.model_fields.items():
-            default = "(required)" if info.is_required() else repr(info.get_default(call_default_factory=True))
-            typer.echo(f"    {field} = {default[:100]}{'…' if len(default) > 100 else ''}")
-            if name is not None and info.description:
-                typer.echo(f"        {info.description}")
+            for line in field_lines(field, info, depth=2):
+                typer.echo(line)
         if cls.reasons:
             typer.echo(f"    reasons: {', '.join(cls.reasons)}")
         rows = measured(stage)
@@ -203,7 +223,8 @@ def _summary_line(rows: list[dict]) -> str | None:
         parts.append(f"recall >= {low['recall']:.3f} on {len(pos)} set{'s' if len(pos) > 1 else ''} (lowest: {low['set']})")
     if neg:
         high = max(neg, key=lambda m: m["fp_rate"])
-        parts.append(f"false positives <= {high['fp_rate']:.2%} on {len(neg)} set{'s' if len(neg) > 1 else ''} (highest: {high['set']}, {high['fp']:,} of {high['n_neg']:,})")
+        parts.append(f"false positives <= {high['fp_rate']:.2%} on {len(neg)} set{'s' if len(neg) > 1 else ''} "
+                     f"(highest: {high['set']}, {high['fp']:,} of {high['n_neg']:,})")
     return "; ".join(parts) or None
 
 
@@ -241,8 +262,9 @@ def review_app(
     host: str = typer.Option("127.0.0.1", "--host", help="address to bind; loopback by default (records may be private): any other needs --expose"),
     port: int = typer.Option(8501, "--port"),
     expose: bool = typer.Option(False, "--expose", help="allow a --host other than loopback; the app then asks for an access token"),
-    token: Optional[str] = typer.Option(None, "--token", envvar="FTW_APP_TOKEN", show_envvar=True,
-                                        help=f"the access token (at least {MIN_TOKEN_CHARS} characters); with --expose and none given, one is generated and printed"),
+    token: str | None = typer.Option(None, "--token", envvar="FTW_APP_TOKEN", show_envvar=True,
+                                        help=f"the access token (at least {MIN_TOKEN_CHARS} characters); with --expose and none given, "
+                                             "one is generated and printed"),
 ) -> None:
     """Start the review app (Streamlit): runs, data browser, labeling, eval review.
 
@@ -280,7 +302,8 @@ def review_app(
         typer.echo(f"open: {url}?token={token}" if generated else f"open: {url}?token=<your token>  (or type the token into the page)")
     main = Path(__file__).resolve().parents[1] / "app" / "main.py"
     cmd = [sys.executable, "-m", "app.serve", "run", str(main), "--server.address", host, "--server.port", str(port),
-           "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal", "--", "--workspace", str(Path(workspace).resolve())]
+           "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
+           "--", "--workspace", str(Path(workspace).resolve())]
     # the server replaces this process (so stopping `curate app` stops the server, no orphan; and the
     # command line holding a --token is gone from `ps`); app.serve imports the app package from the
     # repository root. The app is started by its path, never imported here: curate sits below it

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from curate.registry import RegistryError
 from curate.shapes import DEFAULT_EOS_MARKERS, DEFAULT_OUTPUT_PLACEHOLDERS, DEFAULT_PLACEHOLDERS, resolve_shape
@@ -46,9 +47,11 @@ class FileConfig(_Strict):
     """A config read from a file: unknown keys are errors, and relative paths resolve against the
     file's folder (``base_dir``, set by :func:`validate`). `curate` and `train` configs share it."""
 
-    base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
+    base_dir: SkipJsonSchema[Path] = Field(default_factory=Path.cwd, exclude=True, description=(
+        "the config file's folder, set by the loader (never written in the file): relative paths resolve against it"))
 
     def resolve(self, path: str | Path) -> Path:
+        """``path`` made absolute: ``~`` expanded, a relative path taken from the config file's folder."""
         p = Path(path).expanduser()
         return (p if p.is_absolute() else (self.base_dir / p)).resolve()
 
@@ -68,12 +71,25 @@ def check_shape(value: Any, info: ValidationInfo) -> str:
 
 
 class InputSpec(_Strict):
-    path: str
-    shape: str = "auto"
-    mapping: dict[Role, str | list[str]] | None = None
-    role_aliases: dict[str, Role] = Field(default_factory=dict)
-    csv_header: bool | list[str] = True
-    limit: int | None = Field(default=None, ge=1, description="read at most this many records from this input")
+    """One input of a run: a file, a folder or a glob, and how to read its records."""
+
+    path: str = Field(description=(
+        "a file, a directory (every readable file in it) or a glob, relative to the config file; JSON, JSONL, Parquet, "
+        "CSV/TSV, each optionally .gz or .zst"))
+    shape: str = Field("auto", description=(
+        "the record layout: auto detects it per record (alpaca, dolly, sharegpt, openai, prompt_completion, and any "
+        "registered shape); name one to force it, mapped (with `mapping`) for columns curate does not know, or "
+        "./my_shapes.py:MyShape for your own (docs/extending.md)"))
+    mapping: dict[Role, str | list[str]] | None = Field(default=None, description=(
+        "role -> column(s) for shape mapped, e.g. {user: question, assistant: answer}; a list of columns is joined "
+        "with a blank line (instruction + input); `user` is required. Giving a mapping implies shape mapped"))
+    role_aliases: dict[str, Role] = Field(default_factory=dict, description=(
+        "extra speaker names -> system/user/assistant for chat shapes whose turns use other names "
+        "(e.g. {customer: user, agent: assistant}); human/gpt/bot and the like are known already"))
+    csv_header: bool | list[str] = Field(True, description=(
+        "CSV/TSV only: true when the first row names the columns; a list gives the column names of a file "
+        "without a header row"))
+    limit: int | None = Field(default=None, ge=1, description="read at most this many records from this input (a quick look at a large file); null: all")
 
     @field_validator("shape")
     @classmethod
@@ -81,7 +97,7 @@ class InputSpec(_Strict):
         return check_shape(value, info)
 
     @model_validator(mode="after")
-    def _mapping_needs_mapped(self) -> "InputSpec":
+    def _mapping_needs_mapped(self) -> InputSpec:
         if self.shape == "mapped" and not self.mapping:
             raise ValueError("shape 'mapped' needs a `mapping` such as {user: question, assistant: answer}")
         if self.mapping and self.shape not in ("mapped", "auto"):
@@ -94,20 +110,31 @@ class InputSpec(_Strict):
 
 
 class NormalizeConfig(_Strict):
-    placeholders: list[str] = Field(default_factory=lambda: list(DEFAULT_PLACEHOLDERS))
-    output_placeholders: list[str] = Field(default_factory=lambda: list(DEFAULT_OUTPUT_PLACEHOLDERS))
-    eos_markers: list[str] = Field(default_factory=lambda: list(DEFAULT_EOS_MARKERS))
-    unwrap_templates: bool = True
+    """How records are cleaned while they are read (each change listed in the record's ``fixes``)."""
+
+    placeholders: list[str] = Field(default_factory=lambda: list(DEFAULT_PLACEHOLDERS), description=(
+        "input values that mean 'no input' (`<noinput>`, 'N/A'...): removed from the prompt (fix placeholder_input); "
+        "compared by their words, so bracket and quoting variants match. Replacing the list drops the defaults"))
+    output_placeholders: list[str] = Field(default_factory=lambda: list(DEFAULT_OUTPUT_PLACEHOLDERS), description=(
+        "answers that mean 'no answer' (`<nooutput>`...): the answer becomes empty (fix placeholder_output), so "
+        "response_length rejects the record"))
+    eos_markers: list[str] = Field(default_factory=lambda: list(DEFAULT_EOS_MARKERS), description=(
+        "end-of-text tokens left at the end of an answer (`<|endoftext|>`, `</s>`...): stripped (fix eos_marker)"))
+    unwrap_templates: bool = Field(True, description=(
+        "turn an Alpaca-templated prompt ('Below is an instruction... ### Instruction:') back into a plain turn "
+        "(fix template_unwrapped); false keeps the template text"))
 
 
 class SplitConfig(_Strict):
-    train: float = Field(0.9, ge=0, le=1)
-    validation: float = Field(0.05, ge=0, le=1)
-    test: float = Field(0.05, ge=0, le=1)
-    seed: int = 0
+    """Shares of the kept records per split; duplicates and linked records always share one split."""
+
+    train: float = Field(0.9, ge=0, le=1, description="share of kept records in data/train.*; the three shares must add up to 1")
+    validation: float = Field(0.05, ge=0, le=1, description="share in data/validation.* (train run's eval loss and early stopping)")
+    test: float = Field(0.05, ge=0, le=1, description="share in data/test.* (never trained on: evalsuite's held-out set)")
+    seed: int = Field(0, description="seed of the split assignment; change it for a different split of the same records")
 
     @model_validator(mode="after")
-    def _sum_to_one(self) -> "SplitConfig":
+    def _sum_to_one(self) -> SplitConfig:
         total = self.train + self.validation + self.test
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"train + validation + test must be 1, got {total:g}")
@@ -115,17 +142,23 @@ class SplitConfig(_Strict):
 
 
 class ReportConfig(_Strict):
-    examples_per_reason: int = Field(3, ge=0, le=100)
+    """What report.html / .md show beyond the counts."""
+
+    examples_per_reason: int = Field(3, ge=0, le=100, description="rejected records shown as examples of each reason code")
     clusters: int = Field(5, ge=0, le=100, description="largest duplicate clusters shown per dedup stage")
     cluster_members: int = Field(4, ge=1, le=50, description="members shown next to each cluster's representative")
     contamination_rows: int = Field(50, ge=0, le=10_000, description="contaminated records listed with their matched span")
 
 
 class StageSpec(_Strict):
-    name: str
-    params: SerializeAsAny[StageParams]
+    """One validated entry of ``stages``: a registered stage and its parameters (written in YAML as
+    ``name`` or ``{name: {params}}``)."""
+
+    name: str = Field(description="a registered stage (`curate stages` lists them)")
+    params: SerializeAsAny[StageParams] = Field(description="the stage's parameters, validated against its Params")
 
     def build(self, context):
+        """The stage instance for one run, given the run's :class:`~curate.stages.StageContext`."""
         return get_stage(self.name)(self.params, context)
 
 
@@ -148,21 +181,37 @@ DEFAULT_STAGES = (
 
 
 class CurateConfig(FileConfig):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    inputs: list[InputSpec] = Field(min_length=1)
-    output_dir: str | None = Field(default=None, description="default: out/<name> next to the config")
-    workspace: str = Field("workspace", description="the workspace folder the run registers in (runs registry, labels, each run's data file); shared with train, evalsuite and the app")
-    tokenizer: str | None = "embedded"
-    normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
-    stages: list[StageSpec] = Field(default_factory=lambda: CurateConfig._parse_stages(list(DEFAULT_STAGES)))
-    splits: SplitConfig = Field(default_factory=SplitConfig)
-    report: ReportConfig = Field(default_factory=ReportConfig)
-    batch_size: int = Field(50_000, ge=1)
-    max_record_bytes: int = Field(4 * 1024 * 1024, ge=1024)
-    strict: bool = False
+    """A `curate run` config: inputs, normalization, the stage list, splits and where the results go."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description=(
+        "the run's name: letters, digits, _ . -; names the output folder (out/<name>) and the run in the workspace"))
+    inputs: list[InputSpec] = Field(min_length=1, description="the files to read, each with its shape; at least one")
+    output_dir: str | None = Field(default=None, description=(
+        "where report, exports, ledger and summary are written, relative to the config; default: out/<name> next to the config"))
+    workspace: str = Field("workspace", description=(
+        "the workspace folder the run registers in (runs registry, labels, each run's data file), relative to the config; "
+        "shared with train, evalsuite and the app"))
+    tokenizer: str | None = Field("embedded", description=(
+        "counts tokens for the length stage and the report: embedded (SmolLM2's tokenizer, shipped with curate), a "
+        "tokenizer.json, a folder holding one, or a hub id; use your model's tokenizer so max_tokens means its tokens. "
+        "null: no token counts (then length.max_tokens cannot be set)"))
+    normalize: NormalizeConfig = Field(default_factory=NormalizeConfig, description="placeholder, end-marker and template clean-up applied while reading")
+    stages: list[StageSpec] = Field(default_factory=lambda: CurateConfig._parse_stages(list(DEFAULT_STAGES)), description=(
+        "the stages, run in this order; each a name or {name: {params}}. A record is rejected by the first stage that "
+        "rejects it. Leave the key out for the default list; [] keeps everything that parses"))
+    splits: SplitConfig = Field(default_factory=SplitConfig, description="train / validation / test shares of the kept records")
+    report: ReportConfig = Field(default_factory=ReportConfig, description="how many examples, clusters and contaminated records the report shows")
+    batch_size: int = Field(50_000, ge=1, description=(
+        "records read and filtered per batch; lower it when records are large and memory is short"))
+    max_record_bytes: int = Field(4 * 1024 * 1024, ge=1024, description=(
+        "a record larger than this (bytes of its JSON line, or characters) is quarantined, not read: protects memory "
+        "from a runaway line"))
+    strict: bool = Field(False, description=(
+        "stop at the first malformed record (exit 2) instead of quarantining it; `curate run --strict` sets it too"))
     plugins: list[str] = Field(default_factory=list, description=(
         "your own modules that register stages or shapes (module names, or .py paths relative to the config file), "
         "imported before the config is checked (curate/plugins.py, docs/extending.md)"))
+
 
     @field_validator("stages", mode="before")
     @classmethod
@@ -208,11 +257,37 @@ class CurateConfig(FileConfig):
 
     @property
     def output_path(self) -> Path:
+        """The run's output folder: ``output_dir``, else ``out/<name>``, relative to the config file."""
         return self.resolve(self.output_dir or f"out/{self.name}")
 
     @property
     def workspace_path(self) -> Path:
+        """The workspace folder, relative to the config file."""
         return self.resolve(self.workspace)
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The JSON Schema of the YAML a user writes: ``stages`` items as a config lists them (a registered
+        stage's name, or ``{name: {params}}`` with that stage's parameters), not the validated form."""
+        from curate.stages import all_stages
+
+        schema = super().model_json_schema(*args, **kwargs)
+        defs = schema.setdefault("$defs", {})
+        stages = all_stages()
+        variants: list[dict[str, Any]] = [{"type": "string", "enum": list(stages)}]
+        for stage, stage_cls in stages.items():
+            params = stage_cls.Params.model_json_schema(ref_template="#/$defs/{model}")
+            defs.update(params.pop("$defs", {}))
+            params["title"] = f"{stage} params"
+            defs[f"stage_{stage}"] = params
+            variants.append({"type": "object", "additionalProperties": False, "required": [stage], "minProperties": 1, "maxProperties": 1,
+                             "properties": {stage: {"anyOf": [{"$ref": f"#/$defs/stage_{stage}"}, {"type": "null"}]}}})
+        variants.append({"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "enum": list(stages)}},
+                         "description": "{name: STAGE, PARAM: value, ...}"})
+        schema["properties"]["stages"]["items"] = {"anyOf": variants}
+        for internal in ("StageSpec", "StageParams"):
+            defs.pop(internal, None)
+        return schema
 
 
 def format_validation(exc: ValidationError, source: str) -> str:
@@ -273,8 +348,8 @@ def read_yaml(path: str | Path, error: type[ValueError] = ConfigError) -> Any:
 
 
 def parse_config(data: Any, base_dir: Path | None = None, source: str = "<config>") -> CurateConfig:
-    """A validated curate config from a mapping: its ``plugins`` imported first, then every key checked;
-    ConfigError names every bad key."""
+    """A validated :class:`CurateConfig` from a mapping (parsed YAML): its ``plugins`` imported first, then every
+    key checked; relative paths resolve against ``base_dir``; ConfigError names ``source`` and every bad key."""
     import_plugins(data, base_dir, source)
     return validate(CurateConfig, data, base_dir, source)
 

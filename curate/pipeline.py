@@ -49,11 +49,13 @@ class StrictModeError(RuntimeError):
 
 
 class RunError(RuntimeError):
-    pass
+    """A run cannot go on (the inputs or the workspace changed under it); the message says what happened."""
 
 
 @dataclass
 class RunResult:
+    """What :meth:`Pipeline.run` returns: the run's id, its summary (the ``summary.json`` content), output and
+    workspace folders, and ``skipped`` when an identical finished run was reused."""
     run_id: str
     summary: dict[str, Any]
     output_dir: Path
@@ -62,6 +64,7 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
+        """Whether the ledger invariant held: inputs = kept + rejected + quarantined."""
         return bool(self.summary.get("invariant_ok"))
 
 
@@ -99,6 +102,8 @@ def _file_fingerprint(path: Path) -> list[Any]:
 
 
 def config_dict(cfg: CurateConfig) -> dict[str, Any]:
+    """The config as recorded with the run (and hashed to recognize an identical run): JSON-ready, without
+    ``base_dir``, each stage as ``{name: params}`` with every parameter spelled out."""
     data = cfg.model_dump(mode="json", exclude={"base_dir"})
     data["stages"] = [{s.name: s.params.model_dump(mode="json")} for s in cfg.stages]
     return data
@@ -349,6 +354,9 @@ class Pipeline:
 
     # -- the run ---------------------------------------------------------------------------------------------
     def run(self, force: bool = False, limit_per_input: int | None = None, write_outputs: bool = True, workspace: Workspace | None = None) -> RunResult:
+        """Read every input, run the stages, assign splits and write exports, report, ledger and summary; registers
+        the run in the workspace. A finished run with the same config and inputs is reused unless ``force``.
+        ``limit_per_input`` and ``write_outputs=False`` serve ``--dry-run``. Raises StrictModeError with ``--strict``."""
         cfg = self.cfg
         out_dir = cfg.output_path
         own_ws = workspace is None

@@ -142,6 +142,8 @@ def _check_object(obj: Any) -> str | None:
 
 
 def read_jsonl(path: Path, batch_size: int, max_record_bytes: int) -> Iterator[Batch]:
+    """Batches of up to ``batch_size`` records from a JSONL file (plain, .gz or .zst), with 1-based line
+    numbers; bad JSON, non-objects and lines above ``max_record_bytes`` go to ``batch.bad``, never raise."""
     batch = Batch(str(path))
     loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError
     lines, records = batch.lines, batch.records
@@ -248,7 +250,8 @@ def _stream_json_array(path: Path, batch_size: int, max_record_bytes: int, chunk
             skip_ws()
             if pos >= len(buf):
                 if not single:
-                    batch.bad.append(Bad(element + 1, f"truncated JSON array: no closing ']' after element {element} (line {line_base + buf.count(chr(10), 0, pos)})"))
+                    line_here = line_base + buf.count(chr(10), 0, pos)
+                    batch.bad.append(Bad(element + 1, f"truncated JSON array: no closing ']' after element {element} (line {line_here})"))
                 break
             if not single and buf[pos] == "]":
                 break
@@ -268,7 +271,8 @@ def _stream_json_array(path: Path, batch_size: int, max_record_bytes: int, chunk
                         break
             if err is not None:
                 line = line_base + buf.count("\n", 0, pos)
-                batch.bad.append(Bad(element, f"{_json_error(err)} (element {element}, line {line}); rest of file not readable", _excerpt(buf[pos : pos + RAW_EXCERPT])))
+                batch.bad.append(Bad(element, f"{_json_error(err)} (element {element}, line {line}); rest of file not readable",
+                                     _excerpt(buf[pos : pos + RAW_EXCERPT])))
                 break
             raw_text = buf[pos:end]
             pos = end
@@ -344,6 +348,7 @@ def read_csv(path: Path, batch_size: int, max_record_bytes: int, delimiter: str,
 
 
 def read_parquet(path: Path, batch_size: int) -> Iterator[Batch]:
+    """Batches of up to ``batch_size`` rows of a Parquet file as dicts, numbered from 1 (the row's position)."""
     import pyarrow.parquet as pq
 
     row = 0

@@ -15,7 +15,7 @@ class TokenCounter:
         self.name = name
 
     @classmethod
-    def from_spec(cls, spec: str, base: Path | None = None) -> "TokenCounter":
+    def from_spec(cls, spec: str, base: Path | None = None) -> TokenCounter:
         """``embedded`` (SmolLM2's tokenizer), a tokenizer.json file, a folder holding one, or a hub id
         that the local transformers cache can resolve."""
         from tokenizers import Tokenizer
@@ -44,10 +44,12 @@ class TokenCounter:
         return cls(tok.backend_tokenizer, spec)
 
     def count(self, texts: list[str]) -> list[int]:
+        """The token count of each text (no special tokens added)."""
         encode = getattr(self._tok, "encode_batch_fast", None) or self._tok.encode_batch
         return [len(e.ids) for e in encode(texts, add_special_tokens=False)]
 
     def count_messages(self, messages: pl.Series) -> list[int]:
+        """The token count of each conversation: every turn's content joined by newlines, roles not counted."""
         texts = (
             messages.to_frame("m")
             .select(pl.col("m").list.eval(pl.element().struct.field("content")).list.join("\n"))

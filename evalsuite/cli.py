@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from curate.quiet import quiet_third_party
@@ -15,17 +17,42 @@ def main() -> None:
     """Subcommands keep their names (`evalsuite run ...`)."""
 
 
+def _print_config_help(value: bool) -> None:
+    if value:
+        from evalsuite.suite import SuiteConfig
+
+        from curate.confighelp import config_tree
+
+        typer.echo(config_tree(SuiteConfig, "evalsuite run --suite SUITE: every key of the suite YAML"))
+        raise typer.Exit()
+
+
+def _print_config_schema(value: bool) -> None:
+    if value:
+        from evalsuite.suite import SuiteConfig
+
+        from curate.confighelp import config_schema
+
+        typer.echo(config_schema(SuiteConfig))
+        raise typer.Exit()
+
+
 @app.command()
 def run(
-    suite: str = typer.Option(..., "--suite", help="suite YAML (see evalsuite/suite.py)"),
+    suite: str = typer.Option(..., "--suite", help="suite YAML (`--help-config` lists every key)"),
     model: str = typer.Option("embedded", "--model", help="embedded (SmolLM2), a local path or a hub id, or a merged model"),
     adapter: str = typer.Option(None, "--adapter", help="a peft adapter folder on top of --model (train run's adapter/)"),
     out: str = typer.Option(None, "--out", help="output folder (default: evals/<run id> next to the suite)"),
     workspace: str = typer.Option(None, "--workspace", help="the workspace folder to register the run in"),
     device: str = typer.Option("auto", "--device"),
-    server: str = typer.Option(None, "--server", help="generate through this OpenAI-compatible server (base URL up to /v1: vLLM, TGI, llama.cpp) instead of a local model; settings from the suite's `server:` block"),
+    server: str = typer.Option(None, "--server", help="generate through this OpenAI-compatible server (base URL up to /v1: vLLM, TGI, "
+                                                      "llama.cpp) instead of a local model; settings from the suite's `server:` block"),
     server_model: str = typer.Option(None, "--server-model", help="the served model's name (default: the suite's, else the one model the server lists)"),
     progress: bool = typer.Option(None, "--progress/--no-progress", help="progress bars on stderr (default: when stderr is a terminal)"),
+    help_config: bool = typer.Option(False, "--help-config", is_eager=True, callback=_print_config_help,
+                                     help="print every suite key (nested) with type, default and description, and exit"),
+    schema: bool = typer.Option(False, "--schema", is_eager=True, callback=_print_config_schema,
+                                help="print the suite's JSON Schema (for editors and validators) and exit"),
 ) -> None:
     """Generate for every task, score every metric; write examples.parquet and results.json.
 
@@ -71,7 +98,9 @@ def run(
 @app.command()
 def score(
     suite: str = typer.Option(..., "--suite", help="suite YAML: the tasks, references and metrics (see evalsuite/suite.py)"),
-    outputs: list[str] = typer.Option(None, "--outputs", help="TASK=FILE (one task's outputs) or FILE (JSONL lines naming their task); repeatable; default: each task's `predictions:`. *.jsonl: {output, idx or prompt[, task]} per line; any other name: plain text, one output per line"),
+    outputs: list[str] = typer.Option(None, "--outputs", help="TASK=FILE (one task's outputs) or FILE (JSONL lines naming their task); "
+                                      "repeatable; default: each task's `predictions:`. *.jsonl: {output, idx or prompt[, task]} per line; "
+                                      "any other name: plain text, one output per line"),
     model_name: str = typer.Option(..., "--model-name", help="the name of the model or system that made the outputs (results.json `model`)"),
     task: list[str] = typer.Option(None, "--task", help="score only this task (repeatable; default: every task)"),
     out: str = typer.Option(None, "--out", help="output folder (default: evals/<run id> next to the suite)"),
@@ -220,7 +249,7 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _gate_unusable(message: str, junit: "Path") -> None:
+def _gate_unusable(message: str, junit: Path) -> None:
     """Exit 2: the JUnit file gets the error as its one testcase where it can be written (the run folder
     itself may be what is missing), and stderr one line."""
     from evalsuite.gate import junit_error

@@ -43,16 +43,18 @@ class Rule(BaseModel):
     max_drop: float | None = Field(default=None, ge=0, description="largest allowed fall below the baseline, in the metric's units")
 
     @model_validator(mode="after")
-    def _one_check(self) -> "Rule":
+    def _one_check(self) -> Rule:
         if sum(x is not None and x is not False for x in (self.at_least, self.at_most, self.max_drop, self.no_significant_regression or None)) != 1:
             raise ValueError("a rule has exactly one of at_least, at_most, no_significant_regression, max_drop")
         return self
 
     @property
     def needs_baseline(self) -> bool:
+        """Whether the rule compares with a ``--baseline`` run (no_significant_regression, max_drop)."""
         return self.no_significant_regression or self.max_drop is not None
 
     def describe(self) -> str:
+        """The rule in words, as the summary and the JUnit test case name it (``alpaca/rougeL at least 0.25``)."""
         if self.at_least is not None:
             return f"{self.metric} at least {self.at_least:g}"
         if self.at_most is not None:

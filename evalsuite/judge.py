@@ -48,19 +48,25 @@ class JudgeError(ValueError):
 
 
 class JudgeConfig(BaseModel):
+    """The LLM judge: which backend and model, and how requests are made."""
+
     model_config = ConfigDict(extra="forbid")
 
-    backend: str = "local"
+    backend: str = Field("local", description=(
+        "local: a transformers model on this machine; openai: any OpenAI-compatible chat endpoint (vLLM, Ollama, "
+        "llama.cpp's server, hosted APIs) at `url`; or a backend you registered (a name, or ./my_judge.py:MyJudge)"))
     # local: "embedded" (SmolLM2-135M-Instruct), a local path or a hub id; openai: the served model's name
-    model: str | None = None
-    url: str | None = Field(default=None, description="openai: the base URL, up to /v1 (e.g. http://127.0.0.1:8080/v1)")
-    api_key_env: str = "OPENAI_API_KEY"
-    max_new_tokens: int = Field(128, ge=1)
+    model: str | None = Field(default=None, description=(
+        "local: embedded (SmolLM2-135M-Instruct, the default), a local path or a hub id; openai: the served model's "
+        "name (default: EVALSUITE_JUDGE_MODEL)"))
+    url: str | None = Field(default=None, description="openai: the base URL, up to /v1 (e.g. http://127.0.0.1:8080/v1; default: EVALSUITE_JUDGE_URL)")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai: the environment variable holding the API key (never a key itself)")
+    max_new_tokens: int = Field(128, ge=1, description="tokens the judge may write per verdict (the rubric needs three short lines)")
     batch_size: int = Field(8, ge=1, description="local: prompts per generate call")
     concurrency: int = Field(4, ge=1, description="openai: requests in flight")
-    timeout_s: float = Field(120, gt=0)
-    retries: int = Field(2, ge=0)
-    device: str = "auto"
+    timeout_s: float = Field(120, gt=0, description="openai: seconds to wait for one reply")
+    retries: int = Field(2, ge=0, description="openai: retries of a failed request before it counts as failed")
+    device: str = Field("auto", description="local: where the judge runs: auto (CUDA when present), cpu, cuda")
     reference: bool = Field(True, description="rubric: show the reference answer to the judge when there is one")
     fence: bool = Field(True, description="fence candidate text (off only to measure what fencing buys)")
     options: dict[str, Any] = Field(default_factory=dict, description="a user backend's own settings (the built-in backends take none)")
@@ -148,6 +154,8 @@ def _request_text(prompt: str | Sequence[dict[str, str]]) -> str:
 
 
 def rubric_messages(prompt: Any, answer: str, reference: str | None = None, fenced: bool = True) -> list[dict[str, str]]:
+    """The chat messages asking the judge for 1-5 helpfulness / accuracy / coherence scores with one-line
+    reasons; request, answer and ``reference`` (when given) fenced unless ``fenced`` is false."""
     request = _request_text(prompt)
     n = _nonce(request, answer, reference or "")
     wrap = fence if fenced else _plain
@@ -167,6 +175,8 @@ def rubric_messages(prompt: Any, answer: str, reference: str | None = None, fenc
 
 
 def pairwise_messages(prompt: Any, answer_a: str, answer_b: str, fenced: bool = True) -> list[dict[str, str]]:
+    """The chat messages asking the judge which of two answers to one request is better (reply "A", "B" or
+    "tie"); request and answers fenced unless ``fenced`` is false."""
     request = _request_text(prompt)
     n = _nonce(request, answer_a, answer_b)
     wrap = fence if fenced else _plain
@@ -236,6 +246,8 @@ class LocalJudge:
         self.description = {"backend": "local", "model": desc["model"], "device": desc["device"]}
 
     def complete(self, conversations: list[list[dict[str, str]]]) -> list[tuple[str | None, str | None]]:
+        """The judge's greedy reply to each conversation, batched; as ``(text, None)`` pairs (a local model
+        does not fail per request)."""
         from chat.generate import generate
 
         texts = generate(self.model, self.tokenizer, conversations, max_new_tokens=self.cfg.max_new_tokens,
@@ -277,12 +289,15 @@ class OpenAIJudge:
             return None, str(exc)
 
     def complete(self, conversations: list[list[dict[str, str]]]) -> list[tuple[str | None, str | None]]:
+        """The reply to each conversation as ``(text, None)``, or ``(None, error)`` when a request failed after
+        its retries; ``concurrency`` requests in flight, order kept."""
         with ThreadPoolExecutor(self.cfg.concurrency) as pool:
             return list(pool.map(self._one, conversations))
 
 
 def make_judge(cfg: JudgeConfig | dict[str, Any] | None = None):
-    """The judge backend ``cfg.backend`` names, built with ``cfg`` (a dict is validated first)."""
+    """The judge backend ``cfg.backend`` names, built with ``cfg`` (a JudgeConfig, a dict of its keys, validated
+    first, or None for the defaults); JudgeError when an openai judge has no URL or model."""
     cfg = cfg if isinstance(cfg, JudgeConfig) else JudgeConfig(**(cfg or {}))
     return JUDGE_BACKENDS.get(cfg.backend)(cfg)
 

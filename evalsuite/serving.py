@@ -194,6 +194,8 @@ class ResponseCache:
         return value
 
     def put(self, key: str, value: dict[str, Any]) -> None:
+        """Store ``value`` as the reply of ``key`` (written to a temporary file, then renamed: readers never see
+        half a file)."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")

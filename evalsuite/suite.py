@@ -45,40 +45,59 @@ class _Strict(BaseModel):
 
 
 class MetricSpec(_Strict):
-    name: str
-    options: dict[str, Any] = Field(default_factory=dict)
+    """One metric of a task: a registered name and its options (written as ``rouge`` or ``{name: ..., option: ...}``)."""
+
+    name: str = Field(description="a registered metric: rouge, bleu, chrf, exact_match, exact_match_normalized, perplexity, ... or one a plugin registers")
+    options: dict[str, Any] = Field(default_factory=dict, description=(
+        "the metric's options, e.g. extract: {regex: \"answer is (\\d+)\"} to score only the extracted answer; "
+        "written beside name in YAML"))
 
 
 class GenerationConfig(_Strict):
-    max_new_tokens: int = Field(256, ge=1)
-    batch_size: int = Field(16, ge=1)
-    sample: bool = False  # greedy by default: an eval should not change between runs
-    temperature: float = Field(0.7, gt=0)
-    top_p: float = Field(0.9, gt=0, le=1)
-    seed: int = 0
+    """How answers are generated: length, batching, greedy or sampled."""
+
+    max_new_tokens: int = Field(256, ge=1, description="the longest answer, in tokens; answers cut here are scored as they are")
+    batch_size: int = Field(16, ge=1, description="prompts per generate call (left-padded); lower it when memory is short")
+    sample: bool = Field(False, description="false: greedy, so an eval does not change between runs; true: sample with temperature / top_p, seeded")
+    temperature: float = Field(0.7, gt=0, description="sample: softmax temperature (lower: closer to greedy)")
+    top_p: float = Field(0.9, gt=0, le=1, description="sample: nucleus sampling's probability mass")
+    seed: int = Field(0, description="sample: the seed, so a sampled run repeats")
 
 
 class TaskConfig(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    path: str
+    """One task of a suite: an eval file and how it is scored."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description=(
+        "the task's name: letters, digits, _ . -; result keys are <task>/<metric key> (what gate rules name)"))
+    path: str = Field(description="the eval file (any file curate reads, or a probe's CSV/JSONL), relative to the suite file")
     kind: str = Field("generate", description=(
         "generate: answer each prompt, score with `metrics`; text: the sliding-window perplexity of plain text "
         "(`text_field` of each record), the cheap forgetting signal on a general-text slice; or a probe kind "
         "(evalsuite/probes.py: mmlu, arc_easy, arc_challenge, hellaswag, piqa, boolq, winogrande, lambada, ... and "
         "any a plugin registers): the file's items scored by log-likelihood as lm-evaluation-harness scores them"))
-    text_field: str = "text"
+    text_field: str = Field("text", description="text: the field of each record holding the plain text")
     window: int | None = Field(default=None, ge=2, description="text: tokens per window (default: the model's context)")
     stride: int = Field(512, ge=1, description="text: tokens between window starts")
-    shape: str = "auto"
-    mapping: dict[str, str | list[str]] | None = None
+    shape: str = Field("auto", description=(
+        "generate: the record layout as in a curate input; auto detects it; mapped needs `mapping` (a mapping "
+        "implies it); or a registered shape"))
+    mapping: dict[str, str | list[str]] | None = Field(default=None, description=(
+        "generate: role -> column(s) for shape mapped, e.g. {user: question, assistant: answer}; giving a mapping "
+        "implies shape mapped"))
     references_field: str | None = Field(default=None, description=(
         "generate: the field of each record holding its accepted answers, a string or a list of strings (TriviaQA "
         "`aliases`, NQ-open `answer`; a dotted path reaches a nested field: `answers.text`); every text metric "
         "scores against the whole list (exact/numeric match: any one; BLEU/chrF/ROUGE: multi-reference). The "
         "prompt is the record's turns before its last assistant turn, or all of them when it has none"))
-    limit: int | None = Field(default=None, ge=1)
-    metrics: list[MetricSpec] = Field(default_factory=list)
-    generation: GenerationConfig | None = None  # default: the suite's
+    limit: int | None = Field(default=None, ge=1, description="score the first N records only (a quicker, noisier run); null: all")
+    metrics: list[MetricSpec] = Field(default_factory=list, description=(
+        "generate: the metrics, each a name or {name: ..., options}; at least one. Other kinds score themselves: leave it out"),
+        # the schema of what a suite file holds (a bare name, or a name with its options beside it), not MetricSpec's
+        json_schema_extra={"items": {"anyOf": [
+            {"type": "string", "description": "a registered metric's name"},
+            {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}},
+             "description": "{name: METRIC, OPTION: value, ...}, e.g. {name: exact_match, extract: {regex: ...}}"}]}})
+    generation: GenerationConfig | None = Field(default=None, description="generate: settings for this task; null: the suite's `generation`")
     predictions: str | None = Field(default=None, description=(
         "`evalsuite score`: this task's outputs made elsewhere (a .jsonl with `output` and `idx` or `prompt` per line, "
         "or a text file with one output per line), relative to the suite file; `evalsuite run` ignores it"))
@@ -103,7 +122,17 @@ class TaskConfig(_Strict):
         return check_shape(value, info)
 
     @model_validator(mode="after")
-    def _metrics_for_generation(self) -> "TaskConfig":
+    def _mapping_means_mapped(self):
+        """A mapping with shape auto reads the mapped columns (as in a curate input): left auto, the mapping
+        would be ignored and every record skipped."""
+        if self.mapping and self.shape == "auto":
+            self.shape = "mapped"
+        elif self.shape == "mapped" and not self.mapping:
+            raise ValueError("shape 'mapped' needs a `mapping` such as {user: question, assistant: answer}")
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_for_generation(self) -> TaskConfig:
         if self.kind == "generate" and not self.metrics:
             raise ValueError("a generate task needs at least one metric")
         if self.kind != "generate" and self.metrics:
@@ -123,7 +152,7 @@ class TaskConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _references_field_for_generation(self) -> "TaskConfig":
+    def _references_field_for_generation(self) -> TaskConfig:
         if self.references_field is not None and self.kind != "generate":
             raise ValueError(f"references_field: a {self.kind} task reads its own answers; it is for generate tasks")
         if self.references_field is not None and not self.references_field.strip():
@@ -160,9 +189,11 @@ class TaskConfig(_Strict):
 
 
 class SuiteConfig(FileConfig):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    tasks: list[TaskConfig] = Field(min_length=1)
-    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    """An eval suite (`evalsuite run` / `score`): tasks, generation settings, an optional server, plugins."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="the suite's name: letters, digits, _ . -; part of each run's id")
+    tasks: list[TaskConfig] = Field(min_length=1, description="the tasks, run in order; at least one")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="generation settings of every generate task that has none of its own")
     server: ServerConfig | None = Field(default=None, description=(
         "generate through this OpenAI-compatible server instead of a local model (evalsuite/serving.py); "
         "`evalsuite run --server URL` overrides it"))

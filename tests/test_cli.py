@@ -77,4 +77,4 @@ def test_strict_flag_exits_2_with_file_and_line(tmp_path):
 def test_stages_lists_registry():
     result = runner.invoke(app, ["stages"])
     assert result.exit_code == 0
-    assert "exact_dedup (global)" in result.output and "keep = 'first'" in result.output
+    assert "exact_dedup (global)" in result.output and "keep: 'first' | 'last' | 'longest' = \"first\"" in result.output

@@ -18,10 +18,13 @@ from transformers import TrainerCallback
 
 
 class LiveMetrics(TrainerCallback):
+    """Appends every logged row (loss, learning rate, eval loss...) with its step and epoch to ``path`` as
+    JSON lines (metrics.jsonl), leaving out the ``hidden`` keys; the main process only."""
     def __init__(self, path: Path, hidden: tuple[str, ...] = ()):
         self.path, self.hidden = path, hidden
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        """Append the row just logged to the metrics file, stamped with wall time."""
         if state.log_history:  # wall time on each row: throughput over time, from the metrics alone
             state.log_history[-1].setdefault("wall_time", round(time.time(), 3))
         if logs and state.is_world_process_zero:
@@ -40,6 +43,7 @@ class SampleGenerations(TrainerCallback):
         self.last_step = -1
 
     def generate(self, model: Any) -> list[dict[str, str]]:
+        """``{prompt, output}`` per sample prompt: ``model``'s greedy answer, one batch."""
         from chat.generate import generate  # the one batched, greedy generation path
 
         outputs = generate(model, self.tokenizer, self.prompts, max_new_tokens=self.max_new_tokens, batch_size=len(self.prompts))
@@ -56,13 +60,16 @@ class SampleGenerations(TrainerCallback):
         state.log_history.append({"step": state.global_step, "samples": samples})
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        """Generate before the first step: the base model's (or the resumed checkpoint's) answers."""
         self._log(state, model)  # the base model's answers (or the resumed checkpoint's), for comparison
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
+        """Generate every ``every`` steps."""
         if state.global_step % self.every == 0:
             self._log(state, model)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
+        """Generate once more with the final (best, when restored) weights."""
         self._log(state, model)
 
 
@@ -77,6 +84,8 @@ class Projection(TrainerCallback):
         self.projection: dict[str, float] = {}
 
     def on_step_end(self, args, state, control, **kwargs):
+        """Time the steps after the first; at ``after`` steps (or at the last step of a shorter run), log and print
+        the projection."""
         now = time.perf_counter()
         if self.t_first is None:
             self.t_first, self.step_first = now, state.global_step

@@ -15,10 +15,32 @@ def main() -> None:
     """Subcommands keep their names (`train run CONFIG`) even while there is only one."""
 
 
+def _print_config_help(value: bool) -> None:
+    if value:
+        from curate.confighelp import config_tree
+        from train.config import TrainConfig
+
+        typer.echo(config_tree(TrainConfig, "train run CONFIG: every key of the YAML config"))
+        raise typer.Exit()
+
+
+def _print_config_schema(value: bool) -> None:
+    if value:
+        from curate.confighelp import config_schema
+        from train.config import TrainConfig
+
+        typer.echo(config_schema(TrainConfig))
+        raise typer.Exit()
+
+
 @app.command()
 def run(
-    config: str = typer.Argument(..., help="YAML config (see train/config.py)"),
+    config: str = typer.Argument(..., help="YAML config (`--help-config` lists every key)"),
     fresh: bool = typer.Option(False, "--fresh", help="discard checkpoints of an earlier run in the run folder instead of resuming"),
+    help_config: bool = typer.Option(False, "--help-config", is_eager=True, callback=_print_config_help,
+                                     help="print every config key (nested) with type, default and description, and exit"),
+    schema: bool = typer.Option(False, "--schema", is_eager=True, callback=_print_config_schema,
+                                help="print the config's JSON Schema (for editors and validators) and exit"),
 ) -> None:
     """Train an adapter. Writes adapter/, manifest.json, metrics.jsonl, samples.jsonl, loss.png and
     rejected.jsonl to the run folder and a row to the workspace; resumes after a kill.

@@ -27,6 +27,8 @@ class RowPackedCollator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Pad ``examples`` into one batch: ``input_ids`` (pad token), ``labels`` (-100 on padding) and
+        ``position_ids`` restarting at 0 for each packed example, so examples in a row stay apart."""
         import torch
 
         width = max(len(e["input_ids"]) for e in examples)

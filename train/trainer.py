@@ -38,6 +38,8 @@ from train.config import DataSource, TrainConfig
 
 @dataclass
 class PreparedData:
+    """Tokenized, masked examples ready to train: train and validation rows, rejected records with reasons,
+    counts (``stats``), a digest of the data, sample prompts and the mask audit's rendered examples."""
     train: list[dict[str, list[int]]]
     validation: list[dict[str, list[int]]]
     rejected: list[dict[str, Any]] = field(default_factory=list)
@@ -70,6 +72,8 @@ def mix(sources: list[tuple[DataSource, list]], seed: int) -> tuple[list, dict[s
 
 
 def prepare_data(cfg: TrainConfig, tokenizer) -> PreparedData:
+    """Read every data source and the validation file, mix the sources by weight (seeded), encode with the
+    chat template and mask non-assistant tokens; records with no trainable token are rejected, not trained."""
     encoder = ChatEncoder(tokenizer, cfg.max_seq_len, cfg.train_on_inputs)
     digest = hashlib.sha256()
     rejected: list[dict] = []

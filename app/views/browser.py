@@ -14,6 +14,8 @@ from app.render import chat, escape_controls, literal, pick_curate_run, plain_fr
 
 
 def render(path: str) -> None:
+    """The data browser page for the workspace at ``path``: filter a curate run's records by status, stage,
+    reason, source, shape and text, and read each with its verdict and scores."""
     st.title("Data browser")
     with q.open_workspace(path, read_only=True) as ws:
         run = pick_curate_run(ws, key="browse_run")

@@ -37,6 +37,8 @@ REVEAL = "rev_reveal"  # session key: the example whose vote is stored and is no
 
 
 def render(path: str) -> None:
+    """The eval review page for the workspace at ``path``: two eval runs of one task, either blind (votes
+    stored in the workspace before the models are revealed) or open, sorted by regression, with word diffs."""
     st.title("Eval review")
     with q.open_workspace(path) as ws:
         evals = q.runs(ws, "eval")

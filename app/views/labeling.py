@@ -28,6 +28,8 @@ ACK = "label_ack"  # (annotator, "saved: ..." line) of the last stored label
 
 
 def render(path: str) -> None:
+    """The labeling page for the workspace at ``path``: accept, reject or edit a curate run's records with
+    keyboard shortcuts, one annotator at a time; labels are written to the workspace at once."""
     st.title("Labeling")
     with q.open_workspace(path) as ws:
         run = pick_curate_run(ws, key="label_run")

@@ -14,6 +14,8 @@ from app.render import escape_controls, plain_frame, run_query
 
 
 def render(path: str) -> None:
+    """The runs page for the workspace at ``path``: every registered run, then a curate run's funnel and
+    length plot, train runs' metrics and eval runs' results."""
     st.title("Runs")
     with q.open_workspace(path, read_only=True) as ws:
         all_runs = q.runs(ws)

@@ -52,6 +52,8 @@ class StageContext:
 
 
 class Stage:
+    """Base of every stage: a registered ``name``, a ``Params`` model (what a config may set), the
+    ``reasons`` it can emit and whether it is global. Built with its params and the run's StageContext."""
     name: ClassVar[str]
     Params: ClassVar[type[StageParams]] = StageParams
     is_global: ClassVar[bool] = False
@@ -73,11 +75,14 @@ class Stage:
 
 
 class RecordStage(Stage):
+    """A stage that decides record by record, batch by batch (streaming); see :meth:`evaluate`."""
     score_columns: ClassVar[tuple[str, ...]] = ()
     # True when evaluate() may rewrite `messages` (PII redaction): the runner then stores the new text
     rewrites_messages: ClassVar[bool] = False
 
     def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:  # pragma: no cover - interface
+        """The batch with ``reason`` (Utf8, null: keep), ``detail`` and this stage's ``score_columns`` added;
+        other columns as given, or rewritten (``messages``) when ``rewrites_messages``. Row order is kept."""
         raise NotImplementedError
 
 
@@ -105,12 +110,18 @@ class GlobalDecision:
 
 
 class GlobalStage(Stage):
+    """A stage that needs a column over the whole run (dedup, decontamination): :meth:`prepare` per batch
+    while records stream, then one :meth:`decide` over everything prepared."""
     is_global = True
 
     def prepare(self, batch: pl.DataFrame) -> pl.DataFrame:  # pragma: no cover - interface
+        """The small columns this stage needs from a batch of surviving records: ``uid`` plus keys, signatures
+        or texts; the runner concatenates them for :meth:`decide`."""
         raise NotImplementedError
 
     def decide(self, prepared: pl.DataFrame) -> pl.DataFrame:  # pragma: no cover - interface
+        """The rejects (``uid``, ``reason``, ``detail``, ``duplicate_of``) over all prepared rows, or a
+        :class:`GlobalDecision` that adds clusters, scored pairs, links and stats."""
         raise NotImplementedError
 
 
@@ -187,6 +198,7 @@ def measured(name: str) -> list[dict]:
 
 
 def empty_rejects() -> pl.DataFrame:
+    """An empty frame with the rejects' schema (``uid``, ``reason``, ``detail``, ``duplicate_of``)."""
     from curate.schema import REJECT_SCHEMA
 
     return pl.DataFrame(schema=REJECT_SCHEMA)

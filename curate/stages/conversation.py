@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import polars as pl
+from pydantic import Field
 
 from curate.schema import role_code_expr
 from curate.stages import RecordStage, StageParams, register
@@ -38,9 +39,15 @@ class ConversationStructure(RecordStage):
     score_columns = ("conversation_structure_turns",)
 
     class Params(StageParams):
-        allow_ending_on_user: bool = False
+        """Parameters of ``conversation_structure``."""
+
+        allow_ending_on_user: bool = Field(False, description=(
+            "accept conversations that end on a user turn (some preference sets store the prompt without the final "
+            "answer); for supervised fine-tuning a dangling user turn is an error, so it is rejected by default"))
 
     def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Reasons ``no_assistant_turn``, ``empty_turn``, ``roles_out_of_order``, ``ends_on_user_turn`` (the first
+        that applies) from the role sequence; score ``conversation_structure_turns``."""
         empty = pl.col("messages").list.eval(pl.element().struct.field("content").fill_null("").str.strip_chars() == "")
         batch = batch.with_columns(
             _roles=role_code_expr().fill_null(""),

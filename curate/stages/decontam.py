@@ -234,7 +234,7 @@ class Units:
     length: np.ndarray
 
     @staticmethod
-    def concat(parts: list["Units"]) -> "Units":
+    def concat(parts: list[Units]) -> Units:
         """The units of ``parts``, one after the other."""
         return Units(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("hash", "doc", "start", "length")))
 
@@ -476,6 +476,7 @@ class Decontaminate(GlobalStage):
     reasons = ("contaminated",)
 
     class Params(StageParams):
+        """Parameters of ``decontaminate``."""
         eval_sets: list[str | EvalSet] = Field(
             ..., min_length=1,
             description="eval files (JSONL/JSON/CSV/TSV/Parquet; file, directory or glob, relative to the config's "
@@ -506,7 +507,7 @@ class Decontaminate(GlobalStage):
         )
 
         @model_validator(mode="after")
-        def _min_words_below_ngram(self) -> "Decontaminate.Params":
+        def _min_words_below_ngram(self) -> Decontaminate.Params:
             if self.min_words > self.ngram:
                 raise ValueError(f"min_words ({self.min_words}) must not exceed ngram ({self.ngram})")
             return self

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import polars as pl
+from pydantic import Field
 
 from curate.stages import GlobalDecision, GlobalStage, StageParams, register
 
@@ -43,11 +44,19 @@ class ExactDedup(GlobalStage):
     reasons = ("exact_duplicate",)
 
     class Params(StageParams):
-        fields: Literal["all", "prompt", "response"] = "all"
-        normalization: Literal["none", "case_whitespace", "punctuation"] = "case_whitespace"
-        keep: Literal["first", "last", "longest"] = "first"
+        """Parameters of ``exact_dedup``."""
+
+        fields: Literal["all", "prompt", "response"] = Field("all", description=(
+            "the text compared: all (every turn with its role: the same answer to another question is no duplicate), "
+            "prompt (one answer per question) or response"))
+        normalization: Literal["none", "case_whitespace", "punctuation"] = Field("case_whitespace", description=(
+            "what is ignored when comparing: none (byte-equal text), case_whitespace (letter case and runs of "
+            "whitespace), punctuation (also punctuation and symbols)"))
+        keep: Literal["first", "last", "longest"] = Field("first", description=(
+            "which copy is kept: first / last in input order, or longest (most characters, ties to the first)"))
 
     def prepare(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """``uid``, ``id``, source file and line, ``n_chars`` and ``key``: a 64-bit hash of the normalized text."""
         p = self.params
         return batch.select(
             "uid",
@@ -59,6 +68,8 @@ class ExactDedup(GlobalStage):
         )
 
     def decide(self, prepared: pl.DataFrame) -> pl.DataFrame:
+        """Every record whose key an earlier-kept record has (by ``keep``) rejected as ``exact_duplicate``,
+        ``duplicate_of`` its representative; clusters so each group lands in one split."""
         keep = self.params.keep
         if keep == "first":
             ordered = prepared.sort("uid")

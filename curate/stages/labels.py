@@ -11,6 +11,7 @@ import json
 from typing import Any, Literal
 
 import polars as pl
+from pydantic import Field
 
 from curate.frames import with_derived
 from curate.schema import MESSAGES
@@ -40,10 +41,15 @@ class HumanLabels(RecordStage):
     volatile = True  # its input is the labels table, not only the config
 
     class Params(StageParams):
-        annotators: list[str] | None = None
-        reject_when: Literal["any", "majority"] = "majority"
+        """Parameters of ``human_labels``."""
+
+        annotators: list[str] | None = Field(default=None, description="whose labels count (annotator names from the review app); null: everyone's")
+        reject_when: Literal["any", "majority"] = Field("majority", description=(
+            "any: one reject among the counted annotators drops the record; majority: more rejects than accepts (a tie keeps)"))
 
     def setup(self, workspace: Any) -> None:
+        """Read the workspace's current labels (the counted annotators' latest) and decide per record id:
+        reject (by ``reject_when``), edited (the latest accepted edit) or accept."""
         labels = workspace.current_labels(self.params.annotators)
         self.decisions: dict[str, tuple[str, str | None, list | None]] = {}
         for record_id, group in labels.group_by("record_id"):
@@ -56,6 +62,8 @@ class HumanLabels(RecordStage):
                                             ", ".join(sorted(rejects["annotator"])) if reject else None, edit)
 
     def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Score ``human_label`` per record; rejects as ``human_rejected`` naming the annotators; edited records get
+        the edited messages (derived columns recomputed) and ``human_edit`` in ``fixes``."""
         decisions = getattr(self, "decisions", {})
         found = [decisions.get(i) for i in batch["id"].to_list()]
         batch = batch.with_columns(

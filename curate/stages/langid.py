@@ -355,6 +355,8 @@ class FastTextReference:
         self._index: dict[str, int] = {}
 
     def predict(self, texts: pl.Series, likely: tuple[str, ...] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per text: the top label's index into ``labels`` (grown as new codes appear), its probability, and
+        the number of letters; ``likely`` is ignored (the vectorized engine's hint)."""
         predict = self._model.f.predict
         best = np.zeros(len(texts), np.int64)
         prob = np.zeros(len(texts), np.float32)
@@ -481,6 +483,7 @@ class LanguageID(RecordStage):
     score_columns = ("language_lang", "language_confidence", "language_letters", "language_task")
 
     class Params(StageParams):
+        """Parameters of ``language``."""
         languages: list[str] = Field(
             ["en"], min_length=1, description="languages to keep, as the model's codes (ISO 639-1 where one exists: en, de, zh, ...)"
         )
@@ -572,6 +575,8 @@ class LanguageID(RecordStage):
         }
 
     def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Reject ``wrong_language`` where the judged text (``field``) is confidently in a language not in
+        ``languages``; scores the language, confidence, letters and whether the task is about a language."""
         p = self.params
         n = batch.height
         if p.field == "joined":

@@ -406,6 +406,7 @@ class MinHashDedup(GlobalStage):
     reasons = ("near_duplicate",)
 
     class Params(StageParams):
+        """Parameters of ``minhash_dedup``."""
         fields: Literal["all", "prompt", "response"] = Field(
             "all", description="the text compared: prompt + response (all), the prompt turns (system, user) or the responses"
         )
@@ -467,10 +468,12 @@ class MinHashDedup(GlobalStage):
 
     @property
     def ngram(self) -> int:
+        """The shingle size in use: ``ngram``, else 5 (words or characters)."""
         return self.params.ngram or DEFAULT_NGRAM[self.params.shingle]
 
     @property
     def bands_rows(self) -> tuple[int, int]:
+        """(bands, rows) of the LSH index: as configured, else chosen for 99 % candidate recall at ``threshold``."""
         p = self.params
         if p.bands is not None:
             return p.bands, p.rows
@@ -582,6 +585,9 @@ class MinHashDedup(GlobalStage):
         return sim, resp
 
     def decide(self, prepared: pl.DataFrame) -> GlobalDecision:
+        """Candidate pairs from LSH buckets, verified by exact Jaccard (and the responses' Jaccard), clustered by
+        ``linkage``; members other than the representative (by ``keep``) rejected as ``near_duplicate``, or with
+        ``action: group`` kept and only clustered. Returns clusters, pairs near the threshold and stats."""
         p = self.params
         self.stats = {}
         # best first by the keep policy: a bucket's first members (linked to every member) are the likely centres

@@ -101,6 +101,7 @@ _TEST_CARDS = frozenset(
 
 @dataclass(frozen=True)
 class Match:
+    """One detected value: its kind (email, phone, ip, card), character span in the text and the text itself."""
     kind: str
     start: int
     end: int
@@ -108,6 +109,7 @@ class Match:
 
 
 def luhn_ok(digits: str) -> bool:
+    """Whether a card number's digits pass the Luhn checksum (real card numbers do; random digit runs mostly not)."""
     total = 0
     for i, ch in enumerate(reversed(digits)):
         d = ord(ch) - 48
@@ -299,6 +301,7 @@ def mask(m: Match) -> str:
 
 
 def redact(text: str, matches: list[Match]) -> str:
+    """``text`` with each match (sorted, non-overlapping) replaced by its kind's placeholder ([EMAIL], [PHONE]...)."""
     parts, at = [], 0
     for m in matches:
         parts.append(text[at : m.start])
@@ -327,17 +330,18 @@ class PII(RecordStage):
     rewrites_messages = True  # the stage may rewrite messages (action "redact")
 
     class Params(StageParams):
-        action: Literal["flag", "redact", "drop"] = "redact"
-        """``redact`` by default: the record stays usable for training and no personal value reaches a model
-        (which learns to write ``[EMAIL]`` where an address would go); ``drop`` for zero tolerance,
-        ``flag`` to review first."""
-        kinds: list[Kind] = Field(list(KINDS), min_length=1)
-        """Detectors to run: any of email, phone, ip, card."""
-        fields: list[Literal["system", "user", "assistant"]] = Field(["system", "user", "assistant"], min_length=1)
-        """Roles whose turns are scanned (and redacted)."""
-        skip_non_personal: bool = True
-        """Leave alone values that identify no person: example domains, private and documentation IP ranges,
-        toll-free and 555 numbers, test cards (see the module notes)."""
+        """Parameters of ``pii``."""
+
+        action: Literal["flag", "redact", "drop"] = Field("redact", description=(
+            "redact (default): keep the record with each match replaced by [EMAIL], [PHONE], [IP] or [CARD], so it stays "
+            "usable and no personal value reaches a model; drop: reject it (reason pii), for zero tolerance; flag: keep "
+            "it unchanged and only score it, to review first (the default stage list flags)"))
+        kinds: list[Kind] = Field(list(KINDS), min_length=1, description="detectors to run: any of email, phone, ip, card")
+        fields: list[Literal["system", "user", "assistant"]] = Field(["system", "user", "assistant"], min_length=1, description=(
+            "roles whose turns are scanned (and redacted)"))
+        skip_non_personal: bool = Field(True, description=(
+            "leave alone values that identify no person: example domains, private and documentation IP ranges, "
+            "toll-free and 555 numbers, test cards"))
 
     def __init__(self, params=None, context=None):
         super().__init__(params, context)
@@ -345,6 +349,8 @@ class PII(RecordStage):
         self.rewrites_messages = self.params.action == "redact"
 
     def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Score ``pii_kinds`` / ``pii_count`` per record over the configured roles; then by ``action``: nothing
+        more (flag), matches replaced in ``messages`` (redact), or reason ``pii`` with masked examples (drop)."""
         p = self.params
         kinds = tuple(k for k in KINDS if k in p.kinds)
         n = batch.height

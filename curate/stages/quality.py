@@ -407,10 +407,16 @@ class ResponseLength(RecordStage):
     score_columns = ("response_length_chars", "response_length_words")
 
     class Params(StageParams):
-        min_chars: int = Field(1, ge=0)
-        min_words: int = Field(0, ge=0)
+        """Parameters of ``response_length``."""
+
+        min_chars: int = Field(1, ge=0, description=(
+            "fewest characters a response needs; 1: only empty responses fail. Short answers ('Yes.', '4', 'Paris') "
+            "are correct answers to many instructions, so a higher floor is a per-dataset decision"))
+        min_words: int = Field(0, ge=0, description="fewest words a response needs; 0: off")
 
     def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Reasons ``empty_response`` and ``response_too_short`` against ``min_chars`` / ``min_words``; scores the
+        response's characters and (when ``min_words`` is set) words."""
         p = self.params
         stripped = pl.col("response_text").fill_null("").str.strip_chars()
         batch = batch.with_columns(response_length_chars=stripped.str.len_chars().cast(pl.Int64))
@@ -455,11 +461,21 @@ class Length(RecordStage):
     score_columns = ("length_chars", "length_tokens", "length_prompt_chars")
 
     class Params(StageParams):
-        max_chars: int | None = Field(20_000, ge=1)
-        max_tokens: int | None = Field(None, ge=1)
-        min_prompt_chars: int | None = Field(None, ge=0)
+        """Parameters of ``length``."""
+
+        max_chars: int | None = Field(20_000, ge=1, description=(
+            "most characters over all turns (20,000 is about 5k English tokens: longer records are usually pasted "
+            "documents or degenerate generations); null: off"))
+        max_tokens: int | None = Field(None, ge=1, description=(
+            "most tokens over all turns with the config's tokenizer; set it to the training max_seq_len so nothing "
+            "is silently truncated; needs `tokenizer:`; null: off"))
+        min_prompt_chars: int | None = Field(None, ge=0, description=(
+            "fewest characters of the prompt (system and user turns); null: off (empty turns are "
+            "conversation_structure's empty_turn)"))
 
     def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Reasons ``too_long_tokens``, ``too_long_chars``, ``prompt_too_short`` (the first that applies); raises
+        ValueError when ``max_tokens`` is set but the run has no tokenizer."""
         p = self.params
         if p.max_tokens is not None and batch.height and batch["n_tokens"].null_count() > 0:
             raise ValueError("length.max_tokens needs a tokenizer: set `tokenizer:` in the config")
@@ -501,10 +517,10 @@ class UniqueWords(RecordStage):
     C >= 0.5 is the same as a plain ratio floor of words^-0.5: 18% at 30 words, 10% at 100, 3% at 1000.
 
     Words are tokens of two or more characters with a letter, read without markup tags: numbers, symbols,
-    single letters (notes, variables, option letters) and ``<td>`` are not words, so a Sudoku grid, a truth table or a table of figures is not judged (they repeat digits by
-    design) and an HTML answer is judged on its text. Instruction answers repeat words for good reasons
-    (a list of labels, a chord chart, code's ``self.name = name``); the defaults judge only answers of 30 words
-    or more and take C < 0.5, where natural text does not go: on shared/data that flags 1 of the 9,807
+    single letters (notes, variables, option letters) and ``<td>`` are not words, so a Sudoku grid, a truth table
+    or a table of figures is not judged (they repeat digits by design) and an HTML answer is judged on its text.
+    Instruction answers repeat words for good reasons (a list of labels, a chord chart, code's ``self.name = name``);
+    the defaults judge only answers of 30 words or more and take C < 0.5, where natural text does not go: on shared/data that flags 1 of the 9,807
     Alpaca answers (an HTML table template whose 35 cells all say "Row N"), none of the 805 AlpacaEval GPT-4
     or Llama-2-chat answers or of the 6,400 human Dolly answers, and catches the looping generations: the
     cookbook's "Eat a banana!" answer, 167 of 252 vanilla-davinci self-instruct outputs, 3 flan-t5 loops
@@ -529,6 +545,7 @@ class UniqueWords(RecordStage):
     score_columns = ("unique_words_ratio", "unique_words_log_ratio", "unique_words_words")
 
     class Params(StageParams):
+        """Parameters of ``unique_words``."""
         min_log_ratio: float | None = Field(
             0.5, ge=0.0, le=1.0, description="lowest acceptable Herdan's C = log(distinct words) / log(words); null disables"
         )
@@ -536,6 +553,8 @@ class UniqueWords(RecordStage):
         min_words: int = Field(30, ge=2, description="judge only responses with at least this many words (tokens with a letter)")
 
     def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Reason ``low_unique_word_ratio`` for responses of at least ``min_words`` words whose distinct-word
+        ratios are below the floors; markup ignored; scores both ratios and the word count."""
         p = self.params
         text = _without_markup(batch["response_text"]).str.to_lowercase()
         words = text.to_frame("t").select(_split_words(pl.col("t"))).to_series()
@@ -644,6 +663,7 @@ class GopherRepetition(RecordStage):
     )
 
     class Params(StageParams):
+        """Parameters of ``gopher_repetition``."""
         dup_para_frac: float | None = Field(None, ge=0.0, le=1.0, description="max duplicate paragraphs / paragraphs (Gopher: 0.30)")
         dup_para_char_frac: float | None = Field(
             0.5, ge=0.0, le=1.0, description="max characters in duplicate paragraphs / characters (Gopher: 0.20)"
@@ -674,6 +694,8 @@ class GopherRepetition(RecordStage):
             return v
 
     def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """The repetition fractions of each response (lines, paragraphs, n-grams), a reason for the first rule
+        above its limit (responses of at least ``min_words`` words only); every fraction kept as a score."""
         p = self.params
         text = batch["response_text"].fill_null("")
         words_text = _without_markup(text)
@@ -780,9 +802,13 @@ class Blocklist(RecordStage):
     score_columns = ()
 
     class Params(StageParams):
-        file: str | None = None
-        terms: list[str] = Field(default_factory=list)
-        fields: Literal["response", "prompt", "all"] = "all"
+        """Parameters of ``blocklist``."""
+
+        file: str | None = Field(default=None, description=(
+            "a list file, one term per line (# comment lines and blank lines ignored), relative to the config's "
+            "folder; a missing file is an error before any work starts"))
+        terms: list[str] = Field(default_factory=list, description="more terms, inline; matched as whole words or phrases, case-insensitively")
+        fields: Literal["response", "prompt", "all"] = Field("all", description="where to look: response, prompt (system and user turns) or all")
 
     def __init__(self, params: StageParams | None = None, context: StageContext | None = None):
         super().__init__(params, context)
@@ -794,6 +820,8 @@ class Blocklist(RecordStage):
             raise ValueError("blocklist has no terms: set `file:` (a list file) or `terms:`")
 
     def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Reason ``blocklisted_term`` where a term occurs as a whole word in the checked fields (response
+        first); the detail names the term and the field."""
         fields = {"response": ["response"], "prompt": ["prompt"], "all": ["response", "prompt"]}[self.params.fields]
         matches = []
         for f in fields:
@@ -975,6 +1003,7 @@ class Refusal(RecordStage):
     score_columns = ("refusal_offset",)
 
     class Params(StageParams):
+        """Parameters of ``refusal``."""
         phrases: list[str] = Field(
             default_factory=lambda: list(DEFAULT_REFUSAL_PHRASES), description="the phrase list; setting it replaces the default"
         )
@@ -988,6 +1017,8 @@ class Refusal(RecordStage):
         self.matcher = _TermMatcher([*self.params.phrases, *self.params.extra_phrases])
 
     def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Reason ``refusal_or_boilerplate`` when a phrase starts within the response's first ``opening_chars``;
+        score ``refusal_offset`` (where it starts; null: none)."""
         opening = self.params.opening_chars
         text = batch["response_text"].fill_null("")
         if opening is not None:  # a phrase's length past the opening, so a phrase starting in it is not cut
@@ -1145,6 +1176,7 @@ class UnseeableContext(RecordStage):
     score_columns = ()
 
     class Params(StageParams):
+        """Parameters of ``unseeable_context``."""
         max_tail_words: int = Field(6, ge=0, description="words that may follow a pointer ('this photo') for it to count")
         check_media: bool = Field(True, description="run the media_dependent checks")
         check_files: bool = Field(True, description="run the file_dependent checks")
@@ -1156,6 +1188,8 @@ class UnseeableContext(RecordStage):
         )
 
     def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Reasons ``media_dependent``, ``file_dependent``, ``url_dependent`` for prompts that point at something
+        the model cannot see; prompts matching ``text_task_pattern`` (the text is given) are not judged."""
         # Every check needs one of a few literal stems; the regexes run only on records that have one.
         user = batch.select(turns_text_expr(("user",)).fill_null("").str.to_lowercase()).to_series()
         judged = user.str.contains(_TRIGGER)

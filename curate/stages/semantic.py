@@ -135,6 +135,7 @@ class EmbeddingDedup(GlobalStage):
     reasons = ("semantic_duplicate",)
 
     class Params(StageParams):
+        """Parameters of ``embedding_dedup``."""
         model: str = Field(
             "embedded",
             description="the packaged all-MiniLM-L6-v2 ('embedded'), a sentence-transformers folder, or a hub id",
@@ -190,6 +191,7 @@ class EmbeddingDedup(GlobalStage):
 
     @property
     def parts(self) -> tuple[str, ...]:
+        """The fields embedded and compared: (prompt, response) for ``all``, else the one named."""
         return ("prompt", "response") if self.params.fields == "all" else (self.params.fields,)
 
     # -- streaming -------------------------------------------------------------------------------------------
@@ -325,6 +327,9 @@ class EmbeddingDedup(GlobalStage):
         return pl.DataFrame({"uid_a": rep[star], "uid_b": uids[star]}, schema={"uid_a": pl.Int64, "uid_b": pl.Int64})
 
     def decide(self, prepared: pl.DataFrame) -> GlobalDecision:
+        """Embed each distinct text (cached in the workspace), find neighbours above ``threshold`` on every
+        compared field, cluster them; members other than the representative rejected as ``semantic_duplicate``
+        (or only grouped); returns clusters, pairs and stats."""
         p = self.params
         hcols = [f"h_{part}" for part in self.parts]
         self.stats = {"records": prepared.height}

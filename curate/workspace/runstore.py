@@ -81,10 +81,11 @@ class RunStore:
         self._owned = con is None
 
     def close(self) -> None:
+        """Close the connection, when this store opened it (a handed-in connection stays open)."""
         if self._owned:
             self.con.close()
 
-    def __enter__(self) -> "RunStore":
+    def __enter__(self) -> RunStore:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -100,6 +101,7 @@ class RunStore:
         self.con.execute(f"INSERT INTO {table} (run_id, {cols}) SELECT ?, {cols} FROM arrow", [run_id])
 
     def write_stage_counts(self, run_id: str, rows: list[dict[str, Any]]) -> None:
+        """Replace the run's per-stage funnel rows (position, name, in, rejected, out, reasons)."""
         self.con.execute("DELETE FROM stage_counts WHERE run_id = ?", [run_id])
         for r in rows:
             self.con.execute(
@@ -122,6 +124,8 @@ class RunStore:
         cur.close()
 
     def counts(self, run_id: str) -> dict[str, int]:
+        """The run's counts: records, rejected (distinct records) and reject_rows, quarantined, kept, and
+        overlap (records also quarantined, which must be 0)."""
         q = self.con.execute(
             """SELECT (SELECT count(*) FROM records WHERE run_id = $1),
                       (SELECT count(*) FROM rejects WHERE run_id = $1),
@@ -142,5 +146,6 @@ class RunStore:
         }
 
     def sql(self, query: str, params: list[Any] | None = None) -> pl.DataFrame:
+        """The result of a SQL query on this run's file, as a Polars frame; ``params`` bind ``?`` / ``$n``."""
         return pl.from_arrow(self.con.sql(query, params=params or None).to_arrow_table())  # type: ignore[return-value]
 

@@ -112,6 +112,7 @@ class Metric:
         raise KeyError(f"metric {self.name!r} has no result {key!r} (it has {', '.join(self.keys)})")
 
     def __call__(self, *args: Any, **kwargs: Any) -> dict[str, MetricResult]:
+        """``compute(*args, **kwargs)`` as ``{key: MetricResult}``, whether it returned one result or several."""
         out = self.compute(*args, **kwargs)
         return {out.name: out} if isinstance(out, MetricResult) else out
 
