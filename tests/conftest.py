@@ -115,3 +115,13 @@ def _keep_the_main_module():
     import sys
 
     sys.modules["__main__"] = _MAIN_MODULE
+
+
+def chromium_path() -> str:
+    """Debian's Chromium for the browser tests; fails (never skips: CI must run them) with the way to install it."""
+    import shutil
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert found, ("Chromium not found: the browser tests need Debian's chromium "
+                   "(`make chromium` installs it as root, or run `sudo apt-get install chromium chromium-driver`)")
+    return found

@@ -12,7 +12,7 @@ import shutil
 import polars as pl
 import pytest
 
-from tests.conftest import REPO, SHARED, perturbed_adapter, write_jsonl
+from tests.conftest import REPO, SHARED, chromium_path, perturbed_adapter, write_jsonl
 
 HOSTILE = "<script>alert('x')</script> ![pixel](http://203.0.113.7/p.png) <img src=http://203.0.113.7/i.png>"
 
@@ -291,8 +291,7 @@ def test_real_browser_labels_with_a_shortcut_and_the_label_survives_a_reload(wor
     from playwright.sync_api import sync_playwright
 
     url, path = served_app
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "Debian's chromium is needed (`make setup` installs it: apt-get install chromium chromium-driver)"
+    chromium = chromium_path()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     outside = []
     with sync_playwright() as p:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import REPO, write_jsonl
+from tests.conftest import REPO, chromium_path, write_jsonl
 
 HOSTILE_FILE = "[x](javascript:alert(1)).jsonl"
 HOSTILE_DIR = "ws [w](javascript:alert(2)) :red[ws]\u202e"  # the workspace folder's name
@@ -211,8 +210,7 @@ def test_exposed_server_in_chromium_token_first_then_everything_literal(workspac
     net_log = tmp_path / "net.log"
     env = _env(PYTHONPATH=str(tmp_path / "audit"), NET_AUDIT_LOG=str(net_log))
     proc, url = start_app(workspace["path"], tmp_path / "app.log", args=["--host", "0.0.0.0", "--expose"], env=env)
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "Debian's chromium is needed (`make setup` installs it: apt-get install chromium chromium-driver)"
+    chromium = chromium_path()
     try:
         log = (tmp_path / "app.log").read_text()
         assert "warning: serving the review app on every network interface" in log

@@ -13,7 +13,7 @@ import sqlite3
 
 import pytest
 
-from tests.conftest import REPO, SHARED, perturbed_adapter, write_jsonl
+from tests.conftest import REPO, SHARED, chromium_path, perturbed_adapter, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +107,7 @@ def test_blind_vote_reveals_nothing_before_it_is_stored_and_everything_after(wor
     idx = blind_order(name, base, ft, "alpaca", list(outputs))[0]
     rationales = [why for n in notes for why in (json.loads(n or "{}").get("judge", {}).get("rationales") or {}).values()
                   if why and len(why) > 12]
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "Debian's chromium is needed (`make setup` installs it)"
+    chromium = chromium_path()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     proc, url = start_app(ws_copy, tmp_path / "app.log")
     outside = []

@@ -5,11 +5,9 @@ queue as fast as the pages let them. The scenario is bench/workspace_concurrency
 from __future__ import annotations
 
 import importlib.util
-import shutil
 
-import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, chromium_path
 
 WINDOW_S = 18.0
 
@@ -22,8 +20,7 @@ def _bench():
 
 
 def test_a_run_two_servers_and_four_annotators_at_once_show_no_error_and_lose_nothing(shared_data, tmp_path):
-    assert shutil.which("chromium") or shutil.which("chromium-browser"), \
-        "Debian's chromium is needed (`make setup` installs it: apt-get install chromium chromium-driver)"
+    chromium_path()
     bench = _bench()
     r = bench.run_scenario(REPO, tmp_path, window_s=WINDOW_S, n_records=1500, bg_records=40_000, log=print)
     print(bench.table([("this checkout", r)]))
