@@ -100,7 +100,8 @@ def compare(shared: Path, work: Path, examples: int = 3) -> dict:
         for part, keep in (("tune", lambda a: a["raw_pos"] < TUNE_RAW_POS), ("holdout", lambda a: a["raw_pos"] >= TUNE_RAW_POS))
     }
     fixed_only_by_us = [a for a in unchanged if "placeholder_input" in fix_by_pos.get(a["raw_pos"], set())]
-    out["placeholder_fixed_by_us_left_by_cleaners"] = {"rows": len(fixed_only_by_us), "examples": [raw[a["raw_pos"]]["input"] for a in fixed_only_by_us[:examples]]}
+    out["placeholder_fixed_by_us_left_by_cleaners"] = {
+        "rows": len(fixed_only_by_us), "examples": [raw[a["raw_pos"]]["input"] for a in fixed_only_by_us[:examples]]}
     return out
 
 
@@ -123,7 +124,8 @@ def main() -> None:
     eo = r["empty_outputs_replaced_by_cleaners"]
     print(f"\nempty/placeholder outputs the cleaners REPLACED: {eo['rows']}; we reject {eo['rejected_by_us']}: {eo['by_reason']}")
     un = r["kept_unchanged_by_cleaners_but_rejected_by_us"]
-    print(f"\nrows the cleaners kept UNCHANGED: {un['rows']}; we reject {un['rejected_by_us']} ({un['rejected_by_us'] / max(un['rows'], 1):.1%}): {un['by_reason']}")
+    print(f"\nrows the cleaners kept UNCHANGED: {un['rows']}; we reject {un['rejected_by_us']} "
+          f"({un['rejected_by_us'] / max(un['rows'], 1):.1%}): {un['by_reason']}")
     for ex in un["examples"]:
         print(f"  {ex['reason']}: {ex['detail']} | {json.dumps(ex['record'])[:180]}")
     for part, n in r["by_part"].items():

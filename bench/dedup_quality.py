@@ -273,7 +273,8 @@ def main() -> None:
     # one passage apart; a star keeps two members of one cluster as non-edges), printed beside it
     rec = fid["found_as_edges"] / fid["pairs_at_or_above"] if fid["pairs_at_or_above"] else 1.0
     low = fid["edges_below"] / fid["edges"] if fid["edges"] else 0.0
-    print(f"\nLSH fidelity against the exact Jaccard of the same shingle sets (threshold {t:g}; candidates checked exactly from an estimate of {stage.accept_at:.3f}):")
+    print(f"\nLSH fidelity against the exact Jaccard of the same shingle sets (threshold {t:g}; "
+          f"candidates checked exactly from an estimate of {stage.accept_at:.3f}):")
     print(f"- recall: {fid['found_as_edges']:,} of {fid['pairs_at_or_above']:,} pairs with Jaccard >= {t:g} found and scored "
           f"exactly ({rec:.4f}); target >= 0.95. In one cluster: {fid['found']:,} (the others fail the response check, "
           "or are two members of one star)")

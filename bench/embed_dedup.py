@@ -455,7 +455,8 @@ def compare(args) -> None:
         "seed loop (response)": seed_rej,
     }
     times = {"ours response (flat)": t_r, "ours response (IVF)": t_ivf, "ours all (default)": t_a, "seed loop (response)": t_seed}
-    search = {"ours response (flat)": ours_r.stats["seconds_search"], "ours response (IVF)": ivf_r.stats["seconds_search"], "ours all (default)": ours_a.stats["seconds_search"]}
+    search = {"ours response (flat)": ours_r.stats["seconds_search"], "ours response (IVF)": ivf_r.stats["seconds_search"],
+              "ours all (default)": ours_a.stats["seconds_search"]}
 
     rate = enc["records"] / enc["seconds"] if enc.get("seconds") else float("nan")
     print()
@@ -472,7 +473,8 @@ def compare(args) -> None:
             recall.append(f"{sum(v in rej for v in members):>5}/{len(members):<4}")
         other = len(rej - set(truth))
         s = search.get(name)
-        print(f"{name:<24}{times[name]:>10.2f}{(f'{s:.2f}' if s is not None else '-'):>12}{len(rej):>10}  " + "  ".join(f"{x:>10}" for x in recall) + f"  {other:>7}")
+        print(f"{name:<24}{times[name]:>10.2f}{(f'{s:.2f}' if s is not None else '-'):>12}{len(rej):>10}  "
+              + "  ".join(f"{x:>10}" for x in recall) + f"  {other:>7}")
     a, b = sets["ours response (flat)"], seed_rej
     print()
     print(f"agreement ours (response, flat) vs seed loop: both {len(a & b):,}, ours only {len(a - b):,}, seed only {len(b - a):,}, "

@@ -65,7 +65,11 @@ MEDIA = r"(?:image|photo|photograph|picture|painting|drawing|video|clip|audio|re
 FILES = r"(?:file|attachment|document|pdf|spreadsheet|excel file|csv file|slide|presentation)s?"
 LINKS = r"(?:link|url|web ?page|web ?site|site)s?"
 DEICTIC = r"(?:this|these|the following|following|the given|given|the provided|the above|the below|the attached|attached|uploaded)"
-PLACEHOLDER = re.compile(r"<\s*/?\s*(?:image|img|photo|picture|video|audio|file|link|url)\b[^>]*>|\[\s*(?:an? |the )?(?:image|photo|picture|video|audio|file|link|url)\b[^\]\n]{0,80}\]|!\[[^\]\n]*\]\s*\(")
+PLACEHOLDER = re.compile(
+    r"<\s*/?\s*(?:image|img|photo|picture|video|audio|file|link|url)\b[^>]*>"
+    r"|\[\s*(?:an? |the )?(?:image|photo|picture|video|audio|file|link|url)\b[^\]\n]{0,80}\]"
+    r"|!\[[^\]\n]*\]\s*\("
+)
 # a pointer ("this photo", "the given chart") followed by at most 6 words: nothing describes the thing
 POINTER = {
     "media_dependent": re.compile(r"\b" + DEICTIC + r" (?:[a-z0-9'-]+ ){0,2}?" + MEDIA + r"\b(.*)$", re.S),

@@ -342,17 +342,19 @@ def _table(args, results: list[dict]) -> None:
     recipe = next((r for r in ok if r["trainer"] == "recipe"), None)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     print(f"\n{args.base} on {device}: {args.n_train} alpaca examples seen by each trainer, {args.n_eval} held out")
-    print(f"{'trainer':18} {'useful tok/s':>13} {'x recipe':>9} {'steady tok/s':>13} {'x recipe':>9} {'examples/s':>11} {'peak GiB':>9} {'estimate':>9} {'eval loss':>10} {'base loss':>10} {'steps':>6} {'train s':>8}")
+    print(f"{'trainer':18} {'useful tok/s':>13} {'x recipe':>9} {'steady tok/s':>13} {'x recipe':>9} {'examples/s':>11} {'peak GiB':>9} "
+          f"{'estimate':>9} {'eval loss':>10} {'base loss':>10} {'steps':>6} {'train s':>8}")
     for r in ok:
         speed = f"{r['useful_tokens_per_s'] / recipe['useful_tokens_per_s']:.2f}" if recipe else "-"
         st, rst = r.get("steady_useful_tokens_per_s"), (recipe or {}).get("steady_useful_tokens_per_s")
         steady = f"{st:>13,.0f} {(f'{st / rst:.2f}' if st and rst else '-'):>9}" if st else f"{'-':>13} {'-':>9}"
 
-        def f(key, fmt):
+        def f(key, fmt, r=r):
             return format(r[key], fmt) if r.get(key) is not None else "-"
 
-        print(f"{r['trainer']:18} {r['useful_tokens_per_s']:>13,.0f} {speed:>9} {steady} {r['examples_per_s']:>11.1f} {f('peak_gib', '.2f'):>9} {f('estimate_gib', '.2f'):>9} "
-              f"{f('eval_loss', '.4f'):>10} {f('base_eval_loss', '.4f'):>10} {r['optimizer_steps']:>6} {r['seconds']:>8.1f}")
+        print(f"{r['trainer']:18} {r['useful_tokens_per_s']:>13,.0f} {speed:>9} {steady} {r['examples_per_s']:>11.1f} "
+              f"{f('peak_gib', '.2f'):>9} {f('estimate_gib', '.2f'):>9} {f('eval_loss', '.4f'):>10} {f('base_eval_loss', '.4f'):>10} "
+              f"{r['optimizer_steps']:>6} {r['seconds']:>8.1f}")
     if recipe:
         print(f"recipe: {recipe['useful_tokens']:,} useful of {recipe['padded_tokens']:,} tokens "
               f"({1 - recipe['useful_tokens'] / recipe['padded_tokens']:.0%} padding)")

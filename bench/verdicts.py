@@ -111,7 +111,7 @@ def table(rows: list[dict], before: list[dict] | None = None) -> str:
         for r in (r for r in rows if r["stage"] == stage):
             old = prev.get(key(r))
 
-            def cell(metric: str, digits: int = 3) -> str:
+            def cell(metric: str, digits: int = 3, r: dict = r, old: dict | None = old) -> str:
                 new = _fmt(r.get(metric), digits)
                 return new if old is None else f"{_fmt(old.get(metric), digits)} → {new}"
 

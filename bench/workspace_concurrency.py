@@ -75,7 +75,7 @@ STUCK_S = 30.0  # a heading that does not move for this long: the page is reload
 # Each page records every error element or error text added to it, with a timestamp, even one that a rerun
 # removes again before the harness looks (a toast, an alert replaced by the next run).
 ERROR_OBSERVER = """(() => {
-  const RE = new RegExp(%s, 'i');
+  const RE = new RegExp(ERROR_RE_JSON, 'i');
   window.__errs = [];
   const note = (text) => window.__errs.push({t: performance.now(), text: (text || '').slice(0, 400)});
   const check = (n) => {
@@ -91,7 +91,7 @@ ERROR_OBSERVER = """(() => {
       else for (const n of m.addedNodes) check(n);
     }
   }).observe(document, {childList: true, subtree: true, characterData: true});
-})();""" % json.dumps(ERROR_RE)
+})();""".replace("ERROR_RE_JSON", json.dumps(ERROR_RE))
 
 HEADING_JS = "() => [...document.querySelectorAll('h3')].map(e => e.innerText.trim()).find(t => /^record \\d+/.test(t)) || null"
 # resolves when the heading shows another record, or an error appears
@@ -655,8 +655,8 @@ def _f(x: float | None) -> str:
 def _child(code: Path, args: argparse.Namespace, out_json: Path) -> dict:
     """Run the scenario for ``code`` in a child process with that checkout first on sys.path."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--code", str(code), "--window", str(args.window), "--records",
-           str(args.records), "--bg-records", str(args.bg_records), "--browsers", str(args.browsers), "--annotators", str(args.annotators), "--servers", str(args.servers),
-           "--json", str(out_json)]
+           str(args.records), "--bg-records", str(args.bg_records), "--browsers", str(args.browsers), "--annotators", str(args.annotators),
+           "--servers", str(args.servers), "--json", str(out_json)]
     if args.work:
         cmd += ["--work", str(Path(args.work) / Path(code).name)]
     rc = subprocess.run(cmd, cwd=code, env={**os.environ, "PYTHONPATH": str(code)}).returncode

@@ -115,7 +115,9 @@ def mask_audit(encoder: ChatEncoder, records: Iterable[Sequence[dict[str, str]]]
     trainable tokens per record], "no_trainable": [indexes of records with no trainable token]}``. Run
     before training: a record with nothing to learn is rejected with a reason, not discovered mid-run.
     """
-    examples, shares, empty = [], [], []
+    examples: list[str] = []
+    shares: list[float] = []
+    empty: list[int] = []
     for i, messages in enumerate(records):
         e = encoder.encode(messages)
         share = e.n_trainable / len(e.input_ids) if e.input_ids else 0.0

@@ -22,7 +22,7 @@ Relative paths are relative to the config file's folder. A stage or shape may al
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator, model_validator
@@ -54,6 +54,9 @@ class FileConfig(_Strict):
         """``path`` made absolute: ``~`` expanded, a relative path taken from the config file's folder."""
         p = Path(path).expanduser()
         return (p if p.is_absolute() else (self.base_dir / p)).resolve()
+
+
+FileConfigT = TypeVar("FileConfigT", bound=FileConfig)
 
 
 def context_dir(info: ValidationInfo) -> Path | None:
@@ -225,7 +228,9 @@ class CurateConfig(FileConfig):
             return []
         if not isinstance(value, list):
             raise ValueError("`stages` must be a list of stage names or {name: {params}}")
-        specs, problems = [], []
+        specs: list[StageSpec] = []
+        problems: list[str] = []
+        params: Any  # whatever the YAML holds; checked to be a mapping below
         for i, item in enumerate(value):
             if isinstance(item, str):
                 name, params = item, {}
@@ -307,7 +312,7 @@ def one_line(message: str) -> str:
     return lines[0] if len(lines) < 2 else f"{lines[0].rstrip(':')}: {'; '.join(lines[1:])}"
 
 
-def validate(model: type[BaseModel], data: Any, base_dir: Path | None, source: str, error: type[ValueError] = ConfigError):
+def validate(model: type[FileConfigT], data: Any, base_dir: Path | None, source: str, error: type[ValueError] = ConfigError) -> FileConfigT:
     """A typed config (any of our pydantic config models) from a mapping, every bad key named in one
     ``error``; relative paths in it resolve against ``base_dir``."""
     if not isinstance(data, dict):

@@ -238,7 +238,7 @@ class Pipeline:
     def _stage_files(self) -> list[Path]:
         """Files the stages read: a stage lists them with ``input_files()``; otherwise any string
         parameter naming an existing file counts (a blocklist path)."""
-        found = []
+        found: list[Path] = []
         for spec, stage in zip(self.cfg.stages, self.stages):
             listed = getattr(stage, "input_files", None)
             if listed is not None:
@@ -433,9 +433,8 @@ class Pipeline:
                     table = table.join(pl.concat(rejected).unique(), on="uid", how="anti")
                 if table is not None and table.height:
                     with self.timer(f"stage:{gstage.name}"):
-                        decision = gstage.decide(table)
-                    if isinstance(decision, pl.DataFrame):
-                        decision = GlobalDecision(decision)
+                        outcome = gstage.decide(table)
+                    decision = GlobalDecision(outcome) if isinstance(outcome, pl.DataFrame) else outcome
                     self._store_decision(store, gstage.name, decision)
                     if decision.stats:
                         self.stage_stats[gstage.name] = decision.stats
@@ -571,8 +570,9 @@ class Pipeline:
             reasons = dict(zip(sub["reason"].to_list(), sub["n"].to_list()))
             rejected = int(sum(reasons.values()))
             stages.append({"position": pos, "name": stage.name, "in": n_in, "rejected": rejected, "out": n_in - rejected, "reasons": reasons})
-            if getattr(stage, "stats", None):  # what a global stage did (texts encoded vs cached, pairs scored...)
-                stages[-1]["stats"] = stage.stats
+            stats = getattr(stage, "stats", None)
+            if stats:  # what a global stage did (texts encoded vs cached, pairs scored...)
+                stages[-1]["stats"] = stats
             n_in -= rejected
         ws.write_stage_counts(run_id, stages)
         shapes = ws.sql("SELECT shape, count(*) AS n FROM records WHERE run_id = ? GROUP BY shape ORDER BY n DESC", [run_id])

@@ -51,7 +51,7 @@ SIMILARITY_BINS = 0.05  # width of the near-threshold histogram's table rows
 def write_report(
     summary: dict,
     examples: dict[str, list[dict]],
-    token_lengths: dict[str, "np.ndarray"],
+    token_lengths: dict[str, np.ndarray],
     out_dir: Path,
     review: dict | None = None,
 ) -> dict[str, Path]:
@@ -637,7 +637,8 @@ def _markdown(c: dict) -> str:
     L.append("")
     L += _md_table(
         ["stage", "in", "rejected", "out", "out % of inputs", "rejected % of stage in"],
-        [[_code(r["stage"], True), f"{r['in']:,}", f"{r['rejected']:,}", f"{r['out']:,}", r["out_pct_of_inputs"], r["rejected_pct_of_in"]] for r in c["funnel"]],
+        [[_code(r["stage"], True), f"{r['in']:,}", f"{r['rejected']:,}", f"{r['out']:,}", r["out_pct_of_inputs"], r["rejected_pct_of_in"]]
+         for r in c["funnel"]],
     )
     L.append("")
     for note in c["funnel_notes"]:
@@ -716,7 +717,8 @@ def _markdown(c: dict) -> str:
         if c["_similarities"]:
             L.append("### Similarity of candidate pairs near the threshold")
             L.append("")
-            L += _md_table(["stage", "similarity", "pairs", "merged"], [[_code(b["stage"], True), b["range"], f"{b['pairs']:,}", b["merged"]] for b in c["similarity_bins"]], "llrl")
+            L += _md_table(["stage", "similarity", "pairs", "merged"],
+                           [[_code(b["stage"], True), b["range"], f"{b['pairs']:,}", b["merged"]] for b in c["similarity_bins"]], "llrl")
             L.append("")
             L.append(f"![Similarity of candidate pairs]({SIMILARITY_PNG})")
             L.append("")
@@ -737,7 +739,8 @@ def _markdown(c: dict) -> str:
     if c["contamination"]:
         L.append("## Contamination")
         L.append("")
-        L += _md_table(["training record", "eval item and matched span"], [[_code(r["source"], True), _code(r["detail"], True)] for r in c["contamination"]], "ll")
+        L += _md_table(["training record", "eval item and matched span"],
+                       [[_code(r["source"], True), _code(r["detail"], True)] for r in c["contamination"]], "ll")
         L.append("")
 
     L.append("## Examples of rejections")
@@ -789,7 +792,8 @@ def _markdown(c: dict) -> str:
 # HTML
 # ------------------------------------------------------------------------------------------------------------
 
-# No script, no external URL, nothing marked |safe: every {{ }} is autoescaped.
+# No script, no external URL, nothing marked |safe: every {{ }} is autoescaped. A line that starts with {{- or {%-
+# continues the one above (the minus strips the line break): long lines are wrapped without changing the page.
 _HTML = """<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -830,7 +834,8 @@ details > summary { cursor: pointer; font-weight: 600; margin: .6em 0; }
  · lengths in {{ c.unit }}{% if c.tokenizer %} ({{ c.tokenizer }}){% endif %}
 {% if c.version %} · curate {{ c.version }}{% endif %}
 </p>
-<p class="inv {{ 'good' if c.invariant.ok else 'bad' }}" id="invariant">{{ c.invariant.text }} <strong>{{ c.invariant.mark }}</strong>{% if not c.invariant.ok %} INVARIANT BROKEN: {{ c.invariant.note }}{% endif %}</p>
+<p class="inv {{ 'good' if c.invariant.ok else 'bad' }}" id="invariant">{{ c.invariant.text }} <strong>{{ c.invariant.mark }}</strong>
+{%- if not c.invariant.ok %} INVARIANT BROKEN: {{ c.invariant.note }}{% endif %}</p>
 <p>Kept <b>{{ fi(c.kept) }}</b> ({{ pct(c.kept, c.inputs) }}), rejected <b>{{ fi(c.rejected) }}</b> ({{ pct(c.rejected, c.inputs) }}),
 quarantined <b>{{ fi(c.quarantined) }}</b> ({{ pct(c.quarantined, c.inputs) }}).</p>
 
@@ -847,8 +852,10 @@ quarantined <b>{{ fi(c.quarantined) }}</b> ({{ pct(c.quarantined, c.inputs) }}).
 {% endif %}
 
 <h2 id="funnel">Funnel</h2>
-<table id="funnel-table"><tr><th>stage</th><th class="n">in</th><th class="n">rejected</th><th class="n">out</th><th class="n">out % of inputs</th><th class="n">rejected % of stage in</th></tr>
-{% for r in c.funnel %}<tr><td class="mono">{{ r.stage }}</td><td class="n">{{ fi(r['in']) }}</td><td class="n">{{ fi(r.rejected) }}</td><td class="n">{{ fi(r.out) }}</td><td class="n">{{ r.out_pct_of_inputs }}</td><td class="n">{{ r.rejected_pct_of_in }}</td></tr>
+<table id="funnel-table"><tr><th>stage</th><th class="n">in</th><th class="n">rejected</th><th class="n">out</th>
+{{- '' }}<th class="n">out % of inputs</th><th class="n">rejected % of stage in</th></tr>
+{% for r in c.funnel %}<tr><td class="mono">{{ r.stage }}</td><td class="n">{{ fi(r['in']) }}</td><td class="n">{{ fi(r.rejected) }}</td>
+{{- '' }}<td class="n">{{ fi(r.out) }}</td><td class="n">{{ r.out_pct_of_inputs }}</td><td class="n">{{ r.rejected_pct_of_in }}</td></tr>
 {% endfor %}</table>
 {% for note in c.funnel_notes %}<p class="warn">Warning: {{ note }}.</p>{% endfor %}
 <img class="chart" alt="Funnel: records left after each stage" src="data:image/png;base64,{{ img.funnel }}">
@@ -856,7 +863,8 @@ quarantined <b>{{ fi(c.quarantined) }}</b> ({{ pct(c.quarantined, c.inputs) }}).
 <h2 id="reasons">Rejections by reason</h2>
 {% if c.reasons %}
 <table><tr><th>stage</th><th>reason</th><th class="n">count</th><th class="n">share of rejections</th><th class="n">% of inputs</th></tr>
-{% for r in c.reasons %}<tr><td class="mono">{{ r.stage }}</td><td class="mono">{{ r.reason }}</td><td class="n">{{ fi(r.count) }}</td><td class="n">{{ r.share }}</td><td class="n">{{ r.pct_of_inputs }}</td></tr>
+{% for r in c.reasons %}<tr><td class="mono">{{ r.stage }}</td><td class="mono">{{ r.reason }}</td><td class="n">{{ fi(r.count) }}</td>
+{{- '' }}<td class="n">{{ r.share }}</td><td class="n">{{ r.pct_of_inputs }}</td></tr>
 {% endfor %}</table>
 {% else %}<p>No record was rejected.</p>{% endif %}
 
@@ -888,13 +896,15 @@ quarantined <b>{{ fi(c.quarantined) }}</b> ({{ pct(c.quarantined, c.inputs) }}).
 {% else %}<p>No splits recorded.</p>{% endif %}
 {% if c.leakage %}<p>{{ leakage_sentence(c.leakage) | replace("**", "") }}</p>
 {% if c.leakage.closest %}<table><tr><th>record</th><th>record</th><th>splits</th><th class="n">similarity</th></tr>
-{% for x in c.leakage.closest %}<tr><td class="mono">{{ x.a }}</td><td class="mono">{{ x.b }}</td><td>{{ x.splits }}</td><td class="n">{{ x.similarity }}</td></tr>
+{% for x in c.leakage.closest %}<tr><td class="mono">{{ x.a }}</td><td class="mono">{{ x.b }}</td>
+{{- '' }}<td>{{ x.splits }}</td><td class="n">{{ x.similarity }}</td></tr>
 {% endfor %}</table>{% endif %}{% endif %}
 
 {% if c.dedup %}
 <h2 id="duplicates">Duplicate clusters</h2>
 <table><tr><th>stage</th><th class="n">clusters</th><th class="n">records in clusters</th><th class="n">largest</th></tr>
-{% for d in c.dedup %}<tr><td class="mono">{{ d.stage }}</td><td class="n">{{ fi(d.clusters) }}</td><td class="n">{{ fi(d.members) }}</td><td class="n">{{ fi(d.largest) }}</td></tr>
+{% for d in c.dedup %}<tr><td class="mono">{{ d.stage }}</td><td class="n">{{ fi(d.clusters) }}</td>
+{{- '' }}<td class="n">{{ fi(d.members) }}</td><td class="n">{{ fi(d.largest) }}</td></tr>
 {% endfor %}</table>
 <p>Splits are assigned per cluster: members of one cluster never straddle train/validation/test.</p>
 {% if c.stage_stats %}<ul>{% for st in c.stage_stats %}<li><span class="mono">{{ st.stage }}</span>: {{ st.text }}</li>{% endfor %}</ul>{% endif %}
@@ -910,7 +920,8 @@ quarantined <b>{{ fi(c.quarantined) }}</b> ({{ pct(c.quarantined, c.inputs) }}).
 <summary><span class="mono">{{ d.stage }}</span>: cluster {{ cl.k }} ({{ fi(cl.size) }} records)</summary>
 <div class="cluster">
 {% for e in cl.members %}<div class="example {{ 'rep' if e.is_rep else '' }}">
-<div class="head">{% if e.is_rep %}<b>kept representative</b>{% else %}similarity <b>{{ e.similarity }}</b>{% endif %} · uid {{ e.uid }} · <span class="mono">{{ e.source }}</span></div>
+<div class="head">{% if e.is_rep %}<b>kept representative</b>{% else %}similarity <b>{{ e.similarity }}</b>{% endif %}
+{{- ' · uid ' }}{{ e.uid }} · <span class="mono">{{ e.source }}</span></div>
 {% for t in e.turns %}<div class="turn {{ t.role if t.role in roles else 'other' }}"><div class="role">{{ t.role }}</div><pre>{{ t.content }}</pre></div>
 {% else %}<p>(no messages)</p>{% endfor %}
 </div>{% endfor %}
@@ -931,10 +942,13 @@ quarantined <b>{{ fi(c.quarantined) }}</b> ({{ pct(c.quarantined, c.inputs) }}).
 {% if not c.example_groups %}<p>No examples.</p>{% endif %}
 {% for g in c.example_groups %}
 <details{% if loop.index <= 3 %} open{% endif %}>
-<summary><span class="mono">{{ g.stage }}</span> / <span class="mono">{{ g.reason }}</span>{% if g.count is not none %} ({{ fi(g.count) }} record{{ '' if g.count == 1 else 's' }}){% endif %}</summary>
+<summary><span class="mono">{{ g.stage }}</span> / <span class="mono">{{ g.reason }}</span>
+{%- if g.count is not none %} ({{ fi(g.count) }} record{{ '' if g.count == 1 else 's' }}){% endif %}</summary>
 {% for e in g["items"] %}
 <div class="example">
-<div class="head">uid {{ e.uid }} · <span class="mono">{{ e.source }}</span>{% if e.id %} · id <span class="mono">{{ e.id }}</span>{% endif %}{% if e.duplicate_of %} · duplicate of <span class="mono">{{ e.duplicate_of }}</span>{% endif %}{% if e.detail %}<br>detail: <span class="mono">{{ e.detail }}</span>{% endif %}</div>
+<div class="head">uid {{ e.uid }} · <span class="mono">{{ e.source }}</span>{% if e.id %} · id <span class="mono">{{ e.id }}</span>{% endif %}
+{%- if e.duplicate_of %} · duplicate of <span class="mono">{{ e.duplicate_of }}</span>{% endif %}
+{%- if e.detail %}<br>detail: <span class="mono">{{ e.detail }}</span>{% endif %}</div>
 {% for t in e.turns %}<div class="turn {{ t.role if t.role in roles else 'other' }}"><div class="role">{{ t.role }}</div><pre>{{ t.content }}</pre></div>
 {% else %}<p>(no messages)</p>{% endfor %}
 </div>
@@ -945,7 +959,8 @@ quarantined <b>{{ fi(c.quarantined) }}</b> ({{ pct(c.quarantined, c.inputs) }}).
 <h2 id="quarantine-examples">Quarantine examples</h2>
 {% if not c.quarantine_examples %}<p>None.</p>{% endif %}
 {% for q in c.quarantine_examples %}
-<div class="example"><div class="head"><span class="mono">{{ q.source }}</span> · {{ q.error }}{% if q.field %} · field <span class="mono">{{ q.field }}</span>{% endif %}</div>
+<div class="example"><div class="head"><span class="mono">{{ q.source }}</span> · {{ q.error }}
+{%- if q.field %} · field <span class="mono">{{ q.field }}</span>{% endif %}</div>
 <pre>{{ q.raw if q.raw else '(empty)' }}</pre></div>
 {% endfor %}
 

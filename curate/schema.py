@@ -28,7 +28,7 @@ ROLES = ("system", "user", "assistant")
 MESSAGE = pl.Struct({"role": pl.Utf8, "content": pl.Utf8})
 MESSAGES = pl.List(MESSAGE)
 
-RECORD_SCHEMA: dict[str, pl.DataType] = {
+RECORD_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
     "uid": pl.Int64,
     "id": pl.Utf8,
     "source_file": pl.Utf8,
@@ -39,7 +39,7 @@ RECORD_SCHEMA: dict[str, pl.DataType] = {
     "fixes": pl.List(pl.Utf8),
 }
 
-DERIVED_SCHEMA: dict[str, pl.DataType] = {
+DERIVED_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
     "prompt_text": pl.Utf8,
     "response_text": pl.Utf8,
     "n_chars": pl.Int64,
@@ -47,7 +47,7 @@ DERIVED_SCHEMA: dict[str, pl.DataType] = {
 }
 
 # Columns of a reject row, as stages return them and as the workspace stores them.
-REJECT_SCHEMA: dict[str, pl.DataType] = {
+REJECT_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
     "uid": pl.Int64,
     "stage": pl.Utf8,
     "reason": pl.Utf8,
@@ -55,7 +55,7 @@ REJECT_SCHEMA: dict[str, pl.DataType] = {
     "duplicate_of": pl.Utf8,
 }
 
-QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
+QUARANTINE_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
     "uid": pl.Int64,
     "source_file": pl.Utf8,
     "source_line": pl.Int64,

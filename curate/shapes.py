@@ -269,7 +269,7 @@ class Converter:
     def __init__(
         self,
         shape: str = "auto",
-        mapping: Mapping[str, Any] | None = None,
+        mapping: Mapping[Any, str | Sequence[str]] | None = None,  # role -> column(s); keys may be a Literal of roles
         role_aliases: Mapping[str, str] | None = None,
         placeholders: Sequence[str] = DEFAULT_PLACEHOLDERS,
         output_placeholders: Sequence[str] = DEFAULT_OUTPUT_PLACEHOLDERS,
@@ -465,7 +465,7 @@ class Converter:
             if not cols:
                 continue
             cols = [cols] if isinstance(cols, str) else list(cols)
-            parts = []
+            parts: list[str] = []
             for col in cols:
                 if col not in rec:
                     raise ShapeError(col, f"missing field {col!r} (mapped to {role})")

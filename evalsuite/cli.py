@@ -8,7 +8,10 @@ import typer
 
 from curate.quiet import quiet_third_party
 
-app = typer.Typer(add_completion=False, help="evaluation: run a suite on a model (or a server), score outputs made elsewhere, compare two runs, gate a run in CI")
+app = typer.Typer(
+    add_completion=False,
+    help="evaluation: run a suite on a model (or a server), score outputs made elsewhere, compare two runs, gate a run in CI",
+)
 quiet_third_party()  # only messages a user cannot act on (curate/quiet.py says why each is harmless)
 
 
@@ -148,7 +151,8 @@ def compare_cmd(
     out: str = typer.Option(None, "--out", help="folder for compare.json / .md / .html (default: the fine-tune's run folder)"),
     workspace: str = typer.Option(None, "--workspace", help="resolve run ids through this workspace folder"),
     regressions: int = typer.Option(5, "--regressions", help="examples that regressed most, per task"),
-    judge: str = typer.Option("none", "--judge", help="pairwise LLM judge of the two runs' outputs: none, local, openai, another registered backend, or file.py:Class"),
+    judge: str = typer.Option("none", "--judge", help=(
+        "pairwise LLM judge of the two runs' outputs: none, local, openai, another registered backend, or file.py:Class")),
     judge_model: str = typer.Option(None, "--judge-model", help="local: embedded (default), a path or hub id; openai: the model name"),
     judge_url: str = typer.Option(None, "--judge-url", help="openai: base URL up to /v1 (or EVALSUITE_JUDGE_URL); the key is read from OPENAI_API_KEY"),
 ) -> None:

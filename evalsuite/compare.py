@@ -92,7 +92,7 @@ class RunResults(_Open):
     plugins: list[PluginRecord] = Field(default_factory=list, description="user metric modules to import before reading keys")
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: object) -> str:  # a message, or an exception (its str())
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
@@ -363,17 +363,14 @@ def compare(base_path: str | Path, ft_path: str | Path, regressions: int = 5, se
             rows.append(row)
         first = rows[0]["metric"]
         sign = 1 if scores[first].higher_is_better else -1
-
-        def change(i: int) -> float:
-            b, f = _num(b_scores[i][first]), _num(f_scores[i][first])
-            return 0.0 if b is None or f is None else sign * (f - b)
-
-        drops = sorted(range(n), key=change)
+        pairs_first = ((_num(b_scores[i][first]), _num(f_scores[i][first])) for i in range(n))
+        change = [0.0 if b is None or f is None else sign * (f - b) for b, f in pairs_first]  # per example, + is better
+        drops = sorted(range(n), key=change.__getitem__)
         out["tasks"][t] = {"n": n, "metrics": rows, "regressed_on": first, "regressions": [
             {"idx": i, "source": b_frame["source"][i], "prompt": b_frame["prompt"][i], "reference": b_frame["reference"][i],
              "base_output": b_frame["output"][i], "fine_tune_output": f_frame["output"][i],
              "base": b_scores[i][first], "fine_tune": f_scores[i][first]}
-            for i in drops[:regressions] if change(i) < 0
+            for i in drops[:regressions] if change[i] < 0
         ]}
         generation_kind = base["tasks"][t]["generation"].get("kind")
         if judge is not None and generation_kind in (None, SCORED):  # tasks whose outputs answer the prompts

@@ -95,7 +95,7 @@ def check(results_dir: str | Path, rules: list[Rule], baseline_dir: str | Path |
     from evalsuite.compare import check_comparable, compare, key_score, load_run
 
     results, _ = load_run(results_dir)
-    if any(r.needs_baseline for r in rules) and baseline_dir is None:
+    if any(r.needs_baseline for r in rules) and not baseline_dir:
         raise GateError("a rule compares against the baseline, and no --baseline was given")
     base = load_run(baseline_dir)[0] if baseline_dir else None
     if base is not None:
@@ -104,11 +104,12 @@ def check(results_dir: str | Path, rules: list[Rule], baseline_dir: str | Path |
     for rule in rules:  # every metric named is found (in both runs where a rule needs both) before any verdict
         task, key = _locate(results, rule.metric)
         if rule.needs_baseline:
+            assert base is not None  # a rule that needs a baseline without one was refused above
             if (task, key) != _locate(base, rule.metric, "the baseline"):
                 raise GateError(f"{rule.metric}: names task/key {task}/{key} in the run but another in the baseline; write task/key")
             key_score(results, task, key)
         located.append((rule, task, key))
-    cmp = compare(baseline_dir, results_dir) if any(r.no_significant_regression for r in rules) else None
+    cmp = compare(baseline_dir, results_dir) if baseline_dir and any(r.no_significant_regression for r in rules) else None
     outcomes = []
     for rule, task, key in located:
         value = results["tasks"][task]["metrics"][key]["value"]
@@ -117,10 +118,12 @@ def check(results_dir: str | Path, rules: list[Rule], baseline_dir: str | Path |
         elif rule.at_most is not None:
             passed, observed = value <= rule.at_most, value
         elif rule.max_drop is not None:
+            assert base is not None  # as above
             drop = base["tasks"][task]["metrics"][key]["value"] - value
             drop = drop if key_score(results, task, key).higher_is_better else -drop  # a rise in perplexity is the drop
             passed, observed = drop <= rule.max_drop, drop
         else:
+            assert cmp is not None  # a no_significant_regression rule: compared above
             row = next(r for r in cmp["tasks"][task]["metrics"] if r["metric"] == key)
             passed, observed = row["verdict"] != "worse", row["delta"]
         outcomes.append({"rule": rule.describe(), "passed": bool(passed), "observed": observed,

@@ -15,7 +15,7 @@ class _NoBar:
     def set_postfix_str(self, s: str) -> None:
         pass
 
-    def __enter__(self) -> "_NoBar":
+    def __enter__(self) -> _NoBar:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -104,7 +104,8 @@ def run_suite(suite: SuiteConfig, model: str = "embedded", adapter: str | None =
         "tasks": tasks,
         "plugins": suite.plugin_records(),  # compare and gate import the same metric code the run used
     }
-    results["run_id"] = f"{suite.name}-{_sha([results['model'], adapter, {t: (v['prompts_sha256'], v['generation']) for t, v in tasks.items()}, [t.model_dump() for t in suite.tasks]])[:12]}"
+    task_inputs = {t: (v["prompts_sha256"], v["generation"]) for t, v in tasks.items()}
+    results["run_id"] = f"{suite.name}-{_sha([results['model'], adapter, task_inputs, [t.model_dump() for t in suite.tasks]])[:12]}"
     out = Path(out_dir or suite.resolve(f"evals/{results['run_id']}"))
     with clock.step("write"):
         out.mkdir(parents=True, exist_ok=True)
@@ -133,7 +134,7 @@ def server_problems(suite: SuiteConfig, what: str = "a server run") -> list[str]
 
 
 def score_task(task: TaskConfig, examples: list[dict[str, Any]], outputs: list[str], net: Any = None, tok: Any = None,
-               progress: bool | None = None, clock: "Clock | None" = None,
+               progress: bool | None = None, clock: Clock | None = None,
                annotations: list[dict[str, Any]] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Score ``outputs`` (one per example, in order) with every metric of ``task``: (examples.parquet rows, the
     task's ``metric_options``, ``prompts_sha256``, ``references_sha256`` and ``metrics``). What a generated

@@ -163,7 +163,7 @@ class TaskConfig(_Strict):
     @classmethod
     def _names(cls, v: Any) -> Any:
         """``metrics: [rouge, {name: exact_match, extract: {...}}]``: a bare name, or a name with options."""
-        out = []
+        out: list[Any] = []
         for m in v or []:
             if isinstance(m, str):
                 out.append({"name": m})

@@ -69,7 +69,8 @@ def test_union_find_chains_and_star_does_not():
 
     from curate.stages.clusters import decide_clusters
 
-    prepared = pl.DataFrame({"uid": [0, 1, 2, 3], "id": ["a", "b", "c", "d"], "source_file": ["f"] * 4, "source_line": [1, 2, 3, 4], "n_chars": [10, 30, 20, 5]})
+    prepared = pl.DataFrame({"uid": [0, 1, 2, 3], "id": ["a", "b", "c", "d"], "source_file": ["f"] * 4, "source_line": [1, 2, 3, 4],
+                             "n_chars": [10, 30, 20, 5]})
     pairs = pl.DataFrame({"uid_a": [0, 1], "uid_b": [1, 2]})
     sim = {(1, 0): 0.9, (2, 0): 0.5, (2, 1): 0.9, (0, 1): 0.9}
 

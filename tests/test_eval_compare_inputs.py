@@ -153,7 +153,8 @@ BROKEN = [
     ("no results.json", lambda f: (f / "results.json").unlink(), ["no results.json"]),
     ("no examples.parquet", lambda f: (f / "examples.parquet").unlink(), ["examples.parquet", "missing"]),
     ("truncated examples.parquet", _truncate("examples.parquet"), ["examples.parquet", "not a readable Parquet file"]),
-    ("examples.parquet not Parquet", lambda f: (f / "examples.parquet").write_text("task,idx\nalpaca,0\n"), ["examples.parquet", "not a readable Parquet file"]),
+    ("examples.parquet not Parquet", lambda f: (f / "examples.parquet").write_text("task,idx\nalpaca,0\n"),
+     ["examples.parquet", "not a readable Parquet file"]),
     ("fewer rows than results.json says", lambda f: _edit_examples(f, lambda x: x.filter(~((pl.col("task") == "alpaca") & (pl.col("idx") == 2)))),
      ["examples.parquet", "task alpaca: 2 rows", "n = 3"]),
     ("a task without its examples", lambda f: _edit_examples(f, lambda x: x.filter(pl.col("task") != "more")),
@@ -194,7 +195,7 @@ def test_bad_rules_files(runs, tmp_path):
         "an unknown metric": (yaml.safe_dump({"rules": [{"metric": "alpaca/rouge9", "at_least": 0}]}), ["alpaca/rouge9", "alpaca/bleu"]),
         "a baseline rule without --baseline": (yaml.safe_dump({"rules": [{"metric": "alpaca/bleu", "max_drop": 1}]}), ["--baseline"]),
     }
-    for name, (text, expected) in cases.items():
+    for _name, (text, expected) in cases.items():
         (tmp_path / "r.yaml").write_text(text)
         gate_refuses(runs / "generated", tmp_path / "r.yaml", tmp_path / "gate.xml", *expected)
     gate_refuses(runs / "generated", tmp_path / "absent.yaml", tmp_path / "gate.xml", "absent.yaml", "no such config file")

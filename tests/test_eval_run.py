@@ -60,7 +60,8 @@ def test_evalsuite_run_writes_examples_results_and_a_workspace_row(suite_dir, ba
     tmp_path, results = suite_dir, base_run
     alpaca, chat = results["tasks"]["alpaca"], results["tasks"]["chat"]
     judge_keys = {"judge_score", "judge_helpfulness", "judge_accuracy", "judge_coherence"}
-    assert alpaca["n"] == 4 and set(alpaca["metrics"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "exact_match_normalized", "perplexity"} | judge_keys
+    assert alpaca["n"] == 4
+    assert set(alpaca["metrics"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "exact_match_normalized", "perplexity"} | judge_keys
     judged = alpaca["metrics"]["judge_helpfulness"]["details"]
     assert judged["judge"]["model"] == "embedded:SmolLM2-135M-Instruct" and judged["scored"] + judged["unparseable"] + judged["failed"] == 4
     assert alpaca["metrics"]["bleu"]["details"]["signature"].startswith("nrefs:1|")

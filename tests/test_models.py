@@ -16,7 +16,8 @@ def test_embedded_smollm2_loads_in_nf4_and_answers():
     q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32)
     model = AutoModelForCausalLM.from_pretrained(str(d), quantization_config=q, device_map="cpu")
     tok = AutoTokenizer.from_pretrained(str(d))
-    x = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    x = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True,
+                                return_tensors="pt", return_dict=True)
     out = model.generate(**x, max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(out[0][x["input_ids"].shape[1] :])
 

@@ -16,16 +16,23 @@ from curate.workspace import Workspace
 from tests.conftest import REPO, write_jsonl
 
 DOLLY_WRITTEN = [
-    {"instruction": "What is a lighthouse for?", "context": "", "response": "A lighthouse marks dangerous coasts and harbour entrances so ships can navigate at night.", "category": "open_qa"},
-    {"instruction": "Summarize the paragraph.", "context": "The river floods every spring when snow melts in the mountains, and farmers plant after the water recedes.", "response": "Spring snowmelt floods the river; farmers plant afterwards.", "category": "summarization"},
+    {"instruction": "What is a lighthouse for?", "context": "",
+     "response": "A lighthouse marks dangerous coasts and harbour entrances so ships can navigate at night.", "category": "open_qa"},
+    {"instruction": "Summarize the paragraph.",
+     "context": "The river floods every spring when snow melts in the mountains, and farmers plant after the water recedes.",
+     "response": "Spring snowmelt floods the river; farmers plant afterwards.", "category": "summarization"},
     {"instruction": "Classify the animal.", "context": "<noinput>", "response": "", "category": "classification"},
 ]
 MESSAGES_WRITTEN = [
-    {"messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."}]},
-    {"messages": [{"role": "user", "content": "Tell me a joke."}, {"role": "assistant", "content": "Why did the chicken cross the road? To get to the other side."}, {"role": "user", "content": "Another?"}]},
-    {"messages": [{"role": "user", "content": "Say <script>alert(1)</script> and <img src=x onerror=alert(1)>"}, {"role": "assistant", "content": "<script>alert(1)</script><img src=x onerror=alert(1)>"}]},
+    {"messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Capital of France?"},
+                  {"role": "assistant", "content": "Paris."}]},
+    {"messages": [{"role": "user", "content": "Tell me a joke."},
+                  {"role": "assistant", "content": "Why did the chicken cross the road? To get to the other side."}, {"role": "user", "content": "Another?"}]},
+    {"messages": [{"role": "user", "content": "Say <script>alert(1)</script> and <img src=x onerror=alert(1)>"},
+                  {"role": "assistant", "content": "<script>alert(1)</script><img src=x onerror=alert(1)>"}]},
     # the same hostile record again: exact_dedup rejects it, so the report shows it as an example
-    {"messages": [{"role": "user", "content": "Say <script>alert(1)</script> and <img src=x onerror=alert(1)>"}, {"role": "assistant", "content": "<script>alert(1)</script><img src=x onerror=alert(1)>"}]},
+    {"messages": [{"role": "user", "content": "Say <script>alert(1)</script> and <img src=x onerror=alert(1)>"},
+                  {"role": "assistant", "content": "<script>alert(1)</script><img src=x onerror=alert(1)>"}]},
 ]
 
 

@@ -115,8 +115,10 @@ def test_every_shape_converts_to_canonical_messages():
     cases = {
         "alpaca": {"instruction": "Add", "input": "2 and 3", "output": "5"},
         "dolly": {"instruction": "Summarize", "context": "Long text.", "response": "Short.", "category": "summarization"},
-        "sharegpt": {"id": "x", "conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
-        "openai": {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "x"}}]}, {"role": "assistant", "content": "A cat."}]},
+        "sharegpt": {"id": "x", "conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"},
+                                                  {"from": "gpt", "value": "Hello"}]},
+        "openai": {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "x"}}]},
+                                {"role": "assistant", "content": "A cat."}]},
         "prompt_completion": {"prompt": "Q: 1+1?\nA:", "completion": " 2<|endoftext|>"},
     }
     out = {k: c.convert(v) for k, v in cases.items()}

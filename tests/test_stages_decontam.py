@@ -133,7 +133,8 @@ def test_eval_template_shared_by_many_items_is_not_evidence(shared_data):
     first = next(read_file(shared_data / "mmlu" / "moral_scenarios_test.csv", csv_header=["q", "a", "b", "c", "d", "answer"])).records[0]
     stem = first["q"].split("Scenario 1")[0].strip()
     frame = canonical_frame([
-        [("user", stem + " Scenario 1 | Quietly humming, my walrus painted the fence blue. Scenario 2 | Walruses never paint fences."), ("assistant", "Neither")],
+        [("user", stem + " Scenario 1 | Quietly humming, my walrus painted the fence blue. Scenario 2 | Walruses never paint fences."),
+         ("assistant", "Neither")],
         [("user", first["q"]), ("assistant", first["b"])],
     ])
     rejects = _run(_stage(shared_data, ["mmlu/moral_scenarios_test.csv"]), frame)
@@ -151,7 +152,8 @@ def test_missing_eval_file_is_a_config_error_naming_it(tmp_path):
     with pytest.raises(ConfigError, match=r"decontaminate\.eval_sets\[1\]: evals/missing_mmlu\.csv: no such file"):
         Pipeline(cfg, progress=False)
     with pytest.raises(ConfigError, match=r"min_words"):
-        parse_config({"name": "t", "inputs": [{"path": "train.jsonl"}], "stages": [{"decontaminate": {"eval_sets": ["gsm.jsonl"], "ngram": 5, "min_words": 8}}]}, tmp_path)
+        parse_config({"name": "t", "inputs": [{"path": "train.jsonl"}],
+                      "stages": [{"decontaminate": {"eval_sets": ["gsm.jsonl"], "ngram": 5, "min_words": 8}}]}, tmp_path)
 
 
 def test_curate_run_ledger_names_eval_file_and_item(shared_data, tmp_path, run_config):
@@ -253,7 +255,8 @@ def test_reformatted_mmlu_choices_are_found(shared_data):
     # whatever the layout (bullets, inline letters, numbered lines).
     def item(name: str, first_choice_word: str) -> tuple[dict, int]:
         batch = next(read_file(shared_data / "mmlu" / f"{name}_test.csv", csv_header=list("qabcdx")))
-        return next((r, ln) for r, ln in zip(batch.records, batch.lines) if r["q"] == "Which of the following is true?" and r["a"].startswith(first_choice_word))
+        return next((r, ln) for r, ln in zip(batch.records, batch.lines)
+                    if r["q"] == "Which of the following is true?" and r["a"].startswith(first_choice_word))
 
     (math, math_line), (facts, facts_line) = item("college_mathematics", "Every"), item("global_facts", "males")
     bullets = math["q"] + "\n" + "\n".join(f"* {math[k]}" for k in "abcd")

@@ -190,7 +190,8 @@ def test_action_group_rejects_nothing_but_returns_clusters(alpaca):
 
 
 def test_records_without_words_never_duplicates():
-    frame = canonical_frame([[("user", "?!"), ("assistant", "...")], [("user", "?!"), ("assistant", "...")], [("user", "Hi there"), ("assistant", "Hello.")], [("user", "hi there!"), ("assistant", "hello")]])
+    frame = canonical_frame([[("user", "?!"), ("assistant", "...")], [("user", "?!"), ("assistant", "...")],
+                             [("user", "Hi there"), ("assistant", "Hello.")], [("user", "hi there!"), ("assistant", "hello")]])
     stage = _stage()
     dec = stage.decide(stage.prepare(frame))
     assert dec.rejects["uid"].to_list() == [3]  # a short record is one shingle: still comparable

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import polars as pl
@@ -40,7 +40,7 @@ def _alpaca_conv(r: dict) -> list[tuple[str, str]]:
     return [("user", r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")), ("assistant", r["output"])]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _json(rel: str):
     path = DATA / rel
     if rel.endswith(".jsonl"):
@@ -48,7 +48,7 @@ def _json(rel: str):
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _frame(name: str) -> pl.DataFrame:
     if name == "alpaca4k":
         return canonical_frame([_alpaca_conv(r) for r in _json("alpaca/alpaca_4000.json")])

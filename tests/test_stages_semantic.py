@@ -49,7 +49,8 @@ def _records() -> tuple[list[dict], dict[int, int]]:
         # case and punctuation
         (2, _variant(rows[2], lambda s: s.lower().rstrip("."), lambda s: s.lower().replace(",", ""))),
         # a sentence of the answer reworded
-        (13, _variant(rows[13], lambda s: s + ".", lambda s: s.replace("It was caused by several factors, including", "Several factors caused it, among them"))),
+        (13, _variant(rows[13], lambda s: s + ".",
+                      lambda s: s.replace("It was caused by several factors, including", "Several factors caused it, among them"))),
         # a word of the question reworded ("three" -> "3")
         (1, _variant(rows[1], lambda s: s.replace("three", "3"))),
         # a word in each of question and answer

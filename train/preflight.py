@@ -79,7 +79,8 @@ def estimate_memory(cfg: TrainConfig, model_config: Any, half: bool) -> dict[str
     else:
         base = (s["layers"] * per_layer + embed) * cb
     targets = cfg.method.target_modules
-    names = list(linears) if targets == "all-linear" else [n for n in linears if any(re.fullmatch(t, n) or t == n for t in (targets if isinstance(targets, list) else [targets]))]
+    patterns = targets if isinstance(targets, list) else [targets]
+    names = list(linears) if targets == "all-linear" else [n for n in linears if any(re.fullmatch(t, n) or t == n for t in patterns)]
     lora_params = s["layers"] * sum(cfg.method.r * (linears[n][0] + linears[n][1]) for n in names)
     optim = cfg.optim.optimizer
     state_bytes = 2 if optim in ("paged_adamw_8bit", "adamw_8bit") or (optim == "auto" and half) else 8

@@ -29,7 +29,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from chat.conversations import load_tokenizer, read_conversations
 from chat.template import ChatEncoder, TemplateMismatch, marked_text
@@ -328,7 +328,7 @@ def run_training(cfg: TrainConfig, fresh: bool = False) -> dict[str, Any]:
     check_inputs(cfg)
     import torch
     from datasets import Dataset
-    from peft import LoraConfig, prepare_model_for_kbit_training
+    from peft import LoraConfig, PeftModel, prepare_model_for_kbit_training
     from transformers import AutoConfig, EarlyStoppingCallback
     from trl import SFTTrainer
 
@@ -374,7 +374,8 @@ def run_training(cfg: TrainConfig, fresh: bool = False) -> dict[str, Any]:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     m = cfg.method
     lora = LoraConfig(
-        r=m.r, lora_alpha=m.alpha, lora_dropout=m.dropout, target_modules=m.target_modules,
+        r=m.r, lora_alpha=m.alpha,  # type: ignore[arg-type]  # PEFT annotates int, computes alpha / r: a float scales as well
+        lora_dropout=m.dropout, target_modules=m.target_modules,
         use_dora=m.kind == "dora", use_rslora=m.rslora, task_type="CAUSAL_LM",
     )
     projection = Projection(price_per_hour=cfg.price_per_gpu_hour)
@@ -410,7 +411,7 @@ def run_training(cfg: TrainConfig, fresh: bool = False) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     if not trainer.is_world_process_zero():
         return {}
-    trainer.model.save_pretrained(str(out / "adapter"))
+    cast(PeftModel, trainer.model).save_pretrained(str(out / "adapter"))  # SFTTrainer wrapped it with peft_config: saves the adapter
     tokenizer.save_pretrained(str(out / "adapter"))
     history = [{k: v for k, v in row.items() if k not in hidden} for row in trainer.state.log_history]
     with open(out / "metrics.jsonl", "w") as fh:

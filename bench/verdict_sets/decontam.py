@@ -109,7 +109,8 @@ def load_sets(shared: Path) -> dict[str, dict]:
     for path in sorted((shared / "mmlu").glob("*_test.csv")):
         for row in csv.reader(io.StringIO(path.read_text(encoding="utf-8"), newline="")):
             if len(row) == 6:
-                mmlu.append({**_item(row, row[0], row[1:5], row[1 + "ABCD".index(row[5])] if row[5] in "ABCD" else row[1]), "subject": path.name[: -len("_test.csv")]})
+                answer = row[1 + "ABCD".index(row[5])] if row[5] in "ABCD" else row[1]
+                mmlu.append({**_item(row, row[0], row[1:5], answer), "subject": path.name[: -len("_test.csv")]})
     sets["mmlu"] = {"fmt": "csv", "items": mmlu}
     text = (shared / "truthfulqa/TruthfulQA.csv").read_text(encoding="utf-8")
     reader = list(csv.reader(io.StringIO(text, newline="")))
@@ -144,7 +145,8 @@ def load_sets(shared: Path) -> dict[str, dict]:
     sets["mt_bench"] = {"fmt": "jsonl", "items": [_item(r, r["turns"][0], None, None) for r in mt]}
     ae = json.loads((shared / "alpaca_eval/gpt4_model_outputs.json").read_text(encoding="utf-8"))
     # the eval set is AlpacaEval's prompts (the model outputs are not eval content)
-    sets["alpaca_eval"] = {"fmt": "jsonl", "items": [_item({"instruction": r["instruction"], "dataset": r["dataset"]}, r["instruction"], None, None) for r in ae]}
+    sets["alpaca_eval"] = {"fmt": "jsonl",
+                           "items": [_item({"instruction": r["instruction"], "dataset": r["dataset"]}, r["instruction"], None, None) for r in ae]}
     return sets
 
 
@@ -411,16 +413,22 @@ def measure(shared: Path, work: Path, *, quick: bool = False) -> list[dict]:
                 t[1] += uid in flagged
         for (name, form), (n, hit) in tally.items():
             if form in ("same-template", "negative", "shared-stem"):
-                note = "the shared question stem of this part's items with two scenarios of clean Alpaca text" if form == "shared-stem" else f"other part's items of the set, same template ({excluded.get(name.split(':')[0], 0)} left out: they share a passage, a question, a long answer or a source with an indexed item)" if form == "same-template" else "clean Alpaca rows vs every eval set"
+                if form == "shared-stem":
+                    note = "the shared question stem of this part's items with two scenarios of clean Alpaca text"
+                elif form == "same-template":
+                    note = (f"other part's items of the set, same template ({excluded.get(name.split(':')[0], 0)} left out: they share a passage, "
+                            "a question, a long answer or a source with an indexed item)")
+                else:
+                    note = "clean Alpaca rows vs every eval set"
                 if form == "negative":
                     note += f"; {hit * 5000 / max(n, 1):.2f} false hits per 5,000"
                     examples = [flagged[u] for u, m in enumerate(meta) if m[0] == "alpaca_clean" and u in flagged][:3]
                     if examples:
                         note += "; e.g. " + " | ".join(e[:120] for e in examples)
+                labels = {"same-template": "eval file's own items (other part)",
+                          "shared-stem": "construction: an eval stem around real Alpaca sentences"}.get(form, "assumed clean: real Alpaca rows, nothing pasted")
                 rows.append({"stage": "decontaminate", "set": f"{name}/{form}" if form != "negative" else name, "part": part,
-                             "n_pos": 0, "n_neg": n, "tp": 0, "fp": hit, "fn": 0,
-                             "labels": "eval file's own items (other part)" if form == "same-template" else "construction: an eval stem around real Alpaca sentences" if form == "shared-stem" else "assumed clean: real Alpaca rows, nothing pasted",
-                             "note": note})
+                             "n_pos": 0, "n_neg": n, "tp": 0, "fp": hit, "fn": 0, "labels": labels, "note": note})
             else:
                 rows.append({"stage": "decontaminate", "set": f"{name}/{form}", "part": part, "n_pos": n, "n_neg": 0,
                              "tp": hit, "fp": 0, "fn": n - hit, "labels": LABELS,

@@ -119,7 +119,7 @@ class GlobalStage(Stage):
         or texts; the runner concatenates them for :meth:`decide`."""
         raise NotImplementedError
 
-    def decide(self, prepared: pl.DataFrame) -> pl.DataFrame:  # pragma: no cover - interface
+    def decide(self, prepared: pl.DataFrame) -> pl.DataFrame | GlobalDecision:  # pragma: no cover - interface
         """The rejects (``uid``, ``reason``, ``detail``, ``duplicate_of``) over all prepared rows, or a
         :class:`GlobalDecision` that adds clusters, scored pairs, links and stats."""
         raise NotImplementedError

@@ -130,7 +130,7 @@ class Workspace(Catalog):
     def close(self) -> None:
         """Nothing stays open between calls; kept so ``with Workspace(...)`` reads as before."""
 
-    def __enter__(self) -> "Workspace":
+    def __enter__(self) -> Workspace:
         return self
 
     def __exit__(self, *exc: Any) -> None:

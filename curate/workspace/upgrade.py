@@ -34,7 +34,9 @@ def upgrade(old: str | Path, new: str | Path) -> dict[str, int]:
     con = duckdb.connect()
     con.execute(f"ATTACH '{old}' AS old (READ_ONLY)")
     counts = {"runs": 0, "labels": 0, "preferences": 0, "embeddings": 0}
-    runs = con.execute("SELECT run_id, kind, name, config, fingerprint, status, started, finished, output_dir, summary FROM old.runs ORDER BY started").fetchall()
+    runs = con.execute(
+        "SELECT run_id, kind, name, config, fingerprint, status, started, finished, output_dir, summary FROM old.runs ORDER BY started"
+    ).fetchall()
     for run_id, kind, name, config, fingerprint, status, started, finished, output_dir, summary in runs:
         store = ws.begin_run(run_id, kind, name, json.loads(config) if config else {}, fingerprint, output_dir or "")
         store.con.execute(f"ATTACH '{old}' AS old (READ_ONLY)")
@@ -53,7 +55,8 @@ def upgrade(old: str | Path, new: str | Path) -> dict[str, int]:
                       [record_id, run_id, uid, annotator, verdict, edit, json.dumps(list(tags or [])), note, str(created)])
             counts["labels"] += 1
     if _has(con, "eval_preferences"):
-        for row in con.execute("SELECT base_run, ft_run, task, idx, annotator, choice, left_side, created FROM old.eval_preferences ORDER BY created").fetchall():
+        old_votes = "SELECT base_run, ft_run, task, idx, annotator, choice, left_side, created FROM old.eval_preferences ORDER BY created"
+        for row in con.execute(old_votes).fetchall():
             # whether these votes were blind is unknown: the page showed both models' names before the vote
             ws._write("INSERT INTO eval_preferences (base_run, ft_run, task, idx, annotator, choice, left_side, blind, created) "
                       "VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?)", [*row[:7], str(row[7])])

@@ -61,9 +61,8 @@ def extract_regex(text: str, pattern: str | re.Pattern[str], group: int | str = 
     if take == "first":
         match = regex.search(text)
     else:
-        match = None
-        for match in regex.finditer(text):
-            pass
+        matches = list(regex.finditer(text))
+        match = matches[-1] if matches else None
     value = None if match is None else match.group(group)
     return None if value is None else strip_number_period(value)
 
