@@ -119,7 +119,7 @@ def test_the_doc_stage_through_the_command_line(folder):
     listed = run_cli("curate", "stages", "--plugin", "my_stage.py", cwd=folder)
     assert listed.returncode == 0, listed.stderr
     assert f"tool_calls (per-record, from {(folder / 'my_stage.py').resolve()})" in listed.stdout
-    assert "    max_calls = 0" in listed.stdout and "reasons: tool_call_answer" in listed.stdout
+    assert "    max_calls: int = 0" in listed.stdout and "reasons: tool_call_answer" in listed.stdout
 
 
 def test_editing_the_plugin_stage_reruns(folder, tmp_path):
