@@ -46,6 +46,7 @@ def task_examples(suite: SuiteConfig, task: TaskConfig) -> tuple[list[dict[str, 
                 answer = messages[last]["content"]
                 references = [answer] + [r for r in references if r != answer]
         else:
+            assert last is not None  # a record without an assistant turn was kept only when its answers come from a field
             references = [messages[last]["content"]]
         examples.append({"source": where, "prompt": prompt, "reference": references[0], "references": references})
     return examples, skipped

@@ -169,7 +169,8 @@ def score_mc(model: Any, tokenizer: Any, items: list[MCItem], batch_size: int = 
     """``{"acc", "acc_norm", "per_example": [{"source", "loglikelihoods", "chosen", "acc", "acc_norm"}]}``."""
     pairs = [(it.context, " " + choice) for it in items for choice in it.choices]
     lls = loglikelihoods(model, tokenizer, pairs, batch_size)
-    per, k = [], 0
+    per: list[dict[str, Any]] = []
+    k = 0
     for it in items:
         ll = lls[k : k + len(it.choices)]
         k += len(it.choices)

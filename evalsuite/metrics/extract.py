@@ -241,7 +241,7 @@ def prepare(
     if not extract:
         return preds, refs, {}
     fn, on_references = make_extractor(extract)
-    preds = [fn(p) for p in preds]
+    preds = [fn(p) for p in predictions]  # strings, checked above
     details: dict[str, Any] = {"extract": {"name": extract} if isinstance(extract, str) else dict(extract),
                                "unparsed": sum(p is None for p in preds)}
     if on_references:
