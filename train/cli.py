@@ -67,12 +67,16 @@ def run(
         raise typer.Exit(1) from None
     d = manifest["data"]
     losses = manifest["train_loss"]
-    # one step's loss is one batch's: on a short run the first and the last differ by the batches' difficulty,
-    # so the line shows the mean of the first and of the last few steps, and the eval losses (one set, comparable)
-    k = max(1, min(3, len(losses) // 3))
-    trend = f"; train loss {sum(losses[:k]) / k:.3f} -> {sum(losses[-k:]) / k:.3f} (mean of the first and last {k} steps)" if losses else ""
+    # one step's loss is one batch's: on a short run the first and the last differ mostly by how hard their
+    # batches were, so the line shows the eval losses (one fixed set, comparable) and the train loss only without them
     evals = manifest["eval_loss"] or []
-    trend += f"; eval loss {' -> '.join(f'{x:.3f}' for x in evals)}" if evals else ""
+    if evals:
+        trend = f"; eval loss {' -> '.join(f'{x:.3f}' for x in evals)}"
+    elif losses:
+        k = max(1, min(3, len(losses) // 3))
+        trend = f"; train loss {sum(losses[:k]) / k:.3f} -> {sum(losses[-k:]) / k:.3f} (mean of the first and last {k} steps)"
+    else:
+        trend = ""
     typer.echo(
         f"trained {cfg.name}: {d['train_examples']} examples ({d['rejected']} rejected, {d['truncated']} truncated), "
         f"{d['trainable_share']:.0%} of tokens trained{trend}"
