@@ -1,6 +1,7 @@
-# Two entry points: `make demo` (set up, then curate sample_data end to end, train a short QLoRA adapter
-# on what it kept, evaluate base and adapter on the test split and compare them, all on the embedded defaults) and `make test` (set up, then run the test suite).
-# Both work on a fresh machine.
+# Two entry points, both working on a fresh machine:
+#   make demo   set up, then curate sample_data end to end, train a short LoRA adapter on what it kept, evaluate
+#               base and adapter on the test split and compare them, all on the embedded defaults (no root, no browser)
+#   make test   set up, then lint (ruff), type-check (mypy) and run the test suite (Chromium for the browser tests)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
