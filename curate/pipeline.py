@@ -519,14 +519,17 @@ class Pipeline:
     def _record_pass(self, ws: RunStore, p: _Pass, split: pl.Expr) -> dict[int, list[pl.DataFrame]]:
         """A later pass: per-record stages over the kept records, read back from the workspace."""
         prepared: dict[int, list[pl.DataFrame]] = {pos: [] for pos, _ in p.global_stages}
-        all_rej, rewrites = [], []
+        all_rej, rewrites, new_scores = [], [], []
         cols = ["uid", "id", "source_file", "source_line", "shape", "messages", "meta", "fixes", "n_chars", "n_tokens"]
         for batch in ws.kept_batches(self.run_id, cols, self.cfg.batch_size):
             tokens = batch["n_tokens"]
             batch = with_derived(batch.drop("n_tokens"), None).with_columns(n_tokens=tokens)
-            rows, alive, rej, _ = self.apply_record_stages(batch, p.record_stages)
+            rows, alive, rej, scores = self.apply_record_stages(batch, p.record_stages)
             if rej is not None:
                 all_rej.append(rej)
+            if scores is not None:
+                score_cols = [c for c in scores.columns if c != "uid"]
+                new_scores.append(scores.select("uid", new=pl.struct(score_cols).struct.json_encode()))
             if any(s.rewrites_messages for _, s in p.record_stages):
                 rewrites.append(rows.select("uid", "messages", "fixes", "n_chars"))
             self._prepare_globals(p, alive, prepared)
@@ -536,6 +539,15 @@ class Pipeline:
             arrow = new.to_arrow()  # noqa: F841 - read by DuckDB below
             ws.con.execute(
                 "UPDATE records SET messages = a.messages, fixes = a.fixes, n_chars = a.n_chars FROM arrow a WHERE records.run_id = ? AND records.uid = a.uid",
+                [self.run_id],
+            )
+        # a stage after a global stage scores the records that reached it, like any other: its scores join the
+        # ones the first pass stored (one JSON object per record), so its threshold can be retuned the same way
+        for new in new_scores:
+            arrow = new.to_arrow()  # noqa: F841 - read by DuckDB below
+            ws.con.execute(
+                "UPDATE records SET scores = json_merge_patch(coalesce(records.scores, '{}'), a.new)::VARCHAR "
+                "FROM arrow a WHERE records.run_id = ? AND records.uid = a.uid",
                 [self.run_id],
             )
         return prepared

@@ -97,6 +97,26 @@ def test_exact_dedup_names_the_kept_record(tmp_path, shared_data, run_config):
     assert ledger["duplicate_of"].to_list()[-1] == kept["id"][0]
 
 
+def test_a_record_stage_after_a_global_stage_stores_its_scores(tmp_path, shared_data, run_config):
+    # response_length runs in a second pass, over what exact_dedup kept: its scores are stored for exactly those
+    # records, next to unique_words' from the first pass, and retuning its threshold from them gives its rejects
+    path = shared_data / "openai_messages" / "toy_chat_fine_tuning.jsonl"
+    res = run_config({"inputs": [{"path": str(path)}],
+                      "stages": ["unique_words", "exact_dedup", {"response_length": {"min_chars": 30}}]})
+    ws = Workspace(res.workspace)
+    rows = ws.query(res.run_id, "SELECT uid, scores FROM records ORDER BY uid")
+    dup = set(ws.query(res.run_id, "SELECT uid FROM rejects WHERE stage = 'exact_dedup'")["uid"].to_list())
+    assert dup  # the file repeats lines (shared/data/README.md)
+    before = set(ws.query(res.run_id, "SELECT uid FROM rejects WHERE stage IN ('unique_words', 'exact_dedup')")["uid"].to_list())
+    scores = {uid: json.loads(text or "{}") for uid, text in rows.iter_rows()}
+    reached = {uid for uid in scores if uid not in before}
+    assert all("unique_words_ratio" in scores[uid] for uid in scores)  # first pass: every record
+    assert {uid for uid, sc in scores.items() if "response_length_chars" in sc} == reached
+    short = {uid for uid in reached if scores[uid]["response_length_chars"] < 30}
+    rejected = set(ws.query(res.run_id, "SELECT uid FROM rejects WHERE stage = 'response_length'")["uid"].to_list())
+    assert rejected == short and short
+
+
 def test_corrupt_jsonl_is_quarantined_not_fatal(tmp_path, run_config):
     good = {"prompt": "What is 2+2?", "completion": "4"}
     lines = [
