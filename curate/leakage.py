@@ -47,27 +47,172 @@ def exact_jaccard(hashes: np.ndarray, offsets: np.ndarray, ia, ib) -> np.ndarray
     return jaccard(*set_overlap(hashes, offsets, np.asarray(ia, dtype=np.int64), np.asarray(ib, dtype=np.int64)))
 
 
+def _empty_result(records: int, floor: float, bands: int, rows: int) -> dict:
+    from curate.stages.minhash import candidate_probability
+
+    return {
+        "measure": f"exact Jaccard of {NGRAM}-character shingles (all turns)",
+        "floor": floor,
+        "search_recall_at_floor": round(float(candidate_probability(floor, bands, rows)), 4),
+        "records": records,
+        "pairs_scored": 0,
+        "max_similarity": None,
+        "pairs_at_or_above": {str(level): 0 for level in LEVELS if level >= floor},
+        "closest": [],
+    }
+
+
+def _scored(out: dict, sim: np.ndarray, ids_a: np.ndarray, ids_b: np.ndarray, split_a: np.ndarray, split_b: np.ndarray,
+            floor: float) -> dict:
+    """``out`` completed from the exact similarities of the cross-split candidate pairs (in pair order)."""
+    out["pairs_scored"] = int(sim.size)
+    if sim.size == 0:
+        return out
+    out["max_similarity"] = round(float(sim.max()), 4)
+    out["pairs_at_or_above"] = {str(level): int((sim >= level).sum()) for level in LEVELS if level >= floor}
+    top = np.argsort(-sim, kind="stable")[:TOP_PAIRS]
+    out["closest"] = [
+        {"id_a": str(ids_a[k]), "id_b": str(ids_b[k]), "split_a": str(split_a[k]), "split_b": str(split_b[k]),
+         "similarity": round(float(sim[k]), 4)}
+        for k in top if sim[k] >= floor
+    ]
+    return out
+
+
+def split_leakage_in_store(store, run_id: str, *, floor: float = FLOOR, batch_size: int = 50_000,
+                           pairs_per_chunk: int = 100_000) -> dict:
+    """:func:`split_leakage` of a run's kept records, streamed: memory stays flat in the number of records.
+
+    The kept texts are read from the run's data file ``batch_size`` at a time; each batch's shingles become
+    signatures and then LSH band keys, and only the band keys (``bands`` x 17 bytes a record) are kept, spilled
+    to Parquet files in a temporary folder. DuckDB turns them into candidate pairs (each member of a bucket
+    linked to the first members, as :func:`curate.stages.minhash.candidate_pairs` does) and keeps the pairs
+    across splits; only the records of those pairs are read back, ``pairs_per_chunk`` pairs at a time, and scored
+    exactly. Gives the same result as
+    :func:`split_leakage` on the same records (a test holds it to that).
+    """
+    import tempfile
+    from pathlib import Path
+
+    from curate.stages.minhash import LINKS_PER_MEMBER, _kernels, choose_bands_rows, signatures
+
+    bands, rows = choose_bands_rows(NUM_PERM, floor, SEARCH_RECALL)
+    records = store.sql(
+        "SELECT count(*) AS n FROM records r ANTI JOIN rejects j ON r.run_id = j.run_id AND r.uid = j.uid WHERE r.run_id = ?",
+        [run_id],
+    ).item()
+    out = _empty_result(int(records), floor, bands, rows)
+    with tempfile.TemporaryDirectory(prefix="leakage-") as tmp:
+        written = 0
+        for batch in _kept_text_batches(store, run_id, batch_size):
+            hashes, offsets = shingle_sets(batch["text"])
+            idx = np.flatnonzero(np.diff(offsets) > 0)
+            if idx.size == 0:
+                continue
+            sig = signatures(*_flat(hashes, offsets, idx), NUM_PERM, seed=7)
+            keys = np.empty((bands, idx.size), dtype=np.uint64)
+            _kernels()[1](sig, bands, rows, keys)
+            uids = batch["uid"].to_numpy()[idx]
+            pl.DataFrame({
+                "band": np.repeat(np.arange(bands, dtype=np.int16), idx.size),
+                "key": keys.reshape(-1),
+                "uid": np.tile(uids, bands),
+            }).write_parquet(Path(tmp) / f"keys-{written:06d}.parquet")
+            written += 1
+        if written == 0:
+            return out
+        glob = str(Path(tmp) / "keys-*.parquet").replace("'", "''")
+        pairs = store.sql(
+            f"""WITH k AS (SELECT band, key, uid, row_number() OVER (PARTITION BY band, key ORDER BY uid) - 1 AS rank
+                           FROM read_parquet('{glob}')),
+                  first AS (SELECT band, key, uid, rank FROM k WHERE rank < {LINKS_PER_MEMBER}),
+                  cand AS (SELECT DISTINCT f.uid AS uid_a, m.uid AS uid_b FROM k m JOIN first f
+                           ON m.band = f.band AND m.key = f.key AND f.rank < m.rank WHERE m.rank > 0)
+               SELECT c.uid_a, c.uid_b FROM cand c
+                 JOIN records a ON a.run_id = $1 AND a.uid = c.uid_a
+                 JOIN records b ON b.run_id = $1 AND b.uid = c.uid_b
+               WHERE a.split <> b.split ORDER BY c.uid_a, c.uid_b""",
+            [run_id],
+        )
+    if pairs.height == 0:
+        return out
+    # exact scores, pairs_per_chunk pairs at a time: only the texts of one chunk's records are in memory (data full
+    # of near-copies has millions of candidate pairs across splits; their records are most of the run)
+    sims = []
+    for start in range(0, pairs.height, pairs_per_chunk):
+        chunk = pairs.slice(start, pairs_per_chunk)
+        texts = _texts_of(store, run_id, pl.concat([chunk["uid_a"], chunk["uid_b"]]).unique().sort())
+        hashes, offsets = shingle_sets(texts["text"])
+        row = pl.DataFrame({"uid": texts["uid"], "row": np.arange(texts.height, dtype=np.int64)})
+        ia = chunk.join(row, left_on="uid_a", right_on="uid", how="left")["row"].to_numpy()
+        ib = chunk.join(row, left_on="uid_b", right_on="uid", how="left")["row"].to_numpy()
+        sims.append(exact_jaccard(hashes, offsets, ia, ib))
+    sim = np.concatenate(sims)
+    # ids and splits only for the pairs the summary names
+    top = pairs[np.argsort(-sim, kind="stable")[:TOP_PAIRS]]
+    named = _texts_of(store, run_id, pl.concat([top["uid_a"], top["uid_b"]]).unique().sort(), text=False)
+    info = {int(u): (i, sp) for u, i, sp in named.select("uid", "id", "split").iter_rows()}
+    return _scored_pairs(out, sim, pairs, info, floor)
+
+
+def _scored_pairs(out: dict, sim: np.ndarray, pairs: pl.DataFrame, info: dict, floor: float) -> dict:
+    """:func:`_scored` for pairs given by uid, with ``info`` = {uid: (id, split)} for the top pairs only."""
+    out["pairs_scored"] = int(sim.size)
+    out["max_similarity"] = round(float(sim.max()), 4)
+    out["pairs_at_or_above"] = {str(level): int((sim >= level).sum()) for level in LEVELS if level >= floor}
+    top = np.argsort(-sim, kind="stable")[:TOP_PAIRS]
+    ua, ub = pairs["uid_a"].to_numpy(), pairs["uid_b"].to_numpy()
+    out["closest"] = [
+        {"id_a": str(info[int(ua[k])][0]), "id_b": str(info[int(ub[k])][0]), "split_a": str(info[int(ua[k])][1]),
+         "split_b": str(info[int(ub[k])][1]), "similarity": round(float(sim[k]), 4)}
+        for k in top if sim[k] >= floor
+    ]
+    return out
+
+
+def _texts_of(store, run_id: str, uids: pl.Series, text: bool = True) -> pl.DataFrame:
+    """``uid``, ``id``, ``split`` (and ``text``: all turns joined by line breaks) of the records ``uids``, by uid."""
+    con = store.con
+    con.register("leakage_members", pl.DataFrame({"uid": uids}).to_arrow())
+    column = ", array_to_string(list_transform(r.messages, lambda m: coalesce(m.content, '')), chr(10)) AS text" if text else ""
+    try:
+        return store.sql(
+            f"SELECT r.uid, r.id, r.split{column} FROM records r JOIN leakage_members a ON r.uid = a.uid "
+            "WHERE r.run_id = $1 ORDER BY r.uid",
+            [run_id],
+        )
+    finally:
+        con.unregister("leakage_members")
+
+
+def _kept_text_batches(store, run_id: str, batch_size: int):
+    """``uid`` and ``text`` of a run's kept records in uid order, ``batch_size`` at a time (never all at once)."""
+    cur = store.con.cursor()
+    reader = cur.sql(
+        """SELECT r.uid, array_to_string(list_transform(r.messages, lambda m: coalesce(m.content, '')), chr(10)) AS text
+           FROM records r ANTI JOIN rejects j ON r.run_id = j.run_id AND r.uid = j.uid WHERE r.run_id = ? ORDER BY r.uid""",
+        params=[run_id],
+    ).to_arrow_reader(batch_size)
+    try:
+        for rb in reader:
+            yield pl.from_arrow(rb)
+    finally:
+        cur.close()
+
+
 def split_leakage(kept: pl.DataFrame, *, floor: float = FLOOR) -> dict:
-    """The exact similarity left between splits among ``kept`` (columns ``uid``, ``id``, ``split``, ``text``).
+    """The exact similarity left between splits among ``kept`` (columns ``uid``, ``id``, ``split``, ``text``), in
+    memory: the reference the streamed audit of a run (:func:`split_leakage_in_store`) is held to.
 
     Returns ``measure``, ``floor`` and ``search_recall_at_floor`` (what the search can miss),
     ``records``, ``pairs_scored`` (candidate pairs across splits, all scored exactly), ``max_similarity``
     (None when no candidate crosses splits), ``pairs_at_or_above`` ({level: count} for :data:`LEVELS` at or
     above ``floor``) and ``closest`` (up to :data:`TOP_PAIRS` pairs: ids, splits, similarity).
     """
-    from curate.stages.minhash import candidate_pairs, candidate_probability, choose_bands_rows, signatures
+    from curate.stages.minhash import candidate_pairs, choose_bands_rows, signatures
 
     bands, rows = choose_bands_rows(NUM_PERM, floor, SEARCH_RECALL)
-    out = {
-        "measure": f"exact Jaccard of {NGRAM}-character shingles (all turns)",
-        "floor": floor,
-        "search_recall_at_floor": round(float(candidate_probability(floor, bands, rows)), 4),
-        "records": kept.height,
-        "pairs_scored": 0,
-        "max_similarity": None,
-        "pairs_at_or_above": {str(level): 0 for level in LEVELS if level >= floor},
-        "closest": [],
-    }
+    out = _empty_result(kept.height, floor, bands, rows)
     if kept.height < 2 or kept["split"].n_unique() < 2:
         return out
     kept = kept.sort("uid")
@@ -83,19 +228,8 @@ def split_leakage(kept: pl.DataFrame, *, floor: float = FLOOR) -> dict:
     cross = split[ia] != split[ib]
     ia, ib = ia[cross], ib[cross]
     sim = exact_jaccard(hashes, offsets, ia, ib)
-    out["pairs_scored"] = int(sim.size)
-    if sim.size == 0:
-        return out
-    out["max_similarity"] = round(float(sim.max()), 4)
-    out["pairs_at_or_above"] = {str(level): int((sim >= level).sum()) for level in LEVELS if level >= floor}
-    top = np.argsort(-sim, kind="stable")[:TOP_PAIRS]
     ids = kept["id"].to_numpy()
-    out["closest"] = [
-        {"id_a": str(ids[ia[k]]), "id_b": str(ids[ib[k]]), "split_a": str(split[ia[k]]), "split_b": str(split[ib[k]]),
-         "similarity": round(float(sim[k]), 4)}
-        for k in top if sim[k] >= floor
-    ]
-    return out
+    return _scored(out, sim, ids[ia], ids[ib], split[ia], split[ib], floor)
 
 
 def _flat(hashes: np.ndarray, offsets: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

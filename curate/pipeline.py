@@ -607,10 +607,10 @@ class Pipeline:
         links = ws.sql("SELECT stage, count(*) AS n FROM split_links WHERE run_id = ? GROUP BY stage ORDER BY stage", [run_id])
         # The closest kept records in different splits, by exact similarity: what a validation loss could
         # still memorize from the training split (curate.leakage says how it searches and what it can miss).
-        from curate.leakage import kept_texts, split_leakage
+        from curate.leakage import split_leakage_in_store
 
         with self.timer("split leakage audit"):
-            leakage = split_leakage(kept_texts(ws, run_id))
+            leakage = split_leakage_in_store(ws, run_id, batch_size=self.cfg.batch_size)
         seconds = time.perf_counter() - t0
         return {
             "run_id": run_id,

@@ -94,6 +94,16 @@ def test_run_reports_exact_leakage_between_splits(tmp_path, shared_data):
     assert f"Largest similarity left between splits: **{leak['max_similarity']:.3f}**" in report
     assert leak["closest"][0]["id_a"] in report
 
+    # the run's audit is streamed (band keys spilled to Parquet, pairs found by DuckDB): it equals the in-memory
+    # reference on the same kept records, whatever the batch size
+    from curate.leakage import kept_texts, split_leakage_in_store
+    from curate.workspace import Workspace
+
+    with Workspace(res.workspace, create=False) as ws, ws.run_data(res.run_id) as store:
+        reference = split_leakage(kept_texts(store, res.run_id))
+        assert reference == leak
+        assert split_leakage_in_store(store, res.run_id, batch_size=97, pairs_per_chunk=7) == reference
+
 
 def test_two_tasks_on_one_passage_are_kept_in_one_split(tmp_path, shared_data):
     """Real Alpaca rows with the same long input and another task: minhash_dedup keeps both (not duplicates)
