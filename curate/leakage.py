@@ -122,7 +122,12 @@ def split_leakage_in_store(store, run_id: str, *, floor: float = FLOOR, batch_si
         if written == 0:
             return out
         glob = str(Path(tmp) / "keys-*.parquet").replace("'", "''")
-        pairs = store.sql(
+        # the bucket query spills to disk beyond 1 GB instead of taking most of the machine's memory (DuckDB's
+        # default limit is 80% of it); the setting belongs to the connection, so it is put back afterwards
+        limit = store.sql("SELECT current_setting('memory_limit') AS m").item()
+        store.con.execute("SET memory_limit = '1GB'")
+        try:
+            pairs = store.sql(
             f"""WITH k AS (SELECT band, key, uid, row_number() OVER (PARTITION BY band, key ORDER BY uid) - 1 AS rank
                            FROM read_parquet('{glob}')),
                   first AS (SELECT band, key, uid, rank FROM k WHERE rank < {LINKS_PER_MEMBER}),
@@ -133,7 +138,9 @@ def split_leakage_in_store(store, run_id: str, *, floor: float = FLOOR, batch_si
                  JOIN records b ON b.run_id = $1 AND b.uid = c.uid_b
                WHERE a.split <> b.split ORDER BY c.uid_a, c.uid_b""",
             [run_id],
-        )
+            )
+        finally:
+            store.con.execute(f"SET memory_limit = '{limit}'")
     if pairs.height == 0:
         return out
     # exact scores, pairs_per_chunk pairs at a time: only the texts of one chunk's records are in memory (data full
