@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 
+from curate.confighelp import config_flag_callbacks
 from curate.quiet import quiet_third_party
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Curate fine-tuning data: ingest, normalize, filter, dedup, audit.")
@@ -32,22 +33,13 @@ def _funnel_lines(summary: dict) -> list[str]:
     return lines
 
 
-def _print_config_help(value: bool) -> None:
-    if value:
-        from curate.config import CurateConfig
-        from curate.confighelp import config_tree
+def _config_model():
+    from curate.config import CurateConfig
 
-        typer.echo(config_tree(CurateConfig, "curate run CONFIG: every key of the YAML config"))
-        raise typer.Exit()
+    return CurateConfig
 
 
-def _print_config_schema(value: bool) -> None:
-    if value:
-        from curate.config import CurateConfig
-        from curate.confighelp import config_schema
-
-        typer.echo(config_schema(CurateConfig))
-        raise typer.Exit()
+_print_config_help, _print_config_schema = config_flag_callbacks(_config_model, "curate run CONFIG: every key of the YAML config")
 
 
 @app.command()

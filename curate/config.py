@@ -73,6 +73,17 @@ def check_shape(value: Any, info: ValidationInfo) -> str:
     return resolve_shape(value, context_dir(info))
 
 
+def shape_for_mapping(shape: str, mapping: Any) -> str:
+    """The shape a source with ``mapping`` reads (shared by every config with ``shape`` and ``mapping``): a mapping
+    with shape auto means mapped (left auto, the mapping would be ignored and every record skipped); shape mapped
+    without a mapping is a ValueError."""
+    if mapping and shape == "auto":
+        return "mapped"
+    if shape == "mapped" and not mapping:
+        raise ValueError("shape 'mapped' needs a `mapping` such as {user: question, assistant: answer}")
+    return shape
+
+
 class InputSpec(_Strict):
     """One input of a run: a file, a folder or a glob, and how to read its records."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -197,3 +198,22 @@ def config_tree(model: type[BaseModel], title: str | None = None, width: int = D
 def config_schema(model: type[BaseModel]) -> str:
     """The JSON Schema of ``model`` (``model.model_json_schema()``), indented, for editors and validators."""
     return json.dumps(model.model_json_schema(), indent=2, ensure_ascii=False)
+
+
+def config_flag_callbacks(load_model: Callable[[], type[BaseModel]], title: str) -> tuple[Callable[[bool], None], Callable[[bool], None]]:
+    """The typer callbacks of a CLI's ``--help-config`` and ``--schema`` flags: each prints (the config tree under
+    ``title``, or the JSON Schema) of the model ``load_model()`` returns, then exits 0. The model is loaded only
+    when a flag is given, so ``--help`` stays fast."""
+    import typer
+
+    def print_tree(value: bool) -> None:
+        if value:
+            typer.echo(config_tree(load_model(), title))
+            raise typer.Exit()
+
+    def print_schema(value: bool) -> None:
+        if value:
+            typer.echo(config_schema(load_model()))
+            raise typer.Exit()
+
+    return print_tree, print_schema

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from curate.confighelp import config_flag_callbacks
 from curate.quiet import quiet_third_party
 
 app = typer.Typer(
@@ -20,24 +21,13 @@ def main() -> None:
     """Subcommands keep their names (`evalsuite run ...`)."""
 
 
-def _print_config_help(value: bool) -> None:
-    if value:
-        from evalsuite.suite import SuiteConfig
+def _config_model():
+    from evalsuite.suite import SuiteConfig
 
-        from curate.confighelp import config_tree
-
-        typer.echo(config_tree(SuiteConfig, "evalsuite run --suite SUITE: every key of the suite YAML"))
-        raise typer.Exit()
+    return SuiteConfig
 
 
-def _print_config_schema(value: bool) -> None:
-    if value:
-        from evalsuite.suite import SuiteConfig
-
-        from curate.confighelp import config_schema
-
-        typer.echo(config_schema(SuiteConfig))
-        raise typer.Exit()
+_print_config_help, _print_config_schema = config_flag_callbacks(_config_model, "evalsuite run --suite SUITE: every key of the suite YAML")
 
 
 @app.command()

@@ -31,7 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from curate.config import FileConfig, check_shape, context_dir, import_plugins, read_yaml, validate
+from curate.config import FileConfig, check_shape, shape_for_mapping, context_dir, import_plugins, read_yaml, validate
 from curate.registry import did_you_mean, is_spec
 from evalsuite.serving import ServerConfig
 
@@ -123,12 +123,7 @@ class TaskConfig(_Strict):
 
     @model_validator(mode="after")
     def _mapping_means_mapped(self):
-        """A mapping with shape auto reads the mapped columns (as in a curate input): left auto, the mapping
-        would be ignored and every record skipped."""
-        if self.mapping and self.shape == "auto":
-            self.shape = "mapped"
-        elif self.shape == "mapped" and not self.mapping:
-            raise ValueError("shape 'mapped' needs a `mapping` such as {user: question, assistant: answer}")
+        self.shape = shape_for_mapping(self.shape, self.mapping)
         return self
 
     @model_validator(mode="after")

@@ -28,3 +28,19 @@ def test_defaults_and_relative_paths(tmp_path):
 def test_bad_configs_name_the_key(data, message):
     with pytest.raises(TrainConfigError, match=message.replace(".", r"\.")):
         parse_train_config(data, source="t.yaml")
+
+
+def test_a_mapping_implies_shape_mapped_in_train_sources_and_eval_tasks(tmp_path):
+    # left auto, the mapping was ignored and every GSM8K record skipped; now both configs read the mapped columns
+    from evalsuite.suite import load_suite
+
+    gsm8k = "../shared/data/gsm8k/test.jsonl"
+    mapping = {"user": "question", "assistant": "answer"}
+    cfg = parse_train_config({"name": "t", "data": [{"path": gsm8k, "mapping": mapping}]})
+    assert cfg.data[0].shape == "mapped"
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"name: s\ntasks:\n  - name: g\n    path: {gsm8k}\n    mapping: {{user: question, assistant: answer}}\n"
+                     "    metrics: [exact_match]\n")
+    assert load_suite(suite).tasks[0].shape == "mapped"
+    with pytest.raises(TrainConfigError, match="needs a `mapping`"):
+        parse_train_config({"name": "t", "data": [{"path": gsm8k, "shape": "mapped"}]})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from curate.confighelp import config_flag_callbacks
 from curate.quiet import quiet_third_party
 
 app = typer.Typer(add_completion=False, help="QLoRA / LoRA / DoRA training over curate's output")
@@ -15,22 +16,13 @@ def main() -> None:
     """Subcommands keep their names (`train run CONFIG`) even while there is only one."""
 
 
-def _print_config_help(value: bool) -> None:
-    if value:
-        from curate.confighelp import config_tree
-        from train.config import TrainConfig
+def _config_model():
+    from train.config import TrainConfig
 
-        typer.echo(config_tree(TrainConfig, "train run CONFIG: every key of the YAML config"))
-        raise typer.Exit()
+    return TrainConfig
 
 
-def _print_config_schema(value: bool) -> None:
-    if value:
-        from curate.confighelp import config_schema
-        from train.config import TrainConfig
-
-        typer.echo(config_schema(TrainConfig))
-        raise typer.Exit()
+_print_config_help, _print_config_schema = config_flag_callbacks(_config_model, "train run CONFIG: every key of the YAML config")
 
 
 @app.command()

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from curate.config import FileConfig, check_shape, import_plugins, read_yaml, validate
+from curate.config import FileConfig, check_shape, shape_for_mapping, import_plugins, read_yaml, validate
 
 
 class TrainConfigError(ValueError):
@@ -56,12 +56,7 @@ class DataSource(_Strict):
 
     @model_validator(mode="after")
     def _mapping_means_mapped(self):
-        """A mapping with shape auto reads the mapped columns (as in a curate input): left auto, the mapping
-        would be ignored and every record skipped."""
-        if self.mapping and self.shape == "auto":
-            self.shape = "mapped"
-        elif self.shape == "mapped" and not self.mapping:
-            raise ValueError("shape 'mapped' needs a `mapping` such as {user: question, assistant: answer}")
+        self.shape = shape_for_mapping(self.shape, self.mapping)
         return self
 
 
