@@ -29,6 +29,8 @@ FLOOR = 0.5
 SEARCH_RECALL = 0.99
 LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9)
 TOP_PAIRS = 10
+# a record's audited text: all turns joined by line breaks (SQL over the run's records table, aliased r)
+TEXT_SQL = "array_to_string(list_transform(r.messages, lambda m: coalesce(m.content, '')), chr(10))"
 
 
 def shingle_sets(texts: pl.Series, ngram: int = NGRAM) -> tuple[np.ndarray, np.ndarray]:
@@ -60,23 +62,6 @@ def _empty_result(records: int, floor: float, bands: int, rows: int) -> dict:
         "pairs_at_or_above": {str(level): 0 for level in LEVELS if level >= floor},
         "closest": [],
     }
-
-
-def _scored(out: dict, sim: np.ndarray, ids_a: np.ndarray, ids_b: np.ndarray, split_a: np.ndarray, split_b: np.ndarray,
-            floor: float) -> dict:
-    """``out`` completed from the exact similarities of the cross-split candidate pairs (in pair order)."""
-    out["pairs_scored"] = int(sim.size)
-    if sim.size == 0:
-        return out
-    out["max_similarity"] = round(float(sim.max()), 4)
-    out["pairs_at_or_above"] = {str(level): int((sim >= level).sum()) for level in LEVELS if level >= floor}
-    top = np.argsort(-sim, kind="stable")[:TOP_PAIRS]
-    out["closest"] = [
-        {"id_a": str(ids_a[k]), "id_b": str(ids_b[k]), "split_a": str(split_a[k]), "split_b": str(split_b[k]),
-         "similarity": round(float(sim[k]), 4)}
-        for k in top if sim[k] >= floor
-    ]
-    return out
 
 
 def split_leakage_in_store(store, run_id: str, *, floor: float = FLOOR, batch_size: int = 50_000,
@@ -163,7 +148,8 @@ def split_leakage_in_store(store, run_id: str, *, floor: float = FLOOR, batch_si
 
 
 def _scored_pairs(out: dict, sim: np.ndarray, pairs: pl.DataFrame, info: dict, floor: float) -> dict:
-    """:func:`_scored` for pairs given by uid, with ``info`` = {uid: (id, split)} for the top pairs only."""
+    """``out`` completed from the exact similarities ``sim`` of the cross-split candidate ``pairs`` (uids, in pair
+    order); ``info`` = {uid: (id, split)}, needed for the top pairs only."""
     out["pairs_scored"] = int(sim.size)
     out["max_similarity"] = round(float(sim.max()), 4)
     out["pairs_at_or_above"] = {str(level): int((sim >= level).sum()) for level in LEVELS if level >= floor}
@@ -181,7 +167,7 @@ def _texts_of(store, run_id: str, uids: pl.Series, text: bool = True) -> pl.Data
     """``uid``, ``id``, ``split`` (and ``text``: all turns joined by line breaks) of the records ``uids``, by uid."""
     con = store.con
     con.register("leakage_members", pl.DataFrame({"uid": uids}).to_arrow())
-    column = ", array_to_string(list_transform(r.messages, lambda m: coalesce(m.content, '')), chr(10)) AS text" if text else ""
+    column = f", {TEXT_SQL} AS text" if text else ""
     try:
         return store.sql(
             f"SELECT r.uid, r.id, r.split{column} FROM records r JOIN leakage_members a ON r.uid = a.uid "
@@ -196,7 +182,7 @@ def _kept_text_batches(store, run_id: str, batch_size: int):
     """``uid`` and ``text`` of a run's kept records in uid order, ``batch_size`` at a time (never all at once)."""
     cur = store.con.cursor()
     reader = cur.sql(
-        """SELECT r.uid, array_to_string(list_transform(r.messages, lambda m: coalesce(m.content, '')), chr(10)) AS text
+        f"""SELECT r.uid, {TEXT_SQL} AS text
            FROM records r ANTI JOIN rejects j ON r.run_id = j.run_id AND r.uid = j.uid WHERE r.run_id = ? ORDER BY r.uid""",
         params=[run_id],
     ).to_arrow_reader(batch_size)
@@ -235,8 +221,12 @@ def split_leakage(kept: pl.DataFrame, *, floor: float = FLOOR) -> dict:
     cross = split[ia] != split[ib]
     ia, ib = ia[cross], ib[cross]
     sim = exact_jaccard(hashes, offsets, ia, ib)
-    ids = kept["id"].to_numpy()
-    return _scored(out, sim, ids[ia], ids[ib], split[ia], split[ib], floor)
+    if sim.size == 0:
+        return out
+    uid = kept["uid"].to_numpy()
+    pairs = pl.DataFrame({"uid_a": uid[ia], "uid_b": uid[ib]})
+    info = {int(u): (i, sp) for u, i, sp in kept.select("uid", "id", "split").iter_rows()}
+    return _scored_pairs(out, sim, pairs, info, floor)
 
 
 def _flat(hashes: np.ndarray, offsets: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -251,7 +241,7 @@ def _flat(hashes: np.ndarray, offsets: np.ndarray, idx: np.ndarray) -> tuple[np.
 def kept_texts(ws, run_id: str) -> pl.DataFrame:
     """``uid``, ``id``, ``split`` and ``text`` (all turns joined by line breaks) of a run's kept records."""
     frame = ws.sql(
-        """SELECT r.uid, r.id, r.split, array_to_string(list_transform(r.messages, lambda m: coalesce(m.content, '')), chr(10)) AS text
+        f"""SELECT r.uid, r.id, r.split, {TEXT_SQL} AS text
            FROM records r ANTI JOIN rejects j ON r.run_id = j.run_id AND r.uid = j.uid WHERE r.run_id = ?""",
         [run_id],
     )
