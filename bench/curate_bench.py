@@ -323,6 +323,10 @@ def child_ours(spec: dict) -> None:
     }
     if spec.get("batch_size"):
         cfg_dict["batch_size"] = spec["batch_size"]
+    if spec.get("workers"):
+        cfg_dict["workers"] = spec["workers"]
+    if spec.get("no_audit"):
+        cfg_dict["report"] = {"split_leakage": False}
     try:
         cfg = parse_config(cfg_dict, WORK)
     except Exception as exc:  # e.g. a stage whose Params lack `action`: fall back to defaults
@@ -389,6 +393,9 @@ def child_ours(spec: dict) -> None:
         "dedup_lines": dedup_lines, "other_rejected_lines": other_rejected_lines,
         "stage_summary": [{k: v for k, v in x.items() if k != "position"} for x in s["stages"]],
         "peak_rss_mb": _peak_rss_mb(),
+        # worker processes' own peaks (each VmHWM; summed with the main process's as if all peaked at once)
+        "workers": s.get("workers", {}).get("count", 1),
+        "worker_peak_rss_mb": sum(s.get("workers", {}).get("peak_rss_mb", {}).values()),
     }
     Path(spec["result"]).write_text(json.dumps(out))
 
@@ -465,7 +472,7 @@ def run_ours(inp: Path, truth: dict, args, stages: list[str], tokenizer: str | N
     spec = {
         "input": str(inp), "stages": stages, "tokenizer": tokenizer, "tag": tag, "profile": profile,
         "stage_timing": args.stage_timing and not profile, "no_export": args.no_export, "result": str(res_path),
-        "batch_size": args.batch_size, "duckdb_set": args.duckdb_set,
+        "batch_size": args.batch_size, "duckdb_set": args.duckdb_set, "workers": args.workers, "no_audit": args.no_audit,
     }
     log = WORK / f"log_{tag}.txt"
     wall, rss, rc, cpu, load = run_child([sys.executable, str(Path(__file__).resolve()), "_child_ours", json.dumps(spec)], log)
@@ -473,7 +480,8 @@ def run_ours(inp: Path, truth: dict, args, stages: list[str], tokenizer: str | N
         print(log.read_text()[-4000:], file=sys.stderr)
         raise SystemExit(f"our pipeline failed (exit {rc}); log: {log}")
     r = json.loads(res_path.read_text())
-    r.update(wall=wall, rss_mb=r.pop("peak_rss_mb"), cpu=cpu, load=load,
+    main_rss = r.pop("peak_rss_mb")
+    r.update(wall=wall, rss_mb=main_rss + r["worker_peak_rss_mb"], main_rss_mb=main_rss, cpu=cpu, load=load,
              dedup=dedup_check(r.pop("dedup_lines"), truth, r.pop("other_rejected_lines")))
     warn = log.read_text().strip()
     if warn:
@@ -534,7 +542,8 @@ def print_table(n: int, truth: dict, results: dict[str, dict]) -> None:
          [round(res.get("pipeline_seconds", res.get("seconds")), 2) for res in results.values()]),
         ("CPU seconds (user + sys, all threads)", [round(res["cpu"], 2) for res in results.values()]),
         ("machine load average at the end (1 min)", [round(res["load"], 2) for res in results.values()]),
-        ("peak RSS (MB, the child's own VmHWM)", [int(res["rss_mb"]) for res in results.values()]),
+        ("peak RSS (MB, all processes: each VmHWM, summed)", [int(res["rss_mb"]) for res in results.values()]),
+        ("worker processes", [res.get("workers", 1) for res in results.values()]),
         ("kept", [res["kept"] for res in results.values()]),
         ("rejected", [res["rejected"] for res in results.values()]),
     ]
@@ -607,6 +616,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-stage-timing", dest="stage_timing", action="store_false")
     ap.add_argument("--no-export", action="store_true", help="skip writing outputs in our run")
     ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--workers", type=int, default=None, help="our worker processes (default: one per core)")
+    ap.add_argument("--no-audit", action="store_true", help="our run without the split leakage audit (report.split_leakage: false)")
     ap.add_argument("--duckdb-set", action="append", default=[], metavar="SETTING",
                     help="experiment: a DuckDB setting for the run's data file connection, e.g. \"memory_limit='1GB'\" (repeatable)")
     ap.add_argument("--json", default=None, help="also write all results to this JSON file")

@@ -162,6 +162,9 @@ class ReportConfig(_Strict):
     clusters: int = Field(5, ge=0, le=100, description="largest duplicate clusters shown per dedup stage")
     cluster_members: int = Field(4, ge=1, le=50, description="members shown next to each cluster's representative")
     contamination_rows: int = Field(50, ge=0, le=10_000, description="contaminated records listed with their matched span")
+    split_leakage: bool = Field(True, description=(
+        "audit the closest kept records across splits by exact similarity (a near-duplicate search of its own over the "
+        "kept records; docs/scale.md gives its cost per record). false: the summary's leakage is null"))
 
 
 class StageSpec(_Strict):
@@ -220,6 +223,10 @@ class CurateConfig(FileConfig):
     max_record_bytes: int = Field(4 * 1024 * 1024, ge=1024, description=(
         "a record larger than this (bytes of its JSON line, or characters) is quarantined, not read: protects memory "
         "from a runaway line"))
+    workers: int | None = Field(None, ge=1, description=(
+        "processes that parse records and run the per-record stages (each holds a copy of the stages' models); "
+        "null: one per core this process may use, or 1 (this process) when the inputs total under 64 MB. "
+        "The result is the same for any number"))
     strict: bool = Field(False, description=(
         "stop at the first malformed record (exit 2) instead of quarantining it; `curate run --strict` sets it too"))
     plugins: list[str] = Field(default_factory=list, description=(

@@ -64,16 +64,14 @@ def _empty_result(records: int, floor: float, bands: int, rows: int) -> dict:
     }
 
 
-def split_leakage_in_store(store, run_id: str, *, floor: float = FLOOR, batch_size: int = 50_000,
-                           pairs_per_chunk: int = 100_000) -> dict:
+def split_leakage_in_store(store, run_id: str, *, floor: float = FLOOR, batch_size: int = 50_000) -> dict:
     """:func:`split_leakage` of a run's kept records, streamed: memory stays flat in the number of records.
 
     The kept texts are read from the run's data file ``batch_size`` at a time; each batch's shingles become
     signatures and then LSH band keys, and only the band keys (``bands`` x 17 bytes a record) are kept, spilled
     to Parquet files in a temporary folder. DuckDB turns them into candidate pairs (each member of a bucket
     linked to the first members, as :func:`curate.stages.minhash.candidate_pairs` does) and keeps the pairs
-    across splits; only the records of those pairs are read back, ``pairs_per_chunk`` pairs at a time, and scored
-    exactly. Gives the same result as
+    across splits; one more pass over the kept records scores them exactly (see :func:`_score_streamed`). Gives the same result as
     :func:`split_leakage` on the same records (a test holds it to that).
     """
     import tempfile
@@ -128,23 +126,53 @@ def split_leakage_in_store(store, run_id: str, *, floor: float = FLOOR, batch_si
             store.con.execute(f"SET memory_limit = '{limit}'")
     if pairs.height == 0:
         return out
-    # exact scores, pairs_per_chunk pairs at a time: only the texts of one chunk's records are in memory (data full
-    # of near-copies has millions of candidate pairs across splits; their records are most of the run)
-    sims = []
-    for start in range(0, pairs.height, pairs_per_chunk):
-        chunk = pairs.slice(start, pairs_per_chunk)
-        texts = _texts_of(store, run_id, pl.concat([chunk["uid_a"], chunk["uid_b"]]).unique().sort())
-        hashes, offsets = shingle_sets(texts["text"])
-        row = pl.DataFrame({"uid": texts["uid"], "row": np.arange(texts.height, dtype=np.int64)})
-        ia = chunk.join(row, left_on="uid_a", right_on="uid", how="left")["row"].to_numpy()
-        ib = chunk.join(row, left_on="uid_b", right_on="uid", how="left")["row"].to_numpy()
-        sims.append(exact_jaccard(hashes, offsets, ia, ib))
-    sim = np.concatenate(sims)
+    sim = _score_streamed(store, run_id, pairs, batch_size)
     # ids and splits only for the pairs the summary names
     top = pairs[np.argsort(-sim, kind="stable")[:TOP_PAIRS]]
     named = _texts_of(store, run_id, pl.concat([top["uid_a"], top["uid_b"]]).unique().sort(), text=False)
     info = {int(u): (i, sp) for u, i, sp in named.select("uid", "id", "split").iter_rows()}
     return _scored_pairs(out, sim, pairs, info, floor)
+
+
+def _score_streamed(store, run_id: str, pairs: pl.DataFrame, batch_size: int) -> np.ndarray:
+    """Exact similarities of ``pairs`` (``uid_a`` < ``uid_b``, kept records), in ``pairs``' order, from one more pass
+    over the kept records in uid order: each record's shingle set is computed once; a pair is scored in the batch
+    that holds its ``uid_b``, against ``uid_a``'s set, held since its own batch (``uid_a`` comes first) and dropped
+    after its last pair. Only the sets of those anchors stay in memory, not the run's."""
+    ua, ub = pairs["uid_a"].to_numpy(), pairs["uid_b"].to_numpy()
+    by_b = np.argsort(ub, kind="stable")
+    ua_sorted, ub_sorted = ua[by_b], ub[by_b]
+    anchor_uids, last_index = np.unique(ua_sorted[::-1], return_index=True)  # each anchor's last pair, in uid_b order
+    anchor_last_b = ub_sorted[::-1][last_index]
+    sim_sorted = np.zeros(ub.size, dtype=np.float64)
+    anchors: dict[int, np.ndarray] = {}
+    done = 0
+    for batch in _kept_text_batches(store, run_id, batch_size):
+        uids = batch["uid"].to_numpy()
+        hashes, offsets = shingle_sets(batch["text"])
+        # keep the sets of this batch's anchors for the batches to come
+        pos = np.searchsorted(anchor_uids, uids)
+        is_anchor = (pos < anchor_uids.size) & (anchor_uids[np.minimum(pos, anchor_uids.size - 1)] == uids)
+        for d in np.flatnonzero(is_anchor):
+            anchors[int(uids[d])] = hashes[offsets[d]:offsets[d + 1]]
+        upto = int(np.searchsorted(ub_sorted, uids[-1], side="right"))
+        if upto > done:
+            a, b = ua_sorted[done:upto], ub_sorted[done:upto]
+            row_b = np.searchsorted(uids, b)
+            needed = np.unique(a)
+            sets = [hashes] + [anchors[int(u)] for u in needed]
+            extra = np.cumsum([0] + [len(x) for x in sets[1:]], dtype=np.int64)
+            all_hashes = np.concatenate(sets)
+            all_offsets = np.concatenate([offsets, offsets[-1] + extra[1:]])
+            row_a = uids.size + np.searchsorted(needed, a)
+            sim_sorted[done:upto] = exact_jaccard(all_hashes, all_offsets, row_a, row_b)
+            done = upto
+        # an anchor whose last pair has been scored is not needed again
+        for u in anchor_uids[(anchor_last_b <= uids[-1]) & (anchor_last_b > (uids[0] - 1))]:
+            anchors.pop(int(u), None)
+    sim = np.empty_like(sim_sorted)
+    sim[by_b] = sim_sorted
+    return sim
 
 
 def _scored_pairs(out: dict, sim: np.ndarray, pairs: pl.DataFrame, info: dict, floor: float) -> dict:

@@ -25,31 +25,38 @@ import shutil
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import polars as pl
 
 from curate import __version__
 from curate.config import CurateConfig, InputSpec
-from curate.frames import with_derived
-from curate.readers import Bad, expand_paths, read_file
-from curate.shapes import Converter, ShapeError, build_frame
+from curate.executor import (
+    STORED_COLUMNS,  # noqa: F401 - re-exported: the records table's columns
+    Executor,
+    RecordWork,
+    RunError,
+    StageContractError,  # noqa: F401 - re-exported
+    StrictModeError,
+    Task,
+    TaskResult,
+    Timer,
+    default_workers,
+    input_tasks,
+    split_expr,
+)
+from curate.readers import expand_paths
+from curate.shapes import Converter
 from curate.stages import GlobalDecision, GlobalStage, RecordStage, Stage, StageContext
 from curate.workspace import RunStore, Workspace
 
-STORED_COLUMNS = ["uid", "id", "source_file", "source_line", "shape", "messages", "meta", "fixes", "n_chars", "n_tokens", "split", "scores"]
+PARALLEL_FROM_BYTES = 64 << 20  # inputs smaller than this run in one process unless `workers` is set
 
-
-class StrictModeError(RuntimeError):
-    """Raised in strict mode at the first malformed record."""
-
-
-class RunError(RuntimeError):
-    """A run cannot go on (the inputs or the workspace changed under it); the message says what happened."""
+__all__ = ["Pipeline", "RunError", "RunResult", "StrictModeError", "config_dict", "run_pipeline"]
 
 
 @dataclass
@@ -110,32 +117,7 @@ def config_dict(cfg: CurateConfig) -> dict[str, Any]:
 
 
 def _split_expr(cfg: CurateConfig, digits: int = 0) -> pl.Expr:
-    # The id is a BLAKE2b hex digest, so its first 8 hex digits are a uniform 32-bit number: the split is
-    # a function of content alone (same record, same split, on every machine and every re-run).
-    # ``digits=8`` reads the next 8 instead: for a cluster keyed by its *smallest* id, whose first digits
-    # are skewed low (the minimum of many), they would put nearly every cluster in train.
-    s = cfg.splits
-    u = ((pl.col("id").str.slice(digits, 8).str.to_integer(base=16) + s.seed * 2654435761) % (1 << 32)) / float(1 << 32)
-    return (
-        pl.when(u < s.train).then(pl.lit("train"))
-        .when(u < s.train + s.validation).then(pl.lit("validation"))
-        .otherwise(pl.lit("test"))
-    )
-
-
-class _Timer:
-    """Seconds spent per phase and per stage, reported in the summary (where does the time go?)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, key: str):
-        t = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t
+    return split_expr(cfg.splits, digits)
 
 
 class _BackgroundWriter:
@@ -143,7 +125,7 @@ class _BackgroundWriter:
     GIL) overlap with parsing the next batch. The queue is short: memory stays bounded. Only this thread
     touches the connection until ``close()``; an insert error is re-raised there."""
 
-    def __init__(self, ws: RunStore, run_id: str, timer: _Timer):
+    def __init__(self, ws: RunStore, run_id: str, timer: Timer):
         self.ws, self.run_id, self.timer = ws, run_id, timer
         self.queue: queue.Queue = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
@@ -179,7 +161,7 @@ class Pipeline:
     """One configured curate run. ``run()`` does the work; tests may also call the steps."""
 
     def __init__(self, cfg: CurateConfig, *, progress: bool | None = None, strict: bool | None = None):
-        self.timer = _Timer()
+        self.timer = Timer()
         self.stage_stats: dict[str, dict] = {}  # global stages' own counts (GlobalDecision.stats), for the summary
         self.cfg = cfg
         self.strict = cfg.strict if strict is None else strict
@@ -252,105 +234,48 @@ class Pipeline:
                             found.append(path)
         return found
 
-    # -- ingest: files -> canonical batches + quarantine -----------------------------------------------------
-    def ingest(self, limit_per_input: int | None = None):
-        """Yield (canonical frame with derived columns, quarantine frame, file stats) batch by batch."""
-        uid = 0
-        for (spec, paths), conv in zip(self.files, self.converters):
-            budget = min(x for x in (spec.limit, limit_per_input, 1 << 62) if x is not None)
-            for path in paths:
-                if budget <= 0:
-                    break
-                shown = _display_path(path, self.cfg.base_dir)
-                for raw in read_file(path, batch_size=self.cfg.batch_size, max_record_bytes=self.cfg.max_record_bytes, csv_header=spec.csv_header):
-                    bad: list[tuple[int, Bad]] = []
-                    # Bad lines and good records interleave in file order; uids follow that order.
-                    uids, lines, shapes, roles, contents, metas, fixes = [], [], [], [], [], [], []
-                    events = sorted(
-                        [(b.line, 0, b) for b in raw.bad] + [(ln, 1, rec) for ln, rec in zip(raw.lines, raw.records)],
-                        key=lambda e: (e[0], e[1]),
-                    ) if raw.bad else [(ln, 1, rec) for ln, rec in zip(raw.lines, raw.records)]
-                    convert = conv.convert
-                    for line, kind, item in events:
-                        if budget <= 0:
-                            break
-                        budget -= 1
-                        if kind == 0:
-                            bad.append((uid, item))
-                        else:
-                            try:
-                                shape, r, c, m, f = convert(item)
-                            except ShapeError as exc:
-                                bad.append((uid, Bad(line, exc.message, _raw_excerpt(item), exc.field)))
-                            else:
-                                uids.append(uid)
-                                lines.append(line)
-                                shapes.append(shape)
-                                roles.append(r)
-                                contents.append(c)
-                                metas.append(m)
-                                fixes.append(f)
-                        uid += 1
-                    if bad and self.strict:
-                        u, b = bad[0]
-                        where = f" field {b.field!r}:" if b.field else ""
-                        raise StrictModeError(f"{shown}:{b.line}:{where} {b.error} (strict mode stops at the first malformed record)")
-                    with self.timer("build+normalize"):
-                        frame = build_frame(uids, shown, lines, shapes, roles, contents, metas, fixes)
-                    with self.timer("tokenize" if self.tokenizer else "derive"):
-                        frame = with_derived(frame, self.tokenizer)
-                    quarantine = pl.DataFrame(
-                        {
-                            "uid": [u for u, _ in bad],
-                            "source_file": [shown] * len(bad),
-                            "source_line": [b.line for _, b in bad],
-                            "field": [b.field for _, b in bad],
-                            "error": [b.error for _, b in bad],
-                            "raw": [b.raw for _, b in bad],
-                        },
-                        schema={"uid": pl.Int64, "source_file": pl.Utf8, "source_line": pl.Int64, "field": pl.Utf8, "error": pl.Utf8, "raw": pl.Utf8},
-                    )
-                    yield frame, quarantine, shown
+    # -- the record work: what workers run -------------------------------------------------------------------
+    def record_work(self) -> RecordWork:
+        """The per-record half of the run (parsing, record stages, global stages' prepare) as worker state."""
+        stage_index = {id(stage): pos for pos, stage in enumerate(self.stages)}
+        passes = [([stage_index[id(s)] for _, s in p.record_stages], [stage_index[id(s)] for _, s in p.global_stages]) for p in self.passes]
+        return RecordWork(
+            self.converters, [spec.csv_header for spec, _ in self.files], self.stages, passes, self.tokenizer, self.cfg.splits,
+            self.cfg.batch_size, self.cfg.max_record_bytes, self.strict,
+        )
 
-    # -- the per-record part of a pass, on one batch ---------------------------------------------------------
-    def apply_record_stages(self, batch: pl.DataFrame, stages: list[tuple[int, RecordStage]]):
-        """Run per-record stages in order on a batch.
+    def tasks(self, limit_per_input: int | None = None) -> Iterator[Task]:
+        """The first pass's tasks; with a limit (per input: ``limit`` in the config or ``limit_per_input``), each
+        carries what is left of its input's budget. Lazy: budgets are read as the previous tasks finish."""
+        self._used = [0] * len(self.files)
+        limits = [min(x for x in (spec.limit, limit_per_input, 1 << 62) if x is not None) for spec, _ in self.files]
+        for task in input_tasks(self.files, lambda p: _display_path(p, self.cfg.base_dir), self.cfg.batch_size):
+            left = limits[task.input_index] - self._used[task.input_index]
+            if left <= 0:
+                continue
+            if limits[task.input_index] < 1 << 62:
+                task.budget = left
+            yield task
 
-        Returns (all rows with rewrites applied, survivors, rejects, scores by uid)."""
-        rejects, scores = [], []
-        alive = batch
-        rows = batch
-        for _, stage in stages:
-            if alive.height == 0:
-                break
-            with self.timer(f"stage:{stage.name}"):
-                out = stage.evaluate(alive)
-            missing = {"reason", "detail"} - set(out.columns)
-            if missing or out.height != alive.height:
-                raise RunError(f"stage {stage.name!r} broke the stage contract (missing {missing} or row count changed)")
-            is_rej = out["reason"].is_not_null()
-            if is_rej.any():
-                rejects.append(
-                    out.filter(is_rej).select(
-                        "uid", stage=pl.lit(stage.name), reason="reason", detail="detail",
-                        duplicate_of=pl.lit(None, dtype=pl.Utf8),
-                    )
-                )
-            if stage.score_columns:
-                scores.append(out.select("uid", *stage.score_columns))
-            if stage.rewrites_messages:
-                new = out.select("uid", "messages", "fixes", "prompt_text", "response_text", "n_chars")
-                rows = rows.update(new, on="uid")
-            alive = out.filter(~is_rej).select(batch.columns)
-            if stage.rewrites_messages:
-                alive = alive.update(out.filter(~is_rej).select("uid", "messages", "fixes", "prompt_text", "response_text", "n_chars"), on="uid")
-        score_frame = None
-        if scores:
-            score_frame = scores[0]
-            for s in scores[1:]:
-                score_frame = score_frame.join(s, on="uid", how="full", coalesce=True)
-        rej = pl.concat(rejects) if rejects else None
-        return rows, alive, rej, score_frame
+    def _workers(self, limit_per_input: int | None) -> int:
+        limited = limit_per_input is not None or any(spec.limit is not None for spec, _ in self.files)
+        if limited:  # a budget is known only once the tasks before have run: one at a time, in this process
+            return 1
+        if self.cfg.workers:
+            return self.cfg.workers
+        # starting a worker (imports, the stages' models) costs seconds: small inputs run in this process
+        size = sum(p.stat().st_size for _, paths in self.files for p in paths)
+        return default_workers() if size >= PARALLEL_FROM_BYTES else 1
+
+    def ingest(self, limit_per_input: int | None = None) -> Iterator[tuple[pl.DataFrame, pl.DataFrame, str]]:
+        """Yield (canonical frame with derived columns, quarantine frame, file shown) batch by batch, in this process,
+        no stage run (what `curate inspect` shows)."""
+        work, uid = self.record_work(), 0
+        for task in self.tasks(limit_per_input):
+            for frame, quarantine, units in work._parse(task, self.timer):
+                yield frame.with_columns(pl.col("uid") + uid), quarantine.with_columns(pl.col("uid") + uid), task.shown
+                uid += units
+                self._used[task.input_index] += units
 
     # -- the run ---------------------------------------------------------------------------------------------
     def run(self, force: bool = False, limit_per_input: int | None = None, write_outputs: bool = True, workspace: Workspace | None = None) -> RunResult:
@@ -406,43 +331,76 @@ class Pipeline:
         return RunResult(run_id, summary, out_dir, Path(ws.path))
 
     def _execute(self, ws: Workspace, store: RunStore, limit_per_input: int | None, t0: float, started: datetime) -> dict[str, Any]:
-        cfg, run_id = self.cfg, self.run_id
-        split = _split_expr(cfg)
         file_stats: dict[str, dict[str, int]] = {}
-        first = self.passes[0]
-        prepared: dict[int, list[pl.DataFrame]] = {pos: [] for pos, _ in first.global_stages}
         for stage in self.stages:
             stage.setup(ws)
-        bar = _progress(self.progress, "ingest + per-record stages")
-        writer = _BackgroundWriter(store, run_id, self.timer)
+        executor = Executor(self.record_work(), self._workers(limit_per_input))
+        self.worker_count = executor.workers
+        self.worker_peaks: dict[int, float] = {}
         try:
-            self._stream_first_pass(writer, first, prepared, file_stats, limit_per_input, split, bar)
+            prepared = self._first_pass(executor, store, file_stats, limit_per_input)
+            self.context.workspace = ws  # for the embedding cache and the labels
+            for i, p in enumerate(self.passes):
+                if i > 0 and p.record_stages:
+                    prepared = self._record_pass(executor, store, i)
+                self._decide(store, p, prepared)
+                prepared = {}
         finally:
-            writer.close()
-            bar.close()
-
-        self.context.workspace = ws  # for the embedding cache and the labels
-        for i, p in enumerate(self.passes):
-            if i > 0 and p.record_stages:
-                prepared = self._record_pass(store, p, split)
-            rejected: list[pl.DataFrame] = []  # uids rejected by this pass's earlier global stages
-            for pos, gstage in p.global_stages:
-                table = pl.concat(prepared[pos]) if prepared.get(pos) else None
-                if table is not None and rejected:
-                    # an anti join keeps rows whose uid is null (a stage's own tally rows)
-                    table = table.join(pl.concat(rejected).unique(), on="uid", how="anti")
-                if table is not None and table.height:
-                    with self.timer(f"stage:{gstage.name}"):
-                        outcome = gstage.decide(table)
-                    decision = GlobalDecision(outcome) if isinstance(outcome, pl.DataFrame) else outcome
-                    self._store_decision(store, gstage.name, decision)
-                    if decision.stats:
-                        self.stage_stats[gstage.name] = decision.stats
-                    rejected.append(decision.rejects.select(pl.col("uid").cast(pl.Int64)))
-            prepared = {}
+            executor.close()
         with self.timer("cluster splits"):
             self._assign_cluster_splits(store)
         return self._summarize(store, file_stats, t0, started)
+
+    def _collect(self, result: TaskResult, prepared: dict[int, list[pl.DataFrame]]) -> None:
+        self.timer.merge(result.seconds)
+        if result.pid and result.pid != os.getpid():  # a worker process (this one's peak is measured by whoever runs it)
+            self.worker_peaks[result.pid] = max(self.worker_peaks.get(result.pid, 0.0), result.peak_rss_mb)
+        for pos, frame in result.prepared.items():
+            prepared.setdefault(pos, []).append(frame)
+
+    def _first_pass(self, executor: Executor, store: RunStore, file_stats: dict, limit_per_input: int | None) -> dict[int, list[pl.DataFrame]]:
+        """Read every input and run the first pass's record stages (on the executor's workers); store the rows as
+        they come back, in input order, with the run's uids."""
+        prepared: dict[int, list[pl.DataFrame]] = {}
+        bar = _progress(self.progress, "ingest + per-record stages")
+        writer = _BackgroundWriter(store, self.run_id, self.timer)
+        uid = 0
+        try:
+            tasks = self.tasks(limit_per_input)
+            if executor.workers > 1:  # tasks are planned on a thread of their own (a compressed file is decompressed there)
+                tasks = _prefetch(tasks)
+            for result in executor.map(tasks):
+                result = result.shifted(uid)
+                uid += result.units
+                self._used[result.input_index] += result.units
+                stats = file_stats.setdefault(result.shown, {"records": 0, "quarantined": 0})
+                stats["records"] += result.records
+                stats["quarantined"] += result.quarantined
+                self._collect(result, prepared)
+                with self.timer("waiting for the workspace writer"):
+                    writer.put(("quarantine", result.quarantine), ("records", result.stored), ("rejects", result.rejects))
+                bar.update(result.units)
+        finally:
+            writer.close()
+            bar.close()
+        return prepared
+
+    def _decide(self, store: RunStore, p: _Pass, prepared: dict[int, list[pl.DataFrame]]) -> None:
+        """Each global stage of a pass decides over what it prepared, minus what an earlier one of the pass rejected."""
+        rejected: list[pl.DataFrame] = []  # uids rejected by this pass's earlier global stages
+        for pos, gstage in p.global_stages:
+            table = pl.concat(prepared[pos]) if prepared.get(pos) else None
+            if table is not None and rejected:
+                # an anti join keeps rows whose uid is null (a stage's own tally rows)
+                table = table.join(pl.concat(rejected).unique(), on="uid", how="anti")
+            if table is not None and table.height:
+                with self.timer(f"stage:{gstage.name}"):
+                    outcome = gstage.decide(table)
+                decision = GlobalDecision(outcome) if isinstance(outcome, pl.DataFrame) else outcome
+                self._store_decision(store, gstage.name, decision)
+                if decision.stats:
+                    self.stage_stats[gstage.name] = decision.stats
+                rejected.append(decision.rejects.select(pl.col("uid").cast(pl.Int64)))
 
     def _store_decision(self, ws: RunStore, stage: str, decision: GlobalDecision) -> None:
         name = pl.lit(stage)
@@ -490,49 +448,20 @@ class Pipeline:
                 [self.run_id],
             )
 
-    def _stream_first_pass(self, writer, first, prepared, file_stats, limit_per_input, split, bar) -> None:
-        # Parsing (Python, holds the GIL) runs a batch ahead on its own thread while this thread runs the
-        # stages (Polars/NumPy, mostly without the GIL): on two cores the two overlap.
-        batches = _prefetch(self.ingest(limit_per_input))
-        while True:
-            with self.timer("waiting for ingest"):
-                item = next(batches, None)
-            if item is None:
-                break
-            frame, quarantine, shown = item
-            stats = file_stats.setdefault(shown, {"records": 0, "quarantined": 0})
-            stats["records"] += frame.height
-            stats["quarantined"] += quarantine.height
-            rows, alive, rej, scores = self.apply_record_stages(frame, first.record_stages)
-            self._prepare_globals(first, alive, prepared)
-            with self.timer("store (prepare rows)"):
-                writer.put(("quarantine", quarantine), ("records", self._stored_rows(rows, scores, split)), ("rejects", rej))
-            bar.update(frame.height + quarantine.height)
-
-    def _prepare_globals(self, p: _Pass, alive: pl.DataFrame, prepared: dict[int, list[pl.DataFrame]]) -> None:
-        if not alive.height:
-            return
-        for pos, gstage in p.global_stages:
-            with self.timer(f"stage:{gstage.name}"):
-                prepared[pos].append(gstage.prepare(alive))
-
-    def _record_pass(self, ws: RunStore, p: _Pass, split: pl.Expr) -> dict[int, list[pl.DataFrame]]:
-        """A later pass: per-record stages over the kept records, read back from the workspace."""
-        prepared: dict[int, list[pl.DataFrame]] = {pos: [] for pos, _ in p.global_stages}
-        all_rej, rewrites, new_scores = [], [], []
+    def _record_pass(self, executor: Executor, ws: RunStore, pass_index: int) -> dict[int, list[pl.DataFrame]]:
+        """A later pass: per-record stages over the kept records, read back from the workspace batch by batch and run
+        on the executor's workers; their rejects, rewrites and scores are stored once the reading is done."""
+        prepared: dict[int, list[pl.DataFrame]] = {}
+        all_rej: list[pl.DataFrame] = []
+        rewrites: list[pl.DataFrame] = []
+        new_scores: list[pl.DataFrame] = []
         cols = ["uid", "id", "source_file", "source_line", "shape", "messages", "meta", "fixes", "n_chars", "n_tokens"]
-        for batch in ws.kept_batches(self.run_id, cols, self.cfg.batch_size):
-            tokens = batch["n_tokens"]
-            batch = with_derived(batch.drop("n_tokens"), None).with_columns(n_tokens=tokens)
-            rows, alive, rej, scores = self.apply_record_stages(batch, p.record_stages)
-            if rej is not None:
-                all_rej.append(rej)
-            if scores is not None:
-                score_cols = [c for c in scores.columns if c != "uid"]
-                new_scores.append(scores.select("uid", new=pl.struct(score_cols).struct.json_encode()))
-            if any(s.rewrites_messages for _, s in p.record_stages):
-                rewrites.append(rows.select("uid", "messages", "fixes", "n_chars"))
-            self._prepare_globals(p, alive, prepared)
+        tasks = (Task(pass_index, frame=batch) for batch in ws.kept_batches(self.run_id, cols, self.cfg.batch_size))
+        for result in executor.map(tasks):
+            self._collect(result, prepared)
+            for frames, frame in ((all_rej, result.rejects), (rewrites, result.rewritten), (new_scores, result.scores)):
+                if frame is not None and frame.height:
+                    frames.append(frame)
         for rej in all_rej:
             ws.append("rejects", self.run_id, rej)
         for new in rewrites:
@@ -551,16 +480,6 @@ class Pipeline:
                 [self.run_id],
             )
         return prepared
-
-    @staticmethod
-    def _stored_rows(rows: pl.DataFrame, scores: pl.DataFrame | None, split: pl.Expr) -> pl.DataFrame:
-        if scores is not None:
-            score_cols = [c for c in scores.columns if c != "uid"]
-            scores = scores.select("uid", scores=pl.struct(score_cols).struct.json_encode())
-            rows = rows.join(scores, on="uid", how="left")
-        else:
-            rows = rows.with_columns(scores=pl.lit(None, dtype=pl.Utf8))
-        return rows.with_columns(split=split).select(STORED_COLUMNS)
 
     # -- summary, ledger check -------------------------------------------------------------------------------
     def _summarize(self, ws: RunStore, file_stats: dict, t0: float, started: datetime) -> dict[str, Any]:
@@ -609,8 +528,10 @@ class Pipeline:
         # still memorize from the training split (curate.leakage says how it searches and what it can miss).
         from curate.leakage import split_leakage_in_store
 
-        with self.timer("split leakage audit"):
-            leakage = split_leakage_in_store(ws, run_id, batch_size=self.cfg.batch_size)
+        leakage = None
+        if self.cfg.report.split_leakage:
+            with self.timer("split leakage audit"):
+                leakage = split_leakage_in_store(ws, run_id, batch_size=self.cfg.batch_size)
         seconds = time.perf_counter() - t0
         return {
             "run_id": run_id,
@@ -636,7 +557,9 @@ class Pipeline:
             "split_links": dict(zip(links["stage"].to_list(), links["n"].to_list())),
             "stage_stats": self.stage_stats,
             "leakage": leakage,
+            # workers' seconds are summed over workers (they overlap in wall time)
             "timings": {k: round(v, 3) for k, v in sorted(self.timer.seconds.items(), key=lambda kv: -kv[1])},
+            "workers": {"count": self.worker_count, "peak_rss_mb": {str(pid): round(mb, 1) for pid, mb in self.worker_peaks.items()}},
             "workspace": str(self.workspace_path),
             "version": __version__,
         }

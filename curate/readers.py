@@ -17,7 +17,7 @@ import glob as globmod
 import gzip
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -141,40 +141,103 @@ def _check_object(obj: Any) -> str | None:
     return f"expected a JSON object, got {type(obj).__name__}"
 
 
-def read_jsonl(path: Path, batch_size: int, max_record_bytes: int) -> Iterator[Batch]:
+def read_jsonl(path: Path, batch_size: int, max_record_bytes: int, start: int = 0, end: int | None = None, first_line: int = 1) -> Iterator[Batch]:
     """Batches of up to ``batch_size`` records from a JSONL file (plain, .gz or .zst), with 1-based line
-    numbers; bad JSON, non-objects and lines above ``max_record_bytes`` go to ``batch.bad``, never raise."""
-    batch = Batch(str(path))
-    loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError
-    lines, records = batch.lines, batch.records
-    n = 0
+    numbers; bad JSON, non-objects and lines above ``max_record_bytes`` go to ``batch.bad``, never raise.
+
+    ``start``/``end`` read only that byte range of a plain file (a range from :func:`jsonl_ranges`: it starts at
+    a line's first byte), whose first line is line ``first_line`` of the file."""
+    if start or end is not None:
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            blob = fh.read((end - start) if end is not None else -1)
+        yield from jsonl_lines(str(path), split_lines(blob), batch_size, max_record_bytes, first_line)
+        return
     with _open_binary(path) as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if len(line) > max_record_bytes:
-                batch.bad.append(
-                    Bad(lineno, f"record of {len(line):,} bytes exceeds max_record_bytes ({max_record_bytes:,})", _excerpt(line[:RAW_EXCERPT]))
-                )
-            elif not line.strip():
-                continue  # blank lines are not records
+        yield from jsonl_lines(str(path), fh, batch_size, max_record_bytes, first_line)
+
+
+def jsonl_lines(path: str, lines: Iterable[bytes], batch_size: int, max_record_bytes: int, first_line: int = 1) -> Iterator[Batch]:
+    """:func:`read_jsonl` over lines already read (bytes), the first being line ``first_line`` of ``path``."""
+    batch = Batch(path)
+    loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError
+    lines_out, records = batch.lines, batch.records
+    n = 0
+    for lineno, line in enumerate(lines, start=first_line):
+        if len(line) > max_record_bytes:
+            batch.bad.append(
+                Bad(lineno, f"record of {len(line):,} bytes exceeds max_record_bytes ({max_record_bytes:,})", _excerpt(line[:RAW_EXCERPT]))
+            )
+        elif not line.strip():
+            continue  # blank lines are not records
+        else:
+            try:
+                obj = loads(line)
+            except JSONDecodeError as exc:
+                batch.bad.append(Bad(lineno, _json_error(exc), _excerpt(line)))
             else:
-                try:
-                    obj = loads(line)
-                except JSONDecodeError as exc:
-                    batch.bad.append(Bad(lineno, _json_error(exc), _excerpt(line)))
+                if type(obj) is dict:
+                    lines_out.append(lineno)
+                    records.append(obj)
                 else:
-                    if type(obj) is dict:
-                        lines.append(lineno)
-                        records.append(obj)
-                    else:
-                        batch.bad.append(Bad(lineno, _check_object(obj) or "not an object", _excerpt(line)))
-            n += 1
-            if n >= batch_size:
-                yield batch
-                batch = Batch(str(path))
-                lines, records = batch.lines, batch.records
-                n = 0
+                    batch.bad.append(Bad(lineno, _check_object(obj) or "not an object", _excerpt(line)))
+        n += 1
+        if n >= batch_size:
+            yield batch
+            batch = Batch(path)
+            lines_out, records = batch.lines, batch.records
+            n = 0
     if len(batch):
         yield batch
+
+
+def split_lines(blob: bytes) -> list[bytes]:
+    """``blob``'s lines as a binary file iterates them: split at ``\\n`` only, each keeping its ``\\n``."""
+    parts = blob.split(b"\n")
+    lines = [part + b"\n" for part in parts[:-1]]
+    if parts[-1]:
+        lines.append(parts[-1])
+    return lines
+
+
+def jsonl_ranges(path: Path, lines_per_range: int, block_bytes: int = 1 << 24) -> Iterator[tuple[int, int, int]]:
+    """``(start, end, first_line)`` byte ranges of a plain JSONL file, each ``lines_per_range`` whole lines (the
+    last one fewer), so workers can parse a large file in parallel; line numbers stay those of the file."""
+    import numpy as np
+
+    start, line, count, offset = 0, 1, 0, 0
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(block_bytes)
+            if not block:
+                break
+            newlines = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
+            i = lines_per_range - count - 1  # the newline that ends the current range
+            while i < newlines.size:
+                end = offset + int(newlines[i]) + 1
+                yield start, end, line
+                start, line = end, line + lines_per_range
+                i += lines_per_range
+            count = (count + newlines.size) % lines_per_range
+            offset += len(block)
+    if offset > start:
+        yield start, offset, line
+
+
+def compressed_jsonl_blobs(path: Path, lines_per_blob: int) -> Iterator[tuple[bytes, int]]:
+    """``(lines, first_line)``: a compressed JSONL file's decompressed lines, ``lines_per_blob`` at a time, joined
+    (the cheap part of reading: parsing them can then run in parallel)."""
+    with _open_binary(path) as fh:
+        buf: list[bytes] = []
+        first = 1
+        for line in fh:
+            buf.append(line if line.endswith(b"\n") else line + b"\n")
+            if len(buf) >= lines_per_blob:
+                yield b"".join(buf), first
+                first += len(buf)
+                buf = []
+        if buf:
+            yield b"".join(buf), first
 
 
 def read_json_array(path: Path, batch_size: int, max_record_bytes: int) -> Iterator[Batch]:
