@@ -423,7 +423,8 @@ def _parquet_tasks(index: int, shown: str, path: Path, batch_size: int) -> Itera
 _WORK: RecordWork | None = None
 
 
-def _init_worker(payload: bytes) -> None:
+def load_work(payload: bytes) -> None:
+    """Make the pickled :class:`RecordWork` this worker process's (called once, when the worker starts)."""
     import gc
 
     global _WORK
@@ -456,8 +457,13 @@ class Executor:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
 
+            from curate.workerboot import init_worker
+
             payload = pickle.dumps(work, protocol=pickle.HIGHEST_PROTOCOL)
-            self.pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(payload,))
+            # one worker per core: each worker's libraries get cores / workers threads (at least one)
+            threads = max(1, default_workers() // self.workers)
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"), initializer=init_worker,
+                                            initargs=(payload, threads))
 
     def map(self, tasks) -> Iterator[TaskResult]:
         """The tasks' results, in task order (in this process: each as soon as its batch is done)."""

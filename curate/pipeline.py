@@ -22,6 +22,7 @@ import json
 import os
 import queue
 import shutil
+import tempfile
 import sys
 import threading
 import time
@@ -54,6 +55,7 @@ from curate.shapes import Converter
 from curate.stages import GlobalDecision, GlobalStage, RecordStage, Stage, StageContext
 from curate.workspace import RunStore, Workspace
 
+RUN_MEMORY_LIMIT = "1GB"  # DuckDB's memory while a run writes its data file (it spills to disk beyond)
 PARALLEL_FROM_BYTES = 64 << 20  # inputs smaller than this run in one process unless `workers` is set
 
 __all__ = ["Pipeline", "RunError", "RunResult", "StrictModeError", "config_dict", "run_pipeline"]
@@ -313,8 +315,10 @@ class Pipeline:
         # the run's own data file: only this process opens it until the run is registered done
         store = ws.begin_run(run_id, "curate", cfg.name, config_dict(cfg), self.fingerprint, str(out_dir))
         self.workspace_path = ws.path
-        # One checkpoint (compression) at the end instead of one every 16 MB of WAL: fewer, larger writes.
-        store.con.execute("SET checkpoint_threshold = '64GB'")
+        # Checkpoints (compression) every 512 MB of WAL rather than every 16 MB: fewer, larger writes, while what
+        # has been written leaves memory; DuckDB's own cache is capped so the run's memory stays flat in its size.
+        store.con.execute("SET checkpoint_threshold = '512MB'")
+        store.con.execute(f"SET memory_limit = '{RUN_MEMORY_LIMIT}'")
         try:
             summary = self._execute(ws, store, limit_per_input, t0, started)
             with self.timer("workspace checkpoint"):
@@ -338,30 +342,32 @@ class Pipeline:
         self.worker_count = executor.workers
         self.worker_peaks: dict[int, float] = {}
         try:
-            prepared = self._first_pass(executor, store, file_stats, limit_per_input)
-            self.context.workspace = ws  # for the embedding cache and the labels
-            for i, p in enumerate(self.passes):
-                if i > 0 and p.record_stages:
-                    prepared = self._record_pass(executor, store, i)
-                self._decide(store, p, prepared)
-                prepared = {}
+            with tempfile.TemporaryDirectory(prefix=f"curate-{self.run_id}-") as spill_dir:
+                prepared = _Prepared(Path(spill_dir) / "pass-0")
+                self._first_pass(executor, store, file_stats, limit_per_input, prepared)
+                self.context.workspace = ws  # for the embedding cache and the labels
+                for i, p in enumerate(self.passes):
+                    if i > 0 and p.record_stages:
+                        prepared = _Prepared(Path(spill_dir) / f"pass-{i}")
+                        self._record_pass(executor, store, i, prepared)
+                    self._decide(store, p, prepared)
         finally:
             executor.close()
         with self.timer("cluster splits"):
             self._assign_cluster_splits(store)
         return self._summarize(store, file_stats, t0, started)
 
-    def _collect(self, result: TaskResult, prepared: dict[int, list[pl.DataFrame]]) -> None:
+    def _collect(self, result: TaskResult, prepared: _Prepared) -> None:
         self.timer.merge(result.seconds)
         if result.pid and result.pid != os.getpid():  # a worker process (this one's peak is measured by whoever runs it)
             self.worker_peaks[result.pid] = max(self.worker_peaks.get(result.pid, 0.0), result.peak_rss_mb)
-        for pos, frame in result.prepared.items():
-            prepared.setdefault(pos, []).append(frame)
+        with self.timer("spill prepared rows"):
+            for pos, frame in result.prepared.items():
+                prepared.add(pos, frame)
 
-    def _first_pass(self, executor: Executor, store: RunStore, file_stats: dict, limit_per_input: int | None) -> dict[int, list[pl.DataFrame]]:
+    def _first_pass(self, executor: Executor, store: RunStore, file_stats: dict, limit_per_input: int | None, prepared: _Prepared) -> None:
         """Read every input and run the first pass's record stages (on the executor's workers); store the rows as
-        they come back, in input order, with the run's uids."""
-        prepared: dict[int, list[pl.DataFrame]] = {}
+        they come back, in input order, with the run's uids; spill what the global stages prepared."""
         bar = _progress(self.progress, "ingest + per-record stages")
         writer = _BackgroundWriter(store, self.run_id, self.timer)
         uid = 0
@@ -369,7 +375,12 @@ class Pipeline:
             tasks = self.tasks(limit_per_input)
             if executor.workers > 1:  # tasks are planned on a thread of their own (a compressed file is decompressed there)
                 tasks = _prefetch(tasks)
-            for result in executor.map(tasks):
+            results = executor.map(tasks)
+            while True:
+                with self.timer("waiting for workers"):
+                    result = next(results, None)
+                if result is None:
+                    break
                 result = result.shifted(uid)
                 uid += result.units
                 self._used[result.input_index] += result.units
@@ -383,24 +394,40 @@ class Pipeline:
         finally:
             writer.close()
             bar.close()
-        return prepared
 
-    def _decide(self, store: RunStore, p: _Pass, prepared: dict[int, list[pl.DataFrame]]) -> None:
-        """Each global stage of a pass decides over what it prepared, minus what an earlier one of the pass rejected."""
+    def _decide(self, store: RunStore, p: _Pass, prepared: _Prepared) -> None:
+        """Each global stage of a pass decides over what it prepared, minus what an earlier one of the pass rejected:
+        in DuckDB over the spilled rows where the stage can (``decide_sql``), else in memory (``decide``)."""
         rejected: list[pl.DataFrame] = []  # uids rejected by this pass's earlier global stages
         for pos, gstage in p.global_stages:
-            table = pl.concat(prepared[pos]) if prepared.get(pos) else None
-            if table is not None and rejected:
-                # an anti join keeps rows whose uid is null (a stage's own tally rows)
-                table = table.join(pl.concat(rejected).unique(), on="uid", how="anti")
-            if table is not None and table.height:
-                with self.timer(f"stage:{gstage.name}"):
-                    outcome = gstage.decide(table)
-                decision = GlobalDecision(outcome) if isinstance(outcome, pl.DataFrame) else outcome
-                self._store_decision(store, gstage.name, decision)
-                if decision.stats:
-                    self.stage_stats[gstage.name] = decision.stats
-                rejected.append(decision.rejects.select(pl.col("uid").cast(pl.Int64)))
+            source = prepared.source(pos)
+            if source is None:
+                continue
+            excluded = pl.concat(rejected).unique() if rejected else pl.DataFrame(schema={"uid": pl.Int64})
+            with self.timer(f"stage:{gstage.name}"):
+                outcome = self._decide_one(store, gstage, prepared, pos, excluded)
+            if outcome is None:
+                continue
+            decision = GlobalDecision(outcome) if isinstance(outcome, pl.DataFrame) else outcome
+            self._store_decision(store, gstage.name, decision)
+            if decision.stats:
+                self.stage_stats[gstage.name] = decision.stats
+            rejected.append(decision.rejects.select(pl.col("uid").cast(pl.Int64)))
+
+    def _decide_one(self, store: RunStore, gstage: GlobalStage, prepared: _Prepared, pos: int, excluded: pl.DataFrame):
+        """One global stage's outcome over its spilled rows minus ``excluded`` uids (None when no row is left)."""
+        store.con.register("excluded_uids", excluded.to_arrow())
+        try:
+            # an anti join keeps rows whose uid is null (a stage's own tally rows)
+            rows = f"(SELECT * FROM {prepared.source(pos)} ANTI JOIN excluded_uids USING (uid))"
+            if store.sql(f"SELECT count(*) AS n FROM {rows}").item() == 0:
+                return None
+            outcome = gstage.decide_sql(store.con, rows)
+        finally:
+            store.con.unregister("excluded_uids")
+        if outcome is None:  # in memory, the rows in batch order as prepare() gave them
+            outcome = gstage.decide(prepared.frame(pos).join(excluded, on="uid", how="anti"))
+        return outcome
 
     def _store_decision(self, ws: RunStore, stage: str, decision: GlobalDecision) -> None:
         name = pl.lit(stage)
@@ -448,10 +475,9 @@ class Pipeline:
                 [self.run_id],
             )
 
-    def _record_pass(self, executor: Executor, ws: RunStore, pass_index: int) -> dict[int, list[pl.DataFrame]]:
+    def _record_pass(self, executor: Executor, ws: RunStore, pass_index: int, prepared: _Prepared) -> None:
         """A later pass: per-record stages over the kept records, read back from the workspace batch by batch and run
         on the executor's workers; their rejects, rewrites and scores are stored once the reading is done."""
-        prepared: dict[int, list[pl.DataFrame]] = {}
         all_rej: list[pl.DataFrame] = []
         rewrites: list[pl.DataFrame] = []
         new_scores: list[pl.DataFrame] = []
@@ -479,7 +505,6 @@ class Pipeline:
                 "FROM arrow a WHERE records.run_id = ? AND records.uid = a.uid",
                 [self.run_id],
             )
-        return prepared
 
     # -- summary, ledger check -------------------------------------------------------------------------------
     def _summarize(self, ws: RunStore, file_stats: dict, t0: float, started: datetime) -> dict[str, Any]:
@@ -586,6 +611,35 @@ class Pipeline:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return summary["outputs"]
+
+
+class _Prepared:
+    """What the global stages of a pass prepared, spilled batch by batch to Parquet files in ``folder`` (one
+    subfolder per stage position) instead of held in memory."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.count: dict[int, int] = {}
+
+    def add(self, pos: int, frame: pl.DataFrame) -> None:
+        """Spill one batch of stage ``pos``'s prepared rows."""
+        if frame.height == 0:
+            return
+        n = self.count.get(pos, 0)
+        (self.folder / str(pos)).mkdir(parents=True, exist_ok=True)
+        frame.write_parquet(self.folder / str(pos) / f"{n:07d}.parquet", compression="lz4", statistics=False)
+        self.count[pos] = n + 1
+
+    def source(self, pos: int) -> str | None:
+        """A DuckDB table expression of everything stage ``pos`` prepared (in batch order), or None when nothing."""
+        if not self.count.get(pos):
+            return None
+        glob = str(self.folder / str(pos) / "*.parquet").replace("'", "''")
+        return f"read_parquet('{glob}', union_by_name = true)"
+
+    def frame(self, pos: int) -> pl.DataFrame:
+        """Everything stage ``pos`` prepared, in memory, in batch order."""
+        return pl.concat([pl.read_parquet(f) for f in sorted((self.folder / str(pos)).glob("*.parquet"))], how="vertical_relaxed")
 
 
 def _report_inputs(ws: RunStore, run_id: str, n: int):

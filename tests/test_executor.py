@@ -108,3 +108,23 @@ def test_strict_mode_names_the_first_bad_line_with_workers(tmp_path, workers):
 
     with pytest.raises(StrictModeError, match=r"data.jsonl:1201:"):
         Pipeline(cfg, progress=False).run()
+
+
+@pytest.mark.parametrize("keep", ["first", "last", "longest"])
+def test_exact_dedup_decided_in_duckdb_equals_in_memory(tmp_path, shared_data, keep):
+    import duckdb
+
+    from curate.stages.exact import ExactDedup
+
+    alpaca = str(shared_data / "alpaca" / "alpaca_4000.json")
+    cfg = parse_config({"name": "x", "tokenizer": None, "stages": [], "inputs": [
+        {"path": alpaca}, {"path": str(shared_data / "alpaca" / "alpaca_data_first10k_excl_holdout.json")}, {"path": alpaca}]}, tmp_path)
+    frame = pl.concat([f for f, _, _ in Pipeline(cfg, progress=False).ingest()])
+    stage = ExactDedup(ExactDedup.Params(keep=keep))
+    prepared = stage.prepare(frame)
+    in_memory = stage.decide(prepared)
+    prepared.write_parquet(tmp_path / "prepared.parquet")
+    in_duckdb = stage.decide_sql(duckdb.connect(), f"read_parquet('{tmp_path / 'prepared.parquet'}')")
+    assert in_memory.rejects.height >= 4000 and in_memory.clusters.height > in_memory.rejects.height
+    assert in_duckdb.rejects.equals(in_memory.rejects)
+    assert in_duckdb.clusters.equals(in_memory.clusters)

@@ -124,6 +124,12 @@ class GlobalStage(Stage):
         :class:`GlobalDecision` that adds clusters, scored pairs, links and stats."""
         raise NotImplementedError
 
+    def decide_sql(self, con: Any, prepared: str) -> GlobalDecision | None:
+        """The same decision as :meth:`decide`, as DuckDB queries over ``prepared`` (a table expression of every row
+        ``prepare`` returned, spilled to Parquet: memory stays flat in the number of records), on ``con``. The
+        default, None, has the runner read the prepared rows into memory and call :meth:`decide`."""
+        return None
+
 
 class UnknownStageError(UnknownNameError, KeyError):
     """A stage name that is not registered (a KeyError too, as it always was)."""

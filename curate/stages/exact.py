@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import polars as pl
 from pydantic import Field
@@ -92,3 +92,24 @@ class ExactDedup(GlobalStage):
         in_cluster = members.filter(pl.col("key").is_in(dupes["key"].implode()))
         clusters = in_cluster.select("uid", "rep_uid", similarity=pl.lit(1.0)).sort("uid")
         return GlobalDecision(rejects, clusters)
+
+    def decide_sql(self, con: Any, prepared: str) -> GlobalDecision:
+        """:meth:`decide` as a group-by on ``key`` in DuckDB (out of core): the same rejects and clusters."""
+        order = {"first": "uid", "last": "uid DESC", "longest": "n_chars DESC, uid"}[self.params.keep]
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE exact_members AS
+            WITH p AS (SELECT uid, key, n_chars FROM {prepared}),
+                 reps AS (SELECT key, first(uid ORDER BY {order}) AS rep_uid FROM p GROUP BY key HAVING count(*) > 1)
+            SELECT p.uid, r.rep_uid FROM p JOIN reps r USING (key)""")
+        try:
+            rejects = _frame(con, f"""SELECT m.uid, 'exact_duplicate' AS reason,
+                       'same normalized text as ' || r.source_file || ':' || r.source_line AS detail, r.id AS duplicate_of
+                FROM exact_members m JOIN (SELECT uid, id, source_file, source_line FROM {prepared}) r ON r.uid = m.rep_uid
+                WHERE m.uid <> m.rep_uid ORDER BY m.uid""")
+            clusters = _frame(con, "SELECT uid, rep_uid, 1.0::DOUBLE AS similarity FROM exact_members ORDER BY uid")
+        finally:
+            con.execute("DROP TABLE IF EXISTS exact_members")
+        return GlobalDecision(rejects.cast({"uid": pl.Int64}), clusters.cast({"uid": pl.Int64, "rep_uid": pl.Int64}))
+
+
+def _frame(con: Any, query: str) -> pl.DataFrame:
+    return pl.from_arrow(con.sql(query).to_arrow_table())  # type: ignore[return-value]
