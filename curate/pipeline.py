@@ -414,7 +414,8 @@ class Pipeline:
                 self.stage_stats[gstage.name] = decision.stats
             rejected.append(decision.rejects.select(pl.col("uid").cast(pl.Int64)))
 
-    def _decide_one(self, store: RunStore, gstage: GlobalStage, prepared: _Prepared, pos: int, excluded: pl.DataFrame):
+    def _decide_one(self, store: RunStore, gstage: GlobalStage, prepared: _Prepared, pos: int,
+                    excluded: pl.DataFrame) -> GlobalDecision | pl.DataFrame | None:
         """One global stage's outcome over its spilled rows minus ``excluded`` uids (None when no row is left)."""
         store.con.register("excluded_uids", excluded.to_arrow())
         try:
@@ -425,9 +426,10 @@ class Pipeline:
             outcome = gstage.decide_sql(store.con, rows)
         finally:
             store.con.unregister("excluded_uids")
-        if outcome is None:  # in memory, the rows in batch order as prepare() gave them
-            outcome = gstage.decide(prepared.frame(pos).join(excluded, on="uid", how="anti"))
-        return outcome
+        if outcome is not None:
+            return outcome
+        # in memory, the rows in batch order as prepare() gave them
+        return gstage.decide(prepared.frame(pos).join(excluded, on="uid", how="anti"))
 
     def _store_decision(self, ws: RunStore, stage: str, decision: GlobalDecision) -> None:
         name = pl.lit(stage)
