@@ -57,6 +57,7 @@ def run(
 ) -> None:
     """Run a curate pipeline: every input record ends kept, rejected (with a reason) or quarantined."""
     from curate.config import ConfigError, load_config
+    from curate.executor import EngineUnavailableError
     from curate.pipeline import Pipeline, StrictModeError
     from curate.readers import InputError
     from curate.workspace import WorkspaceBusy, WorkspaceError
@@ -80,6 +81,9 @@ def run(
         _fail(str(exc))
         return
     except WorkspaceError as exc:
+        _fail(str(exc))
+        return
+    except EngineUnavailableError as exc:
         _fail(str(exc))
         return
     except WorkspaceBusy as exc:

@@ -223,6 +223,12 @@ class CurateConfig(FileConfig):
     max_record_bytes: int = Field(4 * 1024 * 1024, ge=1024, description=(
         "a record larger than this (bytes of its JSON line, or characters) is quarantined, not read: protects memory "
         "from a runaway line"))
+    engine: Literal["local", "ray"] = Field("local", description=(
+        "where the record work and the per-key global stages run: local (worker processes on this machine) or ray "
+        "(Ray Data: the optional extra finetune-workbench[ray]); the same kept set, rejects and exports either way"))
+    ray_address: str | None = Field(None, description=(
+        "engine ray: the address of a running Ray cluster (host:6379 or ray://host:10001), whose workers can read the "
+        "input paths; null: start Ray on this machine, on loopback, for the run"))
     workers: int | None = Field(None, ge=1, description=(
         "processes that parse records and run the per-record stages (each holds a copy of the stages' models); "
         "null: one per core this process may use, or 1 (this process) when the inputs total under 64 MB. "

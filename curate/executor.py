@@ -47,6 +47,10 @@ class RunError(RuntimeError):
     """A run cannot go on (the inputs or the workspace changed under it); the message says what happened."""
 
 
+class EngineUnavailableError(ValueError):
+    """The configured engine cannot run here (Ray not installed, its cluster not reachable): the message says why."""
+
+
 class StageContractError(RunError):
     """A stage returned a frame that breaks the stage contract (missing columns, rows added or lost)."""
 

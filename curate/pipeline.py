@@ -177,6 +177,10 @@ class Pipeline:
             self.tokenizer = TokenCounter.from_spec(cfg.tokenizer, cfg.base_dir)
         self.context = StageContext(config_dir=cfg.base_dir, tokenizer=self.tokenizer)
         self.stages: list[Stage] = [spec.build(self.context) for spec in cfg.stages]
+        if cfg.engine == "ray":
+            from curate.rayengine import require_ray
+
+            require_ray()  # not installed: a clear error now, before any work
         self.passes = _plan(self.stages)
         self.converters = [
             Converter(
@@ -260,14 +264,26 @@ class Pipeline:
             yield task
 
     def _workers(self, limit_per_input: int | None) -> int:
-        limited = limit_per_input is not None or any(spec.limit is not None for spec, _ in self.files)
-        if limited:  # a budget is known only once the tasks before have run: one at a time, in this process
+        if self._limited(limit_per_input):  # a budget is known only once the tasks before have run: one at a time, in this process
             return 1
         if self.cfg.workers:
             return self.cfg.workers
         # starting a worker (imports, the stages' models) costs seconds: small inputs run in this process
         size = sum(p.stat().st_size for _, paths in self.files for p in paths)
         return default_workers() if size >= PARALLEL_FROM_BYTES else 1
+
+    def _executor(self, limit_per_input: int | None):
+        """The engine's executor: Ray Data actors for `engine: ray` (unless a limit makes the run sequential), else
+        local worker processes (or this process)."""
+        workers = self._workers(limit_per_input)
+        if self.cfg.engine == "ray" and not self._limited(limit_per_input):
+            from curate.rayengine import RayExecutor
+
+            return RayExecutor(self.record_work(), self.cfg.workers, self.cfg.ray_address, self.progress)
+        return Executor(self.record_work(), workers)
+
+    def _limited(self, limit_per_input: int | None) -> bool:
+        return limit_per_input is not None or any(spec.limit is not None for spec, _ in self.files)
 
     def ingest(self, limit_per_input: int | None = None) -> Iterator[tuple[pl.DataFrame, pl.DataFrame, str]]:
         """Yield (canonical frame with derived columns, quarantine frame, file shown) batch by batch, in this process,
@@ -338,8 +354,9 @@ class Pipeline:
         file_stats: dict[str, dict[str, int]] = {}
         for stage in self.stages:
             stage.setup(ws)
-        executor = Executor(self.record_work(), self._workers(limit_per_input))
+        executor = self.executor = self._executor(limit_per_input)
         self.worker_count = executor.workers
+        self.grouped_on_ray: list[str] = []
         self.worker_peaks: dict[int, float] = {}
         try:
             with tempfile.TemporaryDirectory(prefix=f"curate-{self.run_id}-") as spill_dir:
@@ -417,6 +434,11 @@ class Pipeline:
     def _decide_one(self, store: RunStore, gstage: GlobalStage, prepared: _Prepared, pos: int,
                     excluded: pl.DataFrame) -> GlobalDecision | pl.DataFrame | None:
         """One global stage's outcome over its spilled rows minus ``excluded`` uids (None when no row is left)."""
+        if gstage.group_key and self.cfg.engine == "ray" and hasattr(self.executor, "work_ref"):
+            from curate.rayengine import decide_by_key
+
+            self.grouped_on_ray.append(gstage.name)
+            return decide_by_key(gstage, prepared.files(pos), excluded, partitions=4 * self.executor.workers)
         store.con.register("excluded_uids", excluded.to_arrow())
         try:
             # an anti join keeps rows whose uid is null (a stage's own tally rows)
@@ -587,6 +609,7 @@ class Pipeline:
             # workers' seconds are summed over workers (they overlap in wall time)
             "timings": {k: round(v, 3) for k, v in sorted(self.timer.seconds.items(), key=lambda kv: -kv[1])},
             "workers": {"count": self.worker_count, "peak_rss_mb": {str(pid): round(mb, 1) for pid, mb in self.worker_peaks.items()}},
+            "engine": {"name": self.cfg.engine, "global_stages_on_ray": self.grouped_on_ray},
             "workspace": str(self.workspace_path),
             "version": __version__,
         }
@@ -639,9 +662,13 @@ class _Prepared:
         glob = str(self.folder / str(pos) / "*.parquet").replace("'", "''")
         return f"read_parquet('{glob}', union_by_name = true)"
 
+    def files(self, pos: int) -> list[Path]:
+        """Stage ``pos``'s spilled batches, in batch order."""
+        return sorted((self.folder / str(pos)).glob("*.parquet"))
+
     def frame(self, pos: int) -> pl.DataFrame:
         """Everything stage ``pos`` prepared, in memory, in batch order."""
-        return pl.concat([pl.read_parquet(f) for f in sorted((self.folder / str(pos)).glob("*.parquet"))], how="vertical_relaxed")
+        return pl.concat([pl.read_parquet(f) for f in self.files(pos)], how="vertical_relaxed")
 
 
 def _report_inputs(ws: RunStore, run_id: str, n: int):

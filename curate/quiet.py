@@ -17,6 +17,14 @@ _TRANSFORMERS_RENAMES = (
     r"`gradient_checkpointing` is deprecated",
 )
 
+# Ray Data (2.60) warns about its own renamed settings each time it copies its DataContext, i.e. for every dataset
+# `engine: ray` runs; neither our code nor a user's config sets them.
+_RAY_DATA_RENAMES = (
+    r"`use_push_based_shuffle` is deprecated",
+    r"`use_polars` is deprecated",
+    r"`use_arrow_tensor_v2` is deprecated",
+)
+
 
 class _DropKernelHubFallback(logging.Filter):
     """Drops bitsandbytes' "Failed to load CPU gemm_4bit_forward from kernels-community" record.
@@ -34,6 +42,8 @@ def quiet_third_party() -> None:
     """Install the filters above (idempotent: a second call adds nothing)."""
     for message in _TRANSFORMERS_RENAMES:
         warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+    for message in _RAY_DATA_RENAMES:
+        warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
     logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
     if not any(isinstance(f, _DropKernelHubFallback) for f in logger.filters):
         logger.addFilter(_DropKernelHubFallback())

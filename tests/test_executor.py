@@ -128,3 +128,23 @@ def test_exact_dedup_decided_in_duckdb_equals_in_memory(tmp_path, shared_data, k
     assert in_memory.rejects.height >= 4000 and in_memory.clusters.height > in_memory.rejects.height
     assert in_duckdb.rejects.equals(in_memory.rejects)
     assert in_duckdb.clusters.equals(in_memory.clusters)
+
+
+def test_ray_engine_gives_the_local_run(tmp_path, shared_data):
+    pytest.importorskip("ray.data")
+    local = _run(tmp_path, shared_data, 2, "local")
+    cfg = parse_config({
+        "name": "ray", "tokenizer": None, "inputs": _inputs(shared_data, tmp_path), "stages": STAGES, "batch_size": 500,
+        "workers": 2, "engine": "ray", "workspace": "ws", "output_dir": "out-ray",
+    }, tmp_path)
+    on_ray = Pipeline(cfg, progress=False).run()
+    assert on_ray.ok and on_ray.summary["workers"]["count"] == 2
+    # the record work ran on two Ray actors, and exact dedup's group-by on Ray's shuffle
+    assert len(on_ray.summary["workers"]["peak_rss_mb"]) >= 2  # actors of each pass
+    assert on_ray.summary["engine"] == {"name": "ray", "global_stages_on_ray": ["exact_dedup"]}
+    for key in ("inputs", "kept", "rejected", "quarantined", "stages", "splits", "clusters", "quarantine_reasons", "leakage", "files"):
+        assert on_ray.summary[key] == local.summary[key], key
+    a, b = _tables(tmp_path, local.run_id), _tables(tmp_path, on_ray.run_id)
+    for name in a:
+        assert a[name].equals(b[name]), name
+    assert _digests(local.output_dir) == _digests(on_ray.output_dir)

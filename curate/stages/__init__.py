@@ -113,6 +113,10 @@ class GlobalStage(Stage):
     """A stage that needs a column over the whole run (dedup, decontamination): :meth:`prepare` per batch
     while records stream, then one :meth:`decide` over everything prepared."""
     is_global = True
+    #: a prepared column whose equal values decide together and apart from all others (exact dedup's ``key``):
+    #: ``decide`` over the rows split by this key, concatenated in uid order, equals ``decide`` over all rows, so an
+    #: engine with a distributed shuffle (Ray) may decide each part on its own. None: the rows decide as a whole.
+    group_key: ClassVar[str | None] = None
 
     def prepare(self, batch: pl.DataFrame) -> pl.DataFrame:  # pragma: no cover - interface
         """The small columns this stage needs from a batch of surviving records: ``uid`` plus keys, signatures

@@ -42,6 +42,7 @@ class ExactDedup(GlobalStage):
 
     name = "exact_dedup"
     reasons = ("exact_duplicate",)
+    group_key = "key"
 
     class Params(StageParams):
         """Parameters of ``exact_dedup``."""
