@@ -327,6 +327,8 @@ def child_ours(spec: dict) -> None:
         cfg_dict["workers"] = spec["workers"]
     if spec.get("no_audit"):
         cfg_dict["report"] = {"split_leakage": False}
+    if spec.get("engine"):
+        cfg_dict["engine"] = spec["engine"]
     try:
         cfg = parse_config(cfg_dict, WORK)
     except Exception as exc:  # e.g. a stage whose Params lack `action`: fall back to defaults
@@ -395,6 +397,7 @@ def child_ours(spec: dict) -> None:
         "peak_rss_mb": _peak_rss_mb(),
         # worker processes' own peaks (each VmHWM; summed with the main process's as if all peaked at once)
         "workers": s.get("workers", {}).get("count", 1),
+        "engine": s.get("engine", {}).get("name", "local"),
         "worker_peak_rss_mb": sum(s.get("workers", {}).get("peak_rss_mb", {}).values()),
     }
     Path(spec["result"]).write_text(json.dumps(out))
@@ -472,7 +475,7 @@ def run_ours(inp: Path, truth: dict, args, stages: list[str], tokenizer: str | N
     spec = {
         "input": str(inp), "stages": stages, "tokenizer": tokenizer, "tag": tag, "profile": profile,
         "stage_timing": args.stage_timing and not profile, "no_export": args.no_export, "result": str(res_path),
-        "batch_size": args.batch_size, "duckdb_set": args.duckdb_set, "workers": args.workers, "no_audit": args.no_audit,
+        "batch_size": args.batch_size, "duckdb_set": args.duckdb_set, "workers": args.workers, "no_audit": args.no_audit, "engine": getattr(args, "engine", None),
     }
     log = WORK / f"log_{tag}.txt"
     wall, rss, rc, cpu, load = run_child([sys.executable, str(Path(__file__).resolve()), "_child_ours", json.dumps(spec)], log)

@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--markdown", type=Path, help="also write the tables here")
     ap.add_argument("--reference", type=Path, default=MEASURED)
     ap.add_argument("--tolerance", type=float, default=0.01)
+    ap.add_argument("--engine", choices=("local", "ray"), default="local",
+                    help="the engine of the families' `curate run` configs (the numbers must not change with it)")
     ap.add_argument("--no-check", action="store_true", help="print only; do not compare with the reference")
     ap.add_argument("--write", action="store_true", help="store this (full) run as the reference")
     args = ap.parse_args(argv)
@@ -164,7 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown families {unknown}; known: {', '.join(FAMILIES)}")
     import curate
 
-    print(f"curate from {Path(curate.__file__).resolve().parent}; shared data {args.shared}; {'quick' if args.quick else 'full'} sets")
+    import verdict_sets
+
+    verdict_sets.ENGINE = args.engine
+    print(f"curate from {Path(curate.__file__).resolve().parent}; shared data {args.shared}; {'quick' if args.quick else 'full'} sets; "
+          f"engine {args.engine}")
     rows, errors = [], []
     for family in families:
         got, err = run_family(family, args.shared, args.work, args.quick)

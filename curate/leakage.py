@@ -64,15 +64,16 @@ def _empty_result(records: int, floor: float, bands: int, rows: int) -> dict:
     }
 
 
-def split_leakage_in_store(store, run_id: str, *, floor: float = FLOOR, batch_size: int = 50_000) -> dict:
+def split_leakage_in_store(store, run_id: str, *, floor: float = FLOOR, batch_size: int = 50_000, pairs_per_read: int = 1 << 20) -> dict:
     """:func:`split_leakage` of a run's kept records, streamed: memory stays flat in the number of records.
 
     The kept texts are read from the run's data file ``batch_size`` at a time; each batch's shingles become
     signatures and then LSH band keys, and only the band keys (``bands`` x 17 bytes a record) are kept, spilled
     to Parquet files in a temporary folder. DuckDB turns them into candidate pairs (each member of a bucket
-    linked to the first members, as :func:`curate.stages.minhash.candidate_pairs` does) and keeps the pairs
-    across splits; one more pass over the kept records scores them exactly (see :func:`_score_streamed`). Gives the same result as
-    :func:`split_leakage` on the same records (a test holds it to that).
+    linked to the first members, as :func:`curate.stages.minhash.candidate_pairs` does) and writes the pairs across
+    splits to a Parquet file; one more pass over the kept records scores them exactly as they stream by (see
+    :func:`_score_streamed`), and only the summary's counts and closest pairs are kept: memory stays flat in the
+    number of pairs too. Gives the same result as :func:`split_leakage` on the same records (a test holds it to that).
     """
     import tempfile
     from pathlib import Path
@@ -105,48 +106,124 @@ def split_leakage_in_store(store, run_id: str, *, floor: float = FLOOR, batch_si
         if written == 0:
             return out
         glob = str(Path(tmp) / "keys-*.parquet").replace("'", "''")
+        pairs_file = str(Path(tmp) / "pairs.parquet").replace("'", "''")
         # the bucket query spills to disk beyond 1 GB instead of taking most of the machine's memory (DuckDB's
-        # default limit is 80% of it); the setting belongs to the connection, so it is put back afterwards
+        # default limit is 80% of it); the setting belongs to the connection, so it is put back afterwards.
+        # The cross-split pairs go to a Parquet file in uid_b order, to be read back as a stream.
         limit = store.sql("SELECT current_setting('memory_limit') AS m").item()
         store.con.execute("SET memory_limit = '1GB'")
         try:
-            pairs = store.sql(
-            f"""WITH k AS (SELECT band, key, uid, row_number() OVER (PARTITION BY band, key ORDER BY uid) - 1 AS rank
-                           FROM read_parquet('{glob}')),
-                  first AS (SELECT band, key, uid, rank FROM k WHERE rank < {LINKS_PER_MEMBER}),
-                  cand AS (SELECT DISTINCT f.uid AS uid_a, m.uid AS uid_b FROM k m JOIN first f
-                           ON m.band = f.band AND m.key = f.key AND f.rank < m.rank WHERE m.rank > 0)
-               SELECT c.uid_a, c.uid_b FROM cand c
-                 JOIN records a ON a.run_id = $1 AND a.uid = c.uid_a
-                 JOIN records b ON b.run_id = $1 AND b.uid = c.uid_b
-               WHERE a.split <> b.split ORDER BY c.uid_a, c.uid_b""",
-            [run_id],
+            store.con.execute(
+                f"""COPY (
+                  WITH k AS (SELECT band, key, uid, row_number() OVER (PARTITION BY band, key ORDER BY uid) - 1 AS rank
+                             FROM read_parquet('{glob}')),
+                    first AS (SELECT band, key, uid, rank FROM k WHERE rank < {LINKS_PER_MEMBER}),
+                    cand AS (SELECT DISTINCT f.uid AS uid_a, m.uid AS uid_b FROM k m JOIN first f
+                             ON m.band = f.band AND m.key = f.key AND f.rank < m.rank WHERE m.rank > 0)
+                  SELECT c.uid_a, c.uid_b FROM cand c
+                    JOIN records a ON a.run_id = $1 AND a.uid = c.uid_a
+                    JOIN records b ON b.run_id = $1 AND b.uid = c.uid_b
+                  WHERE a.split <> b.split ORDER BY c.uid_b, c.uid_a
+                ) TO '{pairs_file}' (FORMAT parquet)""",
+                [run_id],
             )
+            # each uid_a's last partner: its shingle set is dropped once that pair is scored
+            anchors = store.sql(f"SELECT uid_a, max(uid_b) AS last FROM read_parquet('{pairs_file}') GROUP BY uid_a ORDER BY uid_a")
         finally:
             store.con.execute(f"SET memory_limit = '{limit}'")
-    if pairs.height == 0:
-        return out
-    sim = _score_streamed(store, run_id, pairs, batch_size)
-    # ids and splits only for the pairs the summary names
-    top = pairs[np.argsort(-sim, kind="stable")[:TOP_PAIRS]]
+        if anchors.height == 0:
+            return out
+        scores = _ScoreSummary(floor)
+        _score_streamed(store, run_id, _pair_stream(Path(tmp) / "pairs.parquet", pairs_per_read), anchors, batch_size, scores)
+    top = scores.top_pairs()
     named = _texts_of(store, run_id, pl.concat([top["uid_a"], top["uid_b"]]).unique().sort(), text=False)
     info = {int(u): (i, sp) for u, i, sp in named.select("uid", "id", "split").iter_rows()}
-    return _scored_pairs(out, sim, pairs, info, floor)
+    return scores.finish(out, info)
 
 
-def _score_streamed(store, run_id: str, pairs: pl.DataFrame, batch_size: int) -> np.ndarray:
-    """Exact similarities of ``pairs`` (``uid_a`` < ``uid_b``, kept records), in ``pairs``' order, from one more pass
-    over the kept records in uid order: each record's shingle set is computed once; a pair is scored in the batch
-    that holds its ``uid_b``, against ``uid_a``'s set, held since its own batch (``uid_a`` comes first) and dropped
-    after its last pair. Only the sets of those anchors stay in memory, not the run's."""
-    ua, ub = pairs["uid_a"].to_numpy(), pairs["uid_b"].to_numpy()
-    by_b = np.argsort(ub, kind="stable")
-    ua_sorted, ub_sorted = ua[by_b], ub[by_b]
-    anchor_uids, last_index = np.unique(ua_sorted[::-1], return_index=True)  # each anchor's last pair, in uid_b order
-    anchor_last_b = ub_sorted[::-1][last_index]
-    sim_sorted = np.zeros(ub.size, dtype=np.float64)
-    anchors: dict[int, np.ndarray] = {}
-    done = 0
+class _PairStream:
+    """Candidate pairs (``uid_a``, ``uid_b``) read from a Parquet file in ``uid_b`` order, taken up to a bound."""
+
+    def __init__(self, batches):
+        self.batches = batches
+        self.a = self.b = np.zeros(0, dtype=np.int64)
+
+    def upto(self, last_uid: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next pairs whose ``uid_b`` is at most ``last_uid``."""
+        parts_a, parts_b = [], []
+        while True:
+            cut = int(np.searchsorted(self.b, last_uid, side="right"))
+            parts_a.append(self.a[:cut])
+            parts_b.append(self.b[:cut])
+            self.a, self.b = self.a[cut:], self.b[cut:]
+            if self.b.size:
+                break
+            batch = next(self.batches, None)
+            if batch is None:
+                break
+            self.a = batch.column("uid_a").to_numpy().astype(np.int64)
+            self.b = batch.column("uid_b").to_numpy().astype(np.int64)
+        return np.concatenate(parts_a), np.concatenate(parts_b)
+
+
+def _pair_stream(path, rows: int) -> _PairStream:
+    import pyarrow.parquet as pq
+
+    return _PairStream(iter(pq.ParquetFile(path).iter_batches(batch_size=rows)))
+
+
+class _ScoreSummary:
+    """What the summary keeps of the scored pairs, accumulated chunk by chunk: their number, the largest similarity,
+    the count at or above each level and the closest pairs (ties in (uid_a, uid_b) order): memory flat in pairs."""
+
+    def __init__(self, floor: float):
+        self.floor = floor
+        self.n = 0
+        self.max = -1.0
+        self.levels = {level: 0 for level in LEVELS if level >= floor}
+        self.top = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
+
+    def add(self, ua: np.ndarray, ub: np.ndarray, sim: np.ndarray) -> None:
+        """Count one chunk of scored pairs."""
+        if sim.size == 0:
+            return
+        self.n += int(sim.size)
+        self.max = max(self.max, float(sim.max()))
+        for level in self.levels:
+            self.levels[level] += int((sim >= level).sum())
+        a, b, s = (np.concatenate([x, y]) for x, y in zip(self.top, (ua, ub, sim)))
+        order = np.lexsort((b, a, -s))[:TOP_PAIRS]
+        self.top = (a[order], b[order], s[order])
+
+    def top_pairs(self) -> pl.DataFrame:
+        """The closest pairs so far (``uid_a``, ``uid_b``)."""
+        return pl.DataFrame({"uid_a": self.top[0], "uid_b": self.top[1]})
+
+    def finish(self, out: dict, info: dict) -> dict:
+        """``out`` completed; ``info`` = {uid: (id, split)} of the top pairs' records."""
+        if self.n == 0:
+            return out
+        out["pairs_scored"] = self.n
+        out["max_similarity"] = round(self.max, 4)
+        out["pairs_at_or_above"] = {str(level): count for level, count in self.levels.items()}
+        ua, ub, sim = self.top
+        out["closest"] = [
+            {"id_a": str(info[int(a)][0]), "id_b": str(info[int(b)][0]), "split_a": str(info[int(a)][1]),
+             "split_b": str(info[int(b)][1]), "similarity": round(float(s), 4)}
+            for a, b, s in zip(ua, ub, sim) if s >= self.floor
+        ]
+        return out
+
+
+def _score_streamed(store, run_id: str, pairs: _PairStream, anchors: pl.DataFrame, batch_size: int, scores: _ScoreSummary) -> None:
+    """Exact similarities of the cross-split ``pairs`` (``uid_a`` < ``uid_b``, kept records, in ``uid_b`` order), from
+    one more pass over the kept records in uid order, added to ``scores``: each record's shingle set is computed
+    once; a pair is scored in the batch that holds its ``uid_b``, against ``uid_a``'s set, held since its own batch
+    (``uid_a`` comes first) and dropped after its last pair (``anchors``: ``uid_a``, ``last``). Only the sets of
+    those anchors stay in memory, never the run's, nor all the pairs."""
+    anchor_uids = anchors["uid_a"].to_numpy().astype(np.int64)
+    anchor_last = anchors["last"].to_numpy().astype(np.int64)
+    held: dict[int, np.ndarray] = {}
     for batch in _kept_text_batches(store, run_id, batch_size):
         uids = batch["uid"].to_numpy()
         hashes, offsets = shingle_sets(batch["text"])
@@ -154,41 +231,19 @@ def _score_streamed(store, run_id: str, pairs: pl.DataFrame, batch_size: int) ->
         pos = np.searchsorted(anchor_uids, uids)
         is_anchor = (pos < anchor_uids.size) & (anchor_uids[np.minimum(pos, anchor_uids.size - 1)] == uids)
         for d in np.flatnonzero(is_anchor):
-            anchors[int(uids[d])] = hashes[offsets[d]:offsets[d + 1]]
-        upto = int(np.searchsorted(ub_sorted, uids[-1], side="right"))
-        if upto > done:
-            a, b = ua_sorted[done:upto], ub_sorted[done:upto]
-            row_b = np.searchsorted(uids, b)
+            held[int(uids[d])] = hashes[offsets[d]:offsets[d + 1]]
+        a, b = pairs.upto(int(uids[-1]))
+        if a.size:
             needed = np.unique(a)
-            sets = [hashes] + [anchors[int(u)] for u in needed]
+            sets = [hashes] + [held[int(u)] for u in needed]
             extra = np.cumsum([0] + [len(x) for x in sets[1:]], dtype=np.int64)
-            all_hashes = np.concatenate(sets)
             all_offsets = np.concatenate([offsets, offsets[-1] + extra[1:]])
             row_a = uids.size + np.searchsorted(needed, a)
-            sim_sorted[done:upto] = exact_jaccard(all_hashes, all_offsets, row_a, row_b)
-            done = upto
+            row_b = np.searchsorted(uids, b)
+            scores.add(a, b, exact_jaccard(np.concatenate(sets), all_offsets, row_a, row_b))
         # an anchor whose last pair has been scored is not needed again
-        for u in anchor_uids[(anchor_last_b <= uids[-1]) & (anchor_last_b > (uids[0] - 1))]:
-            anchors.pop(int(u), None)
-    sim = np.empty_like(sim_sorted)
-    sim[by_b] = sim_sorted
-    return sim
-
-
-def _scored_pairs(out: dict, sim: np.ndarray, pairs: pl.DataFrame, info: dict, floor: float) -> dict:
-    """``out`` completed from the exact similarities ``sim`` of the cross-split candidate ``pairs`` (uids, in pair
-    order); ``info`` = {uid: (id, split)}, needed for the top pairs only."""
-    out["pairs_scored"] = int(sim.size)
-    out["max_similarity"] = round(float(sim.max()), 4)
-    out["pairs_at_or_above"] = {str(level): int((sim >= level).sum()) for level in LEVELS if level >= floor}
-    top = np.argsort(-sim, kind="stable")[:TOP_PAIRS]
-    ua, ub = pairs["uid_a"].to_numpy(), pairs["uid_b"].to_numpy()
-    out["closest"] = [
-        {"id_a": str(info[int(ua[k])][0]), "id_b": str(info[int(ub[k])][0]), "split_a": str(info[int(ua[k])][1]),
-         "split_b": str(info[int(ub[k])][1]), "similarity": round(float(sim[k]), 4)}
-        for k in top if sim[k] >= floor
-    ]
-    return out
+        for u in anchor_uids[(anchor_last >= uids[0]) & (anchor_last <= uids[-1])]:
+            held.pop(int(u), None)
 
 
 def _texts_of(store, run_id: str, uids: pl.Series, text: bool = True) -> pl.DataFrame:
@@ -252,9 +307,10 @@ def split_leakage(kept: pl.DataFrame, *, floor: float = FLOOR) -> dict:
     if sim.size == 0:
         return out
     uid = kept["uid"].to_numpy()
-    pairs = pl.DataFrame({"uid_a": uid[ia], "uid_b": uid[ib]})
+    scores = _ScoreSummary(floor)
+    scores.add(uid[ia], uid[ib], sim)
     info = {int(u): (i, sp) for u, i, sp in kept.select("uid", "id", "split").iter_rows()}
-    return _scored_pairs(out, sim, pairs, info, floor)
+    return scores.finish(out, info)
 
 
 def _flat(hashes: np.ndarray, offsets: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

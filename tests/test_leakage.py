@@ -102,7 +102,7 @@ def test_run_reports_exact_leakage_between_splits(tmp_path, shared_data):
     with Workspace(res.workspace, create=False) as ws, ws.run_data(res.run_id) as store:
         reference = split_leakage(kept_texts(store, res.run_id))
         assert reference == leak
-        assert split_leakage_in_store(store, res.run_id, batch_size=97) == reference
+        assert split_leakage_in_store(store, res.run_id, batch_size=97, pairs_per_read=5) == reference
 
 
 def test_two_tasks_on_one_passage_are_kept_in_one_split(tmp_path, shared_data):

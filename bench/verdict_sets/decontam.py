@@ -274,6 +274,7 @@ def _arc_first100(shared: Path, work: Path, part: str, eval_file: Path, n_items:
     """The real ARC-as-training file through `curate run`; rows of this part's items only."""
     import polars as pl
 
+    import verdict_sets
     from curate.config import parse_config
     from curate.pipeline import Pipeline
 
@@ -285,7 +286,7 @@ def _arc_first100(shared: Path, work: Path, part: str, eval_file: Path, n_items:
     cfg = parse_config({
         "name": f"arc100_{part}", "tokenizer": None,
         "inputs": [{"path": str(path), "mapping": {"user": "query", "assistant": "gold"}}],
-        "stages": [{"decontaminate": {"eval_sets": [str(eval_file)]}}],
+        "stages": [{"decontaminate": {"eval_sets": [str(eval_file)]}}], "engine": verdict_sets.ENGINE,
     }, work)
     res = Pipeline(cfg, progress=False).run()
     ledger = pl.read_parquet(res.output_dir / "ledger.parquet")

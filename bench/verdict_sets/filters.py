@@ -303,6 +303,7 @@ def rejected_positions(records: list[dict], stages: list, work: Path, name: str)
     """Runs ``curate run`` with ``stages`` on ``records`` (an Alpaca JSON file); position -> reason of each reject."""
     import polars as pl
 
+    import verdict_sets
     from curate.config import parse_config
     from curate.pipeline import Pipeline
 
@@ -311,7 +312,8 @@ def rejected_positions(records: list[dict], stages: list, work: Path, name: str)
     if not path.exists():
         path.write_text(json.dumps(records))
     cfg = parse_config(
-        {"name": re.sub(r"[^A-Za-z0-9_.-]", "_", name), "inputs": [{"path": str(path)}], "tokenizer": None, "stages": stages},
+        {"name": re.sub(r"[^A-Za-z0-9_.-]", "_", name), "inputs": [{"path": str(path)}], "tokenizer": None, "stages": stages,
+         "engine": verdict_sets.ENGINE},
         work,
     )
     res = Pipeline(cfg, progress=False).run(force=True)
