@@ -424,23 +424,6 @@ def _parquet_tasks(index: int, shown: str, path: Path, batch_size: int) -> Itera
 
 
 # -- running tasks ------------------------------------------------------------------------------------------
-_WORK: RecordWork | None = None
-
-
-def load_work(payload: bytes) -> None:
-    """Make the pickled :class:`RecordWork` this worker process's (called once, when the worker starts)."""
-    import gc
-
-    global _WORK
-    gc.disable()  # as in the main process: millions of short-lived containers, no reference cycles
-    _WORK = pickle.loads(payload)
-
-
-def _run_in_worker(task: Task) -> list[TaskResult]:
-    assert _WORK is not None
-    return _WORK.run(task)
-
-
 def default_workers() -> int:
     """The cores this process may use."""
     try:
@@ -461,7 +444,9 @@ class Executor:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
 
-            from curate.workerboot import init_worker
+            from curate.workerboot import init_worker, run_task
+
+            self.run_task = run_task
 
             payload = pickle.dumps(work, protocol=pickle.HIGHEST_PROTOCOL)
             # one worker per core: each worker's libraries get cores / workers threads (at least one)
@@ -484,7 +469,7 @@ class Executor:
                 if task is None:
                     exhausted = True
                 else:
-                    pending.append(self.pool.submit(_run_in_worker, task))
+                    pending.append(self.pool.submit(self.run_task, task))
             if not pending:
                 return
             yield from pending.popleft().result()
