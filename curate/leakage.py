@@ -127,14 +127,13 @@ def split_leakage_in_store(store, run_id: str, *, floor: float = FLOOR, batch_si
                 ) TO '{pairs_file}' (FORMAT parquet)""",
                 [run_id],
             )
-            # each uid_a's last partner: its shingle set is dropped once that pair is scored
-            anchors = store.sql(f"SELECT uid_a, max(uid_b) AS last FROM read_parquet('{pairs_file}') GROUP BY uid_a ORDER BY uid_a")
+            anchors = store.sql(f"SELECT DISTINCT uid_a FROM read_parquet('{pairs_file}') ORDER BY uid_a")
         finally:
             store.con.execute(f"SET memory_limit = '{limit}'")
         if anchors.height == 0:
             return out
         scores = _ScoreSummary(floor)
-        _score_streamed(store, run_id, _pair_stream(Path(tmp) / "pairs.parquet", pairs_per_read), anchors, batch_size, scores)
+        _score_streamed(store, run_id, _pair_stream(Path(tmp) / "pairs.parquet", pairs_per_read), anchors, batch_size, scores, tmp)
     top = scores.top_pairs()
     named = _texts_of(store, run_id, pl.concat([top["uid_a"], top["uid_b"]]).unique().sort(), text=False)
     info = {int(u): (i, sp) for u, i, sp in named.select("uid", "id", "split").iter_rows()}
@@ -215,35 +214,48 @@ class _ScoreSummary:
         return out
 
 
-def _score_streamed(store, run_id: str, pairs: _PairStream, anchors: pl.DataFrame, batch_size: int, scores: _ScoreSummary) -> None:
+def _score_streamed(store, run_id: str, pairs: _PairStream, anchors: pl.DataFrame, batch_size: int, scores: _ScoreSummary,
+                    folder) -> None:
     """Exact similarities of the cross-split ``pairs`` (``uid_a`` < ``uid_b``, kept records, in ``uid_b`` order), from
     one more pass over the kept records in uid order, added to ``scores``: each record's shingle set is computed
-    once; a pair is scored in the batch that holds its ``uid_b``, against ``uid_a``'s set, held since its own batch
-    (``uid_a`` comes first) and dropped after its last pair (``anchors``: ``uid_a``, ``last``). Only the sets of
-    those anchors stay in memory, never the run's, nor all the pairs."""
+    once; a pair is scored in the batch that holds its ``uid_b``, against the set of ``uid_a`` (``anchors``), which
+    was written to a file in ``folder`` in its own batch (``uid_a`` comes first) and is read back where needed.
+    Neither the run's sets nor all the pairs are ever in memory: in data full of near-copies most records are
+    someone's ``uid_a``, until the end of the pass."""
+    import os
+    from pathlib import Path
+
     anchor_uids = anchors["uid_a"].to_numpy().astype(np.int64)
-    anchor_last = anchors["last"].to_numpy().astype(np.int64)
-    held: dict[int, np.ndarray] = {}
-    for batch in _kept_text_batches(store, run_id, batch_size):
-        uids = batch["uid"].to_numpy()
-        hashes, offsets = shingle_sets(batch["text"])
-        # keep the sets of this batch's anchors for the batches to come
-        pos = np.searchsorted(anchor_uids, uids)
-        is_anchor = (pos < anchor_uids.size) & (anchor_uids[np.minimum(pos, anchor_uids.size - 1)] == uids)
-        for d in np.flatnonzero(is_anchor):
-            held[int(uids[d])] = hashes[offsets[d]:offsets[d + 1]]
-        a, b = pairs.upto(int(uids[-1]))
-        if a.size:
-            needed = np.unique(a)
-            sets = [hashes] + [held[int(u)] for u in needed]
-            extra = np.cumsum([0] + [len(x) for x in sets[1:]], dtype=np.int64)
-            all_offsets = np.concatenate([offsets, offsets[-1] + extra[1:]])
-            row_a = uids.size + np.searchsorted(needed, a)
-            row_b = np.searchsorted(uids, b)
-            scores.add(a, b, exact_jaccard(np.concatenate(sets), all_offsets, row_a, row_b))
-        # an anchor whose last pair has been scored is not needed again
-        for u in anchor_uids[(anchor_last >= uids[0]) & (anchor_last <= uids[-1])]:
-            held.pop(int(u), None)
+    start = np.zeros(anchor_uids.size, dtype=np.int64)  # an anchor's set: its first value's index in the file, and length
+    length = np.zeros(anchor_uids.size, dtype=np.int64)
+    written = 0
+    fd = os.open(Path(folder) / "anchor-sets.bin", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for batch in _kept_text_batches(store, run_id, batch_size):
+            uids = batch["uid"].to_numpy()
+            hashes, offsets = shingle_sets(batch["text"])
+            # this batch's anchors go to the file, for the pairs of this batch and the batches to come
+            pos = np.searchsorted(anchor_uids, uids)
+            is_anchor = (pos < anchor_uids.size) & (anchor_uids[np.minimum(pos, anchor_uids.size - 1)] == uids)
+            rows = np.flatnonzero(is_anchor)
+            if rows.size:
+                values, offs = _flat(hashes, offsets, rows)
+                os.pwrite(fd, values.astype(np.uint64).tobytes(), written * 8)
+                start[pos[rows]] = written + offs[:-1]
+                length[pos[rows]] = np.diff(offs)
+                written += values.size
+            a, b = pairs.upto(int(uids[-1]))
+            if a.size:
+                needed = np.unique(a)
+                idx = np.searchsorted(anchor_uids, needed)
+                sets = [hashes] + [np.frombuffer(os.pread(fd, int(n) * 8, int(s) * 8), dtype=np.uint64)
+                                   for s, n in zip(start[idx], length[idx])]
+                all_offsets = np.concatenate([offsets, offsets[-1] + np.cumsum(length[idx])])
+                row_a = uids.size + np.searchsorted(needed, a)
+                row_b = np.searchsorted(uids, b)
+                scores.add(a, b, exact_jaccard(np.concatenate(sets), all_offsets, row_a, row_b))
+    finally:
+        os.close(fd)
 
 
 def _texts_of(store, run_id: str, uids: pl.Series, text: bool = True) -> pl.DataFrame:
