@@ -46,6 +46,21 @@ def _ray():
     return ray
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """EngineUnavailableError unless ``address`` (``host:port`` or ``ray://host:port``) accepts a TCP connection
+    within ``timeout`` seconds: Ray itself retries an unreachable cluster for minutes."""
+    import socket
+
+    hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise EngineUnavailableError(f"ray_address {address!r} is not host:port or ray://host:port")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise EngineUnavailableError(f"cannot reach Ray at {address}: {exc}") from None
+
+
 class _RecordActor:
     """One Ray actor: the run's record work, unpickled once; runs the tasks of each batch of rows."""
 
@@ -70,6 +85,8 @@ class RayExecutor:
             env = {name: "false" if name == "TOKENIZERS_PARALLELISM" else "1" for name in THREAD_VARIABLES}
             kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level="WARNING",
                                           runtime_env={"env_vars": env})
+            if address and address != "auto":
+                _check_reachable(address)
             try:
                 if address:
                     ray.init(address=address, **kwargs)

@@ -148,3 +148,21 @@ def test_ray_engine_gives_the_local_run(tmp_path, shared_data):
     for name in a:
         assert a[name].equals(b[name]), name
     assert _digests(local.output_dir) == _digests(on_ray.output_dir)
+
+
+def test_an_unreachable_ray_cluster_is_one_line_and_exit_2(tmp_path, shared_data):
+    import socket
+    import subprocess
+    import sys
+
+    pytest.importorskip("ray.data")
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "c.yaml").write_text(
+        f"name: r\ninputs:\n  - path: {shared_data / 'alpaca' / 'alpaca_4000.json'}\ntokenizer: null\n"
+        f"engine: ray\nray_address: 127.0.0.1:{port}\nstages: [exact_dedup]\n")
+    done = subprocess.run([sys.executable, "-m", "curate.cli", "run", str(tmp_path / "c.yaml"), "--no-progress"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"cannot reach Ray at 127.0.0.1:{port}: [Errno 111] Connection refused"]
