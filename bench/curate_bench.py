@@ -507,7 +507,8 @@ def run_ours(inp: Path, truth: dict, args, stages: list[str], tokenizer: str | N
     spec = {
         "input": str(inp), "stages": stages, "tokenizer": tokenizer, "tag": tag, "profile": profile,
         "stage_timing": args.stage_timing and not profile, "no_export": args.no_export, "result": str(res_path),
-        "batch_size": args.batch_size, "duckdb_set": args.duckdb_set, "workers": args.workers, "no_audit": args.no_audit, "engine": getattr(args, "engine", None),
+        "batch_size": args.batch_size, "duckdb_set": args.duckdb_set, "workers": args.workers, "no_audit": args.no_audit,
+        "engine": getattr(args, "engine", None),
     }
     log = WORK / f"log_{tag}.txt"
     wall, rss, rc, cpu, load = run_child([sys.executable, str(Path(__file__).resolve()), "_child_ours", json.dumps(spec)], log)
