@@ -182,7 +182,7 @@ class RecordWork:
         timer = Timer()
         if task.pass_index == 0:
             base, previous = 0, None
-            for frame, quarantine, units in self._parse(task, timer):
+            for frame, quarantine, units in self.parse(task, timer):
                 result = self._first_pass(frame, quarantine, units, task.shown, timer).shifted(base)
                 result.input_index = task.input_index
                 base += units
@@ -209,7 +209,7 @@ class RecordWork:
             return read_jsonl(path, self.batch_size + 1, self.max_record_bytes, task.start, task.end, task.first_line)
         return read_file(path, batch_size=self.batch_size, max_record_bytes=self.max_record_bytes, csv_header=self.csv_headers[task.input_index])
 
-    def _parse(self, task: Task, timer: Timer) -> Iterator[tuple[pl.DataFrame, pl.DataFrame, int]]:
+    def parse(self, task: Task, timer: Timer) -> Iterator[tuple[pl.DataFrame, pl.DataFrame, int]]:
         """(canonical frame with derived columns, quarantine frame, units) per batch of the task, uids from 0."""
         conv = self.converters[task.input_index]
         budget = task.budget if task.budget is not None else 1 << 62

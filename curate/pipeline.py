@@ -290,7 +290,7 @@ class Pipeline:
         no stage run (what `curate inspect` shows)."""
         work, uid = self.record_work(), 0
         for task in self.tasks(limit_per_input):
-            for frame, quarantine, units in work._parse(task, self.timer):
+            for frame, quarantine, units in work.parse(task, self.timer):
                 yield frame.with_columns(pl.col("uid") + uid), quarantine.with_columns(pl.col("uid") + uid), task.shown
                 uid += units
                 self._used[task.input_index] += units
