@@ -276,7 +276,8 @@ class Pipeline:
         """The engine's executor: Ray Data actors for `engine: ray` (unless a limit makes the run sequential), else
         local worker processes (or this process)."""
         workers = self._workers(limit_per_input)
-        if self.cfg.engine == "ray" and not self._limited(limit_per_input):
+        self.on_ray = self.cfg.engine == "ray" and not self._limited(limit_per_input)
+        if self.on_ray:
             from curate.rayengine import RayExecutor
 
             return RayExecutor(self.record_work(), self.cfg.workers, self.cfg.ray_address, self.progress)
@@ -434,7 +435,7 @@ class Pipeline:
     def _decide_one(self, store: RunStore, gstage: GlobalStage, prepared: _Prepared, pos: int,
                     excluded: pl.DataFrame) -> GlobalDecision | pl.DataFrame | None:
         """One global stage's outcome over its spilled rows minus ``excluded`` uids (None when no row is left)."""
-        if gstage.group_key and self.cfg.engine == "ray" and hasattr(self.executor, "work_ref"):
+        if gstage.group_key and self.on_ray:
             from curate.rayengine import decide_by_key
 
             self.grouped_on_ray.append(gstage.name)
@@ -752,16 +753,6 @@ def _display_path(path: Path, base: Path) -> str:
     rel = os.path.relpath(path.resolve(), base.resolve())
     ups = Path(rel).parts.count(os.pardir)
     return rel if ups <= 2 else str(path.resolve())
-
-
-def _raw_excerpt(item: Any) -> str:
-    import orjson
-
-    try:
-        text = orjson.dumps(item, default=str).decode()
-    except TypeError:
-        text = repr(item)
-    return text[:300] + ("…" if len(text) > 300 else "")
 
 
 def _prefetch(iterator, depth: int = 2):

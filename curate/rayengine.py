@@ -34,10 +34,6 @@ from curate.workerboot import THREAD_VARIABLES
 
 def require_ray():
     """The ``ray`` module with Ray Data; EngineUnavailableError saying how to install it when it is missing."""
-    return _ray()
-
-
-def _ray():
     try:
         import ray
         import ray.data  # noqa: F401 - Ray Data is a separate part of the package
@@ -79,7 +75,7 @@ class RayExecutor:
     """The :class:`curate.executor.Executor` contract (``map``, ``close``, ``workers``) on Ray Data actors."""
 
     def __init__(self, work: RecordWork, workers: int | None, address: str | None, progress: bool = False):
-        ray = _ray()
+        ray = require_ray()
         self.started = not ray.is_initialized()
         if self.started:
             env = {name: "false" if name == "TOKENIZERS_PARALLELISM" else "1" for name in THREAD_VARIABLES}
@@ -133,7 +129,7 @@ def decide_by_key(stage: GlobalStage, files: list[Path], excluded: pl.DataFrame,
     """A ``group_key`` stage's decision over its spilled prepared rows (minus ``excluded`` uids): the rows are
     shuffled by a hash of the key into ``partitions`` groups on Ray, each group decides alone (rows of one key meet
     in one group), and the groups' rejects and clusters are joined in uid order: what ``decide`` gives over all rows."""
-    ray = _ray()
+    ray = require_ray()
     import pyarrow as pa
 
     key = stage.group_key
