@@ -14,6 +14,9 @@ def read_conversations(
 ) -> tuple[list[tuple[str, list[dict[str, str]]]], list[dict]]:
     """(``[(where, messages)]``, ``[bad]``) from a file, directory or glob in any shape curate reads.
 
+    A preference pair reads as its prompt and chosen completion; a KTO record labeled undesirable is listed in
+    ``bad``, never returned as an example to imitate.
+
     ``where`` is ``file:line``; ``bad`` lists ``{where, reason}`` for unreadable or unconvertible records
     (never fatal). ``shape`` and ``mapping`` are curate's (``auto`` detects per record); at most ``limit``
     conversations are read."""
@@ -27,14 +30,32 @@ def read_conversations(
             bad += [{"where": f"{file}:{b.line}", "reason": b.error} for b in batch.bad]
             for line, rec in zip(batch.lines, batch.records):
                 try:
-                    _shape, roles, contents, _meta, _fixes = conv.convert(rec)
+                    made = conv.records(rec)
                 except ShapeError as exc:
                     bad.append({"where": f"{file}:{line}", "reason": exc.message})
                     continue
-                out.append((f"{file}:{line}", [{"role": r, "content": c} for r, c in zip(roles, contents)]))
-                if limit and len(out) >= limit:
-                    return out, bad
+                for record in made:
+                    if record.extra is not None and record.extra.kind == "kto" and record.extra.label is False:
+                        bad.append({"where": f"{file}:{line}", "reason": "a KTO record labeled undesirable: not an example to imitate"})
+                        continue
+                    out.append((f"{file}:{line}", message_dicts(record)))
+                    if limit and len(out) >= limit:
+                        return out, bad
     return out, bad
+
+
+def message_dicts(record) -> list[dict]:  # type: ignore[no-untyped-def]
+    """The turns of a converted record (:class:`curate.shapes.Converted`) as OpenAI-style message dicts: role and
+    content, plus ``tool_calls`` / ``tool_call_id`` / ``name`` where the turn has them. A preference pair gives
+    its prompt and chosen completion."""
+    turns = record.extra.turns if record.extra is not None else None
+    out = []
+    for i, (role, content) in enumerate(zip(record.roles, record.contents)):
+        message = {"role": role, "content": content}
+        if turns is not None and turns[i]:
+            message.update({k: v for k, v in turns[i].items() if v is not None})
+        out.append(message)
+    return out
 
 
 def load_tokenizer(base: str):

@@ -32,7 +32,8 @@ from curate.registry import RegistryError
 from curate.shapes import DEFAULT_EOS_MARKERS, DEFAULT_OUTPUT_PLACEHOLDERS, DEFAULT_PLACEHOLDERS, resolve_shape
 from curate.stages import StageParams, get_stage, resolve_stage
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
+MappedRole = Literal["system", "user", "assistant"]
 
 
 class ConfigError(ValueError):
@@ -91,19 +92,25 @@ class InputSpec(_Strict):
         "a file, a directory (every readable file in it) or a glob, relative to the config file; JSON, JSONL, Parquet, "
         "CSV/TSV, each optionally .gz or .zst"))
     shape: str = Field("auto", description=(
-        "the record layout: auto detects it per record (alpaca, dolly, sharegpt, openai, prompt_completion, and any "
-        "registered shape); name one to force it, mapped (with `mapping`) for columns curate does not know, or "
+        "the record layout: auto detects it per record (alpaca, dolly, sharegpt, openai, prompt_completion, "
+        "preference pairs of LLaMA-Factory, TRL and HH-RLHF, KTO, OpenAssistant trees, and any registered shape); "
+        "name one to force it, mapped (with `mapping`) for columns curate does not know, or "
         "./my_shapes.py:MyShape for your own (docs/extending.md)"))
-    mapping: dict[Role, str | list[str]] | None = Field(default=None, description=(
+    mapping: dict[MappedRole, str | list[str]] | None = Field(default=None, description=(
         "role -> column(s) for shape mapped, e.g. {user: question, assistant: answer}; a list of columns is joined "
         "with a blank line (instruction + input); `user` is required. Giving a mapping implies shape mapped"))
     role_aliases: dict[str, Role] = Field(default_factory=dict, description=(
-        "extra speaker names -> system/user/assistant for chat shapes whose turns use other names "
-        "(e.g. {customer: user, agent: assistant}); human/gpt/bot and the like are known already"))
+        "extra speaker names -> system/user/assistant/tool for chat shapes whose turns use other names "
+        "(e.g. {customer: user, agent: assistant}); human/gpt/bot, observation/function (tool results) and the like "
+        "are known already"))
     csv_header: bool | list[str] = Field(True, description=(
         "CSV/TSV only: true when the first row names the columns; a list gives the column names of a file "
         "without a header row"))
     limit: int | None = Field(default=None, ge=1, description="read at most this many records from this input (a quick look at a large file); null: all")
+    trees: Literal["best", "all", "pairs"] = Field("best", description=(
+        "conversation trees (OpenAssistant exports): best reads each tree as one conversation along the best-ranked "
+        "replies; all as one conversation per root-to-leaf branch; pairs as preference pairs, the best-ranked reply "
+        "against each lower-ranked sibling"))
 
     @field_validator("shape")
     @classmethod
@@ -184,6 +191,7 @@ class StageSpec(_Strict):
 # dedup needs a GPU to be quick, so they are not defaults.
 DEFAULT_STAGES = (
     "conversation_structure",
+    "preference_pair",
     "response_length",
     "length",
     "unseeable_context",

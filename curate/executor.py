@@ -33,7 +33,8 @@ from curate.readers import Bad, compressed_jsonl_blobs, file_format, jsonl_lines
 from curate.shapes import Converter, ShapeError, build_frame
 from curate.stages import RecordStage, Stage
 
-STORED_COLUMNS = ["uid", "id", "source_file", "source_line", "shape", "messages", "meta", "fixes", "n_chars", "n_tokens", "split", "scores"]
+STORED_COLUMNS = ["uid", "id", "source_file", "source_line", "shape", "kind", "messages", "tools", "rejected", "prompt_turns", "label",
+                  "meta", "fixes", "n_chars", "n_tokens", "split", "scores"]
 REWRITTEN_COLUMNS = ["uid", "messages", "fixes", "n_chars"]
 QUARANTINE_SCHEMA = {"uid": pl.Int64, "source_file": pl.Utf8, "source_line": pl.Int64, "field": pl.Utf8, "error": pl.Utf8, "raw": pl.Utf8}
 COMPRESSED = (".gz", ".zst", ".zstd")
@@ -220,39 +221,49 @@ class RecordWork:
             first_uid = uid
             bad: list[tuple[int, Bad]] = []
             # Bad lines and good records interleave in file order; uids follow that order.
-            uids, lines, shapes, roles, contents, metas, fixes = [], [], [], [], [], [], []
+            uids, lines, shapes, roles, contents, metas, fixes, extras = [], [], [], [], [], [], [], []
+            rich = False
             with timer("parse+convert"):
                 events = sorted(
                     [(b.line, 0, b) for b in raw.bad] + [(ln, 1, rec) for ln, rec in zip(raw.lines, raw.records)],
                     key=lambda e: (e[0], e[1]),
                 ) if raw.bad else [(ln, 1, rec) for ln, rec in zip(raw.lines, raw.records)]
-                convert = conv.convert
+                convert = conv.records
                 for line, kind, item in events:
                     if budget <= 0:
                         break
-                    budget -= 1
                     if kind == 0:
                         bad.append((uid, item))
-                    else:
-                        try:
-                            shape, r, c, m, f = convert(item)
-                        except ShapeError as exc:
-                            bad.append((uid, Bad(line, exc.message, _raw_excerpt(item), exc.field)))
-                        else:
-                            uids.append(uid)
-                            lines.append(line)
-                            shapes.append(shape)
-                            roles.append(r)
-                            contents.append(c)
-                            metas.append(m)
-                            fixes.append(f)
-                    uid += 1
+                        budget -= 1
+                        uid += 1
+                        continue
+                    try:
+                        made = convert(item)
+                    except ShapeError as exc:
+                        bad.append((uid, Bad(line, exc.message, _raw_excerpt(item), exc.field)))
+                        budget -= 1
+                        uid += 1
+                        continue
+                    # one input record is one unit, but for a conversation tree read as several records
+                    for shape, r, c, m, f, x in made[:budget]:
+                        uids.append(uid)
+                        lines.append(line)
+                        shapes.append(shape)
+                        roles.append(r)
+                        contents.append(c)
+                        metas.append(m)
+                        fixes.append(f)
+                        extras.append(x)
+                        rich = rich or x is not None
+                        budget -= 1
+                        uid += 1
             if bad and self.strict:
                 _, b = bad[0]
                 where = f" field {b.field!r}:" if b.field else ""
                 raise StrictModeError(f"{task.shown}:{b.line}:{where} {b.error} (strict mode stops at the first malformed record)")
             with timer("build+normalize"):
-                frame = build_frame([u - first_uid for u in uids], task.shown, lines, shapes, roles, contents, metas, fixes)
+                frame = build_frame([u - first_uid for u in uids], task.shown, lines, shapes, roles, contents, metas, fixes,
+                                    extras if rich else None)
             with timer("tokenize" if self.tokenizer else "derive"):
                 frame = with_derived(frame, self.tokenizer)
             quarantine = pl.DataFrame(
@@ -317,6 +328,8 @@ def apply_record_stages(batch: pl.DataFrame, stages: list[RecordStage], timer: T
         if missing or out.height != alive.height:
             raise StageContractError(f"stage {stage.name!r} broke the stage contract (missing {missing} or row count changed)")
         is_rej = out["reason"].is_not_null()
+        if stage.judges_completion and "label" in out.columns and out["label"].is_not_null().any():
+            is_rej = is_rej & out["label"].fill_null(True)  # a KTO answer labeled undesirable is bad on purpose
         if is_rej.any():
             rejects.append(
                 out.filter(is_rej).select(

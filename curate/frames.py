@@ -7,17 +7,37 @@ from typing import Any
 
 import polars as pl
 
-from curate.schema import DERIVED_SCHEMA, RECORD_SCHEMA, turns_text_expr
+from curate.schema import DERIVED_SCHEMA, PROMPT_ROLES, RECORD_SCHEMA, turns_text_expr
+
+
+def has_tool_calls(messages: pl.Series) -> bool:
+    """Whether any turn of any conversation in ``messages`` calls a tool (a look at one Arrow child's nulls)."""
+    import pyarrow as pa
+
+    arr = messages.to_arrow()
+    chunks = arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]
+    for chunk in chunks:
+        values = chunk.values  # the turns of every conversation
+        if "tool_calls" in [f.name for f in values.type] and values.field("tool_calls").null_count < len(values):
+            return True
+    return False
 
 
 def with_derived(batch: pl.DataFrame, tokenizer: Any = None) -> pl.DataFrame:
-    """Add (or recompute) ``prompt_text``, ``response_text``, ``n_chars`` and ``n_tokens``.
+    """Add (or recompute) ``prompt_text``, ``response_text``, ``rejected_text``, ``n_chars`` and ``n_tokens``.
 
     ``tokenizer`` is a :class:`curate.tokens.TokenCounter` or None (then ``n_tokens`` is null).
     """
+    calls = has_tool_calls(batch["messages"])
+    rejected = (
+        turns_text_expr(("assistant",), "rejected", calls=has_tool_calls(batch["rejected"]))
+        if "rejected" in batch.columns and batch["rejected"].null_count() < batch.height
+        else pl.lit(None, dtype=pl.Utf8)
+    )
     batch = batch.with_columns(
-        prompt_text=turns_text_expr(("system", "user")),
-        response_text=turns_text_expr(("assistant",)),
+        prompt_text=turns_text_expr(PROMPT_ROLES),
+        response_text=turns_text_expr(("assistant",), calls=calls),
+        rejected_text=rejected,
         n_chars=pl.col("messages")
         .list.eval(pl.element().struct.field("content").str.len_chars())
         .list.sum()
@@ -52,7 +72,12 @@ def canonical_frame(
         "source_file": ["<memory>"] * n,
         "source_line": list(range(1, n + 1)),
         "shape": ["openai"] * n,
+        "kind": ["sft"] * n,
         "messages": msgs,
+        "tools": [None] * n,
+        "rejected": [None] * n,
+        "prompt_turns": [None] * n,
+        "label": [None] * n,
         "meta": ["{}"] * n,
         "fixes": [[] for _ in range(n)],
     }

@@ -191,6 +191,7 @@ class Pipeline:
                 cfg.normalize.output_placeholders,
                 cfg.normalize.eos_markers,
                 cfg.normalize.unwrap_templates,
+                spec.trees,
             )
             for spec in cfg.inputs
         ]
@@ -506,7 +507,8 @@ class Pipeline:
         all_rej: list[pl.DataFrame] = []
         rewrites: list[pl.DataFrame] = []
         new_scores: list[pl.DataFrame] = []
-        cols = ["uid", "id", "source_file", "source_line", "shape", "messages", "meta", "fixes", "n_chars", "n_tokens"]
+        cols = ["uid", "id", "source_file", "source_line", "shape", "kind", "messages", "tools", "rejected", "prompt_turns", "label",
+                "meta", "fixes", "n_chars", "n_tokens"]
         tasks = (Task(pass_index, frame=batch) for batch in ws.kept_batches(self.run_id, cols, self.cfg.batch_size))
         for result in executor.map(tasks):
             self._collect(result, prepared)

@@ -136,9 +136,10 @@ def _json_error(exc: Exception) -> str:
 
 
 def _check_object(obj: Any) -> str | None:
-    if isinstance(obj, dict):
+    """None for a record a shape can read (an object, or a bare string: a prompt-only line); else the problem."""
+    if isinstance(obj, (dict, str)):
         return None
-    return f"expected a JSON object, got {type(obj).__name__}"
+    return f"expected a JSON object (or a string), got {type(obj).__name__}"
 
 
 def read_jsonl(path: Path, batch_size: int, max_record_bytes: int, start: int = 0, end: int | None = None, first_line: int = 1) -> Iterator[Batch]:
@@ -176,7 +177,7 @@ def jsonl_lines(path: str, lines: Iterable[bytes], batch_size: int, max_record_b
             except JSONDecodeError as exc:
                 batch.bad.append(Bad(lineno, _json_error(exc), _excerpt(line)))
             else:
-                if type(obj) is dict:
+                if type(obj) is dict or type(obj) is str:
                     lines_out.append(lineno)
                     records.append(obj)
                 else:

@@ -142,7 +142,7 @@ def test_corrupt_jsonl_is_quarantined_not_fatal(tmp_path, run_config):
     assert errors[2] == "invalid UTF-8"
     assert "exceeds max_record_bytes" in errors[3]
     assert q[4]["field"] == "prompt" or "missing" in errors[4] or "unrecognized shape" in errors[4]
-    assert errors[5] == "expected a JSON object, got list"
+    assert errors[5] == "expected a JSON object (or a string), got list"
     assert {f["path"]: f["records"] + f["quarantined"] for f in s["files"]} == {"corrupt.jsonl": 8}
 
 

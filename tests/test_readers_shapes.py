@@ -70,13 +70,15 @@ def test_jsonl_bad_lines_are_quarantined_with_line_numbers(tmp_path):
         b'{"prompt": "a", "completion": "b"}\n'
         b'{"prompt": "a", "compl\n'  # truncated
         b"\n"  # blank line: not a record
-        b'"just a string"\n'
+        b'"just a string"\n'  # a bare prompt: a record (shape prompt_only)
         b'{"prompt": "caf\xe9", "completion": "x"}\n'  # latin-1 byte: invalid UTF-8
         b'{"prompt": "ok", "completion": "fine"}\n'
+        b'[1, 2]\n'
     )
     recs, bad = _all(path)
-    assert [ln for ln, _ in recs] == [1, 6]
-    assert [(b.line, b.error.split(":")[0]) for b in bad] == [(2, "invalid JSON"), (4, "expected a JSON object, got str"), (5, "invalid UTF-8")]
+    assert [ln for ln, _ in recs] == [1, 4, 6] and recs[1][1] == "just a string"
+    assert [(b.line, b.error.split(":")[0]) for b in bad] == [(2, "invalid JSON"), (5, "invalid UTF-8"),
+                                                              (7, "expected a JSON object (or a string), got list")]
 
 
 def test_csv_rows_with_wrong_field_count_and_bad_utf8(tmp_path):
@@ -133,10 +135,10 @@ def test_every_shape_converts_to_canonical_messages():
 
 def test_placeholder_inputs_and_templates_are_fixed(shared_data):
     c = Converter()
-    shape, roles, contents, meta, fixes = c.convert({"instruction": "Name a color.", "input": "<noinput>", "output": "Blue"})
+    shape, roles, contents, meta, fixes, _ = c.convert({"instruction": "Name a color.", "input": "<noinput>", "output": "Blue"})
     assert contents[0] == "Name a color." and fixes == ["placeholder_input"]
     first = json.loads((shared_data / "completion" / "dolly_hhrlhf_train_small.jsonl").read_text().splitlines()[0])
-    shape, roles, contents, meta, fixes = c.convert(first)
+    shape, roles, contents, meta, fixes, _ = c.convert(first)
     assert contents[0] == "what is kangen water?" and fixes == ["template_unwrapped"]
 
 
@@ -146,8 +148,18 @@ def test_placeholder_inputs_and_templates_are_fixed(shared_data):
         ({"instruction": "x", "output": 5}, "output", "must be a string, got int"),
         ({"instruction": None, "output": "y"}, "instruction", "missing value"),
         ({"messages": "hello"}, "messages", "must be a list"),
-        ({"conversations": [{"from": "observation", "value": "{}"}]}, "conversations[0].from", "map it with `role_aliases`"),
-        ({"messages": [{"role": "assistant", "content": None, "tool_calls": [{"id": 1}]}]}, "messages[0].tool_calls", "tool calls"),
+        ({"conversations": [{"from": "narrator", "value": "{}"}]}, "conversations[0].from", "map it with `role_aliases`"),
+        ({"messages": [{"role": "assistant", "content": None, "tool_calls": [{"id": 1}]}]}, "messages[0].tool_calls[0].function",
+         "a tool call needs a function"),
+        ({"messages": [{"role": "user", "content": "x", "tool_calls": [{"function": {"name": "f"}}]}]}, "messages[0].tool_calls",
+         "only an assistant turn can call tools"),
+        ({"conversations": [{"from": "function_call", "value": "get_weather(city)"}]}, "conversations[0].value", "not valid JSON"),
+        ({"messages": [{"role": "user", "content": "x"}], "label": "yes"}, "label", "must be true or false"),
+        ({"conversations": [{"from": "human", "value": "x"}], "chosen": {"from": "gpt", "value": "a"}, "rejected": 5}, "rejected",
+         "must be a list"),
+        ({"chosen": "\n\nHuman: hi\n\nAssistant: a", "rejected": "\n\nHuman: other\n\nAssistant: b"}, "rejected",
+         "do not share their prompt"),
+        ({"messages": [{"role": "user", "content": "x"}], "tools": "[{not json"}, "tools", "not valid JSON"),
         ({"text": "plain"}, None, "unrecognized shape"),
     ],
 )
@@ -194,7 +206,7 @@ def test_placeholder_input_forms_are_blanked(placeholder):
     # every form seen in Alpaca's input field (alpaca_data_first10k_excl_holdout.json, alpaca_4000.json)
     for shape_fields in ({"instruction": "Name a landmark in the United States", "input": placeholder, "output": "Statue of Liberty"},
                          {"instruction": "Name a landmark in the United States", "input": placeholder, "output": "Statue of Liberty", "id": 1}):
-        _, _, contents, _, fixes = Converter().convert(shape_fields)  # the fast path and the general one
+        _, _, contents, _, fixes, _ = Converter().convert(shape_fields)  # the fast path and the general one
         assert contents[0] == "Name a landmark in the United States" and fixes == ["placeholder_input"], placeholder
 
 

@@ -189,7 +189,8 @@ def test_the_older_registry_apis_are_views_of_one_mechanism():
     for reg, mapping in ((STAGES, REGISTRY), (METRIC_REGISTRY, METRICS), (EXTRACTOR_REGISTRY, EXTRACTORS), (PROBE_REGISTRY, PROBES)):
         assert isinstance(reg, Registry) and reg.entries is mapping
     assert {"exact_dedup", "minhash_dedup", "language"} <= set(STAGES.names())
-    assert list(SHAPES.entries)[:6] == ["openai", "sharegpt", "alpaca", "dolly", "prompt_completion", "mapped"]
+    assert list(SHAPES.entries)[:12] == ["llamafactory_preference", "trl_preference", "implicit_preference", "kto", "oasst_tree",
+                                         "openai", "sharegpt", "alpaca", "dolly", "prompt_completion", "prompt_only", "mapped"]
     assert JUDGE_BACKENDS.get("local") is LocalJudge and JUDGE_BACKENDS.get("openai") is OpenAIJudge
     with pytest.raises(UnknownStageError) as exc:
         get_stage("minhash_dedupe")
@@ -220,7 +221,7 @@ def test_a_registered_shape_is_validated_and_detected():
 
     try:
         record = {"rt_question": "What is 2 + 2?", "rt_answer": "4<|endoftext|>", "rt_topic": "sums"}
-        shape, roles, contents, meta, fixes = Converter("auto").convert(record)
+        shape, roles, contents, meta, fixes, _ = Converter("auto").convert(record)
         assert (shape, roles, contents) == ("registry_test_pairs", ["user", "assistant"], ["What is 2 + 2?", "4"])
         assert (meta, fixes) == ('{"rt_topic":"sums"}', ["eos_marker"])
         with pytest.raises(ShapeError, match="unrecognized shape"):

@@ -29,7 +29,7 @@ def test_registered_params_and_columns():
     out = _evaluate([[("user", "q"), ("assistant", "a")]])
     assert out.schema["conversation_structure_turns"] == pl.Int64
     assert out.schema["reason"] == pl.Utf8 and out.schema["detail"] == pl.Utf8
-    assert out.columns[-3:] == ["conversation_structure_turns", "reason", "detail"]
+    assert out.columns[-4:] == ["conversation_structure_turns", "conversation_structure_tool_calls", "reason", "detail"]
     assert ConversationStructure().evaluate(canonical_frame([]).head(0)).height == 0
 
 
@@ -68,12 +68,13 @@ def test_every_reason_and_the_order():
         "no_assistant_turn",
         "roles_out_of_order",
     ]
-    assert list(ConversationStructure.reasons) == ["no_assistant_turn", "empty_turn", "roles_out_of_order", "ends_on_user_turn"]
+    assert list(ConversationStructure.reasons)[:5] == ["no_assistant_turn", "empty_turn", "roles_out_of_order", "ends_on_user_turn",
+                                                       "ends_on_tool_result"]
     d = out["detail"].to_list()
     assert d[2] == "roles (none): no assistant turn"
     assert d[4] == "roles uau: the last user turn has no answer"
     assert d[5] == "1 empty turn(s), first: turn 2 (assistant)"
-    assert d[7] == "roles sa: expected [system] user, assistant, user, ..."
+    assert d[7] == "roles sa: expected [system] user, assistant (tool results, assistant), user, ..."
     assert d[11] == "1 empty turn(s), first: turn 2 (user)"
     assert out["conversation_structure_turns"].to_list()[:4] == [2, 5, 0, 2]
 
@@ -87,7 +88,7 @@ def test_long_role_sequences_are_shortened_in_the_detail():
     conv = [("user", "q"), ("assistant", "a")] * 20 + [("assistant", "again")]
     out = _evaluate([conv])
     assert out["reason"][0] == "roles_out_of_order"
-    assert out["detail"][0] == "roles uauauauauauauauauaua...uaa: expected [system] user, assistant, user, ..."
+    assert out["detail"][0] == "roles uauauauauauauauauaua...uaa: expected [system] user, assistant (tool results, assistant), user, ..."
 
 
 @needs_data

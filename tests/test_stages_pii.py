@@ -155,7 +155,7 @@ def test_redact_rewrites_text_exactly(batch):
     out = PII(PII.Params(action="redact")).evaluate(batch)
     assert PII.rewrites_messages and PII().rewrites_messages and not PII(PII.Params(action="flag")).rewrites_messages
     assert out["reason"].to_list() == [None, None]
-    assert out["messages"][0].to_list() == [
+    assert [{"role": m["role"], "content": m["content"]} for m in out["messages"][0].to_list()] == [
         {"role": "system", "content": "Support desk. Escalations: [EMAIL]"},
         {"role": "user", "content": "My card [CARD] was charged twice, call me at [PHONE]."},
         {"role": "assistant", "content": "Sorry! I will call [PHONE] and email [EMAIL]."},

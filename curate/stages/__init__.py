@@ -79,6 +79,9 @@ class RecordStage(Stage):
     score_columns: ClassVar[tuple[str, ...]] = ()
     # True when evaluate() may rewrite `messages` (PII redaction): the runner then stores the new text
     rewrites_messages: ClassVar[bool] = False
+    # True when the stage rejects a record for the quality of its answer (too short, repetitive, a refusal): a KTO
+    # record labeled undesirable is then scored but never rejected, since its answer is bad on purpose
+    judges_completion: ClassVar[bool] = False
 
     def evaluate(self, batch: pl.DataFrame) -> pl.DataFrame:  # pragma: no cover - interface
         """The batch with ``reason`` (Utf8, null: keep), ``detail`` and this stage's ``score_columns`` added;
@@ -160,7 +163,7 @@ class _StageRegistry(Registry[type[Stage]]):
         return self.error(f"unknown stage {name!r}.{hint} Known stages: {', '.join(sorted(self.entries))}")
 
 
-BUILTIN_MODULES = ("conversation", "quality", "pii", "langid", "exact", "minhash", "semantic", "decontam", "labels")
+BUILTIN_MODULES = ("conversation", "preference", "quality", "pii", "langid", "exact", "minhash", "semantic", "decontam", "labels")
 
 #: Every stage a config can name. Built-ins load on the first lookup; installed packages add theirs through the
 #: entry point group ``finetune_workbench.stages``; a config names a user's stage by ``module:Class`` or

@@ -643,13 +643,17 @@ class Decontaminate(GlobalStage):
 
     # -- training side ---------------------------------------------------------------------------------------
     def record_texts(self, batch: pl.DataFrame) -> pl.Series:
-        """The checked text of each record: its chosen turns (``fields``) joined by line breaks."""
-        roles = {"all": None, "prompt": ["system", "user"], "response": ["assistant"]}[self.params.fields]
+        """The checked text of each record: its turns of ``fields`` joined by line breaks, and for ``all`` and
+        ``response`` a preference pair's rejected completion too."""
+        roles = {"all": None, "prompt": ["system", "user", "tool"], "response": ["assistant"]}[self.params.fields]
         turn = pl.element()
         if roles is not None:
             turn = turn.filter(pl.element().struct.field("role").is_in(roles))
-        content = pl.col("messages").list.eval(turn.struct.field("content").fill_null(""))
-        return batch.select(text=content.list.join("\n").fill_null(""))["text"]
+        content = pl.col("messages").list.eval(turn.struct.field("content").fill_null("")).list.join("\n").fill_null("")
+        if roles != ["system", "user", "tool"] and "rejected_text" in batch.columns and batch["rejected_text"].null_count() < batch.height:
+            # a preference pair's rejected completion is training text too (a DPO step reads it)
+            content = pl.concat_str([content, pl.col("rejected_text")], separator="\n", ignore_nulls=True)
+        return batch.select(text=content)["text"]
 
     def prepare(self, batch: pl.DataFrame) -> pl.DataFrame:
         """The batch's units that match an eval item (uid, id, gram, start, span), plus one tally row

@@ -10,16 +10,35 @@ from pydantic import Field
 from curate.stages import GlobalDecision, GlobalStage, StageParams, register
 
 
-def normalized_text_expr(fields: str, normalization: str) -> pl.Expr:
-    """The text two records must share to be exact duplicates."""
+def is_rich(batch: pl.DataFrame) -> bool:
+    """Whether a batch holds anything but plain conversations: preference pairs, KTO records or tool calls."""
+    from curate.frames import has_tool_calls
+
+    if "kind" in batch.columns and (batch["kind"] != "sft").any():
+        return True
+    return has_tool_calls(batch["messages"])
+
+
+def normalized_text_expr(fields: str, normalization: str, rich: bool = False) -> pl.Expr:
+    """The text two records must share to be exact duplicates. ``rich``: the batch holds tool calls, preference
+    pairs or KTO records, whose calls, rejected completion and label are part of the text (two pairs that share a
+    chosen answer but not the rejected one are not duplicates)."""
     if fields == "prompt":
         text = pl.col("prompt_text")
     elif fields == "response":
         text = pl.col("response_text")
+        if rich:
+            text = pl.concat_str([text, pl.col("rejected_text")], separator="\x1d", ignore_nulls=True)
     else:  # the whole conversation, roles included: the same answer to another question is no duplicate
-        text = pl.col("messages").list.eval(
-            pl.concat_str([pl.element().struct.field("role"), pl.element().struct.field("content")], separator="\x1f")
-        ).list.join("\x1e")
+        if rich:
+            text = pl.concat_str(
+                [pl.col("prompt_text"), pl.col("response_text"), pl.col("rejected_text"), pl.col("label").cast(pl.Utf8)],
+                separator="\x1d", ignore_nulls=True,
+            )
+        else:
+            text = pl.col("messages").list.eval(
+                pl.concat_str([pl.element().struct.field("role"), pl.element().struct.field("content")], separator="\x1f")
+            ).list.join("\x1e")
     # ASCII whitespace classes on purpose: contents are normalized already (no-break spaces are spaces), and
     # matching only runs that need rewriting is several times faster than Unicode `\s+` on a million records.
     ws = r"[ \t\n\r\f\v]{2,}|[\t\n\r\f\v]"
@@ -65,7 +84,7 @@ class ExactDedup(GlobalStage):
             "source_file",
             "source_line",
             "n_chars",
-            key=normalized_text_expr(p.fields, p.normalization).hash(seed=0),
+            key=normalized_text_expr(p.fields, p.normalization, is_rich(batch)).hash(seed=0),
         )
 
     def decide(self, prepared: pl.DataFrame) -> pl.DataFrame:

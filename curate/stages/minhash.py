@@ -512,7 +512,11 @@ class MinHashDedup(GlobalStage):
         if p.fields in ("all", "prompt"):
             cols.append(pl.col("prompt_text").fill_null(""))
         if p.fields in ("all", "response"):
-            cols.append(pl.col("response_text").fill_null(""))
+            response = pl.col("response_text").fill_null("")
+            if "rejected_text" in batch.columns and batch["rejected_text"].null_count() < batch.height:
+                # a preference pair is compared on both completions: pairs sharing a chosen answer are not copies
+                response = pl.concat_str([response, pl.col("rejected_text")], separator="\n\n", ignore_nulls=True).alias("response_text")
+            cols.append(response)
         return batch.select(cols)
 
     def parts(self, prepared: pl.DataFrame) -> pl.DataFrame:

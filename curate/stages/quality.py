@@ -403,6 +403,7 @@ class ResponseLength(RecordStage):
     """
 
     name = "response_length"
+    judges_completion = True
     reasons = ("empty_response", "response_too_short")
     score_columns = ("response_length_chars", "response_length_words")
 
@@ -541,6 +542,7 @@ class UniqueWords(RecordStage):
     """
 
     name = "unique_words"
+    judges_completion = True
     reasons = ("low_unique_word_ratio",)
     score_columns = ("unique_words_ratio", "unique_words_log_ratio", "unique_words_words")
 
@@ -640,6 +642,7 @@ class GopherRepetition(RecordStage):
     """
 
     name = "gopher_repetition"
+    judges_completion = True
     reasons = (
         "dup_para_frac",
         "dup_para_char_frac",
@@ -999,6 +1002,7 @@ class Refusal(RecordStage):
     """
 
     name = "refusal"
+    judges_completion = True
     reasons = ("refusal_or_boilerplate",)
     score_columns = ("refusal_offset",)
 

@@ -25,6 +25,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from curate.schema import MESSAGES_SQL
 from curate.workspace.connections import connect_duckdb
 
 SCHEMA_SQL = """
@@ -32,9 +33,9 @@ CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY, kind VARCHAR, name VARCHAR, config JSON, fingerprint VARCHAR,
     status VARCHAR, started TIMESTAMP, finished TIMESTAMP, output_dir VARCHAR, summary JSON);
 CREATE TABLE IF NOT EXISTS records (
-    run_id VARCHAR, uid BIGINT, id VARCHAR, source_file VARCHAR, source_line BIGINT, shape VARCHAR,
-    messages STRUCT(role VARCHAR, content VARCHAR)[], meta VARCHAR, fixes VARCHAR[],
-    n_chars BIGINT, n_tokens BIGINT, split VARCHAR, scores VARCHAR);
+    run_id VARCHAR, uid BIGINT, id VARCHAR, source_file VARCHAR, source_line BIGINT, shape VARCHAR, kind VARCHAR,
+    messages {MESSAGES}, tools VARCHAR, rejected {MESSAGES}, prompt_turns BIGINT, label BOOLEAN,
+    meta VARCHAR, fixes VARCHAR[], n_chars BIGINT, n_tokens BIGINT, split VARCHAR, scores VARCHAR);
 CREATE TABLE IF NOT EXISTS rejects (
     run_id VARCHAR, uid BIGINT, stage VARCHAR, reason VARCHAR, detail VARCHAR, duplicate_of VARCHAR);
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -57,7 +58,13 @@ CREATE OR REPLACE VIEW ledger AS
            CASE WHEN j.uid IS NULL THEN 'kept' ELSE 'rejected' END AS status,
            j.stage, j.reason, j.detail, j.duplicate_of
     FROM records r LEFT JOIN rejects j ON r.run_id = j.run_id AND r.uid = j.uid;
-"""
+""".replace("{MESSAGES}", MESSAGES_SQL)
+
+# Columns a records table written by an earlier version lacks: added (null, kind 'sft') when the file is opened
+# for writing, so old and new runs answer the same queries.
+ADDED_RECORD_COLUMNS = (
+    ("kind", "VARCHAR DEFAULT 'sft'"), ("tools", "VARCHAR"), ("rejected", MESSAGES_SQL), ("prompt_turns", "BIGINT"), ("label", "BOOLEAN"),
+)
 
 RUN_TABLES = ("records", "rejects", "quarantine", "stage_counts", "clusters", "similar_pairs", "split_links", "train_metrics", "eval_examples")
 
@@ -78,6 +85,8 @@ class RunStore:
         self.con.execute("SET enable_progress_bar = false")  # our own progress bars, not DuckDB's
         if not read_only:
             self.con.execute(SCHEMA_SQL)
+            for column, sql_type in ADDED_RECORD_COLUMNS:
+                self.con.execute(f"ALTER TABLE records ADD COLUMN IF NOT EXISTS {column} {sql_type}")
         self._owned = con is None
 
     def close(self) -> None:
