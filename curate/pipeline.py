@@ -559,6 +559,13 @@ class Pipeline:
             n_in -= rejected
         ws.write_stage_counts(run_id, stages)
         shapes = ws.sql("SELECT shape, count(*) AS n FROM records WHERE run_id = ? GROUP BY shape ORDER BY n DESC", [run_id])
+        kinds = ws.sql(
+            """SELECT coalesce(r.kind, 'sft') AS kind, count(*) AS records, count(*) FILTER (WHERE j.uid IS NULL) AS kept,
+                      list(DISTINCT r.shape ORDER BY r.shape) AS shapes
+               FROM records r LEFT JOIN (SELECT DISTINCT uid FROM rejects WHERE run_id = $1) j ON r.uid = j.uid
+               WHERE r.run_id = $1 GROUP BY ALL ORDER BY records DESC""",
+            [run_id],
+        )
         qreasons = ws.sql(
             "SELECT regexp_replace(error, ' \\(element.*$', '') AS e, count(*) AS n FROM quarantine WHERE run_id = ? GROUP BY e ORDER BY n DESC",
             [run_id],
@@ -601,6 +608,8 @@ class Pipeline:
             "unit": "tokens" if self.tokenizer else "characters",
             "files": [{"path": k, **v} for k, v in file_stats.items()],
             "shapes": dict(zip(shapes["shape"].to_list(), shapes["n"].to_list())),
+            # what the records train: conversations (sft), preference pairs, KTO records; exported apart
+            "kinds": {r.pop("kind"): r for r in kinds.to_dicts()},
             "stages": stages,
             "quarantine_reasons": dict(zip(qreasons["e"].to_list(), qreasons["n"].to_list())),
             "fixes": dict(zip(fixes["f"].to_list(), fixes["n"].to_list())),
@@ -680,7 +689,7 @@ def _report_inputs(ws: RunStore, run_id: str, n: int):
     ex = ws.sql(
         """SELECT * FROM (
              SELECT j.reason, j.stage, j.detail, j.duplicate_of, r.uid, r.id, r.source_file, r.source_line, r.messages,
-                    row_number() OVER (PARTITION BY j.stage, j.reason ORDER BY r.uid) AS k
+                    r.rejected, r.label, row_number() OVER (PARTITION BY j.stage, j.reason ORDER BY r.uid) AS k
              FROM rejects j JOIN records r ON r.run_id = j.run_id AND r.uid = j.uid WHERE j.run_id = ?)
            WHERE k <= ? ORDER BY stage, reason, uid""",
         [run_id, n],
@@ -716,7 +725,8 @@ def _review_inputs(ws: RunStore, run_id: str, stages: list[Stage], report_cfg) -
                 members AS (SELECT t.stage, t.k, t.size, m.uid, m.rep_uid, m.similarity,
                                    row_number() OVER (PARTITION BY t.stage, t.k ORDER BY m.uid <> m.rep_uid, m.similarity DESC, m.uid) AS j
                             FROM top t JOIN clusters m ON m.run_id = $1 AND m.stage = t.stage AND m.rep_uid = t.rep_uid)
-           SELECT m.stage, m.k, m.size, m.j, m.uid, m.rep_uid, m.similarity, r.id, r.source_file, r.source_line, r.messages
+           SELECT m.stage, m.k, m.size, m.j, m.uid, m.rep_uid, m.similarity, r.id, r.source_file, r.source_line, r.messages,
+                  r.rejected, r.label
            FROM members m JOIN records r ON r.run_id = $1 AND r.uid = m.uid
            WHERE m.j <= $3 + 1 ORDER BY m.stage, m.k, m.j""",
         [run_id, report_cfg.clusters, report_cfg.cluster_members],

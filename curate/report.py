@@ -188,7 +188,9 @@ def _quantiles(v: np.ndarray) -> dict[str, float | int | None]:
     return out
 
 
-def _messages(m: Any) -> list[dict[str, str]]:
+def _messages(m: Any, prefix: str = "") -> list[dict[str, str]]:
+    """Turns as {role, content} for display: a tool call is shown after the turn's text as ``→ name(arguments)``,
+    a tool result's role names the tool; ``prefix`` marks the role (a pair's rejected side)."""
     if m is None:
         return []
     if isinstance(m, str):
@@ -201,7 +203,15 @@ def _messages(m: Any) -> list[dict[str, str]]:
     turns = []
     for t in m:
         if isinstance(t, dict):
-            turns.append({"role": _str(t.get("role")) or "?", "content": _str(t.get("content"))})
+            role = _str(t.get("role")) or "?"
+            content = _str(t.get("content"))
+            calls = [c for c in t.get("tool_calls") or [] if isinstance(c, dict)]
+            if calls:
+                shown = [f"→ {_str((c.get('function') or {}).get('name'))}({_str((c.get('function') or {}).get('arguments'))})" for c in calls]
+                content = "\n".join([content, *shown]) if content else "\n".join(shown)
+            if role == "tool" and t.get("name"):
+                role = f"tool: {_str(t.get('name'))}"
+            turns.append({"role": prefix + role, "content": content})
         else:
             turns.append({"role": "?", "content": _str(t)})
     return turns
@@ -266,6 +276,9 @@ def _context(summary: dict, examples: dict[str, list[dict]], token_lengths: dict
     fixes = sorted(((_str(k), _int(v)) for k, v in (summary.get("fixes") or {}).items()), key=lambda kv: (-kv[1], kv[0]))
     qreasons = sorted(((_str(k), _int(v)) for k, v in (summary.get("quarantine_reasons") or {}).items()), key=lambda kv: (-kv[1], kv[0]))
     shapes = sorted(((_str(k), _int(v)) for k, v in (summary.get("shapes") or {}).items()), key=lambda kv: (-kv[1], kv[0]))
+    kinds = [{"kind": _str(k), "records": _int(v.get("records")), "kept": _int(v.get("kept")),
+              "shapes": ", ".join(_str(x) for x in v.get("shapes") or [])}
+             for k, v in (summary.get("kinds") or {}).items() if isinstance(v, dict)]
     splits = [(_str(k), _int(v)) for k, v in (summary.get("splits") or {}).items()]
     files = []
     for f in summary.get("files") or []:
@@ -335,6 +348,7 @@ def _context(summary: dict, examples: dict[str, list[dict]], token_lengths: dict
         "invariant": invariant,
         "files": files,
         "shapes": [{"shape": k, "records": v, "share": _pct(v, valid)} for k, v in shapes],
+        "kinds": kinds,
         "funnel": funnel,
         "funnel_notes": funnel_notes,
         "reasons": [{k: v for k, v in r.items() if not k.startswith("_")} for r in reasons],
@@ -359,7 +373,9 @@ def _example(r: dict) -> dict[str, Any]:
         "detail": _oneline(r.get("detail")),
         "duplicate_of": _oneline(r.get("duplicate_of"), 80),
         "turns": [
-            {"role": _oneline(t["role"], 40), "content": _truncate(_visible(t["content"]), TURN_CHARS)} for t in _messages(r.get("messages"))
+            {"role": _oneline(t["role"], 40), "content": _truncate(_visible(t["content"]), TURN_CHARS)}
+            for t in _messages(r.get("messages"), "" if r.get("label") is not False else "undesirable ")
+            + _messages(r.get("rejected"), "rejected ")
         ],
     }
 
@@ -632,6 +648,10 @@ def _markdown(c: dict) -> str:
     if c["shapes"]:
         L += _md_table(["shape", "records", "share"], [[_code(s["shape"], True), f"{s['records']:,}", s["share"]] for s in c["shapes"]])
         L.append("")
+    if len(c["kinds"]) > 1 or any(k["kind"] != "sft" for k in c["kinds"]):
+        L += _md_table(["kind", "records", "kept", "shapes"],
+                       [[_code(k["kind"], True), f"{k['records']:,}", f"{k['kept']:,}", k["shapes"]] for k in c["kinds"]], "lrrl")
+        L.append("")
 
     L.append("## Funnel")
     L.append("")
@@ -848,6 +868,11 @@ quarantined <b>{{ fi(c.quarantined) }}</b> ({{ pct(c.quarantined, c.inputs) }}).
 {% if c.shapes %}
 <table><tr><th>shape</th><th class="n">records</th><th class="n">share</th></tr>
 {% for s in c.shapes %}<tr><td>{{ s.shape }}</td><td class="n">{{ fi(s.records) }}</td><td class="n">{{ s.share }}</td></tr>
+{% endfor %}</table>
+{% endif %}
+{% if c.kinds|length > 1 or (c.kinds and c.kinds[0].kind != 'sft') %}
+<table id="kinds"><tr><th>kind</th><th class="n">records</th><th class="n">kept</th><th>shapes</th></tr>
+{% for k in c.kinds %}<tr><td>{{ k.kind }}</td><td class="n">{{ fi(k.records) }}</td><td class="n">{{ fi(k.kept) }}</td><td>{{ k.shapes }}</td></tr>
 {% endfor %}</table>
 {% endif %}
 

@@ -10,6 +10,13 @@ from pydantic import Field
 from curate.stages import GlobalDecision, GlobalStage, StageParams, register
 
 
+def _plain_row() -> pl.Expr:
+    """A plain conversation: kind sft, no tools, no tool call or tool result."""
+    el = pl.element()
+    tool_turn = pl.col("messages").list.eval(el.struct.field("tool_calls").is_not_null() | (el.struct.field("role") == "tool")).list.any()
+    return (pl.col("kind") == "sft") & pl.col("tools").is_null() & ~tool_turn.fill_null(False)
+
+
 def is_rich(batch: pl.DataFrame) -> bool:
     """Whether a batch holds anything but plain conversations: preference pairs, KTO records or tool calls."""
     from curate.frames import has_tool_calls
@@ -20,9 +27,13 @@ def is_rich(batch: pl.DataFrame) -> bool:
 
 
 def normalized_text_expr(fields: str, normalization: str, rich: bool = False) -> pl.Expr:
-    """The text two records must share to be exact duplicates. ``rich``: the batch holds tool calls, preference
-    pairs or KTO records, whose calls, rejected completion and label are part of the text (two pairs that share a
-    chosen answer but not the rejected one are not duplicates)."""
+    """The text two records must share to be exact duplicates.
+
+    ``rich``: the batch holds tool calls, preference pairs or KTO records. Their text also covers the record's
+    kind, tool calls, tools, rejected completion and label (two pairs that share a chosen answer but not the
+    rejected one are not duplicates; a pair never duplicates a conversation), while a plain conversation in the
+    batch gets the same text as in any other batch."""
+    el = pl.element()
     if fields == "prompt":
         text = pl.col("prompt_text")
     elif fields == "response":
@@ -30,15 +41,17 @@ def normalized_text_expr(fields: str, normalization: str, rich: bool = False) ->
         if rich:
             text = pl.concat_str([text, pl.col("rejected_text")], separator="\x1d", ignore_nulls=True)
     else:  # the whole conversation, roles included: the same answer to another question is no duplicate
+        text = pl.col("messages").list.eval(
+            pl.concat_str([el.struct.field("role"), el.struct.field("content")], separator="\x1f")
+        ).list.join("\x1e")
         if rich:
-            text = pl.concat_str(
-                [pl.col("prompt_text"), pl.col("response_text"), pl.col("rejected_text"), pl.col("label").cast(pl.Utf8)],
+            tagged = pl.concat_str(
+                [pl.col("prompt_text"), pl.col("response_text"), pl.col("rejected_text"), pl.col("label").cast(pl.Utf8), pl.col("tools")],
                 separator="\x1d", ignore_nulls=True,
             )
-        else:
-            text = pl.col("messages").list.eval(
-                pl.concat_str([pl.element().struct.field("role"), pl.element().struct.field("content")], separator="\x1f")
-            ).list.join("\x1e")
+            text = pl.when(_plain_row()).then(text).otherwise(tagged)
+    if rich:
+        text = pl.when(pl.col("kind") == "sft").then(text).otherwise(pl.concat_str([pl.col("kind"), text], separator="\x1d"))
     # ASCII whitespace classes on purpose: contents are normalized already (no-break spaces are spaces), and
     # matching only runs that need rewriting is several times faster than Unicode `\s+` on a million records.
     ws = r"[ \t\n\r\f\v]{2,}|[\t\n\r\f\v]"

@@ -507,6 +507,8 @@ class MinHashDedup(GlobalStage):
         whole run's boilerplate lines first, and verification needs the text of candidate pairs)."""
         p = self.params
         cols = [pl.col(c) for c in ("uid", "id", "source_file", "source_line", "n_chars")]
+        # records of different kinds (a conversation, a preference pair, a KTO record) never duplicate each other
+        cols.append(pl.col("kind").fill_null("sft") if "kind" in batch.columns else pl.lit("sft").alias("kind"))
         if p.keep == "quality":
             cols.append(quality_expr().alias("quality"))
         if p.fields in ("all", "prompt"):
@@ -608,6 +610,10 @@ class MinHashDedup(GlobalStage):
             return GlobalDecision(empty_rejects().drop("stage"))
         bands, rows = self.bands_rows
         ia, ib = candidate_pairs(sig, bands, rows)
+        if "kind" in prepared.columns and prepared["kind"].n_unique() > 1:  # no pair across kinds
+            kind = prepared["kind"].to_numpy()
+            same = kind[ia] == kind[ib]
+            ia, ib = ia[same], ib[same]
         est = estimated_jaccard(sig, ia, ib)
         report_floor = max(p.threshold - REPORT_MARGIN, 0.0)
         check = np.flatnonzero(est >= min(report_floor, self.check_from) - 1e-9)
