@@ -1035,12 +1035,14 @@ def is_placeholder(value: str, keys: set[str] | frozenset[str], instruction: str
 
 
 # -- normalization, vectorized -------------------------------------------------------------------------------
-_CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b\u200c\u200d\u2060\ufeff]"
+# Zero-width space, word joiner and BOM go; the zero-width (non-)joiners stay: they are spelling in Persian and
+# Indic scripts and glue emoji sequences together.
+_CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b\u2060\ufeff]"
 
 
 def normalize_content(expr: pl.Expr) -> pl.Expr:
-    """Whitespace normalization that keeps code intact: CRLF to LF, control and zero-width characters
-    removed, no-break spaces to spaces, trailing spaces on lines removed, 3+ newlines to 2, ends stripped.
+    """Whitespace normalization that keeps code intact: CRLF to LF, control characters, zero-width spaces and
+    BOMs removed (zero-width joiners kept), no-break spaces to spaces, trailing spaces on lines removed, 3+ newlines to 2, ends stripped.
     Runs of spaces inside lines are left alone (indentation matters in code answers)."""
     return (
         expr.str.replace_all(r"\r\n?", "\n")
@@ -1052,7 +1054,7 @@ def normalize_content(expr: pl.Expr) -> pl.Expr:
     )
 
 
-_NEEDS_NORMALIZING = r"[\x00-\x08\x0b-\x1f\x7f\u00a0\u200b\u200c\u200d\u2060\ufeff]|[ \t]\n|\n\n\n"
+_NEEDS_NORMALIZING = r"[\x00-\x08\x0b-\x1f\x7f\u00a0\u200b\u2060\ufeff]|[ \t]\n|\n\n\n"
 
 
 def normalize_series(contents: pl.Series) -> pl.Series:

@@ -193,6 +193,9 @@ def test_normalization_nfc_whitespace_and_stable_ids():
     ids = frame["id"].to_list()
     assert len(set(ids)) == 3 and all(len(i) == 16 for i in ids)
     assert build_frame([9], "g", [5], ["openai"], [["user", "assistant"]], [["other", "text"]], ["{}"], [[]])["id"][0] == ids[2]
+    # zero-width (non-)joiners are spelling (Persian "می‌بخشد") and emoji glue, never removed
+    kept = build_frame([0], "f", [1], ["openai"], [["user", "assistant"]], [["می‌بخشد", "family 👨‍👩"]], ["{}"], [[]])
+    assert [m["content"] for m in kept["messages"][0]] == ["می‌بخشد", "family 👨‍👩"]
     nfc = Converter().convert({"messages": [{"role": "user", "content": "Cafe\u0301"}, {"role": "assistant", "content": "x"}]})
     assert nfc[2][0] == "Caf\u00e9"
 
