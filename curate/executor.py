@@ -35,7 +35,9 @@ from curate.stages import RecordStage, Stage
 
 STORED_COLUMNS = ["uid", "id", "source_file", "source_line", "shape", "kind", "messages", "tools", "rejected", "prompt_turns", "label",
                   "meta", "fixes", "n_chars", "n_tokens", "split", "scores"]
-REWRITTEN_COLUMNS = ["uid", "messages", "fixes", "n_chars"]
+REWRITTEN_COLUMNS = ["uid", "messages", "rejected", "fixes", "n_chars"]
+# what a stage that rewrites messages may change in a batch (the derived texts with them)
+REWRITE_SOURCE = ["uid", "messages", "rejected", "fixes", "prompt_text", "response_text", "rejected_text", "n_chars"]
 QUARANTINE_SCHEMA = {"uid": pl.Int64, "source_file": pl.Utf8, "source_line": pl.Int64, "field": pl.Utf8, "error": pl.Utf8, "raw": pl.Utf8}
 COMPRESSED = (".gz", ".zst", ".zstd")
 
@@ -340,11 +342,11 @@ def apply_record_stages(batch: pl.DataFrame, stages: list[RecordStage], timer: T
         if stage.score_columns:
             scores.append(out.select("uid", *stage.score_columns))
         if stage.rewrites_messages:
-            new = out.select("uid", "messages", "fixes", "prompt_text", "response_text", "n_chars")
-            rows = rows.update(new, on="uid")
+            changed = [c for c in REWRITE_SOURCE if c in out.columns and c in rows.columns]
+            rows = rows.update(out.select(changed), on="uid")
         alive = out.filter(~is_rej).select(batch.columns)
         if stage.rewrites_messages:
-            alive = alive.update(out.filter(~is_rej).select("uid", "messages", "fixes", "prompt_text", "response_text", "n_chars"), on="uid")
+            alive = alive.update(out.filter(~is_rej).select(changed), on="uid")
     score_frame = None
     if scores:
         score_frame = scores[0]

@@ -520,7 +520,8 @@ class Pipeline:
         for new in rewrites:
             arrow = new.to_arrow()  # noqa: F841 - read by DuckDB below
             ws.con.execute(
-                "UPDATE records SET messages = a.messages, fixes = a.fixes, n_chars = a.n_chars FROM arrow a WHERE records.run_id = ? AND records.uid = a.uid",
+                "UPDATE records SET messages = a.messages, rejected = a.rejected, fixes = a.fixes, n_chars = a.n_chars "
+                "FROM arrow a WHERE records.run_id = ? AND records.uid = a.uid",
                 [self.run_id],
             )
         # a stage after a global stage scores the records that reached it, like any other: its scores join the

@@ -339,3 +339,22 @@ def test_a_plain_conversation_has_one_dedup_key_whatever_its_batch_holds(tmp_pat
     ledger = pl.read_parquet(res.output_dir / "ledger.parquet")
     dup = ledger.filter(pl.col("reason") == "exact_duplicate")
     assert dup.select("source_file", "source_line").rows() == [("mixed.jsonl", 2)]
+
+
+def test_pii_is_redacted_on_both_sides_of_a_pair_and_in_tool_results(tmp_path, run_config):
+    from curate.stages.pii import PII
+
+    rows = [
+        {"prompt": "Who do I write to?", "chosen": "Write to the support desk.", "rejected": "Write to jane.roe@gmail.com or call 415-555-0199 x2."},
+        _conv(U, _call("c1"), {"role": "tool", "tool_call_id": "c1", "content": "owner: bob.stone@outlook.com"}, A, tools=WEATHER_TOOL),
+    ]
+    out = PII(PII.Params(action="redact")).evaluate(_frame(rows))
+    assert out["rejected"][0][0]["content"].startswith("Write to [EMAIL] or call")
+    assert "gmail" not in out["rejected_text"][0] and out["pii_count"][0] >= 1
+    assert out["messages"][1][2]["content"] == "owner: [EMAIL]" and out["messages"][1][2]["tool_call_id"] == "c1"
+    assert out["messages"][1][1]["tool_calls"][0]["id"] == "c1"  # the rewrite keeps the other fields of a turn
+    # and through a run: the stored and exported rejected side is the redacted one
+    Path(tmp_path / "p.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    res = run_config({"inputs": [{"path": "p.jsonl"}], "stages": [{"pii": {"action": "redact"}}], "splits": {"train": 1, "validation": 0, "test": 0}})
+    exported = _rows(res, res.summary["outputs"]["preference"]["jsonl"])
+    assert "gmail" not in json.dumps(exported) and "[EMAIL]" in exported[0]["rejected"][0]["content"]

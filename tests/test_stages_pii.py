@@ -216,7 +216,7 @@ def test_params_are_validated():
     with pytest.raises(ValidationError):
         PII.Params(kind=["email"])  # typo: unknown key
     with pytest.raises(ValidationError):
-        PII.Params(fields=["tool"])
+        PII.Params(fields=["observation"])
 
 
 # -- precision on real data -------------------------------------------------------------------------------------

@@ -337,8 +337,8 @@ class PII(RecordStage):
             "usable and no personal value reaches a model; drop: reject it (reason pii), for zero tolerance; flag: keep "
             "it unchanged and only score it, to review first (the default stage list flags)"))
         kinds: list[Kind] = Field(list(KINDS), min_length=1, description="detectors to run: any of email, phone, ip, card")
-        fields: list[Literal["system", "user", "assistant"]] = Field(["system", "user", "assistant"], min_length=1, description=(
-            "roles whose turns are scanned (and redacted)"))
+        fields: list[Literal["system", "user", "assistant", "tool"]] = Field(["system", "user", "assistant", "tool"], min_length=1, description=(
+            "roles whose turns are scanned (and redacted); a preference pair's rejected completion is scanned too"))
         skip_non_personal: bool = Field(True, description=(
             "leave alone values that identify no person: example domains, private and documentation IP ranges, "
             "toll-free and 555 numbers, test cards"))
@@ -354,29 +354,26 @@ class PII(RecordStage):
         p = self.params
         kinds = tuple(k for k in KINDS if k in p.kinds)
         n = batch.height
-        lengths = batch["messages"].list.len().fill_null(0).to_numpy().astype(np.int64)
-        starts = np.cumsum(lengths) - lengths
-        turns = batch.select(pl.col("messages").explode()).unnest("messages")
-        turns = turns.with_columns(
-            _row=pl.Series(np.repeat(np.arange(n), lengths)),
-            _turn=pl.Series(np.arange(int(lengths.sum())) - np.repeat(starts, lengths)),
-        ) if len(turns) == int(lengths.sum()) else self._turns_slow(batch)
         screen = "|".join(f"(?:{_SCREEN[k]})" for k in kinds)
-        cand = turns.filter(
-            pl.col("role").is_in(p.fields) & pl.col("content").is_not_null() & pl.col("content").str.contains(screen)
-        )
         counts = np.zeros(n, np.int64)
         found: dict[int, dict[str, str]] = {}  # row -> kind -> masked example
-        redactions: dict[int, dict[int, str]] = {}
-        for row, turn, content in zip(cand["_row"].to_list(), cand["_turn"].to_list(), cand["content"].to_list()):
-            matches = find_pii(content, kinds, p.skip_non_personal)
-            if not matches:
-                continue
-            counts[row] += len(matches)
-            for m in matches:
-                found.setdefault(row, {}).setdefault(m.kind, mask(m))
-            if p.action == "redact":
-                redactions.setdefault(row, {})[turn] = redact(content, matches)
+        redactions: dict[str, dict[int, dict[int, str]]] = {"messages": {}, "rejected": {}}  # side -> row -> turn -> text
+        # a preference pair's rejected completion is training text too: scanned (and redacted) like the rest
+        sides = ["messages"] + (["rejected"] if "rejected" in batch.columns and batch["rejected"].null_count() < n else [])
+        for side in sides:
+            turns = self._turns(batch, side)
+            cand = turns.filter(
+                pl.col("role").is_in(p.fields) & pl.col("content").is_not_null() & pl.col("content").str.contains(screen)
+            )
+            for row, turn, content in zip(cand["_row"].to_list(), cand["_turn"].to_list(), cand["content"].to_list()):
+                matches = find_pii(content, kinds, p.skip_non_personal)
+                if not matches:
+                    continue
+                counts[row] += len(matches)
+                for m in matches:
+                    found.setdefault(row, {}).setdefault(m.kind, mask(m))
+                if p.action == "redact":
+                    redactions[side].setdefault(row, {})[turn] = redact(content, matches)
         kinds_col: list[str | None] = [None] * n
         detail: list[str | None] = [None] * n
         for row, ex in found.items():
@@ -384,7 +381,7 @@ class PII(RecordStage):
             if p.action == "drop":
                 c = counts[row]
                 detail[row] = f"{c} match{'es' if c > 1 else ''}: " + ", ".join(f"{k} {ex[k]}" for k in KINDS if k in ex)
-        out = self._apply_redactions(batch, redactions) if redactions else batch
+        out = self._apply_redactions(batch, redactions) if any(redactions.values()) else batch
         reason = None
         if p.action == "drop" and found:
             reason = pl.Series(["pii" if c else None for c in counts], dtype=pl.Utf8)
@@ -396,33 +393,50 @@ class PII(RecordStage):
         )
 
     @staticmethod
-    def _turns_slow(batch: pl.DataFrame) -> pl.DataFrame:
-        # null or empty message lists explode to one null row each: number the turns the general way
+    def _turns(batch: pl.DataFrame, side: str) -> pl.DataFrame:
+        """One row per turn of column ``side`` (``messages`` or ``rejected``): its fields plus ``_row`` and ``_turn``."""
+        n = batch.height
+        lengths = batch[side].list.len().fill_null(0).to_numpy().astype(np.int64)
+        starts = np.cumsum(lengths) - lengths
+        turns = batch.select(pl.col(side).explode()).unnest(side)
+        if len(turns) == int(lengths.sum()):
+            return turns.with_columns(
+                _row=pl.Series(np.repeat(np.arange(n), lengths)),
+                _turn=pl.Series(np.arange(int(lengths.sum())) - np.repeat(starts, lengths)),
+            )
+        # null or empty lists explode to one null row each: number the turns the general way
         return (
-            batch.select(pl.col("messages"))
+            batch.select(pl.col(side))
             .with_row_index("_row")
-            .explode("messages")
+            .explode(side)
             .with_columns(_turn=pl.int_range(pl.len()).over("_row"))
-            .unnest("messages")
+            .unnest(side)
             .with_columns(pl.col("_row").cast(pl.Int64))
         )
 
     @staticmethod
-    def _apply_redactions(batch: pl.DataFrame, redactions: dict[int, dict[int, str]]) -> pl.DataFrame:
-        """New messages (and fixes, prompt/response text, n_chars) for the redacted rows; n_tokens unchanged."""
-        rows = sorted(redactions)
-        convs = batch["messages"].gather(rows).to_list()
-        for row, conv in zip(rows, convs):
-            for turn, text in redactions[row].items():
-                conv[turn] = {**conv[turn], "content": text}
+    def _apply_redactions(batch: pl.DataFrame, redactions: dict[str, dict[int, dict[int, str]]]) -> pl.DataFrame:
+        """New messages and rejected turns (and fixes, prompt/response/rejected text, n_chars) for the redacted rows;
+        n_tokens unchanged. ``redactions``: side -> row -> turn -> redacted text."""
+        rows = sorted(set(redactions["messages"]) | set(redactions["rejected"]))
+        new_sides = {}
+        for side in ("messages", "rejected"):
+            if side not in batch.columns:
+                continue
+            convs = batch[side].gather(rows).to_list()
+            for row, conv in zip(rows, convs):
+                for turn, text in redactions[side].get(row, {}).items():
+                    conv[turn] = {**conv[turn], "content": text}
+            new_sides[side] = pl.Series(convs, dtype=MESSAGES)
         sub = with_derived(
-            batch[rows].select("messages", "fixes").with_columns(
-                messages=pl.Series(convs, dtype=MESSAGES),
-                fixes=pl.col("fixes").list.concat(pl.lit(["pii_redacted"], dtype=pl.List(pl.Utf8))),
+            batch[rows].select(*new_sides, "fixes").with_columns(
+                fixes=pl.col("fixes").list.concat(pl.lit(["pii_redacted"], dtype=pl.List(pl.Utf8))), **new_sides,
             )
         )
         n = batch.height
         changed = ["messages", "fixes", "prompt_text", "response_text", "n_chars"]
+        if "rejected" in new_sides:
+            changed += ["rejected", "rejected_text"]
         full = {}
         for col in changed:
             values: list = [None] * n

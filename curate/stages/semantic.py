@@ -201,8 +201,14 @@ class EmbeddingDedup(GlobalStage):
             batch = batch.with_columns(
                 prompt_text=turns_text_expr(("system", "user")), response_text=turns_text_expr(("assistant",))
             )
+        if "rejected_text" in batch.columns and batch["rejected_text"].null_count() < batch.height:
+            # a preference pair is compared on both completions: pairs sharing a chosen answer are not copies
+            batch = batch.with_columns(
+                response_text=pl.concat_str([pl.col("response_text"), pl.col("rejected_text")], separator="\n\n", ignore_nulls=True))
         out = batch.select(
             "uid", "id", "source_file", "source_line", "n_chars",
+            # records of different kinds (conversation, preference pair, KTO record) never duplicate each other
+            kind=pl.col("kind").fill_null("sft") if "kind" in batch.columns else pl.lit("sft"),
             quality=quality_expr(),
             **{f"t_{part}": pl.col(f"{part}_text").fill_null("").str.replace_all(r"\s+", " ").str.strip_chars() for part in self.parts},
         )
@@ -334,8 +340,11 @@ class EmbeddingDedup(GlobalStage):
         hcols = [f"h_{part}" for part in self.parts]
         self.stats = {"records": prepared.height}
         # one vector per distinct combination of texts: identical records are never searched twice
-        groups = prepared.select(hcols).unique(maintain_order=True).with_row_index("g", offset=0)
-        rows = prepared.select("uid", *hcols).join(groups, on=hcols, how="left", maintain_order="left")
+        if "kind" not in prepared.columns:
+            prepared = prepared.with_columns(kind=pl.lit("sft"))
+        keys = [*hcols, "kind"]
+        groups = prepared.select(keys).unique(maintain_order=True).with_row_index("g", offset=0)
+        rows = prepared.select("uid", *keys).join(groups, on=keys, how="left", maintain_order="left")
         texts = pl.concat(
             [prepared.select(h=pl.col(f"h_{part}"), t=pl.col(f"t_{part}")) for part in self.parts]
         ).unique("h", keep="first")
@@ -354,6 +363,10 @@ class EmbeddingDedup(GlobalStage):
             sims = similarity(gi, gj)
             ok = sims >= floor
             gi, gj, sims = gi[ok], gj[ok], sims[ok]
+        group_kind = groups["kind"].to_numpy()
+        if gi.size and len(set(group_kind)) > 1:  # no pair across kinds
+            same = group_kind[gi] == group_kind[gj]
+            gi, gj, sims = gi[same], gj[same], sims[same]
         self.stats.update(seconds_search=round(time.perf_counter() - t0, 3), vectors=groups.height)
 
         first_uid = rows.group_by("g").agg(pl.col("uid").min()).sort("g")["uid"].to_numpy()
