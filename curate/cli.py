@@ -148,10 +148,19 @@ def inspect(
         bad += quarantine.head(5 - len(bad)).to_dicts() if len(bad) < 5 else []
     typer.echo(f"{path}: {total:,} records read (limit {limit:,}); shapes: {json.dumps(shapes)}")
     for rec in shown:
-        typer.echo(f"--- {rec['source_file']}:{rec['source_line']}  shape={rec['shape']} id={rec['id']} fixes={rec['fixes']}")
-        for m in rec["messages"]:
-            content = m["content"]
-            typer.echo(f"[{m['role']}] {content[:400]}{'…' if len(content) > 400 else ''}")
+        kind = "" if rec.get("kind") in (None, "sft") else f" kind={rec['kind']}" + (f" label={rec['label']}" if rec.get("label") is not None else "")
+        typer.echo(f"--- {rec['source_file']}:{rec['source_line']}  shape={rec['shape']}{kind} id={rec['id']} fixes={rec['fixes']}")
+        if rec.get("tools"):
+            names = [t["function"]["name"] for t in json.loads(rec["tools"])]
+            typer.echo(f"tools: {', '.join(names)}")
+        sides = [("", rec["messages"])] + ([("rejected ", rec["rejected"])] if rec.get("rejected") is not None else [])
+        for prefix, turns in sides:
+            for m in turns:
+                content = m["content"] or ""
+                role = m["role"] + (f" → {m['tool_call_id']}" if m.get("tool_call_id") else "")
+                typer.echo(f"[{prefix}{role}] {content[:400]}{'…' if len(content) > 400 else ''}")
+                for call in m.get("tool_calls") or []:
+                    typer.echo(f"    call {call['id']}: {call['function']['name']}({call['function']['arguments'][:300]})")
         if rec["meta"] != "{}":
             typer.echo(f"meta: {rec['meta'][:200]}")
     for q in bad:
