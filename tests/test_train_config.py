@@ -11,6 +11,7 @@ def test_defaults_and_relative_paths(tmp_path):
     (tmp_path / "t.yaml").write_text("name: sft\ndata:\n  - path: data/train.jsonl\n  - path: general.jsonl\n    weight: 0.15\n")
     cfg = load_train_config(tmp_path / "t.yaml")
     assert cfg.method.kind == "qlora" and cfg.method.target_modules == "all-linear" and not cfg.train_on_inputs
+    assert cfg.truncation == "turn"  # no half answer is trained unless asked for
     assert cfg.output_path == (tmp_path / "runs" / "sft").resolve()
     assert cfg.resolve(cfg.data[0].path) == (tmp_path / "data" / "train.jsonl").resolve()
 
@@ -23,6 +24,7 @@ def test_defaults_and_relative_paths(tmp_path):
         ({"name": "x", "data": [{"path": "a"}], "method": {"kind": "qlorra"}}, "method.kind"),
         ({"name": "x", "data": [{"path": "a"}], "optim": {"lrr": 1e-4}}, "optim.lrr"),
         ({"name": "x", "data": []}, "data"),
+        ({"name": "x", "data": [{"path": "a"}], "truncation": "middle"}, "truncation"),
     ],
 )
 def test_bad_configs_name_the_key(data, message):

@@ -94,3 +94,33 @@ def test_packing_check_catches_attention_that_leaks_across_examples():
     model.forward = lambda *a, position_ids=None, **k: forward(*a, **k)
     with pytest.raises(PreflightError, match="attend to each other"):
         check_packing_isolation(model)
+
+
+def _blanked_alpaca(path, n=12):
+    """Real alpaca records with their outputs emptied (some to nothing, some to whitespace)."""
+    from tests.conftest import SHARED
+
+    rows = json.loads((SHARED / "alpaca" / "alpaca_4000.json").read_text())[:n]
+    return write_jsonl(path, [{**r, "output": ["", " ", "\n\n"][i % 3]} for i, r in enumerate(rows)])
+
+
+def test_a_file_of_empty_answers_fails_the_preflight_in_one_line(tmp_path):
+    res = _run(tmp_path, data=[{"path": str(_blanked_alpaca(tmp_path / "empty.jsonl"))}])
+    assert res.exit_code == 2
+    [line] = [x for x in res.output.splitlines() if x.startswith("pre-flight: no trainable")]
+    assert "all 12 records were rejected (12 x no trainable token: every assistant answer is empty)" in line
+    rejected = [json.loads(x) for x in (tmp_path / "run" / "rejected.jsonl").read_text().splitlines()]
+    assert len(rejected) == 12 and {r["reason"] for r in rejected} == {"no trainable token: every assistant answer is empty"}
+    assert not (tmp_path / "run" / "adapter").exists()
+
+
+def test_a_source_with_nothing_to_learn_fails_the_preflight_naming_it(tmp_path):
+    # dolly has answers, the second source none: a mix that would silently leave that source out
+    empty = _blanked_alpaca(tmp_path / "empty.jsonl", n=6)
+    res = _run(tmp_path, data=[{"path": str(REPO / "sample_data" / "dolly_written.jsonl")}, {"path": str(empty)}])
+    assert res.exit_code == 2
+    why = "6 x no trainable token: every assistant answer is empty"
+    assert f"pre-flight: data[1] ({empty}): nothing to learn: all 6 of its records were rejected ({why})" in res.output
+    # and a validation file whose every record is rejected (no eval loss, silently) is refused as well
+    res = _run(tmp_path, validation=str(empty))
+    assert res.exit_code == 2 and f"pre-flight: validation ({empty}): nothing to learn: all 6 of its records" in res.output

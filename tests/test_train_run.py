@@ -3,6 +3,7 @@ must clearly lower the loss of the records it trains on."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -119,13 +120,18 @@ def test_qlora_cli_run_saves_an_adapter_that_peft_reloads_and_generates(tmp_path
     run = tmp_path / "run"
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["config"]["method"]["kind"] == "qlora" and manifest["base_model"].startswith("embedded")
-    assert manifest["versions"]["bitsandbytes"] != "not installed" and len(manifest["data_sha256"]) == 64
+    assert manifest["versions"]["bitsandbytes"] != "not installed"
+    files = sorted(REPO / "sample_data" / n for n in ("chat_written.jsonl", "dolly_written.jsonl"))
+    digests = [hashlib.sha256(open(f, "rb").read()).hexdigest() for f in files]  # what sha256sum prints
+    assert [(d["path"], d["sha256"]) for d in manifest["data_files"]] == [(str(f), h) for f, h in zip(files, digests)]
+    assert manifest["data_sha256"] == hashlib.sha256("".join(sorted(h + "\n" for h in digests)).encode()).hexdigest()
     rejected = [json.loads(x) for x in (run / "rejected.jsonl").read_text().splitlines()]
     assert any(r["where"].endswith("chat_written.jsonl:6") and "no trainable token" in r["reason"] for r in rejected)
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     audit = (run / "mask_audit.txt").read_text()  # the real template, trained spans marked: the answer and its end
     assert sum(line.startswith("# /") for line in audit.splitlines()) == 3
-    assert "<|im_start|>assistant\n⟦" in audit and "<|im_end|>\n⟧" in audit and "⟦<|im_start|>" not in audit
+    assert "<|im_start|>assistant\n⟦" in audit and "<|im_end|>⟧\n" in audit and "⟦<|im_start|>" not in audit
+    assert "\n⟧" not in audit  # the newline after the end of turn is template glue, not a target
     q = manifest["data"]["trainable_share_per_record"]
     assert 0 < q["min"] <= q["p05"] <= q["median"] <= q["max"] < 1
     export = manifest["export"]
@@ -210,7 +216,20 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint(eight, tmp_path)
     assert res.exit_code == 2 and "--fresh" in res.output
     res = CliRunner().invoke(app, ["run", str(tmp_path / "t.yaml"), "--fresh"])
     assert res.exit_code == 0, res.output
-    assert json.loads((run / "manifest.json").read_text())["resumed_from"] is None
+    first = json.loads((run / "manifest.json").read_text())
+    assert first["resumed_from"] is None
+
+    # another seed, the same files: the manifest's data hash is the files' own, whatever the seed
+    cfg["seed"] = 1
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(cfg))
+    res = CliRunner().invoke(app, ["run", str(tmp_path / "t.yaml"), "--fresh"])
+    assert res.exit_code == 0, res.output
+    second = json.loads((run / "manifest.json").read_text())
+    assert second["fingerprint"] != first["fingerprint"] and second["config"]["seed"] == 1
+    other = tmp_path / "other.jsonl"
+    file_hash = hashlib.sha256(open(other, "rb").read()).hexdigest()
+    assert second["data_files"] == first["data_files"] == [{"path": str(other), "sha256": file_hash, "bytes": other.stat().st_size}]
+    assert second["data_sha256"] == first["data_sha256"] == hashlib.sha256((file_hash + "\n").encode()).hexdigest()
 
 
 def test_a_workspace_path_that_is_a_file_exits_2_in_one_line_before_loading_a_model(tmp_path):

@@ -124,8 +124,12 @@ class TrainConfig(FileConfig):
     eval: EvalConfig = Field(default_factory=EvalConfig, description="eval loss, checkpoints, early stopping and samples during training")
     export: ExportConfig = Field(default_factory=ExportConfig, description="merged and GGUF exports written after training")
     max_seq_len: int = Field(1024, ge=16, description=(
-        "tokens per example after the chat template; longer examples are truncated (counted in the manifest as "
-        "truncated) or, when nothing trainable is left, rejected"))
+        "tokens per example after the chat template; a longer conversation is cut or dropped as `truncation` says"))
+    truncation: Literal["turn", "drop", "tokens"] = Field("turn", description=(
+        "a conversation longer than max_seq_len: turn cuts it after the last answer that ends within max_seq_len, so no "
+        "half answer is trained (rejected when not even the first answer fits); drop rejects it; tokens cuts at "
+        "max_seq_len, inside an answer if it falls there (that half answer is trained without its end of turn). Cut "
+        "records are counted in the pre-flight summary and the manifest, rejected ones listed in rejected.jsonl"))
     train_on_inputs: bool = Field(False, description="false: loss on assistant turns only; true: on every token, prompts included")
     epochs: float = Field(1.0, gt=0, description="passes over the training examples; fractions allowed (0.5: half)")
     max_steps: int | None = Field(default=None, ge=1, description="optimizer steps to run; overrides epochs (a short smoke run)")

@@ -7,7 +7,8 @@ Before any weights load (from the model's config alone):
 - the estimated peak memory (:func:`estimate_memory`, printed) above what the device has free, or above
   ``memory_limit_gb``.
 
-After the data is encoded: no trainable example at all (empty input, or everything masked), with the
+After the data is encoded: no trainable example at all (empty input, or everything masked: no answer,
+only empty answers, or cut to nothing), or none from one data source or the validation file, with the
 reject reasons counted. After the model loads: :func:`check_packing_isolation`, that packed examples do
 not attend to each other under the chosen attention implementation (it silently trains on garbage
 otherwise). The projected time and cost after the first steps is :class:`train.callbacks.Projection`.
@@ -150,15 +151,23 @@ def check_before_loading(cfg: TrainConfig, model_config: Any, half: bool) -> dic
     return {**estimate, "device": device, "device_free_gib": round(free, 2)}
 
 
-def check_data(n_train: int, rejected: list[dict[str, Any]], rejected_file: str) -> None:
-    """At least one trainable example; otherwise say why every record went, counted by reason."""
-    if n_train:
-        return
-    if not rejected:
-        raise PreflightError("the training data is empty: the data files hold no records")
-    reasons = Counter(r["reason"] for r in rejected if r.get("split", "train") == "train")
-    summary = "; ".join(f"{n} x {why}" for why, n in reasons.most_common(5))
-    raise PreflightError(f"no trainable example: all {sum(reasons.values())} records were rejected ({summary}); see {rejected_file}")
+def check_data(n_train: int, rejected: list[dict[str, Any]], rejected_file: str, sources: dict[str, tuple[int, int]] | None = None) -> None:
+    """At least one trainable example, and at least one from every input that had records encoded
+    (``sources``: input -> (records encoded, records kept); a data source or a validation file whose every
+    record was rejected is a mistake, not a mix); otherwise say why its records went, counted by reason."""
+    if not n_train:
+        if not rejected:
+            raise PreflightError("the training data is empty: the data files hold no records")
+        reasons = Counter(r["reason"] for r in rejected if r.get("split", "train") == "train")
+        raise PreflightError(f"no trainable example: all {sum(reasons.values())} records were rejected ({_counted(reasons)}); see {rejected_file}")
+    for source, (encoded, kept) in (sources or {}).items():
+        if encoded and not kept:
+            reasons = Counter(r["reason"] for r in rejected if r.get("source") == source and r.get("stage") != "read")
+            raise PreflightError(f"{source}: nothing to learn: all {encoded} of its records were rejected ({_counted(reasons)}); see {rejected_file}")
+
+
+def _counted(reasons: Counter[str]) -> str:
+    return "; ".join(f"{n} x {why}" for why, n in reasons.most_common(5))
 
 
 def check_packing_isolation(model: Any) -> float:

@@ -27,6 +27,8 @@ import random
 import shutil
 import subprocess
 import time
+from array import array
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -39,7 +41,14 @@ from train.config import DataSource, TrainConfig
 @dataclass
 class PreparedData:
     """Tokenized, masked examples ready to train: train and validation rows, rejected records with reasons,
-    counts (``stats``), a digest of the data, sample prompts and the mask audit's rendered examples."""
+    counts (``stats``), digests of the data, sample prompts and the mask audit's rendered examples.
+
+    ``data_files`` lists every input file (data sources and validation) with the sha256 of its bytes, and
+    ``data_sha256`` hashes those: the sha256 of the files' hex digests, sorted, one per line with a newline
+    after each. Neither depends on the seed or on the order of the records, and both can be checked against
+    the files: ``sha256sum FILE`` gives each file's, and ``sha256sum FILES | cut -d' ' -f1 | LC_ALL=C sort |
+    sha256sum`` gives ``data_sha256``. ``digest`` covers the encoded examples in training order (it moves with
+    the seed and the encoding options): what a checkpoint is valid for (:func:`fingerprint`)."""
     train: list[dict[str, list[int]]]
     validation: list[dict[str, list[int]]]
     rejected: list[dict[str, Any]] = field(default_factory=list)
@@ -47,6 +56,28 @@ class PreparedData:
     digest: str = ""
     sample_prompts: list[list[dict[str, str]]] = field(default_factory=list)  # for SampleGenerations
     audit: list[str] = field(default_factory=list)  # the first training records with their trained spans marked
+    data_files: list[dict[str, Any]] = field(default_factory=list)
+    data_sha256: str = ""
+    sources: dict[str, tuple[int, int]] = field(default_factory=dict)  # input -> (records encoded, records kept)
+
+
+def file_hashes(cfg: TrainConfig) -> tuple[list[dict[str, Any]], str]:
+    """(``[{path, sha256, bytes}]`` for every file the data sources and the validation name, in path order,
+    each file once; the combined hash): see :class:`PreparedData` for how to check both with ``sha256sum``."""
+    from curate.readers import expand_paths
+
+    paths = {f.resolve() for s in [*(d.path for d in cfg.data), *([cfg.validation] if cfg.validation else [])]
+             for f in expand_paths(str(cfg.resolve(s)), Path("/"))}
+    files: list[dict[str, Any]] = []
+    for path in sorted(paths):
+        h, size = hashlib.sha256(), 0
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+                size += len(chunk)
+        files.append({"path": str(path), "sha256": h.hexdigest(), "bytes": size})
+    combined = hashlib.sha256("".join(sorted(f["sha256"] + "\n" for f in files)).encode()).hexdigest()
+    return files, combined
 
 
 def mix(sources: list[tuple[DataSource, list]], seed: int) -> tuple[list, dict[str, int]]:
@@ -73,23 +104,33 @@ def mix(sources: list[tuple[DataSource, list]], seed: int) -> tuple[list, dict[s
 
 def prepare_data(cfg: TrainConfig, tokenizer) -> PreparedData:
     """Read every data source and the validation file, mix the sources by weight (seeded), encode with the
-    chat template and mask non-assistant tokens; records with no trainable token are rejected, not trained."""
-    encoder = ChatEncoder(tokenizer, cfg.max_seq_len, cfg.train_on_inputs)
+    chat template and mask non-assistant tokens; records with no trainable token (no answer, only empty
+    answers, cut to nothing, or dropped by ``truncation``) are rejected with a reason, not trained. Records
+    cut to fit ``max_seq_len`` and records whose content holds special-token text are counted in ``stats``."""
+    encoder = ChatEncoder(tokenizer, cfg.max_seq_len, cfg.train_on_inputs, cfg.truncation)
     digest = hashlib.sha256()
     rejected: list[dict] = []
     per_source = []
-    for source in cfg.data:
+    origin: dict[str, str] = {}  # record -> the input it came from, for per-input counts
+    for i, source in enumerate(cfg.data):
+        label = f"data[{i}] ({source.path})"
         convs, bad = read_conversations(cfg.resolve(source.path), source.shape, source.mapping, source.limit)
-        rejected += [{**b, "stage": "read"} for b in bad]
+        rejected += [{**b, "stage": "read", "source": label} for b in bad]
+        origin.update((where, label) for where, _m in convs)
         per_source.append((source, convs))
     mixed, counts = mix(per_source, cfg.seed)
 
     audit: list[str] = []
     shares: list[float] = []
+    tally: Counter[str] = Counter()
+    sources: dict[str, list[int]] = {}
 
-    def encode(items, split):
-        rows, truncated = [], 0
+    def encode(items, split, label=None):
+        rows = []
         for where, messages in items:
+            source = label or origin[where]
+            seen = sources.setdefault(source, [0, 0])
+            seen[0] += 1
             try:
                 e = encoder.encode(messages)
             except TemplateMismatch as exc:
@@ -97,35 +138,68 @@ def prepare_data(cfg: TrainConfig, tokenizer) -> PreparedData:
 
                 raise PreflightError(f"{where}: {exc}") from None
             digest.update(json.dumps(messages, ensure_ascii=False).encode())
-            if e.n_trainable == 0:
-                why = "truncated: no assistant token left within max_seq_len" if e.truncated else "no trainable token (no assistant turn)"
-                rejected.append({"where": where, "stage": "mask_audit", "reason": why, "split": split})
+            digest.update(array("q", e.input_ids + [-1] + e.labels).tobytes())
+            tally["special_token_text"] += e.special_text
+            tally["empty_answers"] += e.empty_answers
+            if e.reason:
+                tally["dropped_too_long"] += e.cut == "drop"
+                rejected.append({"where": where, "stage": "mask_audit", "reason": e.reason, "split": split, "source": source})
                 continue
-            truncated += e.truncated
+            seen[1] += 1
+            tally["truncated"] += e.truncated
+            tally["cut_in_answer"] += e.half_answer
             rows.append({"input_ids": e.input_ids, "labels": e.labels})
             if split == "train":
                 shares.append(e.n_trainable / len(e.input_ids))
                 if len(audit) < 3:
                     audit.append(f"# {where}: {e.n_trainable} of {len(e.input_ids)} tokens trained\n{marked_text(tokenizer, e)}")
-        return rows, truncated
+        return rows
 
-    train, t_trunc = encode(mixed, "train")
-    validation, v_trunc = [], 0
+    train = encode(mixed, "train")
+    validation = []
     if cfg.validation:
+        label = f"validation ({cfg.validation})"
         convs, bad = read_conversations(cfg.resolve(cfg.validation))
-        rejected += [{**b, "stage": "read", "split": "validation"} for b in bad]
-        validation, v_trunc = encode(convs, "validation")
+        rejected += [{**b, "stage": "read", "split": "validation", "source": label} for b in bad]
+        sources.setdefault(label, [0, 0])
+        validation = encode(convs, "validation", label)
     prompts = (_prompt_of(m) for _w, m in (convs if cfg.validation else mixed))
     sample_prompts = list(itertools.islice((p for p in prompts if p), cfg.eval.sample_prompts))
     tokens = sum(len(r["input_ids"]) for r in train)
     trainable = sum(sum(1 for x in r["labels"] if x != -100) for r in train)
     stats = {
         "train_examples": len(train), "validation_examples": len(validation), "rejected": len(rejected),
-        "truncated": t_trunc + v_trunc, "train_tokens": tokens, "trainable_tokens": trainable,
+        # kept records that max_seq_len cut (after their last whole answer with truncation turn; anywhere with tokens)
+        "truncated": tally["truncated"], "truncation": cfg.truncation, "cut_in_answer": tally["cut_in_answer"],
+        "dropped_too_long": tally["dropped_too_long"], "empty_answers": tally["empty_answers"],
+        "special_token_text": tally["special_token_text"],
+        "train_tokens": tokens, "trainable_tokens": trainable,
         "trainable_share": round(trainable / tokens, 4) if tokens else 0.0, "mix": counts,
         "trainable_share_per_record": _quantiles(shares),
     }
-    return PreparedData(train, validation, rejected, stats, digest.hexdigest(), sample_prompts, audit)
+    files, combined = file_hashes(cfg)
+    return PreparedData(train, validation, rejected, stats, digest.hexdigest(), sample_prompts, audit, files, combined,
+                        {k: (v[0], v[1]) for k, v in sources.items()})
+
+
+def audit_summary(stats: dict[str, Any]) -> str:
+    """The pre-flight's one line on the masks: trainable share per record, rejected records, records cut to
+    fit ``max_seq_len`` (and how), empty answers and records whose content holds special-token text."""
+    q = stats["trainable_share_per_record"]
+    parts = [f"trainable share per record min {q['min']:.0%}, p05 {q['p05']:.0%}, median {q['median']:.0%}"] if q else []
+    parts.append(f"{stats['rejected']} records rejected")
+    if stats["dropped_too_long"]:
+        parts.append(f"{stats['dropped_too_long']} of them longer than max_seq_len (truncation: drop)")
+    if stats["truncated"]:
+        how = {"turn": "after their last whole answer", "tokens": "at max_seq_len"}.get(stats["truncation"], "")
+        parts.append(f"{stats['truncated']} cut {how} to fit max_seq_len (truncation: {stats['truncation']})")
+    if stats["cut_in_answer"]:
+        parts.append(f"{stats['cut_in_answer']} of them inside an answer, trained without its end of turn")
+    if stats["empty_answers"]:
+        parts.append(f"{stats['empty_answers']} empty assistant answers not trained")
+    if stats["special_token_text"]:
+        parts.append(f"{stats['special_token_text']} records hold special-token text in their content (tokenized as text)")
+    return "mask audit: " + "; ".join(parts)
 
 
 def _quantiles(values: list[float]) -> dict[str, float]:
@@ -353,11 +427,8 @@ def run_training(cfg: TrainConfig, fresh: bool = False) -> dict[str, Any]:
         (out / "rejected.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data.rejected))
         # what the loss sees, through the real template: trained spans between ⟦ ⟧
         (out / "mask_audit.txt").write_text("\n\n".join(data.audit) + "\n")
-        q = data.stats["trainable_share_per_record"]
-        if q:
-            print(f"mask audit: trainable share per record min {q['min']:.0%}, p05 {q['p05']:.0%}, median {q['median']:.0%}; "
-                  f"{data.stats['rejected']} records rejected; rendered examples in {out / 'mask_audit.txt'}")
-    check_data(len(data.train), data.rejected, str(out / "rejected.jsonl"))
+        print(f"{audit_summary(data.stats)}; rendered examples in {out / 'mask_audit.txt'}")
+    check_data(len(data.train), data.rejected, str(out / "rejected.jsonl"), data.sources)
 
     fp = fingerprint(cfg, data.digest)
     run_id = f"{cfg.name}-{fp[:12]}"
@@ -428,7 +499,8 @@ def run_training(cfg: TrainConfig, fresh: bool = False) -> dict[str, Any]:
         "base_model": _base_id(cfg),
         "base_model_path": base_path,
         "base_weights_sha256": _weights_hash(Path(base_path)),
-        "data_sha256": data.digest,
+        "data_sha256": data.data_sha256,  # of the input files' bytes: checkable with sha256sum (PreparedData)
+        "data_files": data.data_files,
         "data": data.stats,
         "versions": _versions(),
         "git_revision": _git_revision(),
