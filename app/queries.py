@@ -65,26 +65,71 @@ def length_histogram(ws: Workspace, run_id: str, bins: int = 30) -> pl.DataFrame
 
 # ---------------------------------------------------------------------------------------------- records
 
+# The columns a curate run's records gained with preference pairs, KTO records and tool calls, and what a run
+# file written before them stands in with: the app opens such files read-only, so nothing adds them there
+KIND_COLUMNS = {"kind": "'sft'", "tools": "NULL::VARCHAR", "rejected": "NULL", "prompt_turns": "NULL::BIGINT", "label": "NULL::BOOLEAN"}
+
+
+def record_columns(rd: Any) -> dict[str, str]:
+    """Column name -> DuckDB type of the records table in a run's file (``rd``: its open RunStore)."""
+    return dict(rd.sql("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'records' "
+                       "AND schema_name = 'main' AND database_name = current_database()").rows())
+
+
+def _kind_select(cols: dict[str, str]) -> str:
+    """kind, tools, rejected, prompt_turns, label of ``records r``, each a null stand-in (kind ``sft``) where
+    the file lacks the column."""
+    own = {"kind": "coalesce(r.kind, 'sft')"}
+    return ", ".join(f"{own.get(c, f'r.{c}') if c in cols else stand_in} AS {c}" for c, stand_in in KIND_COLUMNS.items())
+
+
 def filter_options(ws: Workspace, run_id: str) -> dict[str, list[str]]:
-    """The values the data browser's filters offer for a curate run."""
+    """The values the data browser's filters offer for a curate run: stage, reason, source, shape and kind
+    (``sft`` alone for a run file written before records had kinds)."""
     with ws.run_data(run_id) as rd:
         stages = rd.sql("SELECT stage, reasons FROM stage_counts WHERE run_id = ? ORDER BY position", [run_id])
         reasons = sorted({r for js in stages["reasons"] for r in json.loads(js or "{}")})
         col = lambda sql: [x for x in rd.sql(sql, [run_id]).to_series().to_list() if x is not None]  # noqa: E731
+        kinds = col("SELECT DISTINCT coalesce(kind, 'sft') FROM records WHERE run_id = ? ORDER BY 1") if "kind" in record_columns(rd) else ["sft"]
         return {"stage": stages["stage"].to_list(), "reason": reasons,
                 "source": col("SELECT DISTINCT source_file FROM records WHERE run_id = ? ORDER BY 1"),
-                "shape": col("SELECT DISTINCT shape FROM records WHERE run_id = ? ORDER BY 1")}
+                "shape": col("SELECT DISTINCT shape FROM records WHERE run_id = ? ORDER BY 1"), "kind": kinds}
 
 
-def _record_filter(run_id: str, status: str | None, stage: str | None, reason: str | None, source: str | None,
-                   shape: str | None, search: str | None) -> tuple[str, list[Any]]:
+def _search_clause(cols: dict[str, str]) -> tuple[str, int]:
+    """The full-text condition over every turn, and how many ``?`` (each the lowered search text) it takes:
+    a turn's content and, where the file has them, a tool turn's tool name, each tool call's function name
+    and arguments, and the rejected completion's turns. The parts of a turn are joined by a newline, which a
+    one-line search cannot contain, so a match never spans two parts."""
+    text = "m.content"
+    if "tool_calls" in cols.get("messages", ""):
+        calls = "array_to_string(list_transform(m.tool_calls, lambda c: concat_ws(chr(10), c.function.name, c.function.arguments)), chr(10))"
+        # most turns are text alone: they skip building the joined text
+        text = f"CASE WHEN m.tool_calls IS NULL AND m.name IS NULL THEN m.content ELSE concat_ws(chr(10), m.content, m.name, {calls}) END"
+    turns = lambda column: f"list_contains(list_transform({column}, lambda m: contains(lower({text}), ?)), true)"  # noqa: E731
+    # a file first written before pairs has the old turns in messages and the new ones in rejected (all null)
+    if cols.get("rejected") != cols.get("messages"):
+        return turns("r.messages"), 1
+    # rejected on its own, not concatenated to messages: copying every record's turns costs a third more on
+    # a million records, and rejected is null but for pairs
+    return f"({turns('r.messages')} OR {turns('r.rejected')})", 2
+
+
+def _record_filter(run_id: str, cols: dict[str, str], *, status: str | None = None, stage: str | None = None,
+                   reason: str | None = None, source: str | None = None, shape: str | None = None,
+                   kind: str | None = None, search: str | None = None) -> tuple[str, list[Any]]:
     """A WHERE clause over ``records r`` alone: outcome filters are semi- and anti-joins on the run's rejects,
-    so that only the page's rows are ever joined with their ledger entry (a million-record run stays fast)."""
+    so that only the page's rows are ever joined with their ledger entry (a million-record run stays fast).
+    ``cols`` (:func:`record_columns`) says which columns the run's file has."""
     where, args = ["r.run_id = ?"], [run_id]
     for column, value in (("r.source_file", source), ("r.shape", shape)):
         if value:
             where.append(f"{column} = ?")
             args.append(value)
+    if kind:
+        # a file from before kinds holds conversations only: all of it is sft
+        where.append("coalesce(r.kind, 'sft') = ?" if "kind" in cols else "'sft' = ?")
+        args.append(kind)
     if stage or reason or status == "rejected":
         sub, sub_args = ["run_id = ?"], [run_id]
         for column, value in (("stage", stage), ("reason", reason)):
@@ -97,9 +142,10 @@ def _record_filter(run_id: str, status: str | None, stage: str | None, reason: s
         where.append("r.uid NOT IN (SELECT uid FROM rejects WHERE run_id = ?)")
         args.append(run_id)
     if search:
-        # full-text search in DuckDB over every turn's content (case-insensitive substring)
-        where.append("list_contains(list_transform(r.messages, lambda m: contains(lower(m.content), ?)), true)")
-        args.append(search.lower())
+        # full-text search in DuckDB (case-insensitive substring)
+        clause, n = _search_clause(cols)
+        where.append(clause)
+        args += [search.lower()] * n
     return " AND ".join(where), args
 
 
@@ -116,29 +162,35 @@ def _with_outcome(picked: str, columns: str) -> str:
 
 
 def records_page(ws: Workspace, run_id: str, *, status: str | None = None, stage: str | None = None, reason: str | None = None,
-                 source: str | None = None, shape: str | None = None, search: str | None = None,
+                 source: str | None = None, shape: str | None = None, kind: str | None = None, search: str | None = None,
                  offset: int = 0, limit: int = PAGE) -> tuple[pl.DataFrame, int]:
     """(one page of records with their outcome, total matching): uid, id, source_file, source_line, shape,
-    split, messages, status, stage, reason, detail, duplicate_of, scores."""
-    where, args = _record_filter(run_id, status, stage, reason, source, shape, search)
+    split, messages, scores, kind, tools, rejected, prompt_turns, label, status, stage, reason, detail,
+    duplicate_of. ``search`` matches every turn's text, tool calls and the rejected completion included."""
     with ws.run_data(run_id) as rd:
+        cols = record_columns(rd)
+        where, args = _record_filter(run_id, cols, status=status, stage=stage, reason=reason, source=source, shape=shape,
+                                     kind=kind, search=search)
         total = rd.sql(f"SELECT count(*) AS n FROM records r WHERE {where}", args)["n"][0]
         page = rd.sql(
         f"""WITH picked AS (SELECT r.uid, r.uid AS pos FROM records r WHERE {where} ORDER BY pos LIMIT ? OFFSET ?)
-            """ + _with_outcome("picked", "r.uid, r.id, r.source_file, r.source_line, r.shape, r.split, r.messages, r.scores"),
+            """ + _with_outcome("picked", f"r.uid, r.id, r.source_file, r.source_line, r.shape, r.split, r.messages, r.scores, {_kind_select(cols)}"),
         [*args, limit, offset, run_id, run_id])
     return page, int(total)
 
 
 def cluster_of(ws: Workspace, run_id: str, uid: int, limit: int = 50) -> pl.DataFrame:
     """The duplicate cluster holding ``uid``: up to ``limit`` members (representative first, then by
-    similarity) with their messages, and ``size``, the whole cluster's. The members are found first and only they are joined with records."""
-    return ws.query(run_id,
-        """WITH c AS (SELECT stage, rep_uid FROM clusters WHERE run_id = $1 AND uid = $2 LIMIT 1),
+    similarity) with their messages, source, kind, tools, rejected, prompt_turns and label, and ``size``, the
+    whole cluster's. The members are found first and only they are joined with records."""
+    with ws.run_data(run_id) as rd:
+        return rd.sql(
+        f"""WITH c AS (SELECT stage, rep_uid FROM clusters WHERE run_id = $1 AND uid = $2 LIMIT 1),
                 mem AS (SELECT m.uid, m.uid = c.rep_uid AS representative, m.similarity, c.stage, count(*) OVER () AS size
                         FROM clusters m JOIN c ON m.stage = c.stage AND m.rep_uid = c.rep_uid WHERE m.run_id = $1
                         ORDER BY representative DESC, m.similarity DESC, m.uid LIMIT $3)
-           SELECT mem.*, r.messages, r.source_file, r.source_line FROM mem JOIN records r ON r.run_id = $1 AND r.uid = mem.uid
+           SELECT mem.*, r.messages, r.source_file, r.source_line, {_kind_select(record_columns(rd))}
+           FROM mem JOIN records r ON r.run_id = $1 AND r.uid = mem.uid
            ORDER BY representative DESC, similarity DESC, mem.uid""", [run_id, uid, limit])
 
 
@@ -158,29 +210,31 @@ def annotator_seed(annotator: str) -> int:
 
 def label_queue(ws: Workspace, run_id: str, annotator: str, *, mode: str = "random", status: str | None = None,
                 reason: str | None = None, search: str | None = None, score: str | None = None,
-                threshold: float | None = None, seed: int | None = None, limit: int = 1) -> pl.DataFrame:
+                threshold: float | None = None, kind: str | None = None, seed: int | None = None, limit: int = 1) -> pl.DataFrame:
     """Records this annotator has neither labelled nor skipped: in a random order of their own (``seed``,
     default :func:`annotator_seed`), in input order for ``filter``, or ``uncertain``: closest first to
-    ``threshold`` on the filter score ``score``."""
+    ``threshold`` on the filter score ``score``. Each with its outcome, kind, tools, rejected completion,
+    prompt_turns and label."""
 
     done = ws.labelled_ids(annotator) + ws.skips(annotator, run_id)
-    where, args = _record_filter(run_id, status, None, reason, None, None, search)
-    where += " AND r.id NOT IN (SELECT unnest(?::VARCHAR[]))"
-    args.append(done)
-    if mode == "uncertain":
-        if not score or threshold is None:
-            raise ValueError("the uncertain queue needs a score name and a threshold")
-        where += " AND json_extract(r.scores, ?) IS NOT NULL"
-        args.append(f"$.{score}")
-        order, order_args = "abs(CAST(json_extract(r.scores, ?) AS DOUBLE) - ?)", [f"$.{score}", threshold]
-    elif mode == "random":
-        order, order_args = "hash(r.id, ?)", [annotator_seed(annotator) if seed is None else seed]
-    else:
-        order, order_args = "r.uid", []
+    if mode == "uncertain" and (not score or threshold is None):
+        raise ValueError("the uncertain queue needs a score name and a threshold")
     with ws.run_data(run_id) as rd:
+        cols = record_columns(rd)
+        where, args = _record_filter(run_id, cols, status=status, reason=reason, kind=kind, search=search)
+        where += " AND r.id NOT IN (SELECT unnest(?::VARCHAR[]))"
+        args.append(done)
+        if mode == "uncertain":
+            where += " AND json_extract(r.scores, ?) IS NOT NULL"
+            args.append(f"$.{score}")
+            order, order_args = "abs(CAST(json_extract(r.scores, ?) AS DOUBLE) - ?)", [f"$.{score}", threshold]
+        elif mode == "random":
+            order, order_args = "hash(r.id, ?)", [annotator_seed(annotator) if seed is None else seed]
+        else:
+            order, order_args = "r.uid", []
         return rd.sql(
             f"""WITH picked AS (SELECT r.uid, {order} AS pos FROM records r WHERE {where} ORDER BY pos, r.uid LIMIT ?)
-                """ + _with_outcome("picked", "r.uid, r.id, r.source_file, r.source_line, r.shape, r.messages, r.scores"),
+                """ + _with_outcome("picked", f"r.uid, r.id, r.source_file, r.source_line, r.shape, r.messages, r.scores, {_kind_select(cols)}"),
             [*order_args, *args, limit, run_id, run_id])
 
 

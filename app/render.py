@@ -1,12 +1,14 @@
 """What the pages share. Record text, file names and workspace paths are hostile input: they are shown
-either as plain text (``st.text`` of :func:`escape_controls`: no markdown, no HTML) or, where an element
-renders markdown (captions, headers, info boxes, toasts, widget labels, ``st.table`` cells), through
-:func:`literal`, which escapes every markdown-active character; the word diff goes through ``st.html`` with
-every character escaped. So ``<script>``, raw HTML, a markdown image pointing at a remote host, a
-``[x](javascript:...)`` link and Streamlit's ``:red[...]`` directives all stay inert text, nothing is
-fetched, and bidi controls (U+202E and the like), which would reorder what is displayed, are shown as
-visible escapes. Also: the curate-run picker and a per-run cache for the scans of every record of a
-finished run."""
+either as plain text (``st.text`` of :func:`escape_controls`: no markdown, no HTML; tool-call arguments and
+JSON tool results in ``st.code``, which shows its body as text too, and tool parameters in ``st.json`` of
+:func:`plain_json`) or, where an element renders markdown (captions, headers, info boxes, toasts, widget
+labels, expander labels, ``st.table`` cells), through :func:`literal`, which escapes every markdown-active
+character; the word diff goes through ``st.html`` with every character escaped. So ``<script>``, raw
+HTML, a markdown image pointing at a remote host, a ``[x](javascript:...)`` link and Streamlit's
+``:red[...]`` directives all stay inert text, nothing is fetched, and bidi controls (U+202E and the like),
+which would reorder what is displayed, are shown as visible escapes. Also: a record drawn as its kind reads
+(:func:`record`: a chat with its tool calls, a preference pair side by side, a KTO completion under its
+label), the curate-run picker and a per-run cache for the scans of every record of a finished run."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import difflib
 import html
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import polars as pl
@@ -87,20 +90,151 @@ def table(frame: Any) -> None:
     st.table(df)
 
 
-def messages_of(value: Any) -> list[dict[str, str]]:
-    """A record's messages from a workspace column (a list of structs, or JSON text)."""
+def _call_of(call: Any) -> dict[str, Any]:
+    """One tool call in the canonical shape: {id, type, function: {name, arguments}}, arguments as text."""
+    call = call if isinstance(call, dict) else {}
+    fn = call.get("function") if isinstance(call.get("function"), dict) else {}
+    args = fn.get("arguments")
+    # the canonical arguments are JSON text (OpenAI's API); an object from elsewhere is shown as its JSON
+    args = args if args is None or isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+    return {"id": call.get("id"), "type": call.get("type") or "function", "function": {"name": fn.get("name"), "arguments": args}}
+
+
+def messages_of(value: Any) -> list[dict[str, Any]]:
+    """A record's turns from a workspace column (a list of structs, or JSON text), each in the canonical
+    message shape: role (``?`` when missing), content (``""`` for none), tool_calls (a list of {id, type,
+    function: {name, arguments}}, or None), tool_call_id and name (None where absent). Turns written before
+    tool calls existed (role and content alone) read the same, with None for the rest; so a list built from
+    these (an edit) keeps every tool call and tool reference of the record."""
     if isinstance(value, str):
         value = json.loads(value)
-    return [{"role": m.get("role", "?"), "content": m.get("content") or ""} for m in value or []]
+    out = []
+    for m in value or []:
+        calls = m.get("tool_calls")
+        out.append({"role": m.get("role") or "?", "content": m.get("content") or "",
+                    "tool_calls": [_call_of(c) for c in calls] if calls else None,
+                    "tool_call_id": m.get("tool_call_id"), "name": m.get("name")})
+    return out
+
+
+def pretty_json(text: Any) -> tuple[str, bool]:
+    """(``text`` indented as JSON when it parses as a JSON object or array, else ``text`` as it is; whether
+    it parsed). Tool-call arguments and tool results are JSON text by convention, not by guarantee."""
+    text = "" if text is None else str(text)
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text, False
+    if not isinstance(value, (dict, list)):
+        return text, False
+    return json.dumps(value, indent=2, ensure_ascii=False), True
+
+
+def _code(text: Any) -> None:
+    """``text`` in a code block, pretty-printed JSON when it parses: ``st.code`` shows its body as text
+    (highlighted, never markdown or HTML); controls escaped first."""
+    body, parsed = pretty_json(text)
+    st.code(escape_controls(body), language="json" if parsed else None, wrap_lines=True)
+
+
+# chat bubbles by role: Streamlit's own user and assistant avatars, an icon for the others
+_AVATARS = {"user": "user", "assistant": "assistant", "system": ":material/settings:", "tool": ":material/build:"}
 
 
 def chat(messages: Any) -> None:
-    """A chat-style view: one bubble per turn, its role and content as plain text, controls escaped."""
+    """A chat-style view, one bubble per turn, everything taken from the record shown inert: the role, the
+    content as plain text, each tool call of an assistant turn in a box of its own (the function's name,
+    the call id, the arguments pretty-printed when they parse as JSON, else the raw text), and on a tool
+    turn the tool and the call it answers, its result pretty-printed when it is JSON."""
     for m in messages_of(messages):
-        role = m["role"] if m["role"] in ("user", "assistant") else "ai" if m["role"] == "system" else "user"
-        with st.chat_message(role, avatar=None):
-            st.caption(literal(m["role"]))
-            st.text(escape_controls(m["content"]))
+        role = m["role"]
+        with st.chat_message(role if role in _AVATARS else "user", avatar=_AVATARS.get(role, "user")):
+            if role == "tool":
+                answers = " · ".join(x for x in (m["name"], m["tool_call_id"] and f"answers {m['tool_call_id']}") if x)
+                st.caption(literal("tool result" + (f" · {answers}" if answers else "")))
+                if pretty_json(m["content"])[1]:
+                    _code(m["content"])
+                else:
+                    st.text(escape_controls(m["content"]))
+                continue
+            st.caption(literal(role))
+            if m["content"] or not m["tool_calls"]:
+                st.text(escape_controls(m["content"]))
+            for call in m["tool_calls"] or []:
+                with st.container(border=True):
+                    st.markdown(f":material/build: calls **{literal(call['function']['name'] or '?')}**"
+                                + (f" · id {literal(call['id'])}" if call["id"] else ""))
+                    _code(call["function"]["arguments"])
+
+
+def tool_definitions(tools: Any) -> None:
+    """The tools a record offers the model (``tools``: OpenAI's JSON list of {type, function: {name,
+    description, parameters}}), in a collapsed expander naming them: per function its name, description and
+    parameters (a JSON tree). Nothing for a record without tools; text that is not such a list is shown as
+    it is."""
+    if not tools:
+        return
+    try:
+        defs = json.loads(tools) if isinstance(tools, str) else tools
+    except ValueError:
+        defs = None
+    if not isinstance(defs, list):
+        with st.expander("tools offered (not a JSON list)"):
+            st.text(escape_controls(tools))
+        return
+    fns = [d.get("function", d) if isinstance(d, dict) and isinstance(d.get("function", d), dict) else {"description": d} for d in defs]
+    with st.expander(f"tools offered ({len(fns)}): " + literal(", ".join(str(f.get("name") or "?") for f in fns))):
+        for fn in fns:
+            st.markdown(f"**{literal(fn.get('name') or '?')}**")
+            if fn.get("description") is not None:
+                st.text(escape_controls(fn["description"]))
+            if fn.get("parameters") is not None:
+                st.json(plain_json(fn["parameters"]), expanded=True)
+
+
+def prompt_length(turns: list[dict[str, Any]], prompt_turns: Any) -> int:
+    """How many leading ``turns`` are the prompt: ``prompt_turns`` as stored, or where none is (or it does
+    not fit the turns), all but the trailing assistant and tool turns."""
+    if isinstance(prompt_turns, int) and 0 <= prompt_turns <= len(turns):
+        return prompt_turns
+    n = len(turns)
+    while n and turns[n - 1]["role"] in ("assistant", "tool"):
+        n -= 1
+    return n
+
+
+def record(rec: Mapping[str, Any]) -> None:
+    """A record as its kind reads, its tool definitions (if any) in an expander first: a conversation
+    (``sft``) as a chat; a preference pair as its prompt once, then the chosen and the rejected completion
+    side by side in two labeled columns; a KTO record as its prompt, then its completion under its label
+    (desirable, undesirable). ``rec``: a row of the record queries (messages, kind, tools, rejected,
+    prompt_turns, label); a row without kind is a conversation."""
+    kind = rec.get("kind") or "sft"
+    tool_definitions(rec.get("tools"))
+    turns = messages_of(rec.get("messages"))
+    if kind not in ("preference", "kto"):
+        chat(turns)
+        return
+    n = prompt_length(turns, rec.get("prompt_turns"))
+    st.badge("prompt", icon=":material/chat:", color="gray")
+    chat(turns[:n])
+    if kind == "preference":
+        chosen, rejected = st.columns(2)
+        with chosen:
+            st.badge("chosen completion", icon=":material/thumb_up:", color="green")
+            chat(turns[n:])
+        with rejected:
+            st.badge("rejected completion", icon=":material/thumb_down:", color="red")
+            chat(rec.get("rejected"))
+        return
+    label = rec.get("label")
+    if label is None:
+        st.badge("unlabeled completion", icon=":material/help:", color="gray")
+    elif label:
+        st.badge("desirable completion", icon=":material/thumb_up:", color="green")
+    else:
+        st.badge("undesirable completion", icon=":material/thumb_down:", color="red")
+    chat(turns[n:])
 
 
 def word_diff_html(a: str, b: str) -> str:

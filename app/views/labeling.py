@@ -17,7 +17,7 @@ from typing import Any
 import streamlit as st
 
 from app import queries as q
-from app.render import chat, escape_controls, literal, messages_of, pick_curate_run, table
+from app.render import escape_controls, literal, messages_of, pick_curate_run, record, table
 from curate.workspace import normalize_annotator
 
 MODES = ["random", "filter", "uncertain"]
@@ -140,11 +140,13 @@ def _record(path: str, run: str, annotator: str, rec: dict[str, Any]) -> None:
     action = st.session_state.setdefault(f"label_action_{run}_{annotator}_{rid}", uuid.uuid4().hex)
     st.subheader(f"record {rec['uid']} · {literal(rec['status'])}"
                  + (f" ({literal(rec['stage'])}: {literal(rec['reason'])})" if rec["reason"] else ""), anchor=False)
-    st.text(escape_controls(f"{rec['source_file']}:{rec['source_line']} · {rec['shape']}"))
-    chat(rec["messages"])
+    st.text(escape_controls(f"{rec['source_file']}:{rec['source_line']} · {rec['kind']} · {rec['shape']}"))
+    record(rec)
     messages = messages_of(rec["messages"])
     last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
-    edited = st.text_area("edit the last assistant turn (accept saves the edit)", value=messages[last]["content"] if last is not None else "",
+    # a pair's messages end with its chosen completion: the edit is of that one
+    which = "the chosen completion's last assistant turn" if rec["kind"] == "preference" else "the last assistant turn"
+    edited = st.text_area(f"edit {which} (accept saves the edit)", value=messages[last]["content"] if last is not None else "",
                           key=f"edit_{rid}", disabled=last is None)
     tags = st.text_input("tags (comma-separated)", key=f"tags_{rid}")
     note = st.text_input("note", key=f"note_{rid}")
