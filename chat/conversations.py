@@ -7,6 +7,7 @@ record means the same turns on both sides.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 def read_conversations(
@@ -42,6 +43,45 @@ def read_conversations(
                     if limit and len(out) >= limit:
                         return out, bad
     return out, bad
+
+
+def read_records(path: str | Path, shape: str = "auto", mapping: dict | None = None, limit: int | None = None,
+                 trees: str = "best") -> tuple[list[tuple[str, Any]], list[dict]]:
+    """(``[(where, record)]``, ``[bad]``) like :func:`read_conversations`, but every converted record whole
+    (:class:`curate.shapes.Converted`: kind, tool calls, the rejected side of a pair, a KTO label), for training
+    objectives that need more than the conversation."""
+    from curate.readers import expand_paths, read_file
+    from curate.shapes import Converter, ShapeError
+
+    conv = Converter(shape, mapping, trees=trees)
+    out: list[tuple[str, Any]] = []
+    bad: list[dict] = []
+    for file in expand_paths(str(path), Path("/")):
+        for batch in read_file(file):
+            bad += [{"where": f"{file}:{b.line}", "reason": b.error} for b in batch.bad]
+            for line, rec in zip(batch.lines, batch.records):
+                try:
+                    made = conv.records(rec)
+                except ShapeError as exc:
+                    bad.append({"where": f"{file}:{line}", "reason": exc.message})
+                    continue
+                out += [(f"{file}:{line}", r) for r in made]
+                if limit and len(out) >= limit:
+                    return out[:limit], bad
+    return out, bad
+
+
+def rejected_dicts(record) -> list[dict]:  # type: ignore[no-untyped-def]
+    """A preference pair's prompt followed by its rejected completion, as OpenAI-style message dicts."""
+    prompt = message_dicts(record)[: record.extra.prompt_turns]
+    roles, contents, turns = record.extra.rejected
+    out = []
+    for i, (role, content) in enumerate(zip(roles, contents)):
+        message = {"role": role, "content": content}
+        if turns is not None and turns[i]:
+            message.update({k: v for k, v in turns[i].items() if v is not None})
+        out.append(message)
+    return prompt + out
 
 
 def message_dicts(record) -> list[dict]:  # type: ignore[no-untyped-def]

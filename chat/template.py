@@ -217,17 +217,21 @@ class ChatEncoder:
             raise TemplateMismatch("the chat template rewrites message content, so special-token text in it cannot be kept as text")
         return ranges
 
-    def encode(self, messages: Sequence[dict[str, Any]], tools: list[dict] | None = None) -> Encoded:
+    def encode(self, messages: Sequence[dict[str, Any]], tools: list[dict] | None = None, train_from: int = 0) -> Encoded:
         """Render ``messages`` with the tokenizer's chat template and tokenize them: input ids plus labels that
         mask everything outside the answers' trained spans (unless ``train_on_inputs``), ``max_seq_len``
-        enforced by ``truncation``. Raises TemplateMismatch when the template does not render assistant turns
-        prefix-stably (or rewrites content that holds special-token text)."""
+        enforced by ``truncation``. ``train_from``: answers in the first ``train_from`` turns are context, not
+        trained (the prompt of a preference pair; its completion starts there). Raises TemplateMismatch when the
+        template does not render assistant turns prefix-stably (or rewrites content that holds special-token
+        text)."""
         msgs = self._messages(messages)
         text, turns = self._render(msgs, tools)
-        answers = [m for m in msgs if m.get("role") == "assistant"]
+        answers = [(k, m) for k, m in enumerate(msgs) if m.get("role") == "assistant"]
         trained: list[tuple[int, int]] = []
         empty: list[tuple[int, int]] = []
-        for m, (start, end) in zip(answers, turns):
+        for (k, m), (start, end) in zip(answers, turns):
+            if k < train_from:
+                continue
             stop, body = self._turn_end(text, start, end)
             # empty: nothing but whitespace rendered before the end of turn, or neither content nor a tool call
             # (a template may render fixed text into every turn)

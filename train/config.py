@@ -73,6 +73,14 @@ class MethodConfig(_Strict):
     target_modules: str | list[str] = Field("all-linear", description=(
         "layers that get an adapter: all-linear (every linear layer but the output head), or a list of module "
         "names such as [q_proj, v_proj]"))
+    objective: Literal["sft", "dpo", "kto"] = Field("sft", description=(
+        "what the adapter learns: sft imitates the answers of conversations; dpo prefers the chosen completion of "
+        "preference pairs over the rejected one (TRL's DPOTrainer, the base without the adapter as reference); "
+        "kto learns from completions labeled desirable or not (TRL's KTOTrainer; a pair gives one of each). The "
+        "data is read by curate's readers: every preference and KTO layout curate knows"))
+    beta: float = Field(0.1, gt=0, description=(
+        "dpo and kto: how far the adapter may move from the reference model (TRL's beta; lower lets it drift "
+        "further); unused by sft"))
 
 
 class OptimConfig(_Strict):
@@ -165,6 +173,8 @@ class TrainConfig(FileConfig):
             raise ValueError(f"data weights add up to {total:g}; they are shares of the training examples and must not exceed 1")
         if total and all(s.weight for s in self.data) and abs(total - 1.0) > 1e-6:
             raise ValueError(f"every data source has a weight but they add up to {total:g}, not 1")
+        if self.method.objective != "sft" and self.train_on_inputs:
+            raise ValueError(f"train_on_inputs applies to sft; a {self.method.objective} objective scores completions only")
         return self
 
     @property

@@ -345,22 +345,32 @@ def last_complete_checkpoint(folder: Path) -> str | None:
 
 
 def _trainer_args(cfg: TrainConfig, out: Path, has_validation: bool, dtype, cuda: bool):
-    import torch
+    """SFTConfig for supervised fine-tuning (packed rows of ``max_seq_len`` tokens)."""
     from trl import SFTConfig
 
-    o = cfg.optim
-    optim = o.optimizer if o.optimizer != "auto" else ("paged_adamw_8bit" if cuda else "adamw_torch")
-    every = cfg.eval.every_steps
-    rows = max(1, o.batch_tokens // cfg.max_seq_len)
-    tensorboard = importlib.util.find_spec("tensorboard") is not None
-    if tensorboard:  # transformers 5 takes the folder from the environment only
-        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / "tensorboard"))
     return SFTConfig(
-        output_dir=str(out / "checkpoints"),
+        **_common_args(cfg, out, has_validation, dtype, cuda, max(1, cfg.optim.batch_tokens // cfg.max_seq_len)),
         max_length=cfg.max_seq_len,
         packing=True,  # best-fit-decreasing packing, no padding: position ids restart per example
         packing_strategy="bfd",
         padding_free=True,
+        dataset_num_proc=None,
+    )
+
+
+def _common_args(cfg: TrainConfig, out: Path, has_validation: bool, dtype, cuda: bool, rows: int) -> dict[str, Any]:
+    """The TrainingArguments every objective shares: optimizer, schedule, batch of ``rows`` sequences per device,
+    precision, evaluation and checkpoints, logging."""
+    import torch
+
+    o = cfg.optim
+    optim = o.optimizer if o.optimizer != "auto" else ("paged_adamw_8bit" if cuda else "adamw_torch")
+    every = cfg.eval.every_steps
+    tensorboard = importlib.util.find_spec("tensorboard") is not None
+    if tensorboard:  # transformers 5 takes the folder from the environment only
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / "tensorboard"))
+    return dict(
+        output_dir=str(out / "checkpoints"),
         per_device_train_batch_size=rows,
         per_device_eval_batch_size=rows,
         gradient_accumulation_steps=o.grad_accum,
@@ -388,7 +398,6 @@ def _trainer_args(cfg: TrainConfig, out: Path, has_validation: bool, dtype, cuda
         metric_for_best_model="eval_loss" if has_validation else None,
         greater_is_better=False if has_validation else None,
         report_to=["tensorboard"] if tensorboard else [],
-        dataset_num_proc=None,
         use_cpu=not cuda,
     )
 
@@ -422,12 +431,20 @@ def run_training(cfg: TrainConfig, fresh: bool = False) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
 
     tokenizer = load_tokenizer(base_path)
-    data = prepare_data(cfg, tokenizer)
+    objective = cfg.method.objective
+    if objective == "sft":
+        data = prepare_data(cfg, tokenizer)
+        summary_line = audit_summary(data.stats)
+    else:
+        from train.preference import prepare_preference_data, preference_summary
+
+        data = prepare_preference_data(cfg, tokenizer)
+        summary_line = preference_summary(data.stats)
     if main:
         (out / "rejected.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data.rejected))
-        # what the loss sees, through the real template: trained spans between ⟦ ⟧
+        # what the loss sees, through the real template: trained spans between ⟦ ⟧ (both sides of a pair)
         (out / "mask_audit.txt").write_text("\n\n".join(data.audit) + "\n")
-        print(f"{audit_summary(data.stats)}; rendered examples in {out / 'mask_audit.txt'}")
+        print(f"{summary_line}; rendered examples in {out / 'mask_audit.txt'}")
     check_data(len(data.train), data.rejected, str(out / "rejected.jsonl"), data.sources)
 
     fp = fingerprint(cfg, data.digest)
@@ -452,22 +469,29 @@ def run_training(cfg: TrainConfig, fresh: bool = False) -> dict[str, Any]:
     projection = Projection(price_per_hour=cfg.price_per_gpu_hour)
     # TRL counts a batch's tokens as its width when there is no attention mask: right for one flattened
     # sequence, wrong for rows, so with rows its `num_tokens` is left out
-    row_packing = use_row_packing(cfg.packing, attn)
+    row_packing = objective == "sft" and use_row_packing(cfg.packing, attn)
     hidden = ("num_tokens",) if row_packing else ()
     callbacks = [LiveMetrics(out / "metrics.jsonl", hidden), projection]
-    if cfg.eval.sample_prompts:
+    if cfg.eval.sample_prompts and data.sample_prompts:
         callbacks.append(SampleGenerations(tokenizer, data.sample_prompts, cfg.eval.every_steps, cfg.eval.sample_max_new_tokens, out / "samples.jsonl"))
     if data.validation and cfg.eval.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.eval.early_stopping_patience))
-    trainer = SFTTrainer(
-        model=model,
-        args=_trainer_args(cfg, out, bool(data.validation), dtype, cuda),
-        train_dataset=Dataset.from_list(data.train),
-        eval_dataset=Dataset.from_list(data.validation) if data.validation else None,
-        processing_class=tokenizer,
-        peft_config=lora,
-        callbacks=callbacks,
-    )
+    if objective == "sft":
+        trainer = SFTTrainer(
+            model=model,
+            args=_trainer_args(cfg, out, bool(data.validation), dtype, cuda),
+            train_dataset=Dataset.from_list(data.train),
+            eval_dataset=Dataset.from_list(data.validation) if data.validation else None,
+            processing_class=tokenizer,
+            peft_config=lora,
+            callbacks=callbacks,
+        )
+    else:
+        from train.preference import build_trainer
+
+        # a pair (or a KTO example and its KL partner) is two sequences of up to max_seq_len tokens
+        rows = max(1, cfg.optim.batch_tokens // (2 * cfg.max_seq_len))
+        trainer = build_trainer(cfg, model, tokenizer, data, _common_args(cfg, out, bool(data.validation), dtype, cuda, rows), lora, callbacks)
     if row_packing:  # TRL refuses a custom collator with its packing, so it is swapped in after construction
         trainer.data_collator = RowPackedCollator(tokenizer.pad_token_id)
     if cuda:
@@ -507,7 +531,8 @@ def run_training(cfg: TrainConfig, fresh: bool = False) -> dict[str, Any]:
         "device": memory["device"],
         "memory_estimate_gib": memory,
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 1024**3, 3) if cuda else None,
-        "packing": "rows" if row_packing else "flat",
+        "objective": objective,
+        "packing": ("rows" if row_packing else "flat") if objective == "sft" else "none",
         "attn_implementation": attn or "sdpa",
         "packing_isolation_max_diff": isolation,
         "resumed_from": Path(last).name if last else None,

@@ -1,0 +1,93 @@
+"""`train run` with a preference objective on CPU with the embedded SmolLM2: DPO on real LLaMA-Factory pairs and KTO
+on real labeled completions, each one short step, with the masks of both sides checked in the mask audit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoTokenizer
+
+from chat.conversations import message_dicts, read_records, rejected_dicts
+from curate.models import smollm2_tokenizer_dir
+from tests.conftest import write_jsonl
+from train.config import TrainConfigError, parse_train_config
+
+
+def _short(shared_data, name: str, n: int, kinds: tuple[str, ...]) -> list[dict]:
+    """The first ``n`` records of a real file whose every side fits 200 tokens."""
+    tok = AutoTokenizer.from_pretrained(str(smollm2_tokenizer_dir()))
+    path = shared_data / "chat_llamafactory" / name
+    rows = json.loads(path.read_text())
+    records, _ = read_records(path)
+    out = []
+    for (_where, rec), row in zip(records, rows):
+        sides = [message_dicts(rec)] + ([rejected_dicts(rec)] if rec.extra.kind == "preference" else [])
+        lengths = [len(tok(tok.apply_chat_template(s, tokenize=False), add_special_tokens=False)["input_ids"]) for s in sides]
+        if rec.extra.kind in kinds and max(lengths) < 200:
+            out.append(row)
+        if len(out) == n:
+            break
+    return out
+
+
+def _cfg(tmp_path, objective: str, files: list[str], **extra):
+    return parse_train_config({
+        "name": f"{objective}-tiny", "data": [{"path": f} for f in files], "max_steps": 1, "max_seq_len": 256,
+        "method": {"kind": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "objective": objective, "beta": 0.1},
+        "gradient_checkpointing": False, "workspace": None, "log_every_steps": 1,
+        "optim": {"lr": 1e-3, "batch_tokens": 1024, "warmup_ratio": 0.0, "scheduler": "constant_with_warmup"},
+        "eval": {"every_steps": 100, "sample_prompts": 0}, **extra,
+    }, base_dir=tmp_path)
+
+
+def test_dpo_trains_both_sides_of_real_pairs_on_their_completions_only(tmp_path, shared_data):
+    from train.trainer import run_training
+
+    pairs = _short(shared_data, "dpo_en_demo.json", 2, ("preference",))
+    (tmp_path / "pairs.json").write_text(json.dumps(pairs))
+    manifest = run_training(_cfg(tmp_path, "dpo", ["pairs.json"]))
+    out = tmp_path / "runs" / "dpo-tiny"
+    assert manifest["objective"] == "dpo" and manifest["steps"] == 1 and (out / "adapter" / "adapter_config.json").is_file()
+    assert manifest["data"]["train_examples"] == 2 and manifest["data"]["objective"] == "dpo"
+    audit = (out / "mask_audit.txt").read_text()
+    # each side scores its completion through the end-of-turn token, nothing of the prompt
+    for pair in pairs:
+        chosen, rejected_answer = pair["chosen"]["value"].strip(), pair["rejected"]["value"].strip()
+        assert f"⟦{chosen}<|im_end|>⟧" in audit and f"⟦{rejected_answer}<|im_end|>⟧" in audit
+        assert "⟦" + pair["conversations"][-1]["value"][:20] not in audit
+    assert audit.count("--- rejected ---") == 2
+    assert all(isinstance(x, float) for x in manifest["train_loss"])
+
+
+def test_kto_trains_labeled_completions_and_reads_pairs_as_two(tmp_path, shared_data):
+    from train.trainer import run_training
+
+    kto = _short(shared_data, "kto_en_demo.json", 3, ("kto",))
+    pairs = _short(shared_data, "dpo_en_demo.json", 1, ("preference",))
+    (tmp_path / "kto.json").write_text(json.dumps(kto))
+    (tmp_path / "pairs.json").write_text(json.dumps(pairs))
+    manifest = run_training(_cfg(tmp_path, "kto", ["kto.json", "pairs.json"]))
+    d = manifest["data"]
+    assert d["train_examples"] == 5 and d["desirable"] == sum(r["label"] for r in kto) + 1
+    assert d["undesirable"] == 5 - d["desirable"]
+    audit = (tmp_path / "runs" / "kto-tiny" / "mask_audit.txt").read_text()
+    assert "desirable" in audit and "<|im_end|>⟧" in audit
+
+
+def test_a_dpo_run_over_conversations_says_why_before_loading_a_model(tmp_path, shared_data):
+    from train.preflight import PreflightError
+    from train.trainer import run_training
+
+    (tmp_path / "pairs.json").write_text(json.dumps(_short(shared_data, "dpo_en_demo.json", 1, ("preference",))))
+    write_jsonl(tmp_path / "sft.jsonl", json.loads((shared_data / "alpaca" / "alpaca_4000.json").read_text())[:2])
+    with pytest.raises(PreflightError, match=r"data\[1\] \(sft.jsonl\): nothing to learn: all 2 of its records were rejected "
+                                             r"\(2 x a sft record: dpo trains on preference pairs"):
+        run_training(_cfg(tmp_path, "dpo", ["pairs.json", "sft.jsonl"]))
+    rejected = [json.loads(x) for x in (tmp_path / "runs" / "dpo-tiny" / "rejected.jsonl").read_text().splitlines()]
+    assert sorted(r["where"].rsplit("/", 1)[1] for r in rejected) == ["sft.jsonl:1", "sft.jsonl:2"]
+
+
+def test_preference_objectives_refuse_train_on_inputs(tmp_path):
+    with pytest.raises(TrainConfigError, match="train_on_inputs applies to sft"):
+        _cfg(tmp_path, "dpo", ["x.json"], train_on_inputs=True)
