@@ -91,3 +91,27 @@ def test_a_dpo_run_over_conversations_says_why_before_loading_a_model(tmp_path, 
 def test_preference_objectives_refuse_train_on_inputs(tmp_path):
     with pytest.raises(TrainConfigError, match="train_on_inputs applies to sft"):
         _cfg(tmp_path, "dpo", ["x.json"], train_on_inputs=True)
+
+
+def test_tool_call_conversations_train_the_calls_in_the_templates_form(tmp_path, shared_data):
+    """SmolLM2's template renders no tools: the calls reach the loss as Hermes <tool_call> text, the definitions
+    as part of the system prompt (context), the results as tool turns (context)."""
+    from train.trainer import prepare_data
+
+    tok = AutoTokenizer.from_pretrained(str(smollm2_tokenizer_dir()))
+    weather = shared_data / "openai_messages" / "weather_chat_fine_tuning.jsonl"
+    cfg = _cfg(tmp_path, "sft", [str(weather)], max_seq_len=1024)
+    data = prepare_data(cfg, tok)
+    assert data.stats["train_examples"] == 10 and not data.rejected
+    audit = data.audit[0]
+    line = json.loads(weather.read_text().splitlines()[0])
+    first_call = line["messages"][1]["tool_calls"][0]["function"]
+    call_text = json.dumps({"name": first_call["name"], "arguments": json.loads(first_call["arguments"])})
+    # the call is trained (inside ⟦ ⟧), with its end of turn; the tool list and the results are not
+    assert f"⟦<tool_call>\n{call_text}\n</tool_call>" in audit
+    system, rest = audit.split("<|im_start|>user", 1)
+    assert "get_current_weather" in system and "⟦" not in system
+    results = rest.split("<|im_start|>tool", 1)[1].split("<|im_end|>", 1)[0]
+    assert "<tool_response>" in results and "⟦" not in results
+    assert audit.count("⟦") == 2  # the call turn and the final answer
+

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from chat.conversations import load_tokenizer, read_conversations
+from chat.conversations import load_tokenizer, read_chats
+from chat.tools import template_messages
 from chat.template import ChatEncoder, TemplateMismatch, marked_text
 from train.config import DataSource, TrainConfig
 
@@ -114,9 +115,9 @@ def prepare_data(cfg: TrainConfig, tokenizer) -> PreparedData:
     origin: dict[str, str] = {}  # record -> the input it came from, for per-input counts
     for i, source in enumerate(cfg.data):
         label = f"data[{i}] ({source.path})"
-        convs, bad = read_conversations(cfg.resolve(source.path), source.shape, source.mapping, source.limit)
+        convs, bad = read_chats(cfg.resolve(source.path), source.shape, source.mapping, source.limit)
         rejected += [{**b, "stage": "read", "source": label} for b in bad]
-        origin.update((where, label) for where, _m in convs)
+        origin.update((where, label) for where, _m, _t in convs)
         per_source.append((source, convs))
     mixed, counts = mix(per_source, cfg.seed)
 
@@ -127,12 +128,14 @@ def prepare_data(cfg: TrainConfig, tokenizer) -> PreparedData:
 
     def encode(items, split, label=None):
         rows = []
-        for where, messages in items:
+        for where, messages, tools in items:
             source = label or origin[where]
             seen = sources.setdefault(source, [0, 0])
             seen[0] += 1
             try:
-                e = encoder.encode(messages)
+                # tool calls and definitions in the template's own form, or as Hermes text when it has none
+                rendered, passed = template_messages(tokenizer, messages, tools)
+                e = encoder.encode(rendered, passed)
             except TemplateMismatch as exc:
                 from train.preflight import PreflightError
 
@@ -159,11 +162,11 @@ def prepare_data(cfg: TrainConfig, tokenizer) -> PreparedData:
     validation = []
     if cfg.validation:
         label = f"validation ({cfg.validation})"
-        convs, bad = read_conversations(cfg.resolve(cfg.validation))
+        convs, bad = read_chats(cfg.resolve(cfg.validation))
         rejected += [{**b, "stage": "read", "split": "validation", "source": label} for b in bad]
         sources.setdefault(label, [0, 0])
         validation = encode(convs, "validation", label)
-    prompts = (_prompt_of(m) for _w, m in (convs if cfg.validation else mixed))
+    prompts = (_prompt_of(m) for _w, m, _t in (convs if cfg.validation else mixed))
     sample_prompts = list(itertools.islice((p for p in prompts if p), cfg.eval.sample_prompts))
     tokens = sum(len(r["input_ids"]) for r in train)
     trainable = sum(sum(1 for x in r["labels"] if x != -100) for r in train)
