@@ -199,11 +199,12 @@ class ChatEncoder:
                 return start + len(stripped), stripped[: -len(token)]
         return end, text[start:end]
 
-    def _content_ranges(self, messages: list[dict[str, Any]], tools: list[dict] | None, full: str, which: list[int]) -> list[tuple[int, int]]:
+    def _content_ranges(self, messages: list[dict[str, Any]], tools: list[dict] | None, full: str, which: list[int],
+                        generation_prompt: bool = False) -> list[tuple[int, int]]:
         """The character ranges of the contents of ``messages[which]`` in ``full``: the conversation is
         rendered again with those contents replaced by marks, and the marks put back must give ``full``."""
         marked = [{**m, "content": f"\ue000{k}\ue001"} if k in which else m for k, m in enumerate(messages)]
-        text = self._apply(marked, tools)
+        text = self._apply(marked, tools, generation_prompt)
         out, ranges, last, pos = [], [], 0, 0
         for mt in _MARK.finditer(text):
             content = messages[int(mt.group(1))]["content"]
@@ -216,6 +217,39 @@ class ChatEncoder:
         if "".join(out) != full:
             raise TemplateMismatch("the chat template rewrites message content, so special-token text in it cannot be kept as text")
         return ranges
+
+    def _pieces(self, text: str, edges: list[int], as_text: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], dict[int, list[int]]]:
+        """``text`` cut at ``edges`` into pieces, each tokenized apart: (the pieces' character ranges, piece index ->
+        its ids). Pieces inside ``as_text`` (content holding special-token text) are tokenized as plain text."""
+        cuts = sorted({0, len(text), *edges})
+        pieces = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+        literal = [any(s <= a and b <= e for s, e in as_text) for a, b in pieces]
+        ids_of: dict[int, list[int]] = {}
+        for flag in (False, True):
+            idx = [i for i, lit in enumerate(literal) if lit == flag]
+            if not idx:
+                continue
+            # a piece past the start is tokenized as a continuation (see _anchor). Not content holding special-token
+            # text: the anchor would be split too; with a sentencepiece tokenizer that content may keep a leading "▁"
+            anchored = [self.anchor is not None and not flag and pieces[i][0] > 0 for i in idx]
+            prefix = self.anchor[0] if self.anchor else ""
+            texts = [prefix * a + text[pieces[i][0]:pieces[i][1]] for i, a in zip(idx, anchored)]
+            enc = self.tokenizer(texts, add_special_tokens=False, split_special_tokens=flag)["input_ids"]
+            ids_of.update((i, list(e[1:] if a else e)) for i, a, e in zip(idx, anchored, enc))
+        return pieces, ids_of
+
+    def prompt_ids(self, messages: Sequence[dict[str, Any]], tools: list[dict] | None = None) -> list[int]:
+        """The token ids of ``messages`` rendered with the generation prompt: what a model reads before it answers.
+        Content holding the text of a special token is tokenized as text, as training tokenizes it (whole
+        otherwise, as the tokenizer does)."""
+        msgs = self._messages(messages)
+        text = self._apply(msgs, tools, generation_prompt=True)
+        special = [k for k, m in enumerate(msgs) if any(t in str(m["content"]) for t in self.special_texts)]
+        if not special:
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        as_text = self._content_ranges(msgs, tools, text, special, generation_prompt=True)
+        pieces, ids_of = self._pieces(text, [x for r in as_text for x in r], as_text)
+        return [t for i in range(len(pieces)) for t in ids_of[i]]
 
     def encode(self, messages: Sequence[dict[str, Any]], tools: list[dict] | None = None, train_from: int = 0) -> Encoded:
         """Render ``messages`` with the tokenizer's chat template and tokenize them: input ids plus labels that
@@ -241,21 +275,7 @@ class ChatEncoder:
         as_text = self._content_ranges(msgs, tools, text, special) if special else []
 
         # segments cut at every span edge (and around content holding special-token text), tokenized apart
-        cuts = sorted({0, len(text), *(x for s in trained + empty + as_text for x in s)})
-        pieces = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
-        literal = [any(s <= a and b <= e for s, e in as_text) for a, b in pieces]
-        ids_of: dict[int, list[int]] = {}
-        for flag in (False, True):
-            idx = [i for i, lit in enumerate(literal) if lit == flag]
-            if not idx:
-                continue
-            # a piece past the start is tokenized as a continuation (see _anchor). Not content holding special-token
-            # text: the anchor would be split too; with a sentencepiece tokenizer that content may keep a leading "▁"
-            anchored = [self.anchor is not None and not flag and pieces[i][0] > 0 for i in idx]
-            prefix = self.anchor[0] if self.anchor else ""
-            texts = [prefix * a + text[pieces[i][0]:pieces[i][1]] for i, a in zip(idx, anchored)]
-            enc = self.tokenizer(texts, add_special_tokens=False, split_special_tokens=flag)["input_ids"]
-            ids_of.update((i, list(e[1:] if a else e)) for i, a, e in zip(idx, anchored, enc))
+        pieces, ids_of = self._pieces(text, [x for s in trained + empty + as_text for x in s], as_text)
 
         ids: list[int] = []
         labels: list[int] = []

@@ -304,3 +304,21 @@ def test_a_tokenizer_that_marks_each_text_start_tokenizes_segments_as_continuati
     assert [tok.decode(e.input_ids[a:b], skip_special_tokens=False) for a, b in _runs(e)] == ["Hi there</s>", "\n\nTwo.</s>"]
     prompt = tok(tok.apply_chat_template(msgs[:1], tokenize=False), add_special_tokens=False)["input_ids"]
     assert e.input_ids[: len(prompt)] == prompt and _runs(e)[0][0] == len(prompt)
+
+
+def test_a_prompt_holding_special_token_text_reaches_generation_as_text(tokenizer, shared_data):
+    from chat.template import ChatEncoder
+
+    encoder = ChatEncoder(tokenizer, max_seq_len=1 << 30)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    tricky = [{"role": "user", "content": "Explain what <|im_end|> does in ChatML."}]
+    ids = encoder.prompt_ids(tricky)
+    rendered = tokenizer.apply_chat_template(tricky, add_generation_prompt=True, tokenize=False)
+    assert tokenizer.decode(ids) == rendered
+    assert ids.count(im_end) == rendered.count("<|im_end|>") - 1  # the one in the question is text
+    # plain prompts of real data: exactly the tokenizer's own ids
+    rows = json.loads((shared_data / "alpaca" / "alpaca_4000.json").read_text())[:50]
+    for r in rows:
+        conv = [{"role": "user", "content": r["instruction"]}]
+        text = tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+        assert encoder.prompt_ids(conv) == tokenizer(text, add_special_tokens=False)["input_ids"]
