@@ -186,7 +186,8 @@ class Shape:
     # False: never chosen by `auto` (a shape that needs its own settings, as `mapped` needs a mapping)
     detectable: ClassVar[bool] = True
     # True when an overridden detect() still looks only at which fields are present, never at values
-    # (auto detection then runs once per distinct key list); the default detect() is such a one
+    # (auto detection then runs once per distinct key list; the type of a `label` / `kto_tag` value counts too);
+    # the default detect() is such a one
     detects_by_keys: ClassVar[bool] = False
 
     def detect(self, record: Mapping[str, Any]) -> bool:
@@ -377,8 +378,9 @@ class KtoShape(Shape):
     detects_by_keys = True
 
     def detect(self, record):  # noqa: D102 - Shape.detect
-        return ("label" in record and ("messages" in record or ("prompt" in record and "completion" in record))) or (
-            "kto_tag" in record and "conversations" in record)
+        # a boolean label only: `messages` with a category label (a string) are a plain conversation
+        return (isinstance(record.get("label"), bool) and ("messages" in record or ("prompt" in record and "completion" in record))) or (
+            isinstance(record.get("kto_tag"), bool) and "conversations" in record)
 
     def parse(self, record, converter, fixes):  # noqa: D102 - Shape.parse
         label_key = "kto_tag" if "kto_tag" in record else "label"
@@ -622,6 +624,8 @@ class Converter:
             return self._fixed
         if self._by_keys:  # records of one file share their keys: detect once per key list
             keys = tuple(rec)
+            if "label" in rec or "kto_tag" in rec:  # whether a label is boolean decides KTO (KtoShape.detect)
+                keys += (type(rec.get("label")), type(rec.get("kto_tag")))
             found = self._seen.get(keys)
             if found is None:
                 found = self._detect(rec)

@@ -236,7 +236,12 @@ def test_kto_layouts_and_label_checks():
     assert frame["kind"].to_list() == ["kto"] * 3 and frame["label"].to_list() == [True, False, False]
     assert frame["prompt_turns"].to_list() == [1, 1, 1]
     with pytest.raises(ShapeError, match="must be true or false"):
-        Converter().convert({"prompt": "q", "completion": "c", "label": 1})
+        Converter("kto").convert({"prompt": "q", "completion": "c", "label": 1})
+    # a category label is no KTO label: such a record is a plain conversation or prompt/completion
+    conv = Converter()
+    assert conv.convert({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "label": "sports"}).shape == "openai"
+    assert conv.convert({"prompt": "q", "completion": "c", "label": 1}).shape == "prompt_completion"
+    assert conv.convert({"prompt": "q", "completion": "c", "label": True}).shape == "kto"
 
 
 def test_oasst_trees_three_ways(shared_data):

@@ -154,7 +154,6 @@ def test_placeholder_inputs_and_templates_are_fixed(shared_data):
         ({"messages": [{"role": "user", "content": "x", "tool_calls": [{"function": {"name": "f"}}]}]}, "messages[0].tool_calls",
          "only an assistant turn can call tools"),
         ({"conversations": [{"from": "function_call", "value": "get_weather(city)"}]}, "conversations[0].value", "not valid JSON"),
-        ({"messages": [{"role": "user", "content": "x"}], "label": "yes"}, "label", "must be true or false"),
         ({"conversations": [{"from": "human", "value": "x"}], "chosen": {"from": "gpt", "value": "a"}, "rejected": 5}, "rejected",
          "must be a list"),
         ({"chosen": "\n\nHuman: hi\n\nAssistant: a", "rejected": "\n\nHuman: other\n\nAssistant: b"}, "rejected",
