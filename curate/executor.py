@@ -58,14 +58,31 @@ class StageContractError(RunError):
     """A stage returned a frame that breaks the stage contract (missing columns, rows added or lost)."""
 
 
-def split_expr(splits: Any, digits: int = 0) -> pl.Expr:
+def split_keys(rows: pl.DataFrame) -> pl.Series:
+    """What decides each record's split: its content id, or for a preference pair or a KTO record a hash of its
+    prompt (the same 16 hex digits), so every pair and labeled completion of one prompt lands in one split and
+    no test prompt is trained on through a sibling pair."""
+    ids = rows["id"]
+    if "kind" not in rows.columns:
+        return ids
+    grouped = rows["kind"].is_in(["preference", "kto"])
+    if not grouped.any():
+        return ids
+    import xxhash
+
+    idx = grouped.arg_true()
+    prompts = rows["prompt_text"].gather(idx).fill_null("").to_list()
+    return ids.scatter(idx, [xxhash.xxh3_64_hexdigest(p.encode("utf-8", "surrogatepass")) for p in prompts])
+
+
+def split_expr(splits: Any, digits: int = 0, column: str = "id") -> pl.Expr:
     """train/validation/test from a record's content id and the config's ``splits`` (fractions and seed).
 
     The id is a BLAKE2b hex digest, so its first 8 hex digits are a uniform 32-bit number: the split is a function
     of content alone (same record, same split, on every machine and every re-run). ``digits=8`` reads the next 8
     instead: for a cluster keyed by its *smallest* id, whose first digits are skewed low (the minimum of many),
-    they would put nearly every cluster in train."""
-    u = ((pl.col("id").str.slice(digits, 8).str.to_integer(base=16) + splits.seed * 2654435761) % (1 << 32)) / float(1 << 32)
+    they would put nearly every cluster in train. ``column``: the hex key read (:func:`split_keys`)."""
+    u = ((pl.col(column).str.slice(digits, 8).str.to_integer(base=16) + splits.seed * 2654435761) % (1 << 32)) / float(1 << 32)
     return (
         pl.when(u < splits.train).then(pl.lit("train"))
         .when(u < splits.train + splits.validation).then(pl.lit("validation"))
@@ -286,7 +303,7 @@ class RecordWork:
         rows, alive, rejects, scores = apply_record_stages(frame, [self.stages[i] for i in record_pos], timer)  # type: ignore[misc]
         prepared = self._prepare(global_pos, alive, timer)
         with timer("store (prepare rows)"):
-            stored = stored_rows(rows, scores, split_expr(self.splits))
+            stored = stored_rows(rows.with_columns(_split_key=split_keys(rows)), scores, split_expr(self.splits, column="_split_key"))
         return TaskResult(shown, units=units, records=frame.height, quarantined=quarantine.height, stored=stored, rejects=rejects,
                           quarantine=quarantine, prepared=prepared)
 

@@ -363,3 +363,21 @@ def test_pii_is_redacted_on_both_sides_of_a_pair_and_in_tool_results(tmp_path, r
     res = run_config({"inputs": [{"path": "p.jsonl"}], "stages": [{"pii": {"action": "redact"}}], "splits": {"train": 1, "validation": 0, "test": 0}})
     exported = _rows(res, res.summary["outputs"]["preference"]["jsonl"])
     assert "gmail" not in json.dumps(exported) and "[EMAIL]" in exported[0]["rejected"][0]["content"]
+
+
+def test_oasst_pairs_of_one_prompt_share_a_split_and_the_ledger_counts_each(tmp_path, run_config, shared_data):
+    trees = shared_data / "oasst" / "en_100_tree.jsonl"
+    res = run_config({"inputs": [{"path": str(trees), "trees": "pairs"}], "stages": ["preference_pair"]})
+    s = res.summary
+    expected = _frame([json.loads(x) for x in trees.read_text().splitlines()], trees="pairs").height
+    assert s["invariant_ok"] and s["inputs"] == expected and s["kinds"]["preference"]["records"] == expected
+    ledger = pl.read_parquet(res.output_dir / "ledger.parquet")
+    assert ledger["source_line"].n_unique() < ledger.height  # several pairs per tree line, one ledger row each
+    rows = _rows(res, s["outputs"]["preference"]["jsonl"])
+    splits = {}
+    for split, path in s["outputs"]["preference"]["jsonl"].items():
+        for x in (res.output_dir / path).read_text().splitlines():
+            r = json.loads(x)
+            splits.setdefault(json.dumps(r["prompt"]), set()).add(split)
+    assert len(rows) == expected and all(len(v) == 1 for v in splits.values())  # one prompt, one split
+    assert len({frozenset(v) for v in splits.values()}) > 1  # and the prompts do spread over the splits
