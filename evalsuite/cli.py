@@ -74,6 +74,11 @@ def run(
             if problems:
                 raise SuiteError(f"{suite}: cannot run on a server: {'; '.join(problems)}")
             connect(served, cfg.base_dir)  # reachable, key accepted, model served: before any work
+        else:
+            from evalsuite.runner import local_problems
+
+            if local_problems(cfg):
+                raise SuiteError(f"{suite}: cannot run on a local model: {'; '.join(local_problems(cfg))}")
     except (SuiteError, WorkspaceError, ServerUnreachable) as exc:
         _fail(str(exc))
     try:

@@ -6,7 +6,7 @@ Outputs in ``out_dir``:
   (``annotations``, JSON: the judge's scores, rationales and raw reply);
 - ``results.json``: per task and metric key the headline value and its details (sacrebleu signature, token
   counts...), plus what a comparison must hold equal: the model and adapter, the generation settings, the
-  chat template's hash and each task's prompts hash;
+  chat template's hash and each task's prompts hash (of the tools too, for examples that offer tools);
 - with a workspace: a ``runs`` row (kind 'eval', summary = the headline values) and the examples in
   ``eval_examples``, for the review app and for ``evalsuite compare`` across runs.
 """
@@ -47,6 +47,8 @@ def run_suite(suite: SuiteConfig, model: str = "embedded", adapter: str | None =
 
     clock = Clock()
     server = server or suite.server
+    if server is None and local_problems(suite):
+        raise ValueError("; ".join(local_problems(suite)))
     if server is not None:
         from evalsuite.serving import connect
 
@@ -67,10 +69,11 @@ def run_suite(suite: SuiteConfig, model: str = "embedded", adapter: str | None =
             net, tok, desc = load_model(model, adapter, device)
     rows: list[dict[str, Any]] = []
     tasks: dict[str, Any] = {}
+    own_tasks = {"text": _text_task, "preference": _preference_task}
     for task in suite.tasks:
         if task.kind != "generate":
             with clock.step("tasks", task.name, "total"):
-                task_rows, tasks[task.name] = (_text_task if task.kind == "text" else _probe_task)(suite, task, net, tok)
+                task_rows, tasks[task.name] = own_tasks.get(task.kind, _probe_task)(suite, task, net, tok)
             rows += task_rows
             continue
         examples, skipped = task_examples(suite, task)
@@ -78,16 +81,27 @@ def run_suite(suite: SuiteConfig, model: str = "embedded", adapter: str | None =
             raise ValueError(f"task {task.name}: no example with a prompt and a reference in {task.path} ({len(skipped)} skipped)")
         gen = task.generation or suite.generation
         prompts = [e["prompt"] for e in examples]
+        tools = [e.get("tools") for e in examples]
         notes: list[dict[str, Any]] | None = None
         with clock.step("tasks", task.name, "generate"), progress_bar(progress, len(prompts), f"generate {task.name}") as bar:
             if server is not None:
+                from evalsuite.serving import reply_output
+
                 replies = served.generate(prompts, max_new_tokens=gen.max_new_tokens, sample=gen.sample, temperature=gen.temperature,
                                           top_p=gen.top_p, seed=gen.seed, names=[f"{task.name}/{i} ({e['source']})" for i, e in enumerate(examples)],
-                                          progress=bar.update)
-                outputs = [r["content"] for r in replies]
+                                          progress=bar.update, tools=tools, tool_choice=[_tool_choice(gen.tool_choice, e) for e in examples])
+                outputs = [reply_output(r) for r in replies]
                 notes = [{"server": {"finish_reason": r.get("finish_reason")}} for r in replies]
             else:
-                outputs = generate(net, tok, prompts, max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size,
+                from chat.tools import template_messages
+
+                # tool calls, results and definitions in the template's own form, as training renders them (the
+                # Hermes text convention for a template without tools); plain conversations pass as they are
+                rendered = [template_messages(tok, p, t) for p, t in zip(prompts, tools)]
+                conversations = [m for m, _ in rendered]
+                # a template that takes tools= natively gets them through a wrapper: chat.generate passes none
+                renderer = _ToolsTemplate(tok, conversations, [t for _, t in rendered]) if any(t for _, t in rendered) else tok
+                outputs = generate(net, renderer, conversations, max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size,
                                    sample=gen.sample, temperature=gen.temperature, top_p=gen.top_p, seed=gen.seed, progress=bar.update)
         clock.note(task.name, examples=len(prompts))
         if server is not None:  # what the server was asked, and what the cache answered
@@ -95,7 +109,9 @@ def run_suite(suite: SuiteConfig, model: str = "embedded", adapter: str | None =
             asked = (served.answered, served.cached)
         task_rows, task_result = score_task(task, examples, outputs, net, tok, progress=progress, clock=clock, annotations=notes)
         rows += task_rows
-        tasks[task.name] = {"n": len(examples), "skipped": skipped, "generation": gen.model_dump(), **task_result}
+        tasks[task.name] = {"n": len(examples), "skipped": skipped, "generation": gen.recorded(), **task_result}
+        if any(tools):
+            tasks[task.name]["tools"] = {"offered": sum(1 for t in tools if t), "form": "server" if tok is None else tools_form(tok)}
 
     results = {
         "format": RESULTS_FORMAT, "suite": suite.name, **desc,
@@ -105,7 +121,7 @@ def run_suite(suite: SuiteConfig, model: str = "embedded", adapter: str | None =
         "plugins": suite.plugin_records(),  # compare and gate import the same metric code the run used
     }
     task_inputs = {t: (v["prompts_sha256"], v["generation"]) for t, v in tasks.items()}
-    results["run_id"] = f"{suite.name}-{_sha([results['model'], adapter, task_inputs, [t.model_dump() for t in suite.tasks]])[:12]}"
+    results["run_id"] = f"{suite.name}-{_sha([results['model'], adapter, task_inputs, [t.identity() for t in suite.tasks]])[:12]}"
     out = Path(out_dir or suite.resolve(f"evals/{results['run_id']}"))
     with clock.step("write"):
         out.mkdir(parents=True, exist_ok=True)
@@ -116,6 +132,62 @@ def run_suite(suite: SuiteConfig, model: str = "embedded", adapter: str | None =
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     results["output_dir"] = str(out)
     return results
+
+
+class _ToolsTemplate:
+    """The tokenizer, with each conversation's tools passed to its chat template (everything else delegated).
+
+    :func:`chat.generate.generate` renders each conversation with ``tokenizer.apply_chat_template(messages,
+    ...)`` and takes no tools, which a template that renders tools natively needs; this wrapper adds the tools
+    of the conversation whose messages it is given. It knows
+    them by the message dicts themselves (the renderer passes them as given, in a list of its own): a
+    conversation it was not given is a RuntimeError, never a prompt silently rendered without its tools."""
+
+    def __init__(self, tokenizer: Any, conversations: list[list[dict[str, Any]]], tools: list[list[dict[str, Any]] | None]):
+        self._tokenizer = tokenizer
+        self._tools = {tuple(map(id, c)): t for c, t in zip(conversations, tools)}
+
+    def apply_chat_template(self, conversation: list[dict[str, Any]], *args: Any, **kwargs: Any) -> Any:
+        """The tokenizer's ``apply_chat_template`` with ``tools=`` the conversation's tools (when it has any)."""
+        key = tuple(map(id, conversation))
+        if key not in self._tools:
+            raise RuntimeError("chat.generate rendered a conversation evalsuite did not give it: its tools are unknown")
+        if self._tools[key]:
+            kwargs["tools"] = self._tools[key]
+        return self._tokenizer.apply_chat_template(conversation, *args, **kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._tokenizer(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tokenizer, name)
+
+
+def tools_form(tok: Any) -> str:
+    """How a local model sees the tools offered with a prompt (:func:`chat.tools.template_messages`): ``native``
+    when its chat template renders tool definitions and calls, ``hermes`` when they are written into the
+    conversation as text (the tools in the system turn, calls in ``<tool_call>`` tags), as training writes them."""
+    from chat.tools import template_support
+
+    support = template_support(tok)
+    return "native" if support["calls"] and support["tools"] else "hermes"
+
+
+def _tool_choice(setting: str | None, example: dict[str, Any]) -> str | dict[str, Any] | None:
+    """The request's tool_choice for one example: the task's setting, ``reference`` made the function the
+    reference calls first (none when the reference is no call)."""
+    if setting != "reference":
+        return setting
+    from evalsuite.metrics.toolcall import parse_tool_calls
+
+    ref = parse_tool_calls(example["reference"])
+    return {"type": "function", "function": {"name": ref.calls[0]["name"]}} if ref.ok else None
+
+
+def local_problems(suite: SuiteConfig) -> list[str]:
+    """Why ``suite`` cannot run on a local model (empty when it can): a ``tool_choice`` is a server's setting."""
+    return [f"task {t.name}: generation.tool_choice is sent to a server; a local model has none (leave it out, or run with --server)"
+            for t in suite.tasks if t.kind == "generate" and (t.generation or suite.generation).tool_choice is not None]
 
 
 def server_problems(suite: SuiteConfig, what: str = "a server run") -> list[str]:
@@ -143,15 +215,18 @@ def score_task(task: TaskConfig, examples: list[dict[str, Any]], outputs: list[s
     from evalsuite.metrics import get_metric
 
     prompts = [e["prompt"] for e in examples]
+    tools = [e.get("tools") for e in examples]
     # every accepted answer (a list, from the suite's `references_field`); a single one stays a string, so
     # its references_sha256 is what it was before reference lists existed
     references = [e["references"] if len(e.get("references") or ()) > 1 else e["reference"] for e in examples]
     per_example: dict[str, list[float] | None] = {}
     stats: dict[str, list[list[float]] | None] = {}
     annotations = [dict(a) for a in annotations] if annotations else [{} for _ in examples]
-    for note, refs in zip(annotations, references):
+    for note, refs, offered in zip(annotations, references, tools):
         if not isinstance(refs, str):  # the `reference` column holds the first; every accepted answer is kept here
             note["references"] = refs
+        if offered:  # the prompt column holds the messages; the tools offered beside them are kept here
+            note["tools"] = offered
     metrics: dict[str, Any] = {}
     clock = clock or Clock()
     with progress_bar(progress, len(examples) * len(task.metrics), f"score {task.name}") as bar:
@@ -160,12 +235,13 @@ def score_task(task: TaskConfig, examples: list[dict[str, Any]], outputs: list[s
             bar.set_postfix_str(spec.name)
             with clock.step("tasks", task.name, "score", spec.name):
                 # perplexity and the judge read one answer: the first accepted one
+                extra: dict[str, Any] = {"tools": tools} if metric.needs_tools else {}
                 if metric.needs_model:
-                    results = metric(net, tok, prompts, [e["reference"] for e in examples], **spec.options)
+                    results = metric(net, tok, prompts, [e["reference"] for e in examples], **spec.options, **extra)
                 elif metric.needs_prompts:
-                    results = metric(outputs, [e["reference"] for e in examples], prompts=prompts, **spec.options)
+                    results = metric(outputs, [e["reference"] for e in examples], prompts=prompts, **spec.options, **extra)
                 else:
-                    results = metric(outputs, references, **spec.options)
+                    results = metric(outputs, references, **spec.options, **extra)
             bar.update(len(examples))
             for key, res in results.items():
                 metrics[key] = {"value": res.value, "metric": spec.name, "details": res.details}
@@ -180,8 +256,11 @@ def score_task(task: TaskConfig, examples: list[dict[str, Any]], outputs: list[s
                      "reference": e["reference"], "output": out, "scores": json.dumps(scores),
                      "stats": json.dumps({k: v[i] for k, v in stats.items() if v is not None}),
                      "annotations": json.dumps(annotations[i], ensure_ascii=False)})
+    # the tools an example offers are part of its prompt (another tool set is another question); examples
+    # without tools hash as they always did, so earlier runs stay comparable
+    prompt_keys = [p if not t else {"messages": p, "tools": t} for p, t in zip(prompts, tools)]
     return rows, {"metric_options": {m.name: m.options for m in task.metrics},
-                  "prompts_sha256": _sha(prompts), "references_sha256": _sha(references), "metrics": metrics}
+                  "prompts_sha256": _sha(prompt_keys), "references_sha256": _sha(references), "metrics": metrics}
 
 
 def _probe_task(suite: SuiteConfig, task: TaskConfig, net: Any, tok: Any) -> tuple[list[dict], dict[str, Any]]:
@@ -214,6 +293,52 @@ def _probe_task(suite: SuiteConfig, task: TaskConfig, net: Any, tok: Any) -> tup
     return rows, {"n": len(items), "skipped": [], "generation": {"kind": task.kind}, "metric_options": {},
                   "prompts_sha256": _sha([v["prompt_key"] for v in views]),
                   "references_sha256": _sha([v["reference_key"] for v in views]), "metrics": metrics}
+
+
+def _completion_text(messages: list[dict[str, Any]]) -> str:
+    """A completion as one text for the examples table: its turns' contents, a tool-call turn as its calls."""
+    parts = []
+    for m in messages:
+        text = m.get("content") or ""
+        if m.get("tool_calls"):
+            text = (text + "\n" if text else "") + json.dumps(m["tool_calls"], ensure_ascii=False)
+        parts.append(text if m["role"] == "assistant" else f"[{m['role']}] {text}")
+    return "\n\n".join(parts)
+
+
+def _preference_task(suite: SuiteConfig, task: TaskConfig, net: Any, tok: Any) -> tuple[list[dict], dict[str, Any]]:
+    """Preference pairs (any layout curate reads) scored by the ``preference`` metric. A row per pair: the prompt,
+    the chosen completion as the reference, the completion the model gives the higher log-likelihood as the
+    output (the reference when it ranks the pair right), and both log-likelihoods and the rejected completion
+    in the annotations."""
+    from evalsuite.examples import preference_pairs
+    from evalsuite.metrics import PREFERENCE_KEYS, get_metric
+
+    pairs, skipped = preference_pairs(suite, task)
+    if not pairs:
+        first = f"; the first, {skipped[0]['where']}: {skipped[0]['reason']}" if skipped else ""
+        raise ValueError(f"task {task.name}: no preference pair in {task.path} ({len(skipped)} records skipped{first})")
+    res = get_metric("preference")(net, tok, pairs, batch_size=task.batch_size)
+    notes: list[dict[str, Any]] = [{} for _ in pairs]
+    for r in res.values():
+        for note, extra in zip(notes, r.annotations or []):
+            note.update(extra)
+    stat_rows = {k: r.stat_rows() for k, r in res.items()}
+    rows = []
+    for i, (pair, note) in enumerate(zip(pairs, notes)):
+        chosen, rejected = _completion_text(pair.chosen), _completion_text(pair.rejected)
+        note["preference"]["rejected"] = rejected
+        if pair.tools:
+            note["tools"] = pair.tools
+        scores = {k: (r.per_example[i] if r.per_example is not None else None) for k, r in res.items()}
+        rows.append({"task": task.name, "idx": i, "source": pair.source, "prompt": json.dumps(pair.prompt, ensure_ascii=False),
+                     "reference": chosen, "output": chosen if scores[PREFERENCE_KEYS[0]] else rejected,
+                     "scores": json.dumps(scores), "stats": json.dumps({k: v[i] for k, v in stat_rows.items() if v is not None}),
+                     "annotations": json.dumps(note, ensure_ascii=False)})
+    metrics = {k: {"value": r.value, "metric": "preference", "details": r.details} for k, r in res.items()}
+    return rows, {"n": len(pairs), "skipped": skipped, "generation": {"kind": "preference"}, "metric_options": {},
+                  "prompts_sha256": _sha([[p.prompt, p.tools] for p in pairs]),
+                  "references_sha256": _sha([[p.chosen, p.rejected] for p in pairs]), "metrics": metrics}
 
 
 def _text_task(suite: SuiteConfig, task: TaskConfig, net: Any, tok: Any) -> tuple[list[dict], dict[str, Any]]:

@@ -280,7 +280,7 @@ def score_suite(suite: SuiteConfig, outputs: list[str] | None = None, model_name
     if hasattr(suite, "plugin_records"):
         results["plugins"] = suite.plugin_records()  # compare and gate import the same metric code the run used
     task_inputs = {t: (v["prompts_sha256"], v["outputs"]["sha256"]) for t, v in results_tasks.items()}
-    results["run_id"] = f"{suite.name}-{_sha([model_name, 'scored', task_inputs, [t.model_dump() for t in chosen]])[:12]}"
+    results["run_id"] = f"{suite.name}-{_sha([model_name, 'scored', task_inputs, [t.identity() for t in chosen]])[:12]}"
     out = Path(out_dir or suite.resolve(f"evals/{results['run_id']}"))
     with clock.step("write"):
         out.mkdir(parents=True, exist_ok=True)

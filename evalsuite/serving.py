@@ -7,6 +7,9 @@
   ``temperature: 0``; sampling sends ``temperature``, ``top_p``; ``seed`` is always sent (servers that
   honour it give the same sample again). The server applies its own chat template, so a server run records
   no template hash and is comparable only with other server runs;
+- an example that offers tools sends them (``tools``, OpenAI's shape) and the task's ``tool_choice`` when it
+  sets one; a reply whose message holds ``tool_calls`` is kept with them, and its output text is
+  ``{"content": ..., "tool_calls": [...]}`` as JSON (:func:`reply_output`), which the tool-call metric reads;
 - at most ``concurrency`` requests in flight (a thread pool: the work is waiting on sockets);
 - a 408, 429 or 5xx reply, a refused or dropped connection or a timeout is retried ``retries`` times with
   exponential backoff (``backoff_s`` doubled per attempt, at most ``MAX_BACKOFF_S``; a ``Retry-After``
@@ -142,13 +145,26 @@ class ChatClient:
         raise ServerError(f"{error} (after {self.retries + 1} attempts)", status)
 
     def chat(self, body: dict[str, Any]) -> dict[str, Any]:
-        """``/chat/completions`` with ``body``; the reply's first choice ``{"content", "finish_reason"}``."""
+        """``/chat/completions`` with ``body``; the reply's first choice ``{"content", "finish_reason"}``, plus
+        ``tool_calls`` (OpenAI's shape, as the server sent them) when its message has any."""
         reply = self.post("/chat/completions", body)
         try:
             choice = reply["choices"][0]
-            return {"content": choice["message"].get("content") or "", "finish_reason": choice.get("finish_reason")}
+            out = {"content": choice["message"].get("content") or "", "finish_reason": choice.get("finish_reason")}
+            if choice["message"].get("tool_calls"):
+                out["tool_calls"] = choice["message"]["tool_calls"]
+            return out
         except (KeyError, IndexError, TypeError, AttributeError):
             raise ServerError(f"a reply without choices[0].message: {json.dumps(reply)[:200]}") from None
+
+
+def reply_output(reply: dict[str, Any]) -> str:
+    """The output text of one reply: its content, or, when it holds ``tool_calls``, the JSON text
+    ``{"content": ..., "tool_calls": [...]}`` (the calls as the server sent them), so the calls reach the metrics
+    and examples.parquet as text (:func:`evalsuite.metrics.toolcall.parse_tool_calls` reads it)."""
+    if not reply.get("tool_calls"):
+        return reply.get("content") or ""
+    return json.dumps({"content": reply.get("content") or None, "tool_calls": reply["tool_calls"]}, ensure_ascii=False)
 
 
 def _http_error(exc: urllib.error.HTTPError) -> str:
@@ -208,14 +224,21 @@ def request_key(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def request_body(model: str, messages: Sequence[dict[str, str]], max_new_tokens: int, sample: bool = False,
-                 temperature: float = 0.7, top_p: float = 0.9, seed: int = 0) -> dict[str, Any]:
-    """The ``/chat/completions`` body for one conversation under a task's generation settings."""
+def request_body(model: str, messages: Sequence[dict[str, Any]], max_new_tokens: int, sample: bool = False,
+                 temperature: float = 0.7, top_p: float = 0.9, seed: int = 0, tools: list[dict[str, Any]] | None = None,
+                 tool_choice: str | dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``/chat/completions`` body for one conversation under a task's generation settings; ``tools`` (and
+    ``tool_choice``, only with tools) are sent when given, so a request without them is what it always was
+    (and hits the same cache entry)."""
     body: dict[str, Any] = {"model": model, "messages": [dict(m) for m in messages], "max_tokens": max_new_tokens, "seed": seed}
     if sample:
         body.update(temperature=temperature, top_p=top_p)
     else:
         body["temperature"] = 0  # greedy
+    if tools:
+        body["tools"] = tools
+        if tool_choice is not None:
+            body["tool_choice"] = tool_choice
     return body
 
 
@@ -236,13 +259,22 @@ class Server:
         """What results.json records: ``{"base_url", "model"}``."""
         return {"base_url": self.client.base_url, "model": self.model}
 
-    def generate(self, conversations: Sequence[Sequence[dict[str, str]]], max_new_tokens: int = 256, sample: bool = False,
+    def generate(self, conversations: Sequence[Sequence[dict[str, Any]]], max_new_tokens: int = 256, sample: bool = False,
                  temperature: float = 0.7, top_p: float = 0.9, seed: int = 0, names: Sequence[str] | None = None,
-                 progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
-        """``{"content", "finish_reason"}`` per conversation, in input order; cached replies are not asked
-        again. ``progress(1)`` is called as each reply arrives. The first request that fails after its
-        retries stops the run: ServerError naming the example (``names[i]``, else its index)."""
-        bodies = [request_body(self.model, c, max_new_tokens, sample, temperature, top_p, seed) for c in conversations]
+                 progress: Callable[[int], None] | None = None, tools: Sequence[list[dict[str, Any]] | None] | None = None,
+                 tool_choice: Sequence[str | dict[str, Any] | None] | None = None) -> list[dict[str, Any]]:
+        """``{"content", "finish_reason"}`` (and ``tool_calls`` when the reply has them) per conversation, in input
+        order; cached replies are not asked again. ``tools[i]`` / ``tool_choice[i]``: what conversation ``i``
+        offers and how it must choose (see :func:`request_body`). ``progress(1)`` is called as each reply
+        arrives. The first request that fails after its retries stops the run: ServerError naming the example
+        (``names[i]``, else its index)."""
+        n = len(conversations)
+        offered = list(tools) if tools is not None else [None] * n
+        choices = list(tool_choice) if tool_choice is not None else [None] * n
+        if not len(offered) == len(choices) == n:
+            raise ValueError(f"{n} conversations, {len(offered)} tool lists, {len(choices)} tool choices")
+        bodies = [request_body(self.model, c, max_new_tokens, sample, temperature, top_p, seed, t, k)
+                  for c, t, k in zip(conversations, offered, choices)]
         out: list[dict[str, Any] | None] = [None] * len(bodies)
 
         def one(i: int) -> None:

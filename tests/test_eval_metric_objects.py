@@ -9,6 +9,7 @@ embedded SmolLM2 with real eval items. A metric registered without a case here f
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def _check(name: str, results: dict, options: dict) -> None:
 
 
 def _text_metric_names() -> list[str]:
-    return sorted(n for n, m in METRICS.items() if not m.needs_model and not m.needs_prompts)
+    return sorted(n for n, m in METRICS.items() if not m.needs_model and not m.needs_prompts and not m.needs_tools)
 
 
 @pytest.mark.parametrize("name", _text_metric_names())
@@ -108,7 +109,28 @@ def test_judge_stats_rebuild_its_value_unparsed_verdicts_left_out(smollm2):
     _check("judge", results, {})
 
 
-COVERED = set(_text_metric_names()) | {"multiple_choice", "partial_choice", "last_word", "perplexity", "text_perplexity", "judge"}
+def test_preference_stats_rebuild_its_values(smollm2, shared_data):
+    from evalsuite.metrics import PreferencePair
+
+    net, tok = smollm2
+    rows = json.loads((shared_data / "chat_llamafactory" / "dpo_en_demo.json").read_text())
+    rows = sorted(rows, key=lambda r: len(json.dumps(r)))[:3]
+    pairs = [PreferencePair([{"role": "user", "content": r["conversations"][-1]["value"]}], [{"role": "assistant", "content": r["chosen"]["value"]}],
+                            [{"role": "assistant", "content": r["rejected"]["value"]}]) for r in rows]
+    _check("preference", get_metric("preference")(net, tok, pairs), {})
+
+
+def test_tool_call_stats_rebuild_its_values_examples_without_tools_left_out(shared_data):
+    rec = json.loads((shared_data / "openai_messages" / "weather_chat_fine_tuning.jsonl").read_text().splitlines()[0])
+    call = '{"name": "get_current_weather", "arguments": {"location": "Oslo"}}'
+    outputs = [call, '{"name": "get_current_weather", "arguments": {}}', "no call", call]
+    results = get_metric("tool_call_validity")(outputs, [call, call, call, "text"], tools=[rec["tools"]] * 3 + [None])
+    _check("tool_call_validity", results, {})
+    assert results["tool_call_args_valid"].value == pytest.approx(1 / 3)
+
+
+COVERED = set(_text_metric_names()) | {"multiple_choice", "partial_choice", "last_word", "perplexity", "text_perplexity", "judge",
+                                       "preference", "tool_call_validity"}
 
 
 def test_every_registered_metric_is_held_to_the_contract():

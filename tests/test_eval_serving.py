@@ -146,7 +146,7 @@ def test_server_run_writes_a_complete_run_folder(suite_dir, first_run, llama_ser
     for name, keys in (("alpaca", {"rouge1", "rouge2", "rougeL", "rougeLsum", "bleu"}), ("gpt4", {"chrf", "exact_match_normalized"})):
         task = results["tasks"][name]
         assert task["n"] == N and set(task["metrics"]) == keys
-        assert task["generation"] == GenerationConfig(max_new_tokens=24).model_dump()  # the same record as a local run
+        assert task["generation"] == GenerationConfig(max_new_tokens=24).recorded()  # the same record as a local run
         assert len(task["prompts_sha256"]) == len(task["references_sha256"]) == 64
         timing = results["timing"]["tasks"][name]
         assert timing["examples"] == N and timing["from_server"] == N and timing["from_cache"] == 0 and timing["generate_s"] > 0

@@ -89,7 +89,8 @@ class Metric:
     Calling the metric returns ``{key: MetricResult}`` whatever ``compute`` returns (a single
     :class:`MetricResult` or a dict of them), so a runner can treat every metric alike. ``needs_model``
     metrics take ``(model, tokenizer, ...)`` instead of predictions; ``needs_prompts`` metrics also get
-    ``prompts=`` (the conversations the predictions answer).
+    ``prompts=`` (the conversations the predictions answer); ``needs_tools`` metrics also get ``tools=`` (per
+    example the tool definitions it offered, OpenAI's shape, or None).
     """
 
     name: str
@@ -98,6 +99,7 @@ class Metric:
     needs_model: bool = False
     needs_prompts: bool = False
     description: str = ""
+    needs_tools: bool = False  # last: the fields before it keep their positions for code that builds Metric(...)
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -155,20 +157,21 @@ METRICS: dict[str, Metric] = METRIC_REGISTRY.entries  # the live mapping, for co
 
 def register(name: str, *, keys: Sequence[str | Score] | None = None, needs_model: bool = False,
              needs_prompts: bool = False, higher_is_better: bool = True, binary: bool = False,
-             aggregate: Callable[[np.ndarray, dict[str, Any]], float] = mean_of_scores):
+             aggregate: Callable[[np.ndarray, dict[str, Any]], float] = mean_of_scores, needs_tools: bool = False):
     """Decorator: register ``fn`` as metric ``name``.
 
     ``keys`` are its result keys (default ``(name,)``), each a name (read with the ``higher_is_better``,
-    ``binary`` and ``aggregate`` given here) or a full :class:`Score`. A user's own module registers its
-    metrics the same way; the suite's ``plugins:`` list imports it before the suite is checked. The
-    function itself is returned unchanged, so it stays callable directly."""
+    ``binary`` and ``aggregate`` given here) or a full :class:`Score`. ``needs_model``, ``needs_prompts`` and
+    ``needs_tools`` say what a runner passes besides the outputs (:class:`Metric`). A user's own module
+    registers its metrics the same way; the suite's ``plugins:`` list imports it before the suite is checked.
+    The function itself is returned unchanged, so it stays callable directly."""
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in METRICS:
             raise RegistryError(f"metric {name!r} is already registered")
         scores = tuple(k if isinstance(k, Score) else Score(k, higher_is_better, binary, aggregate) for k in (keys or (name,)))
         doc = (fn.__doc__ or "").strip().split("\n")[0]
-        METRIC_REGISTRY.add(name, Metric(name, fn, scores, needs_model, needs_prompts, doc), fn)
+        METRIC_REGISTRY.add(name, Metric(name, fn, scores, needs_model, needs_prompts, doc, needs_tools), fn)
         return fn
 
     return decorate
