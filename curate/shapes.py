@@ -623,7 +623,7 @@ class Converter:
         if self._fixed is not None:
             return self._fixed
         if self._by_keys:  # records of one file share their keys: detect once per key list
-            keys = tuple(rec)
+            keys: tuple[Any, ...] = tuple(rec)
             if "label" in rec or "kto_tag" in rec:  # whether a label is boolean decides KTO (KtoShape.detect)
                 keys += (type(rec.get("label")), type(rec.get("kto_tag")))
             found = self._seen.get(keys)

@@ -57,7 +57,7 @@ def encode_side(encoder: ChatEncoder, messages: list[dict], prompt_turns: int, t
 
 
 class _Collected:
-    """What the encoding loop gathers before it becomes a :class:`train.trainer.PreparedData`."""
+    """What the encoding loop gathers before it becomes a :class:`train.data.PreparedData`."""
 
     def __init__(self) -> None:
         self.rejected: list[dict[str, Any]] = []
@@ -72,9 +72,9 @@ def prepare_preference_data(cfg: Any, tokenizer: Any) -> Any:
     rejected_ids, rejected_mask}`` (each side a whole conversation, its mask the completion's trained tokens),
     KTO rows ``{prompt_ids, completion_ids, KL_completion_ids, label}``. Records the objective cannot use, and
     sides with no trainable token (an empty completion, cut to nothing), are rejected with a reason. Returns a
-    :class:`train.trainer.PreparedData` (no sample prompts)."""
+    :class:`train.data.PreparedData` (no sample prompts)."""
     from chat.conversations import read_records
-    from train.trainer import PreparedData, file_hashes, mix
+    from train.data import PreparedData, file_hashes, mix
 
     objective = cfg.method.objective
     encoder = ChatEncoder(tokenizer, cfg.max_seq_len, False, cfg.truncation)
