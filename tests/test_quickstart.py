@@ -31,7 +31,9 @@ def _outcome(ledger: pl.DataFrame, file: str, line: int) -> tuple:
 def test_every_shape_and_reader_with_the_embedded_tokenizer(quickstart):
     s = quickstart.summary
     assert s["invariant_ok"] and s["quarantined"] == 0
-    assert set(s["shapes"]) == {"alpaca", "sharegpt", "openai", "prompt_completion", "mapped", "dolly"}
+    assert set(s["shapes"]) == {"alpaca", "sharegpt", "openai", "prompt_completion", "mapped", "dolly", "kto"}
+    # both KTO samples (messages + boolean label) are labeled completions, bad answers included, none quarantined
+    assert s["kinds"]["kto"]["records"] == 90 and set(s["kinds"]["kto"]["shapes"]) == {"kto"}
     assert {f["path"].rsplit("/", 1)[-1] for f in s["files"]} >= {
         "alpaca_gpteacher.json", "kto_messages.jsonl.gz", "kto_messages.parquet", "truthfulqa_truth.jsonl.zst", "gsm8k_excerpt.csv",
     }
@@ -62,6 +64,15 @@ def test_every_shape_and_reader_with_the_embedded_tokenizer(quickstart):
 def test_planted_faults_are_caught(quickstart, file, line, stage, reason):
     ledger = pl.read_parquet(quickstart.output_dir / "ledger.parquet")
     assert _outcome(ledger, file, line) == ("rejected", stage, reason)
+
+
+@pytest.mark.parametrize(("file", "line"), [("kto_messages.jsonl.gz", 14), ("kto_messages.parquet", 26), ("kto_messages.parquet", 35)])
+def test_undesirable_kto_examples_are_kept_though_they_read_badly(quickstart, file, line):
+    """The demo's label-false answers are bad on purpose: the completion-judging stages may not reject them, while a
+    desirable answer with the same fault is rejected (line 7, a refusal labeled true)."""
+    ledger = pl.read_parquet(quickstart.output_dir / "ledger.parquet")
+    assert _outcome(ledger, file, line)[0] == "kept"
+    assert _outcome(ledger, "kto_messages.jsonl.gz", 7) == ("rejected", "refusal", "refusal_or_boilerplate")
 
 
 def test_fixes_are_applied_and_clean_records_kept(quickstart):
