@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=384)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--beta", type=float, default=0.1)
+    ap.add_argument("--sft-weight", type=float, default=0.0, help="method.sft_weight: the chosen side's NLL added to DPO (RPO)")
+    ap.add_argument("--epochs", type=float, default=None, help="train this many passes over the pairs instead of --steps")
     args = ap.parse_args(argv)
     WORK.mkdir(parents=True, exist_ok=True)
     pairs = _pairs(args.max_tokens)
@@ -92,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     before = _score(None, [p for _, p in held])
     cfg = {
         "name": "dpo-cpu", "base_model": "embedded", "data": [{"path": str(WORK / "train.json")}],
-        "output_dir": str(WORK / "run"), "workspace": None, "max_seq_len": args.max_tokens, "max_steps": args.steps,
-        "method": {"kind": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "objective": "dpo", "beta": args.beta},
+        "output_dir": str(WORK / "run"), "workspace": None, "max_seq_len": args.max_tokens,
+        **({"epochs": args.epochs} if args.epochs else {"max_steps": args.steps}),
+        "method": {"kind": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "objective": "dpo", "beta": args.beta,
+                   "sft_weight": args.sft_weight},
         "optim": {"lr": args.lr, "scheduler": "cosine", "warmup_ratio": 0.05, "batch_tokens": 4 * args.max_tokens, "grad_accum": 1},
         "gradient_checkpointing": False, "log_every_steps": 5, "eval": {"every_steps": 1000, "sample_prompts": 0}, "seed": 0,
     }
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     flips_up = sum(1 for a, b in zip(before["per_pair"], after["per_pair"]) if a < b)
     flips_down = sum(1 for a, b in zip(before["per_pair"], after["per_pair"]) if a > b)
     print()
-    print(f"held-out preference pairs: {len(held)} (never trained on); training: {args.steps} DPO steps of 2 pairs, "
+    print(f"held-out preference pairs: {len(held)} (never trained on); training: {args.epochs or 0:g} epochs or {args.steps} DPO steps of 2 pairs, sft_weight {args.sft_weight}, "
           f"{train_seconds / 60:.1f} min on this machine's CPU")
     print(f"{'':28s}{'base':>10s}{'base + DPO adapter':>22s}")
     for key in ("preference_accuracy", "preference_margin", "preference_margin_per_token"):

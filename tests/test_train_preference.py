@@ -60,6 +60,35 @@ def test_dpo_trains_both_sides_of_real_pairs_on_their_completions_only(tmp_path,
     assert all(isinstance(x, float) for x in manifest["train_loss"])
 
 
+def test_sft_weight_adds_the_chosen_answers_own_loss_to_dpo(tmp_path, shared_data):
+    """At the first step the adapter is a no-op, so DPO's loss is exactly ln 2 and what sft_weight adds is the
+    chosen side's mean token NLL, measured independently here through evalsuite's preference scorer."""
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from curate.models import smollm2_model_dir
+    from evalsuite.metrics.preference import PreferencePair, preference
+    from train.trainer import run_training
+
+    pairs = _short(shared_data, "dpo_en_demo.json", 2, ("preference",))
+    (tmp_path / "pairs.json").write_text(json.dumps(pairs))
+    manifest = run_training(_cfg(tmp_path, "dpo", ["pairs.json"], method={
+        "kind": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "objective": "dpo", "beta": 0.1, "sft_weight": 0.5}))
+    base = str(smollm2_model_dir())
+    tok = AutoTokenizer.from_pretrained(base)
+    scored = []
+    for (_, rec) in read_records(tmp_path / "pairs.json")[0]:
+        chosen, k = message_dicts(rec), rec.extra.prompt_turns
+        scored.append(PreferencePair(chosen[:k], chosen[k:], rejected_dicts(rec)[k:]))
+    notes = preference(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), tok, scored)["preference_accuracy"].annotations
+    nll = -sum(n["preference"]["chosen_logp"] for n in notes) / sum(n["preference"]["chosen_tokens"] for n in notes)
+    assert manifest["train_loss"][0] == pytest.approx(math.log(2) + 0.5 * nll, abs=2e-3)
+    with pytest.raises(TrainConfigError, match="sft_weight adds a supervised term to the dpo loss; objective is kto"):
+        _cfg(tmp_path, "kto", ["pairs.json"], method={"kind": "lora", "objective": "kto", "sft_weight": 0.5})
+
+
 def test_kto_trains_labeled_completions_and_reads_pairs_as_two(tmp_path, shared_data):
     from train.trainer import run_training
 

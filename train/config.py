@@ -81,6 +81,11 @@ class MethodConfig(_Strict):
     beta: float = Field(0.1, gt=0, description=(
         "dpo and kto: how far the adapter may move from the reference model (TRL's beta; lower lets it drift "
         "further); unused by sft"))
+    sft_weight: float = Field(0.0, ge=0, description=(
+        "dpo: weight of a supervised loss (mean negative log-likelihood of the chosen completion's trained tokens) "
+        "added to the DPO loss, as in RPO and Llama 3's preference training. Plain DPO only widens the gap between "
+        "chosen and rejected and often lowers the chosen answer's own likelihood; 0.2-1.0 keeps the chosen answers "
+        "likely. 0 is plain DPO; only dpo takes it"))
 
 
 class OptimConfig(_Strict):
@@ -173,6 +178,8 @@ class TrainConfig(FileConfig):
             raise ValueError(f"data weights add up to {total:g}; they are shares of the training examples and must not exceed 1")
         if total and all(s.weight for s in self.data) and abs(total - 1.0) > 1e-6:
             raise ValueError(f"every data source has a weight but they add up to {total:g}, not 1")
+        if self.method.sft_weight and self.method.objective != "dpo":
+            raise ValueError(f"method.sft_weight adds a supervised term to the dpo loss; objective is {self.method.objective}")
         if self.method.objective != "sft" and self.train_on_inputs:
             raise ValueError(f"train_on_inputs applies to sft; a {self.method.objective} objective scores completions only")
         return self

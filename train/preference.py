@@ -206,6 +206,14 @@ def preference_collator(pad_token_id: int) -> Any:
     return MaskedPreferenceCollator(pad_token_id=pad_token_id)
 
 
+def _dpo_losses(sft_weight: float) -> dict[str, Any]:
+    """TRL's loss list for DPO with ``sft_weight``: the sigmoid (DPO) loss alone, or with TRL's ``sft`` loss (the
+    chosen side's mean token NLL over the trained tokens, our masks) weighted by ``sft_weight`` (RPO)."""
+    if not sft_weight:
+        return {"loss_type": ["sigmoid"]}
+    return {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, sft_weight]}
+
+
 def build_trainer(cfg: Any, model: Any, tokenizer: Any, data: Any, common: dict[str, Any], lora: Any,
                   callbacks: list) -> Any:
     """The TRL trainer of ``cfg.method.objective`` over the encoded rows: DPOTrainer or KTOTrainer with ``beta``,
@@ -230,7 +238,7 @@ def build_trainer(cfg: Any, model: Any, tokenizer: Any, data: Any, common: dict[
                 self._signature_columns = [*(self._signature_columns or []), "chosen_mask", "rejected_mask"]
 
         return WorkbenchDPOTrainer(
-            model=model, args=DPOConfig(**common, beta=m.beta, max_length=None), train_dataset=train, eval_dataset=validation,
+            model=model, args=DPOConfig(**common, beta=m.beta, max_length=None, **_dpo_losses(m.sft_weight)), train_dataset=train, eval_dataset=validation,
             processing_class=tokenizer, data_collator=preference_collator(tokenizer.pad_token_id), peft_config=lora, callbacks=callbacks,
         )
     from trl import KTOConfig, KTOTrainer
