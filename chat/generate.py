@@ -9,13 +9,30 @@ returned in the input order. Greedy unless ``sample`` is set, and then seeded.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 
-def render_prompts(tokenizer: Any, conversations: Sequence[Sequence[dict[str, str]]]) -> list[str]:
-    """Each conversation (ending before the turn to generate) rendered with the generation prompt."""
-    return [tokenizer.apply_chat_template(list(c), add_generation_prompt=True, tokenize=False) for c in conversations]
+def render_prompts(tokenizer: Any, conversations: Sequence[Sequence[dict[str, Any]]],
+                   tools: Sequence[list[dict[str, Any]] | None] | None = None) -> list[str]:
+    """Each conversation (ending before the turn to generate) rendered with the generation prompt, with its
+    ``tools`` (one list of OpenAI tool definitions or None per conversation) passed to the template."""
+    per = list(tools) if tools is not None else [None] * len(conversations)
+    return [tokenizer.apply_chat_template(list(c), add_generation_prompt=True, tokenize=False, **({"tools": t} if t else {}))
+            for c, t in zip(conversations, per, strict=True)]
+
+
+def prompt_token_ids(tokenizer: Any, conversations: Sequence[Sequence[dict[str, Any]]],
+                     tools: Sequence[list[dict[str, Any]] | None] | None = None) -> list[list[int]]:
+    """The ids the model reads before it answers each conversation: :meth:`chat.template.ChatEncoder.prompt_ids`,
+    so a prompt is tokenized exactly as training tokenizes the same turns (content that holds the text of a
+    special token stays text), with the conversation's ``tools`` given to the template."""
+    from chat.template import ChatEncoder
+
+    encoder = ChatEncoder(tokenizer, max_seq_len=sys.maxsize)  # a prompt is never cut here
+    per = list(tools) if tools is not None else [None] * len(conversations)
+    return [encoder.prompt_ids(list(c), t or None) for c, t in zip(conversations, per, strict=True)]
 
 
 def stop_token_ids(tokenizer: Any, model: Any) -> list[int]:
@@ -35,7 +52,7 @@ def stop_token_ids(tokenizer: Any, model: Any) -> list[int]:
 def generate(
     model: Any,
     tokenizer: Any,
-    conversations: Sequence[Sequence[dict[str, str]]],
+    conversations: Sequence[Sequence[dict[str, Any]]],
     max_new_tokens: int = 256,
     batch_size: int = 16,
     sample: bool = False,
@@ -43,14 +60,16 @@ def generate(
     top_p: float = 0.9,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    tools: Sequence[list[dict[str, Any]] | None] | None = None,
 ) -> list[str]:
-    """The assistant's answer to each conversation, in input order (special tokens stripped).
-    ``progress(n)`` is called after each batch with the number of conversations it answered."""
+    """The assistant's answer to each conversation, in input order (special tokens stripped). ``tools``: one
+    list of tool definitions (or None) per conversation, handed to the chat template with it (convert calls and
+    tools for a template that renders none with :func:`chat.tools.template_messages` first). ``progress(n)`` is
+    called after each batch with the number of conversations it answered."""
     import torch
 
-    texts = render_prompts(tokenizer, conversations)
-    # the template already holds any BOS it wants: tokenizing must not add another
-    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    # the template already holds any BOS it wants, and prompt_ids adds no other
+    encoded = prompt_token_ids(tokenizer, conversations, tools)
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device

@@ -98,11 +98,9 @@ def run_suite(suite: SuiteConfig, model: str = "embedded", adapter: str | None =
                 # tool calls, results and definitions in the template's own form, as training renders them (the
                 # Hermes text convention for a template without tools); plain conversations pass as they are
                 rendered = [template_messages(tok, p, t) for p, t in zip(prompts, tools)]
-                conversations = [m for m, _ in rendered]
-                # a template that takes tools= natively gets them through a wrapper: chat.generate passes none
-                renderer = _ToolsTemplate(tok, conversations, [t for _, t in rendered]) if any(t for _, t in rendered) else tok
-                outputs = generate(net, renderer, conversations, max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size,
-                                   sample=gen.sample, temperature=gen.temperature, top_p=gen.top_p, seed=gen.seed, progress=bar.update)
+                outputs = generate(net, tok, [m for m, _ in rendered], max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size,
+                                   sample=gen.sample, temperature=gen.temperature, top_p=gen.top_p, seed=gen.seed, progress=bar.update,
+                                   tools=[t for _, t in rendered])
         clock.note(task.name, examples=len(prompts))
         if server is not None:  # what the server was asked, and what the cache answered
             clock.note(task.name, from_server=served.answered - asked[0], from_cache=served.cached - asked[1])
@@ -132,35 +130,6 @@ def run_suite(suite: SuiteConfig, model: str = "embedded", adapter: str | None =
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     results["output_dir"] = str(out)
     return results
-
-
-class _ToolsTemplate:
-    """The tokenizer, with each conversation's tools passed to its chat template (everything else delegated).
-
-    :func:`chat.generate.generate` renders each conversation with ``tokenizer.apply_chat_template(messages,
-    ...)`` and takes no tools, which a template that renders tools natively needs; this wrapper adds the tools
-    of the conversation whose messages it is given. It knows
-    them by the message dicts themselves (the renderer passes them as given, in a list of its own): a
-    conversation it was not given is a RuntimeError, never a prompt silently rendered without its tools."""
-
-    def __init__(self, tokenizer: Any, conversations: list[list[dict[str, Any]]], tools: list[list[dict[str, Any]] | None]):
-        self._tokenizer = tokenizer
-        self._tools = {tuple(map(id, c)): t for c, t in zip(conversations, tools)}
-
-    def apply_chat_template(self, conversation: list[dict[str, Any]], *args: Any, **kwargs: Any) -> Any:
-        """The tokenizer's ``apply_chat_template`` with ``tools=`` the conversation's tools (when it has any)."""
-        key = tuple(map(id, conversation))
-        if key not in self._tools:
-            raise RuntimeError("chat.generate rendered a conversation evalsuite did not give it: its tools are unknown")
-        if self._tools[key]:
-            kwargs["tools"] = self._tools[key]
-        return self._tokenizer.apply_chat_template(conversation, *args, **kwargs)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._tokenizer(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._tokenizer, name)
 
 
 def tools_form(tok: Any) -> str:

@@ -40,3 +40,19 @@ def test_end_of_turn_stops_generation(smol):
 
     model, tok = smol
     assert tok.convert_tokens_to_ids("<|im_end|>") in stop_token_ids(tok, model)
+
+
+def test_a_prompt_is_tokenized_as_training_tokenizes_it(smol):
+    """Special-token text inside content stays text when generating, as it does in training: the model never
+    reads a user's literal "<|im_end|>" as the end of the turn."""
+    from chat.generate import prompt_token_ids
+    from chat.template import ChatEncoder
+
+    _, tok = smol
+    conv = [{"role": "user", "content": "Explain what <|im_end|> means in ChatML."}]
+    ids = prompt_token_ids(tok, [conv])[0]
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert ids.count(end) == 2  # the system turn's and the user turn's, not the one in the text
+    assert tok.decode(ids).endswith("Explain what <|im_end|> means in ChatML.<|im_end|>\n<|im_start|>assistant\n")
+    full = ChatEncoder(tok, max_seq_len=4096).encode([*conv, {"role": "assistant", "content": "A marker."}])
+    assert list(full.input_ids[: len(ids)]) == ids  # the prompt is the trained sequence's own prefix

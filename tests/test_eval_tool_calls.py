@@ -197,13 +197,13 @@ NATIVE_TEMPLATE = (
 
 
 def test_each_prompt_reaches_the_model_with_its_own_tools(weather, glaive):
-    """A template that renders tools gets each conversation's own through the run's wrapper (chat.generate passes
-    none); SmolLM2's, which renders none, gets them as training writes them: Hermes text in the system turn."""
+    """A template that renders tools gets each conversation's own (chat.generate's tools=); SmolLM2's, which
+    renders none, gets them as training writes them: Hermes text in the system turn."""
     from chat.conversations import load_tokenizer
-    from chat.generate import render_prompts
+    from chat.generate import prompt_token_ids, render_prompts
     from chat.tools import template_messages
     from curate.models import smollm2_model_dir
-    from evalsuite.runner import _ToolsTemplate, tools_form
+    from evalsuite.runner import tools_form
 
     glaive_tools = [{"type": "function", "function": t} for t in json.loads(glaive["tools"])]
     prompts = [[{"role": "user", "content": "Weather in Oslo?"}], [{"role": "user", "content": "Area of a 2x3 rectangle?"}],
@@ -213,13 +213,14 @@ def test_each_prompt_reaches_the_model_with_its_own_tools(weather, glaive):
     native.chat_template = NATIVE_TEMPLATE
     assert tools_form(native) == "native"
     rendered = [template_messages(native, p, t) for p, t in zip(prompts, tools)]
-    conversations = [m for m, _ in rendered]
-    texts = render_prompts(_ToolsTemplate(native, conversations, [t for _, t in rendered]), conversations)
+    conversations, passed = [m for m, _ in rendered], [t for _, t in rendered]
+    texts = [native.decode(ids) for ids in prompt_token_ids(native, conversations, passed)]  # what generate feeds the model
+    assert texts == render_prompts(native, conversations, passed)
     assert "Tools: get_current_weather<|im_end|>" in texts[0]
     assert "Tools: calculate_area, calculate_discount<|im_end|>" in texts[1]
     assert "Tools" not in texts[2] and texts[2].endswith("Hello<|im_end|>\n<|im_start|>assistant\n")
-    with pytest.raises(RuntimeError, match="did not give it"):  # a conversation it was not given: never rendered without its tools
-        render_prompts(_ToolsTemplate(native, conversations, [t for _, t in rendered]), [[dict(conversations[0][0])]])
+    with pytest.raises(ValueError):  # one tools entry per conversation, never a prompt silently without its tools
+        prompt_token_ids(native, conversations, passed[:2])
 
     smol = load_tokenizer(str(smollm2_model_dir()))
     assert tools_form(smol) == "hermes"
