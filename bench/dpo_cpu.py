@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     flips_up = sum(1 for a, b in zip(before["per_pair"], after["per_pair"]) if a < b)
     flips_down = sum(1 for a, b in zip(before["per_pair"], after["per_pair"]) if a > b)
     print()
-    print(f"held-out preference pairs: {len(held)} (never trained on); training: {args.epochs or 0:g} epochs or {args.steps} DPO steps of 2 pairs, sft_weight {args.sft_weight}, "
+    print(f"held-out preference pairs: {len(held)} (never trained on); training: "
+          f"{f'{args.epochs:g} epochs' if args.epochs else f'{args.steps} steps'} of 2 pairs, sft_weight {args.sft_weight}, "
           f"{train_seconds / 60:.1f} min on this machine's CPU")
     print(f"{'':28s}{'base':>10s}{'base + DPO adapter':>22s}")
     for key in ("preference_accuracy", "preference_margin", "preference_margin_per_token"):
