@@ -312,12 +312,13 @@ def test_perplexity_equals_model_loss_and_ignores_batch_size(shared_data, smollm
         prefix_ids = tok(prefix, add_special_tokens=False)["input_ids"]
         full_ids = tok(full, add_special_tokens=False)["input_ids"]
         assert full_ids[: len(prefix_ids)] == prefix_ids
-        assert tok.decode(full_ids[len(prefix_ids) :]) == response + "<|im_end|>\n"  # end of turn is scored
+        assert tok.decode(full_ids[len(prefix_ids) :]) == response + "<|im_end|>\n"
+        # the answer and its end of turn are scored, the template's newline after it is not (as training scores it)
         ids = torch.tensor([full_ids])
-        labels = torch.tensor([[-100] * len(prefix_ids) + full_ids[len(prefix_ids) :]])
+        labels = torch.tensor([[-100] * len(prefix_ids) + full_ids[len(prefix_ids) : -1] + [-100]])
         with torch.no_grad():
             loss = model(input_ids=ids, labels=labels).loss.item()
-        n = len(full_ids) - len(prefix_ids)
+        n = len(full_ids) - len(prefix_ids) - 1
         nll_sum, n_total = nll_sum + loss * n, n_total + n
         counts.append(n)
     expected = math.exp(nll_sum / n_total)

@@ -5,6 +5,7 @@ scored tokens]`` and the value is exp(sum / sum), lower is better."""
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -92,11 +93,12 @@ def perplexity(
 
     ``value = exp(sum of NLL of all response tokens / number of response tokens)``. A prompt is a user
     message (str) or a list of chat messages; the conversation ``prompt + [assistant: reference]`` is
-    rendered with the tokenizer's chat template, and the response tokens are those of the assistant
-    span: from the end of the generation prompt (``add_generation_prompt=True``) through the end of the
-    turn, so the end-of-turn marker is scored. This is the span that ``chat.template.ChatEncoder`` trains on,
-    rendered by the same code (a template that is not prefix-stable raises
-    ``chat.template.TemplateMismatch``), so eval perplexity and training loss measure the same tokens.
+    encoded by :meth:`chat.template.ChatEncoder.encode` with the reference as the one trained answer, so the
+    scored tokens are exactly those a training step scores for it: the answer from the end of the generation
+    prompt through its end-of-turn marker (not the template's whitespace after it; special-token text inside
+    content stays text). A template that is not prefix-stable raises ``chat.template.TemplateMismatch``. Eval
+    perplexity and training loss measure the same tokens; an empty reference has none (its per-example value
+    is NaN).
 
     ``per_example`` is each example's mean NLL per response token (``stats`` rows ``[NLL sum, tokens]``
     give the weights). Batched with right padding: the batch size does not change the numbers beyond
@@ -107,15 +109,13 @@ def perplexity(
         raise ValueError(f"{len(prompts)} prompts but {len(references)} references")
     if not prompts:
         raise ValueError("no examples to score")
-    encoder = ChatEncoder(tokenizer, max_seq_len=max_length or 0)  # only its render() is used: truncation is ours
+    encoder = ChatEncoder(tokenizer, max_seq_len=sys.maxsize)  # nothing cut by the encoder: truncation is ours
     sequences, labels, truncated = [], [], 0
     for prompt, response in zip(prompts, references):
-        text, spans = encoder.render([*_prompt_messages(prompt), {"role": "assistant", "content": response}])
-        start, end = spans[-1]  # the reference response; earlier assistant turns are part of the prompt
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = enc["input_ids"]
-        # a token belongs to the response when its first character does (ChatEncoder's rule)
-        lab = [t if start <= s < end else IGNORE_INDEX for t, (s, _e) in zip(ids, enc["offset_mapping"])]
+        messages = [*_prompt_messages(prompt), {"role": "assistant", "content": response}]
+        # the reference response is the one trained span: earlier assistant turns are part of the prompt
+        enc = encoder.encode(messages, train_from=len(messages) - 1)
+        ids, lab = list(enc.input_ids), list(enc.labels)
         if max_length is not None and len(ids) > max_length:
             ids, lab, truncated = ids[:max_length], lab[:max_length], truncated + 1
         sequences.append(ids)
