@@ -5,7 +5,8 @@ LSH missed, or one they keep on purpose (two tasks on one passage), falls into s
 validation loss can then still be memorized from train. So after splits are assigned, the run audits the
 kept records on their own:
 
-1. **Search.** Every kept record's text (all turns, joined by line breaks) gets its 5-character shingles
+1. **Search.** Every kept record's text (all turns, joined by line breaks; a preference pair's rejected
+   completion too) gets its 5-character shingles
    (the same normalization as ``minhash_dedup``) and a 128-slot MinHash signature; LSH bands and rows are
    chosen so that a pair of exact Jaccard ``floor`` (0.5) becomes a candidate with probability >= 0.99
    (higher similarities more surely). Buckets link each member to their first members as in
@@ -29,8 +30,10 @@ FLOOR = 0.5
 SEARCH_RECALL = 0.99
 LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9)
 TOP_PAIRS = 10
-# a record's audited text: all turns joined by line breaks (SQL over the run's records table, aliased r)
-TEXT_SQL = "array_to_string(list_transform(r.messages, lambda m: coalesce(m.content, '')), chr(10))"
+# a record's audited text: all turns joined by line breaks, a pair's rejected completion after its chosen one
+# (a rejected answer trained on is as much a leak as a chosen one); SQL over the run's records table, aliased r
+TEXT_SQL = ("array_to_string(list_transform(list_concat(r.messages, r.rejected), lambda m: coalesce(m.content, '')), "
+            "chr(10))")
 
 
 def shingle_sets(texts: pl.Series, ngram: int = NGRAM) -> tuple[np.ndarray, np.ndarray]:

@@ -141,3 +141,25 @@ def test_two_tasks_on_one_passage_are_kept_in_one_split(tmp_path, shared_data):
     assert (links["split_a"] == links["split_b"]).all()
     assert links["rejected"].sum() == 0  # not duplicates: both kept
     assert "a passage but not a task: both records are kept, in one split" in (res.output_dir / "report.md").read_text()
+
+
+def test_a_rejected_answer_shared_across_splits_is_audited(tmp_path, shared_data):
+    """Real Alpaca prompts as preference pairs whose short chosen answers differ and whose long rejected answer
+    is the same: each pair lands in the split of its prompt, so copies of the rejected text sit in every split,
+    and the audit, which reads both completions, reports them."""
+    from curate.config import parse_config
+    from curate.pipeline import Pipeline
+
+    rows = [r for r in json.loads((shared_data / "alpaca" / "alpaca_4000.json").read_text()) if not r["input"]]
+    short = [r for r in rows if 20 < len(r["output"]) < 120][:60]
+    long_answer = "\n".join(r["output"] for r in rows if len(r["output"]) > 600)[:3000]
+    pairs = [{"prompt": [{"role": "user", "content": r["instruction"]}], "chosen": [{"role": "assistant", "content": r["output"]}],
+              "rejected": [{"role": "assistant", "content": long_answer}]} for r in short]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    cfg = parse_config({"name": "leak-pairs", "inputs": [{"path": "pairs.jsonl"}], "tokenizer": None, "stages": ["exact_dedup"]}, tmp_path)
+    res = Pipeline(cfg, progress=False).run(force=True)
+    s = res.summary
+    assert s["kinds"]["preference"]["kept"] == 60 and len({split for split, n in s["splits"].items() if n}) >= 2
+    leak = s["leakage"]
+    assert leak["max_similarity"] is not None and leak["max_similarity"] >= 0.8
+    assert leak["pairs_at_or_above"]["0.8"] >= 10
