@@ -280,8 +280,9 @@ def agreement(ws: Workspace) -> pl.DataFrame:
 
 
 def _labelled_records(ws: Workspace, ids: list[str]) -> dict[str, dict[str, Any]]:
-    """messages, source_file, source_line of each labelled record id, from the newest finished curate run
-    that holds it (a run still being written, or gone, is passed over)."""
+    """messages, source_file, source_line, kind, tools, rejected, prompt_turns and label of each labelled
+    record id, from the newest finished curate run that holds it (a run still being written, or gone, is
+    passed over)."""
     from curate.workspace import WorkspaceBusy
 
     found: dict[str, dict[str, Any]] = {}
@@ -291,9 +292,9 @@ def _labelled_records(ws: Workspace, ids: list[str]) -> dict[str, dict[str, Any]
             break
         try:
             with ws.run_data(run_id) as rd:
-                rows = rd.sql("""SELECT id, messages, source_file, source_line FROM records
-                                 WHERE id IN (SELECT unnest(?::VARCHAR[]))
-                                 QUALIFY row_number() OVER (PARTITION BY id ORDER BY uid) = 1""", [todo])
+                rows = rd.sql(f"""SELECT r.id, r.messages, r.source_file, r.source_line, {_kind_select(record_columns(rd))} FROM records r
+                                  WHERE r.id IN (SELECT unnest(?::VARCHAR[]))
+                                  QUALIFY row_number() OVER (PARTITION BY r.id ORDER BY r.uid) = 1""", [todo])
         except (WorkspaceBusy, KeyError):
             continue
         for r in rows.iter_rows(named=True):
@@ -301,8 +302,22 @@ def _labelled_records(ws: Workspace, ids: list[str]) -> dict[str, dict[str, Any]
     return found
 
 
+def _rich_fields(rec: dict[str, Any]) -> dict[str, Any]:
+    """A labelled pair's or KTO record's own fields for the export: ``rejected`` and ``prompt_turns`` (a
+    pair), ``label`` (KTO), ``tools`` (parsed) where the record has them; nothing for a plain conversation."""
+    out: dict[str, Any] = {}
+    if rec.get("tools"):
+        out["tools"] = json.loads(rec["tools"])
+    if rec.get("kind") == "preference":
+        out.update(rejected=rec.get("rejected"), prompt_turns=rec.get("prompt_turns"))
+    elif rec.get("kind") == "kto":
+        out.update(label=rec.get("label"), prompt_turns=rec.get("prompt_turns"))
+    return out
+
+
 def labels_jsonl(ws: Workspace) -> bytes:
-    """Every annotator's latest label per record, with the record's messages (or the edit), as JSONL bytes:
+    """Every annotator's latest label per record, with the record's kind and messages (a pair's rejected turns, a
+    KTO record's label, the tools where there are any) and the edit, as JSONL bytes:
     built in memory for a download, so nothing is written to a shared folder."""
     cur = ws.label_rows()
     records = _labelled_records(ws, cur["record_id"].unique().to_list())
@@ -310,7 +325,8 @@ def labels_jsonl(ws: Workspace) -> bytes:
     for r in cur.iter_rows(named=True):
         rec = records.get(r["record_id"], {})
         lines.append(json.dumps({"id": r["record_id"], "annotator": r["annotator"], "verdict": r["verdict"], "tags": r["tags"],
-                                 "note": r["note"], "created": str(r["created"]), "messages": rec.get("messages"),
+                                 "note": r["note"], "created": str(r["created"]), "kind": rec.get("kind", "sft"),
+                                 "messages": rec.get("messages"), **_rich_fields(rec),
                                  "edit": json.loads(r["edit"]) if r["edit"] else None, "source_file": rec.get("source_file"),
                                  "source_line": rec.get("source_line")}, ensure_ascii=False))
     return "".join(line + "\n" for line in lines).encode()

@@ -186,6 +186,38 @@ def test_labeling_shows_a_pair_and_an_edit_keeps_the_tool_calls(mixed, tmp_path,
     assert after["messages"].to_list()[0] == edit and "human_edit" in after["fixes"].to_list()[0]
 
 
+def test_the_labeling_queue_narrows_to_a_kind_and_the_export_keeps_its_fields(mixed, tmp_path, monkeypatch):
+    """Picking `kto` in the labeling page's kind box queues KTO records only (remembered for the annotator);
+    labels exported as JSONL carry each record's kind with its label (KTO) or rejected turns (a pair)."""
+    from streamlit.testing.v1 import AppTest
+
+    from app import queries as q
+
+    path = tmp_path / "ws"
+    shutil.copytree(mixed["path"], path)
+    monkeypatch.setenv("FTW_WORKSPACE", str(path))
+    at = AppTest.from_file(str(REPO / "app" / "main.py"), default_timeout=120).run()
+    at.sidebar.radio[0].set_value("Labeling").run()
+    at.text_input(key="annotator").input("kinds").run()
+    assert at.selectbox(key="label_kind").options == ["all", "kto", "preference", "sft"]
+    at.selectbox(key="label_kind").set_value("kto").run()
+    for _ in range(3):  # three records in a row, each a KTO one
+        assert any(" · kto · " in t.value for t in at.text), [t.value for t in at.text]
+        next(b for b in at.button if b.label == "Accept").click().run()
+        assert not at.exception, at.exception
+    at.selectbox(key="label_kind").set_value("preference").run()
+    assert any(" · preference · " in t.value for t in at.text)
+    next(b for b in at.button if b.label == "Reject").click().run()
+    with _ws(path) as ws:
+        assert ws.annotator_settings("kinds")["kind"] == "preference"
+        rows = [json.loads(x) for x in q.labels_jsonl(ws).decode().splitlines()]
+    kto = [r for r in rows if r["kind"] == "kto"]
+    pairs = [r for r in rows if r["kind"] == "preference"]
+    assert len(kto) == 3 and all(isinstance(r["label"], bool) and r["messages"][-1]["role"] == "assistant" for r in kto)
+    assert len(pairs) == 1 and pairs[0]["verdict"] == "reject" and pairs[0]["rejected"][-1]["role"] == "assistant"
+    assert pairs[0]["prompt_turns"] >= 1 and "label" not in pairs[0]
+
+
 # ---------------------------------------------------------------------------------------------- a real browser
 
 LOOPBACK = ("http://127.0.0.1:", "ws://127.0.0.1:", "data:", "blob:")

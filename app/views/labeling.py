@@ -36,12 +36,14 @@ def render(path: str) -> None:
         if run is None:
             return
         scores = q.score_names(ws, run)
+        kinds = ["all", *q.filter_options(ws, run)["kind"]]
     annotator = _annotator()
     if annotator is not None and st.session_state.get(SETTINGS_OF) != annotator:
-        _restore_settings(path, annotator, scores)
-    c = st.columns(4)
+        _restore_settings(path, annotator, scores, kinds)
+    c = st.columns(5)
     mode = c[0].selectbox("queue", MODES, key="label_mode")
     status = c[1].selectbox("status", STATUSES, key="label_status")
+    kind = c[4].selectbox("kind", kinds, key="label_kind", help="sft conversations, preference pairs or KTO records")
     search = c[2].text_input("search", key="label_search")
     score = threshold = None
     if mode == "uncertain":
@@ -53,10 +55,10 @@ def render(path: str) -> None:
     if annotator is None:
         _summary(path)
         return
-    _save_settings(path, annotator, mode, status, score, threshold)
+    _save_settings(path, annotator, mode, status, score, threshold, kind)
     with q.open_workspace(path) as ws:
         queue = q.label_queue(ws, run, annotator, mode=mode, status=None if status == "all" else status, search=search or None,
-                              score=score, threshold=threshold, limit=1)
+                              score=score, threshold=threshold, kind=None if kind == "all" else kind, limit=1)
         skipped = len(ws.skips(annotator, run))
     ack = st.session_state.get(ACK)
     if ack and ack[0] == annotator:
@@ -96,7 +98,7 @@ def _annotator() -> str | None:
     return name
 
 
-def _restore_settings(path: str, annotator: str, scores: list[str]) -> None:
+def _restore_settings(path: str, annotator: str, scores: list[str], kinds: list[str]) -> None:
     """Put ``annotator``'s stored queue settings into the widgets (before they are drawn); an annotator with
     none keeps what the widgets show, which is then stored for them."""
     with q.open_workspace(path) as ws:
@@ -105,6 +107,8 @@ def _restore_settings(path: str, annotator: str, scores: list[str]) -> None:
         st.session_state["label_mode"] = saved["mode"]
     if saved.get("status") in STATUSES:
         st.session_state["label_status"] = saved["status"]
+    if saved.get("kind") in kinds:
+        st.session_state["label_kind"] = saved["kind"]
     if saved.get("score") in scores:
         st.session_state["label_score"] = saved["score"]
     if isinstance(saved.get("threshold"), (int, float)):
@@ -113,11 +117,12 @@ def _restore_settings(path: str, annotator: str, scores: list[str]) -> None:
     st.session_state[SAVED_SETTINGS] = saved
 
 
-def _save_settings(path: str, annotator: str, mode: str, status: str, score: str | None, threshold: float | None) -> None:
+def _save_settings(path: str, annotator: str, mode: str, status: str, score: str | None, threshold: float | None,
+                   kind: str = "all") -> None:
     """Store the queue settings when they changed (score and threshold are kept from before while the
     queue is not ``uncertain``: they are not on screen then)."""
     saved = st.session_state.get(SAVED_SETTINGS) or {}
-    settings = {**saved, "mode": mode, "status": status}
+    settings = {**saved, "mode": mode, "status": status, "kind": kind}
     if mode == "uncertain":
         settings.update(score=score, threshold=threshold)
     if settings == saved:
