@@ -89,6 +89,44 @@ def test_sft_weight_adds_the_chosen_answers_own_loss_to_dpo(tmp_path, shared_dat
         _cfg(tmp_path, "kto", ["pairs.json"], method={"kind": "lora", "objective": "kto", "sft_weight": 0.5})
 
 
+def test_orpo_trains_the_chosen_answers_and_their_odds_with_no_reference(tmp_path, shared_data):
+    """ORPO's first-step loss is the chosen answers' token NLL plus beta x -log sigmoid(log odds ratio), each side's
+    odds from its mean token probability over the trained tokens: recomputed here from evalsuite's preference
+    scorer on the base model (the adapter is a no-op at the first step). The mask audit shows both sides."""
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from curate.models import smollm2_model_dir
+    from evalsuite.metrics.preference import PreferencePair, preference
+    from train.trainer import run_training
+
+    pairs = _short(shared_data, "dpo_en_demo.json", 2, ("preference",))
+    (tmp_path / "pairs.json").write_text(json.dumps(pairs))
+    manifest = run_training(_cfg(tmp_path, "orpo", ["pairs.json"], method={
+        "kind": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "objective": "orpo", "beta": 0.2}))
+    out = tmp_path / "runs" / "orpo-tiny"
+    assert manifest["objective"] == "orpo" and (out / "adapter" / "adapter_config.json").is_file()
+    assert (out / "mask_audit.txt").read_text().count("--- rejected ---") == 2
+    base = str(smollm2_model_dir())
+    tok = AutoTokenizer.from_pretrained(base)
+    scored = []
+    for (_, rec) in read_records(tmp_path / "pairs.json")[0]:
+        chosen, k = message_dicts(rec), rec.extra.prompt_turns
+        scored.append(PreferencePair(chosen[:k], chosen[k:], rejected_dicts(rec)[k:]))
+    notes = [n["preference"] for n in preference(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), tok, scored)
+             ["preference_accuracy"].annotations]
+    nll = -sum(n["chosen_logp"] for n in notes) / sum(n["chosen_tokens"] for n in notes)
+
+    def log_odds(mean_logp: float) -> float:
+        return mean_logp - math.log(1 - math.exp(mean_logp))
+
+    ratio = [log_odds(n["chosen_logp"] / n["chosen_tokens"]) - log_odds(n["rejected_logp"] / n["rejected_tokens"]) for n in notes]
+    odds_term = sum(math.log1p(math.exp(-r)) for r in ratio) / len(ratio)  # -log sigmoid(r)
+    assert manifest["train_loss"][0] == pytest.approx(nll + 0.2 * odds_term, abs=2e-3)
+
+
 def test_kto_trains_labeled_completions_and_reads_pairs_as_two(tmp_path, shared_data):
     from train.trainer import run_training
 

@@ -73,14 +73,16 @@ class MethodConfig(_Strict):
     target_modules: str | list[str] = Field("all-linear", description=(
         "layers that get an adapter: all-linear (every linear layer but the output head), or a list of module "
         "names such as [q_proj, v_proj]"))
-    objective: Literal["sft", "dpo", "kto"] = Field("sft", description=(
+    objective: Literal["sft", "dpo", "orpo", "kto"] = Field("sft", description=(
         "what the adapter learns: sft imitates the answers of conversations; dpo prefers the chosen completion of "
         "preference pairs over the rejected one (TRL's DPOTrainer, the base without the adapter as reference); "
-        "kto learns from completions labeled desirable or not (TRL's KTOTrainer; a pair gives one of each). The "
-        "data is read by curate's readers: every preference and KTO layout curate knows"))
+        "orpo learns the chosen answers and an odds-ratio preference for them in one loss, with no reference "
+        "model (ORPO); kto learns from completions labeled desirable or not (TRL's KTOTrainer; a pair gives one "
+        "of each). The data is read by curate's readers: every preference and KTO layout curate knows"))
     beta: float = Field(0.1, gt=0, description=(
         "dpo and kto: how far the adapter may move from the reference model (TRL's beta; lower lets it drift "
-        "further); unused by sft"))
+        "further); orpo: the weight of the odds-ratio term against the chosen answers' NLL (the paper's lambda); "
+        "unused by sft"))
     sft_weight: float = Field(0.0, ge=0, description=(
         "dpo: weight of a supervised loss (mean negative log-likelihood of the chosen completion's trained tokens) "
         "added to the DPO loss, as in RPO and Llama 3's preference training. Plain DPO only widens the gap between "

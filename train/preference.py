@@ -23,6 +23,8 @@ from typing import Any
 
 from chat.template import IGNORE_INDEX, ChatEncoder, TemplateMismatch, marked_text
 
+PAIRED_OBJECTIVES = ("dpo", "orpo")  # objectives that train on a chosen and a rejected completion of one prompt
+
 
 def _sides(record: Any, objective: str) -> list[tuple[list[dict], list[dict] | None, bool | None]] | str:
     """What a converted record gives an objective: ``[(chosen or completion conversation, rejected conversation or
@@ -30,9 +32,9 @@ def _sides(record: Any, objective: str) -> list[tuple[list[dict], list[dict] | N
     from chat.conversations import message_dicts, rejected_dicts
 
     kind = record.extra.kind if record.extra is not None else "sft"
-    if objective == "dpo":
+    if objective in PAIRED_OBJECTIVES:
         if kind != "preference":
-            return f"a {kind} record: dpo trains on preference pairs (a prompt, a chosen and a rejected completion)"
+            return f"a {kind} record: {objective} trains on preference pairs (a prompt, a chosen and a rejected completion)"
         return [(message_dicts(record), rejected_dicts(record), None)]
     if kind == "kto":
         return [(message_dicts(record), None, bool(record.extra.label))]
@@ -68,7 +70,7 @@ class _Collected:
 
 def prepare_preference_data(cfg: Any, tokenizer: Any) -> Any:
     """Read every data source and the validation file with curate's readers, mix the sources by weight (seeded)
-    and encode each record for ``cfg.method.objective``: DPO rows ``{prompt_ids: [], chosen_ids, chosen_mask,
+    and encode each record for ``cfg.method.objective``: DPO and ORPO rows ``{prompt_ids: [], chosen_ids, chosen_mask,
     rejected_ids, rejected_mask}`` (each side a whole conversation, its mask the completion's trained tokens),
     KTO rows ``{prompt_ids, completion_ids, KL_completion_ids, label}``. Records the objective cannot use, and
     sides with no trainable token (an empty completion, cut to nothing), are rejected with a reason. Returns a
@@ -117,7 +119,7 @@ def prepare_preference_data(cfg: Any, tokenizer: Any) -> Any:
                     out.digest.update(array("q", e.input_ids + [-1] + e.labels).tobytes())
                     tally["truncated"] += e.truncated
                 seen[1] += 1
-                if objective == "dpo":
+                if objective in PAIRED_OBJECTIVES:
                     c, r = encoded
                     rows.append({"prompt_ids": [], "chosen_ids": c.input_ids, "chosen_mask": _mask(c.labels),
                                  "rejected_ids": r.input_ids, "rejected_mask": _mask(r.labels)})
@@ -148,7 +150,7 @@ def prepare_preference_data(cfg: Any, tokenizer: Any) -> Any:
         out.rejected += [{**b, "stage": "read", "split": "validation", "source": label} for b in bad]
         out.sources.setdefault(label, [0, 0])
         validation = encode(records, "validation", label)
-    if objective == "dpo":
+    if objective in PAIRED_OBJECTIVES:
         tokens = sum(len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in train)
         scored = sum(sum(r["chosen_mask"]) + sum(r["rejected_mask"]) for r in train)
     else:
@@ -241,6 +243,18 @@ def build_trainer(cfg: Any, model: Any, tokenizer: Any, data: Any, common: dict[
             model=model, args=DPOConfig(**common, beta=m.beta, max_length=None, **_dpo_losses(m.sft_weight)), train_dataset=train, eval_dataset=validation,
             processing_class=tokenizer, data_collator=preference_collator(tokenizer.pad_token_id), peft_config=lora, callbacks=callbacks,
         )
+    if m.objective == "orpo":
+        from peft import get_peft_model
+        from transformers import TrainingArguments
+
+        model = get_peft_model(model, lora)
+        if common.get("gradient_checkpointing"):
+            model.enable_input_require_grads()  # the frozen embeddings give no grad for checkpointed blocks to pass on
+        return orpo_trainer_class()(
+            beta=m.beta, model=model, args=TrainingArguments(**common, remove_unused_columns=False), train_dataset=train,
+            eval_dataset=validation, processing_class=tokenizer, data_collator=preference_collator(tokenizer.pad_token_id),
+            callbacks=callbacks,
+        )
     from trl import KTOConfig, KTOTrainer
 
     class WorkbenchKTOTrainer(KTOTrainer):
@@ -258,3 +272,63 @@ def build_trainer(cfg: Any, model: Any, tokenizer: Any, data: Any, common: dict[
         model=model, args=KTOConfig(**common, beta=m.beta, max_length=None, **weights), train_dataset=train,
         eval_dataset=validation, processing_class=tokenizer, peft_config=lora, callbacks=callbacks,
     )
+
+
+def orpo_loss(chosen_logp: Any, chosen_tokens: Any, rejected_logp: Any, rejected_tokens: Any, beta: float) -> tuple[Any, dict[str, Any]]:
+    """ORPO's loss (Hong et al. 2024, eq. 6-7) from each side's summed log-probability over its trained tokens and
+    their count (1-D tensors, one entry per pair): the chosen answers' mean token NLL plus ``beta`` times
+    ``-log sigmoid(log odds(chosen) - log odds(rejected))``, the odds taken of each side's mean token probability
+    ``p`` as ``p / (1 - p)``. Returns the loss and the terms worth logging (detached)."""
+    import torch
+    import torch.nn.functional as F
+
+    mean_c = chosen_logp / chosen_tokens.clamp_min(1)
+    mean_r = rejected_logp / rejected_tokens.clamp_min(1)
+
+    def log1mexp(x: Any) -> Any:  # log(1 - exp(x)) for x < 0, kept finite where a side is certain (x = 0)
+        return torch.log(-torch.expm1(x.clamp_max(-1e-6)))
+
+    log_odds = (mean_c - mean_r) - (log1mexp(mean_c) - log1mexp(mean_r))
+    ratio = F.logsigmoid(log_odds)
+    nll = -chosen_logp.sum() / chosen_tokens.sum().clamp_min(1)
+    loss = nll - beta * ratio.mean()
+    logs = {"nll_loss": nll.detach(), "log_odds_ratio": ratio.detach().mean(), "log_odds_chosen": log_odds.detach().mean(),
+            "rewards/accuracies": (mean_c > mean_r).float().detach().mean()}
+    return loss, logs
+
+
+def orpo_trainer_class() -> Any:
+    """A ``transformers.Trainer`` whose loss is :func:`orpo_loss` over :func:`preference_collator` batches (chosen
+    rows, then rejected rows; ``completion_mask`` the workbench's trained tokens): ORPO needs no reference model,
+    and the supervised term scores the tokens the mask audit shows, nothing of the prompt. TRL keeps its own ORPO
+    among its experimental trainers and scores the prompt in that term, hence this small loss of our own."""
+    import torch
+    from transformers import Trainer
+    from trl.trainer.utils import selective_log_softmax
+
+    class WorkbenchORPOTrainer(Trainer):
+        """ORPO on the workbench's preference rows (see :func:`orpo_trainer_class`)."""
+
+        def __init__(self, *args: Any, beta: float, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.beta = beta
+            self._logged: dict[str, list[float]] = {}
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
+            ids, mask = inputs["input_ids"], inputs["completion_mask"]
+            logits = model(input_ids=ids, attention_mask=inputs["attention_mask"], use_cache=False).logits[:, :-1]
+            scored = mask[:, 1:].to(torch.float32)
+            logp = (selective_log_softmax(logits.float(), ids[:, 1:]) * scored).sum(-1)
+            tokens = scored.sum(-1)
+            (chosen, rejected), (c_n, r_n) = logp.chunk(2), tokens.chunk(2)
+            loss, logs = orpo_loss(chosen, c_n, rejected, r_n, self.beta)
+            for key, value in logs.items():
+                self._logged.setdefault(key, []).append(float(value))
+            return (loss, {"logits": logits}) if return_outputs else loss
+
+        def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:  # noqa: D102 - adds the loss terms' means
+            logs = {**logs, **{k: sum(v) / len(v) for k, v in self._logged.items() if v}}
+            self._logged = {}
+            super().log(logs, *args, **kwargs)
+
+    return WorkbenchORPOTrainer
